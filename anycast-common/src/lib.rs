@@ -1,0 +1,257 @@
+//! Everything the XDP program and the agent must agree on, byte for byte.
+//!
+//! Every type that crosses the kernel boundary is `#[repr(C)]` with explicit padding, holds no
+//! `bool`/`enum`/`Option`, and names its byte order (`_be` = network order). Sizes are pinned by
+//! `const` assertions so a layout change breaks the build on both sides at once.
+//!
+//! The flow hash lives in [`hash`] and is compiled into both the BPF program and the agent, so the
+//! host's answer to "which backend does this flow land on" is computed by the same code as the
+//! kernel's.
+#![no_std]
+
+pub mod hash;
+
+use core::mem::size_of;
+
+/// Address family tags stored in keys and records (not the kernel's `AF_*` values: these are
+/// chosen to read naturally in a map dump).
+pub const FAMILY_V4: u8 = 4;
+pub const FAMILY_V6: u8 = 6;
+
+/// IP protocol numbers (IANA).
+pub const PROTO_TCP: u8 = 6;
+pub const PROTO_UDP: u8 = 17;
+pub const PROTO_IPIP: u8 = 4;
+pub const PROTO_IPV6: u8 = 41;
+
+/// Encapsulation used towards remote backends, stored in [`DataplaneConfig::encap`].
+pub const ENCAP_IPIP: u8 = 0;
+pub const ENCAP_GUE: u8 = 1;
+
+/// Default UDP destination port of GUE tunnels (the port Katran and the Linux FOU examples use).
+pub const GUE_DEFAULT_PORT: u16 = 6080;
+
+/// Default Maglev table size: prime, and > 100 x the backends of a large VIP keeps the imbalance
+/// under 1% (Maglev, NSDI 2016, section 5.3).
+pub const DEFAULT_RING_SIZE: u32 = 65537;
+
+/// Table index meaning "this VIP has no table" (no backends configured or healthy).
+pub const NO_TABLE: u32 = u32::MAX;
+/// Backend id meaning "empty slot"; never written into a table the agent publishes.
+pub const NO_BACKEND: u32 = u32::MAX;
+
+/// Map names, defined once. The eBPF crate names its `static`s exactly like this.
+pub mod map_names {
+    pub const VIPS: &str = "VIPS";
+    pub const RINGS: &str = "RINGS";
+    pub const BACKENDS: &str = "BACKENDS";
+    pub const CONFIG: &str = "CONFIG";
+    pub const LOCAL_ADDRS: &str = "LOCAL_ADDRS";
+    pub const DECAP_ALLOW_V4: &str = "DECAP_ALLOW_V4";
+    pub const DECAP_ALLOW_V6: &str = "DECAP_ALLOW_V6";
+    pub const STATS: &str = "STATS";
+    pub const VIP_STATS: &str = "VIP_STATS";
+    pub const BACKEND_STATS: &str = "BACKEND_STATS";
+}
+
+/// Name of the XDP program inside the object.
+pub const PROGRAM_NAME: &str = "anycast_steer";
+
+/// Default capacities. The agent can resize `VIPS`, `RINGS`, `BACKENDS` and the per-VIP /
+/// per-backend stats arrays at load time; the eBPF side only declares placeholders.
+pub const DEFAULT_MAX_VIPS: u32 = 64;
+pub const DEFAULT_MAX_BACKENDS: u32 = 4096;
+/// Maglev tables kept per VIP: the live one, the previous one (second chance, see the design
+/// notes) and one being written. `RINGS` holds `max_vips * TABLES_PER_VIP` tables.
+pub const TABLES_PER_VIP: u32 = 3;
+pub const MAX_DECAP_PREFIXES: u32 = 1024;
+pub const MAX_LOCAL_ADDRS: u32 = 256;
+
+/// Key of the `VIPS` hash map: (address, port, protocol). Port 0 is the "any port" entry; the
+/// program looks up the exact port first and the port-0 entry second.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct VipKey {
+    /// IPv4 addresses use the first 4 bytes; the rest stays zero.
+    pub addr_be: [u8; 16],
+    pub port_be: u16,
+    pub proto: u8,
+    pub family: u8,
+}
+const _: () = assert!(size_of::<VipKey>() == 20);
+
+impl VipKey {
+    pub const fn v4(addr_be: [u8; 4], port: u16, proto: u8) -> Self {
+        let mut a = [0u8; 16];
+        a[0] = addr_be[0];
+        a[1] = addr_be[1];
+        a[2] = addr_be[2];
+        a[3] = addr_be[3];
+        Self { addr_be: a, port_be: port.to_be(), proto, family: FAMILY_V4 }
+    }
+
+    pub const fn v6(addr_be: [u8; 16], port: u16, proto: u8) -> Self {
+        Self { addr_be, port_be: port.to_be(), proto, family: FAMILY_V6 }
+    }
+}
+
+/// Value of the `VIPS` map. Replaced as a whole (one map update), which is what makes a table
+/// change atomic for the packets: a packet reads either the old or the new `table`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VipValue {
+    /// Index into `VIP_STATS`.
+    pub vip_id: u32,
+    /// Which table in `RINGS` is live, or [`NO_TABLE`].
+    pub table: u32,
+    /// The table that was live before the last change, or [`NO_TABLE`] (second chance).
+    pub prev_table: u32,
+    pub flags: u32,
+}
+const _: () = assert!(size_of::<VipValue>() == 16);
+
+/// `Backend::flags`: the backend's address belongs to this host; deliver with `XDP_PASS`.
+pub const BACKEND_F_LOCAL: u8 = 1;
+
+/// Entry of the `BACKENDS` array, indexed by backend id.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Backend {
+    pub addr_be: [u8; 16],
+    pub family: u8,
+    pub flags: u8,
+    pub _pad: [u8; 2],
+}
+const _: () = assert!(size_of::<Backend>() == 20);
+
+/// `DataplaneConfig::flags`.
+pub const CFG_F_HAS_SRC_V4: u8 = 1;
+pub const CFG_F_HAS_SRC_V6: u8 = 2;
+
+/// The single entry of the `CONFIG` array: per-host settings the program needs on the VIP path.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DataplaneConfig {
+    pub tunnel_src_v4_be: [u8; 4],
+    pub tunnel_src_v6_be: [u8; 16],
+    /// Maglev table size M; `RINGS` holds `max_vips * TABLES_PER_VIP * ring_size` entries.
+    pub ring_size: u32,
+    pub hash_seed: u32,
+    pub gue_port_be: u16,
+    pub encap: u8,
+    pub flags: u8,
+}
+const _: () = assert!(size_of::<DataplaneConfig>() == 32);
+
+/// Key of the `LOCAL_ADDRS` hash map: addresses of this host that accept tunnelled packets.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct AddrKey {
+    pub addr_be: [u8; 16],
+    pub family: u8,
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(size_of::<AddrKey>() == 20);
+
+impl AddrKey {
+    pub const fn v4(addr_be: [u8; 4]) -> Self {
+        let mut a = [0u8; 16];
+        a[0] = addr_be[0];
+        a[1] = addr_be[1];
+        a[2] = addr_be[2];
+        a[3] = addr_be[3];
+        Self { addr_be: a, family: FAMILY_V4, _pad: [0; 3] }
+    }
+
+    pub const fn v6(addr_be: [u8; 16]) -> Self {
+        Self { addr_be, family: FAMILY_V6, _pad: [0; 3] }
+    }
+}
+
+/// Per-VIP and per-backend traffic counters (values of per-CPU arrays).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TrafficStats {
+    pub packets: u64,
+    pub bytes: u64,
+}
+const _: () = assert!(size_of::<TrafficStats>() == 16);
+
+/// Indexes of the global per-CPU `STATS` array: one counter per outcome of the program.
+/// Each packet increments exactly one of the outcome counters (`PASS` .. `DECAP_REFUSED`);
+/// the `FIB_*`, `TX`/`REDIRECT` counters further describe how encapsulated packets left.
+pub mod counter {
+    /// Not for a VIP and not a tunnel to us: passed untouched.
+    pub const PASS: u32 = 0;
+    /// VIP packet whose backend is this host: passed to the local stack.
+    pub const LOCAL: u32 = 1;
+    /// VIP packet encapsulated to a remote backend (any encapsulation, any family pair).
+    pub const ENCAP: u32 = 2;
+    /// Tunnelled packet from an allowed source, stripped and passed.
+    pub const DECAP: u32 = 3;
+    /// VIP packet, but the VIP has no backend: dropped.
+    pub const NO_BACKEND: u32 = 4;
+    /// Headers cut short or inconsistent (truncated, bad IHL, bad lengths): passed untouched
+    /// when not yet known to be VIP traffic, dropped when half-way through the VIP path.
+    pub const PARSE_ERROR: u32 = 5;
+    /// Encapsulated packet larger than the egress MTU: dropped (see the MTU policy).
+    pub const OVERSIZE: u32 = 6;
+    /// Tunnelled packet to us from a source outside `decap_allow`: dropped.
+    pub const DECAP_REFUSED: u32 = 7;
+    /// IPv4 fragment or IPv6 Fragment header: passed untouched (fragments carry no ports).
+    pub const FRAGMENT: u32 = 8;
+    /// IPv6 with extension headers before the transport header: passed untouched.
+    pub const IPV6_EXT: u32 = 9;
+    /// Remote backend of a family for which no tunnel source is configured: dropped.
+    pub const NO_TUNNEL_SOURCE: u32 = 10;
+    /// `bpf_xdp_adjust_head` or a table/map lookup failed (should never happen): dropped.
+    pub const INTERNAL_ERROR: u32 = 11;
+    /// Encapsulated, and the neighbour was unknown: handed to the kernel to resolve and forward.
+    pub const FIB_NO_NEIGH: u32 = 12;
+    /// Encapsulated, and the FIB had no usable route (blackhole, unreachable...): dropped.
+    pub const FIB_FAIL: u32 = 13;
+    /// Encapsulated and sent back out of the ingress interface.
+    pub const TX: u32 = 14;
+    /// Encapsulated and redirected to another interface.
+    pub const REDIRECT: u32 = 15;
+    /// Encapsulated with GUE (a subset of `ENCAP`).
+    pub const ENCAP_GUE: u32 = 16;
+    /// Encapsulated with an outer header of the other family (6-in-4 or 4-in-6).
+    pub const ENCAP_CROSS_FAMILY: u32 = 17;
+    pub const COUNT: u32 = 18;
+
+    /// Names for display and metrics, indexed by counter.
+    pub const NAMES: [&str; COUNT as usize] = [
+        "pass",
+        "local",
+        "encap",
+        "decap",
+        "no_backend",
+        "parse_error",
+        "oversize",
+        "decap_refused",
+        "fragment",
+        "ipv6_ext",
+        "no_tunnel_source",
+        "internal_error",
+        "fib_no_neigh",
+        "fib_fail",
+        "tx",
+        "redirect",
+        "encap_gue",
+        "encap_cross_family",
+    ];
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: all of these are #[repr(C)], have no implicit padding (asserted sizes with
+    // explicit `_pad` fields) and accept every bit pattern.
+    unsafe impl aya::Pod for VipKey {}
+    unsafe impl aya::Pod for VipValue {}
+    unsafe impl aya::Pod for Backend {}
+    unsafe impl aya::Pod for DataplaneConfig {}
+    unsafe impl aya::Pod for AddrKey {}
+    unsafe impl aya::Pod for TrafficStats {}
+}

@@ -1,0 +1,1 @@
+//! Test support: packet builders, fixture runner, network-namespace labs.
