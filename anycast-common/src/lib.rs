@@ -67,9 +67,12 @@ pub const TABLES_PER_VIP: u32 = 3;
 pub const MAX_DECAP_PREFIXES: u32 = 1024;
 pub const MAX_LOCAL_ADDRS: u32 = 256;
 
+/// Address-carrying types are `align(4)`: the BPF backend turns byte-array reads into single
+/// 32-bit loads only when it knows the alignment (it cannot assume unaligned loads are legal).
+///
 /// Key of the `VIPS` hash map: (address, port, protocol). Port 0 is the "any port" entry; the
 /// program looks up the exact port first and the port-0 entry second.
-#[repr(C)]
+#[repr(C, align(4))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct VipKey {
     /// IPv4 addresses use the first 4 bytes; the rest stays zero.
@@ -114,7 +117,7 @@ const _: () = assert!(size_of::<VipValue>() == 16);
 pub const BACKEND_F_LOCAL: u8 = 1;
 
 /// Entry of the `BACKENDS` array, indexed by backend id.
-#[repr(C)]
+#[repr(C, align(4))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Backend {
     pub addr_be: [u8; 16],
@@ -144,7 +147,7 @@ pub struct DataplaneConfig {
 const _: () = assert!(size_of::<DataplaneConfig>() == 32);
 
 /// Key of the `LOCAL_ADDRS` hash map: addresses of this host that accept tunnelled packets.
-#[repr(C)]
+#[repr(C, align(4))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct AddrKey {
     pub addr_be: [u8; 16],

@@ -1,10 +1,83 @@
+//! The anycast XDP program.
+//!
+//! Packet path: parse -> classify (tunnel to us? VIP?) -> select (flow hash into the VIP's Maglev
+//! table) -> deliver locally, or encapsulate -> transmit (FIB next hop). See docs/dataplane.md.
 #![no_std]
 #![no_main]
 
+mod csum;
+mod decap;
+mod encap;
+mod maps;
+mod packet;
+mod parse;
+mod select;
+
+use anycast_common::counter;
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 
+/// What happened to a packet: the XDP action (low byte) and the one outcome counter it adds to
+/// (next byte). One register wide, so subprograms return it without a stack slot.
+#[derive(Clone, Copy)]
+pub struct Verdict(u32);
+
+impl Verdict {
+    #[inline(always)]
+    pub const fn new(action: u32, counter: u32) -> Self {
+        Self((counter << 8) | (action & 0xff))
+    }
+
+    #[inline(always)]
+    pub const fn pass(counter: u32) -> Self {
+        Self::new(xdp_action::XDP_PASS, counter)
+    }
+
+    #[inline(always)]
+    pub const fn drop(counter: u32) -> Self {
+        Self::new(xdp_action::XDP_DROP, counter)
+    }
+
+    #[inline(always)]
+    pub const fn action(self) -> u32 {
+        self.0 & 0xff
+    }
+
+    #[inline(always)]
+    pub const fn counter(self) -> u32 {
+        self.0 >> 8
+    }
+}
+
+/// Attached to every edge/backend interface. Non-VIP traffic leaves with XDP_PASS untouched;
+/// every decision lands in exactly one outcome counter.
 #[xdp]
-pub fn anycast_steer(_ctx: XdpContext) -> u32 {
+pub fn anycast_steer(ctx: XdpContext) -> u32 {
+    let v = steer(&ctx);
+    maps::count(v.counter());
+    v.action()
+}
+
+#[inline(always)]
+fn steer(ctx: &XdpContext) -> Verdict {
+    // Fail open: a frame we cannot parse as IP is not ours to judge; the stack drops it if it is
+    // garbage. Nothing is rewritten before parsing succeeds.
+    let ip = match parse::parse(ctx) {
+        Ok(ip) => ip,
+        Err(c) => return Verdict::pass(c),
+    };
+    let Some(cfg) = maps::CONFIG.get(0) else {
+        return Verdict::pass(counter::INTERNAL_ERROR);
+    };
+    if decap::is_tunnel(ctx, &ip, cfg) {
+        return decap::decapsulate(ctx, &ip);
+    }
+    select::steer_vip(ctx, &ip, cfg)
+}
+
+/// Peers of veth links that receive XDP_TX/redirected frames need a native XDP program of their
+/// own (veth delivers such frames only to an XDP-enabled peer); this one passes everything.
+#[xdp]
+pub fn anycast_pass(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
 }
 
@@ -14,6 +87,7 @@ fn panic(_info: &core::panic::PanicInfo) -> ! {
     loop {}
 }
 
+// GPL: bpf_fib_lookup and bpf_redirect are GPL-only helpers.
 #[unsafe(link_section = "license")]
 #[unsafe(no_mangle)]
 static LICENSE: [u8; 4] = *b"GPL\0";

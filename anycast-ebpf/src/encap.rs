@@ -1,0 +1,300 @@
+//! Encapsulation towards a remote backend, and its transmission.
+//!
+//! Frame out: Ethernet (no VLAN tag) | outer IPv4 or IPv6 | [UDP | GUE header] | the inner IP
+//! packet exactly as received. The outer family is the backend's, whatever the inner one is, so
+//! all four pairs (4in4, 6in6, 6in4, 4in6) work.
+//!
+//! MTU policy: the outer packet is `inner + 20/40 (+12 for GUE)` bytes. `bpf_fib_lookup` checks it
+//! against the route's MTU; a packet that does not fit is dropped and counted `oversize` (it
+//! cannot be fragmented: the outer header carries DF, and most inner packets do too). Operators
+//! give the fabric between edges and backends that much headroom, or clamp the MSS on the
+//! backends; see docs/dataplane.md.
+
+use anycast_common::{
+    CFG_F_HAS_SRC_V4, CFG_F_HAS_SRC_V6, DataplaneConfig, ENCAP_GUE, FAMILY_V4,
+    PROTO_IPIP, PROTO_IPV6, PROTO_TCP, PROTO_UDP, counter,
+    hash::{flow_label, gue_source_port},
+};
+use aya_ebpf::{
+    bindings::{
+        BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS,
+        bpf_fib_lookup, bpf_fib_lookup__bindgen_ty_1, bpf_fib_lookup__bindgen_ty_2,
+        bpf_fib_lookup__bindgen_ty_3, bpf_fib_lookup__bindgen_ty_4, bpf_fib_lookup__bindgen_ty_5,
+        xdp_action,
+    },
+    helpers::generated::{bpf_fib_lookup as fib_lookup, bpf_redirect, bpf_xdp_adjust_head},
+    programs::XdpContext,
+};
+
+use crate::{
+    Verdict,
+    csum::{add_addr, add32, be16, finish, fold, pair},
+    maps,
+    packet::{addr_words, ptr_at, u16_be_at, word_at, write_word},
+    parse::{ETH_LEN, ETH_P_IP, ETH_P_IPV6, IPV4_LEN, IPV6_LEN, Ip, UDP_LEN},
+};
+
+const AF_INET: u8 = 2;
+const AF_INET6: u8 = 10;
+const GUE_LEN: usize = 4;
+const TTL: u8 = 64;
+
+/// Sum over the inner packet as a UDP checksum sees it, without reading the payload: a transport
+/// checksum that verifies means pseudo-header + segment sums to 0xffff, so the segment sums to the
+/// complement of the pseudo-header (the local checksum offload identity, RFC 7605 / Linux
+/// `lco_csum`). A valid IPv4 header sums to 0xffff as well and drops out. `None`: the inner
+/// packet has no transport checksum (IPv4 UDP with checksum 0).
+#[inline(always)]
+fn inner_sum(ctx: &XdpContext, ip: &Ip) -> Option<u64> {
+    let l4 = ip.l4_off();
+    let l4_len = ip.ip_len - ip.l3_len as u32;
+    let check_off = if ip.proto == PROTO_TCP { 16 } else { 6 };
+    let check = u16_be_at(ctx, l4 + check_off)?;
+    if ip.proto == PROTO_UDP && check == 0 && ip.family == FAMILY_V4 {
+        return None;
+    }
+    let proto_len = pair(0, ip.proto) + be16(l4_len as u16);
+    if ip.family == FAMILY_V4 {
+        // The header drops out (it sums to 0xffff); what is left is minus the pseudo-header.
+        Some((!fold(add32(add32(proto_len, ip.src[0]), ip.dst[0]))) as u64)
+    } else {
+        // Header + (minus pseudo-header): the addresses appear in both and cancel, leaving the
+        // first two header words minus (protocol + length).
+        let h0 = word_at(ctx, ip.l2_len)?;
+        let h1 = word_at(ctx, ip.l2_len + 4)?;
+        Some(add32(add32((!fold(proto_len)) as u64, h0), h1))
+    }
+}
+
+/// Copies `N` bytes into packet memory at `p + off`. Constant-size, unrolled: no slices, so no
+/// bounds-check panics on the packet path.
+#[inline(always)]
+unsafe fn put<const N: usize>(p: *mut u8, off: usize, bytes: &[u8; N]) {
+    let mut i = 0;
+    while i < N {
+        // SAFETY: the caller checked `p + off + N` against data_end.
+        unsafe { *p.add(off + i) = bytes[i] };
+        i += 1;
+    }
+}
+
+// A BPF subprogram of its own: inlined, its stack slots would add to the caller's 512 bytes.
+#[inline(never)]
+pub fn encapsulate(
+    ctx: &XdpContext,
+    ip: &Ip,
+    cfg: &DataplaneConfig,
+    backend_id: u32,
+    hash: u32,
+) -> Verdict {
+    let Some(backend) = maps::BACKENDS.get(backend_id) else {
+        return Verdict::drop(counter::INTERNAL_ERROR);
+    };
+    let outer_v4 = backend.family == FAMILY_V4;
+    let (has_src, outer_ip_len) = if outer_v4 {
+        (cfg.flags & CFG_F_HAS_SRC_V4 != 0, IPV4_LEN)
+    } else {
+        (cfg.flags & CFG_F_HAS_SRC_V6 != 0, IPV6_LEN)
+    };
+    if !has_src {
+        return Verdict::drop(counter::NO_TUNNEL_SOURCE);
+    }
+    let gue = cfg.encap == ENCAP_GUE;
+    let inner_proto = if ip.family == FAMILY_V4 { PROTO_IPIP } else { PROTO_IPV6 };
+    let (outer_proto, tunnel_len) = if gue {
+        (PROTO_UDP, outer_ip_len + UDP_LEN + GUE_LEN)
+    } else {
+        (inner_proto, outer_ip_len)
+    };
+    let outer_len = ip.ip_len + tunnel_len as u32;
+    if outer_len > 0xffff {
+        return Verdict::drop(counter::OVERSIZE);
+    }
+    let dst_w = addr_words(&backend.addr_be);
+    let src_w = if outer_v4 {
+        // SAFETY: offset 0 of the align(4) DataplaneConfig.
+        [unsafe { cfg.tunnel_src_v4_be.as_ptr().cast::<u32>().read() }, 0, 0, 0]
+    } else {
+        addr_words(&cfg.tunnel_src_v6_be)
+    };
+
+    // Route first, while the packet is still intact: a drop needs no undo.
+    let mut fib = bpf_fib_lookup {
+        family: if outer_v4 { AF_INET } else { AF_INET6 },
+        l4_protocol: outer_proto,
+        sport: 0,
+        dport: 0,
+        __bindgen_anon_1: bpf_fib_lookup__bindgen_ty_1 { tot_len: outer_len as u16 },
+        ifindex: ctx.ingress_ifindex() as u32,
+        __bindgen_anon_2: bpf_fib_lookup__bindgen_ty_2 { flowinfo: 0 },
+        __bindgen_anon_3: bpf_fib_lookup__bindgen_ty_3 { ipv6_src: [0; 4] },
+        __bindgen_anon_4: bpf_fib_lookup__bindgen_ty_4 { ipv6_dst: [0; 4] },
+        __bindgen_anon_5: bpf_fib_lookup__bindgen_ty_5 { tbid: 0 },
+        smac: [0; 6],
+        dmac: [0; 6],
+    };
+    if outer_v4 {
+        fib.__bindgen_anon_2.tos = ip.tos;
+        fib.__bindgen_anon_3.ipv4_src = src_w[0];
+        fib.__bindgen_anon_4.ipv4_dst = dst_w[0];
+    } else {
+        fib.__bindgen_anon_3.ipv6_src = src_w;
+        fib.__bindgen_anon_4.ipv6_dst = dst_w;
+    }
+    // SAFETY: ctx is the program's context; the struct size is passed as the helper requires.
+    let rc = unsafe {
+        fib_lookup(ctx.ctx.cast(), &mut fib, core::mem::size_of::<bpf_fib_lookup>() as i32, 0)
+    };
+    let resolved = match rc as u32 {
+        BPF_FIB_LKUP_RET_SUCCESS => true,
+        BPF_FIB_LKUP_RET_NO_NEIGH => false,
+        BPF_FIB_LKUP_RET_FRAG_NEEDED => return Verdict::drop(counter::OVERSIZE),
+        // Blackhole, unreachable, prohibit, forwarding disabled on the ingress device, helper
+        // errors: nowhere to send it.
+        _ => return Verdict::drop(counter::FIB_FAIL),
+    };
+
+    let inner = if gue { inner_sum(ctx, ip) } else { None };
+
+    // Grow the head by the tunnel headers, less the VLAN tag we drop.
+    let delta = tunnel_len as i32 - (ip.l2_len - ETH_LEN) as i32;
+    // SAFETY: ctx is the program's context.
+    if unsafe { bpf_xdp_adjust_head(ctx.ctx, -delta) } != 0 {
+        return Verdict::drop(counter::INTERNAL_ERROR);
+    }
+    let ethertype = if outer_v4 { ETH_P_IP } else { ETH_P_IPV6 }.to_be_bytes();
+    let len_be = (outer_len as u16).to_be_bytes();
+
+    if outer_v4 {
+        let Some(p) = ptr_at::<[u8; ETH_LEN + IPV4_LEN]>(ctx, 0) else {
+            return Verdict::drop(counter::INTERNAL_ERROR);
+        };
+        let p = p.cast::<u8>();
+        let sum = pair(0x45, ip.tos)
+            + be16(outer_len as u16)
+            + pair(0x40, 0)
+            + pair(TTL, outer_proto)
+            + add32(add32(0, src_w[0]), dst_w[0]);
+        let c = finish(sum);
+        // SAFETY: 34 bytes checked above.
+        unsafe {
+            put(p, 12, &ethertype);
+            put(p, ETH_LEN, &[0x45, ip.tos, len_be[0], len_be[1], 0, 0, 0x40, 0]);
+            put(p, ETH_LEN + 8, &[TTL, outer_proto, c[0], c[1]]);
+        }
+        if write_word(ctx, ETH_LEN + 12, src_w[0]).is_none()
+            || write_word(ctx, ETH_LEN + 16, dst_w[0]).is_none()
+        {
+            return Verdict::drop(counter::INTERNAL_ERROR);
+        }
+    } else {
+        let Some(p) = ptr_at::<[u8; ETH_LEN + IPV6_LEN]>(ctx, 0) else {
+            return Verdict::drop(counter::INTERNAL_ERROR);
+        };
+        let p = p.cast::<u8>();
+        let fl = flow_label(hash);
+        let plen = ((outer_len as usize - IPV6_LEN) as u16).to_be_bytes();
+        // SAFETY: 54 bytes checked above.
+        unsafe {
+            put(p, 12, &ethertype);
+            put(
+                p,
+                ETH_LEN,
+                &[
+                    0x60 | (ip.tos >> 4),
+                    (ip.tos << 4) | ((fl >> 16) as u8 & 0x0f),
+                    (fl >> 8) as u8,
+                    fl as u8,
+                    plen[0],
+                    plen[1],
+                    outer_proto,
+                    TTL,
+                ],
+            );
+        }
+        let mut i = 0;
+        while i < 4 {
+            if write_word(ctx, ETH_LEN + 8 + i * 4, src_w[i]).is_none()
+                || write_word(ctx, ETH_LEN + 24 + i * 4, dst_w[i]).is_none()
+            {
+                return Verdict::drop(counter::INTERNAL_ERROR);
+            }
+            i += 1;
+        }
+    }
+    if resolved {
+        let Some(p) = ptr_at::<[u8; 12]>(ctx, 0) else {
+            return Verdict::drop(counter::INTERNAL_ERROR);
+        };
+        // SAFETY: 12 bytes checked above.
+        unsafe {
+            put(p.cast::<u8>(), 0, &fib.dmac);
+            put(p.cast::<u8>(), 6, &fib.smac);
+        }
+    } else {
+        // Keep the frame's own MACs (destination = this host, so the stack accepts it). They
+        // still sit at the old start of the frame, `delta` bytes in; delta >= 16, so the copy
+        // does not overlap.
+        let d = delta as usize;
+        let (Some(a), Some(b), Some(c)) = (word_at(ctx, d), word_at(ctx, d + 4), word_at(ctx, d + 8))
+        else {
+            return Verdict::drop(counter::INTERNAL_ERROR);
+        };
+        if write_word(ctx, 0, a).is_none()
+            || write_word(ctx, 4, b).is_none()
+            || write_word(ctx, 8, c).is_none()
+        {
+            return Verdict::drop(counter::INTERNAL_ERROR);
+        }
+    }
+
+    if gue {
+        let udp_len = (ip.ip_len as usize + UDP_LEN + GUE_LEN) as u16;
+        let sport = gue_source_port(hash);
+        let check = match inner {
+            Some(inner) => {
+                let mut s = add_addr(add_addr(inner, &src_w), &dst_w);
+                s += pair(0, PROTO_UDP) + be16(udp_len); // pseudo-header
+                s += be16(sport) + cfg.gue_port_be as u64 + be16(udp_len); // UDP header
+                s += pair(0, inner_proto); // GUE header: version 0, no options, flags 0
+                let c = !fold(s);
+                // 0 means "no checksum" in UDP; a computed 0 is sent as 0xffff (RFC 768).
+                if c == 0 { [0xff, 0xff] } else { c.to_le_bytes() }
+            }
+            None => [0, 0],
+        };
+        let sp = sport.to_be_bytes();
+        let dp = cfg.gue_port_be.to_le_bytes();
+        let ul = udp_len.to_be_bytes();
+        let Some(p) = ptr_at::<[u8; UDP_LEN + GUE_LEN]>(ctx, ETH_LEN + outer_ip_len) else {
+            return Verdict::drop(counter::INTERNAL_ERROR);
+        };
+        // SAFETY: 12 bytes checked above.
+        unsafe {
+            put(
+                p.cast::<u8>(),
+                0,
+                &[sp[0], sp[1], dp[0], dp[1], ul[0], ul[1], check[0], check[1], 0, inner_proto, 0, 0],
+            );
+        }
+        maps::count(counter::ENCAP_GUE);
+    }
+    if ip.family != backend.family {
+        maps::count(counter::ENCAP_CROSS_FAMILY);
+    }
+
+    if !resolved {
+        // The kernel resolves the neighbour and forwards this packet itself; later packets of the
+        // flow then take the fast path.
+        maps::count(counter::FIB_NO_NEIGH);
+        return Verdict::pass(counter::ENCAP);
+    }
+    if fib.ifindex == ctx.ingress_ifindex() as u32 {
+        maps::count(counter::TX);
+        return Verdict::new(xdp_action::XDP_TX, counter::ENCAP);
+    }
+    maps::count(counter::REDIRECT);
+    // SAFETY: plain helper call; returns XDP_REDIRECT on success, XDP_ABORTED otherwise.
+    let action = unsafe { bpf_redirect(fib.ifindex, 0) } as u32;
+    Verdict::new(action, counter::ENCAP)
+}

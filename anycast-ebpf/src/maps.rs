@@ -1,0 +1,68 @@
+//! Every map of the program, in one place. Names and value types come from `anycast_common`.
+//! Sizes here are placeholders for the ones the agent sets at load time
+//! (`EbpfLoader::set_max_entries`) from its config.
+
+use anycast_common::{
+    AddrKey, Backend, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_VIPS, DEFAULT_RING_SIZE, DataplaneConfig,
+    MAX_DECAP_PREFIXES, MAX_LOCAL_ADDRS, TABLES_PER_VIP, TrafficStats, VipKey, VipValue, counter,
+};
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap, LpmTrie, PerCpuArray},
+};
+
+#[map]
+pub static VIPS: HashMap<VipKey, VipValue> = HashMap::with_max_entries(DEFAULT_MAX_VIPS, 0);
+
+/// All Maglev tables back to back: table `t` is `[t * ring_size, (t + 1) * ring_size)`, each
+/// entry a backend id. One flat array rather than an array of maps: aya-ebpf 0.2 has no
+/// map-in-map, and a flat array lookup is a single bounds check and add.
+#[map]
+pub static RINGS: Array<u32> =
+    Array::with_max_entries(DEFAULT_MAX_VIPS * TABLES_PER_VIP * DEFAULT_RING_SIZE, 0);
+
+#[map]
+pub static BACKENDS: Array<Backend> = Array::with_max_entries(DEFAULT_MAX_BACKENDS, 0);
+
+#[map]
+pub static CONFIG: Array<DataplaneConfig> = Array::with_max_entries(1, 0);
+
+#[map]
+pub static LOCAL_ADDRS: HashMap<AddrKey, u32> = HashMap::with_max_entries(MAX_LOCAL_ADDRS, 0);
+
+#[map]
+pub static DECAP_ALLOW_V4: LpmTrie<[u8; 4], u8> = LpmTrie::with_max_entries(MAX_DECAP_PREFIXES, 0);
+
+#[map]
+pub static DECAP_ALLOW_V6: LpmTrie<[u8; 16], u8> =
+    LpmTrie::with_max_entries(MAX_DECAP_PREFIXES, 0);
+
+#[map]
+pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
+
+#[map]
+pub static VIP_STATS: PerCpuArray<TrafficStats> = PerCpuArray::with_max_entries(DEFAULT_MAX_VIPS, 0);
+
+#[map]
+pub static BACKEND_STATS: PerCpuArray<TrafficStats> =
+    PerCpuArray::with_max_entries(DEFAULT_MAX_BACKENDS, 0);
+
+/// Adds one to a global outcome counter. Per-CPU, so a plain add: no atomics on the packet path.
+#[inline(always)]
+pub fn count(c: u32) {
+    if let Some(p) = STATS.get_ptr_mut(c) {
+        // SAFETY: per-CPU slot, only this CPU's program instance writes it while we run.
+        unsafe { *p += 1 };
+    }
+}
+
+#[inline(always)]
+pub fn count_traffic(map: &PerCpuArray<TrafficStats>, index: u32, bytes: u64) {
+    if let Some(p) = map.get_ptr_mut(index) {
+        // SAFETY: as in `count`.
+        unsafe {
+            (*p).packets += 1;
+            (*p).bytes += bytes;
+        }
+    }
+}

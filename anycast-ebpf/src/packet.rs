@@ -1,0 +1,82 @@
+//! The one checked doorway into packet memory.
+
+use aya_ebpf::programs::XdpContext;
+
+/// Pointer to a `T` at `off` bytes into the packet, after checking that all of it lies before
+/// `data_end` (the check the verifier needs to see before any access).
+#[inline(always)]
+pub fn ptr_at<T>(ctx: &XdpContext, off: usize) -> Option<*mut T> {
+    let start = ctx.data();
+    let end = ctx.data_end();
+    if start + off + core::mem::size_of::<T>() > end {
+        return None;
+    }
+    Some((start + off) as *mut T)
+}
+
+/// Reads `N` bytes at `off`.
+#[inline(always)]
+pub fn bytes_at<const N: usize>(ctx: &XdpContext, off: usize) -> Option<[u8; N]> {
+    let p = ptr_at::<[u8; N]>(ctx, off)?;
+    // SAFETY: bounds checked by ptr_at; [u8; N] has alignment 1.
+    Some(unsafe { p.read() })
+}
+
+/// A 32-bit word of packet bytes, as a little-endian load sees it (the flow hash and the
+/// checksum code work on such words; see anycast_common::hash).
+#[inline(always)]
+pub fn word_at(ctx: &XdpContext, off: usize) -> Option<u32> {
+    let p = ptr_at::<u32>(ctx, off)?;
+    // SAFETY: bounds checked by ptr_at. Packet data is not 4-byte aligned in general, but the
+    // verifier allows unaligned packet access on architectures with efficient unaligned access
+    // (x86_64, arm64: kernel/bpf/verifier.c, check_pkt_ptr_alignment without strict alignment),
+    // and the JIT emits a plain load. `read_unaligned` would make LLVM split it into four byte
+    // loads, since the BPF backend may not assume unaligned access is legal.
+    Some(unsafe { p.read() })
+}
+
+#[inline(always)]
+pub fn u16_be_at(ctx: &XdpContext, off: usize) -> Option<u16> {
+    bytes_at::<2>(ctx, off).map(u16::from_be_bytes)
+}
+
+#[inline(always)]
+pub fn u8_at(ctx: &XdpContext, off: usize) -> Option<u8> {
+    bytes_at::<1>(ctx, off).map(|b| b[0])
+}
+
+/// Writes `bytes` at `off`.
+#[inline(always)]
+pub fn write_at<const N: usize>(ctx: &XdpContext, off: usize, bytes: [u8; N]) -> Option<()> {
+    let p = ptr_at::<[u8; N]>(ctx, off)?;
+    // SAFETY: bounds checked by ptr_at.
+    unsafe { p.write(bytes) };
+    Some(())
+}
+
+/// Writes a 32-bit word (bytes in memory order) at `off`; same alignment argument as `word_at`.
+#[inline(always)]
+pub fn write_word(ctx: &XdpContext, off: usize, w: u32) -> Option<()> {
+    let p = ptr_at::<u32>(ctx, off)?;
+    // SAFETY: bounds checked by ptr_at; see word_at for alignment.
+    unsafe { p.write(w) };
+    Some(())
+}
+
+/// The words of an address stored in a map value (`anycast_common` address fields sit at
+/// 4-aligned offsets of `align(4)` types). Reading through `*const u32` gives LLVM the alignment
+/// it needs to emit four loads instead of sixteen.
+#[inline(always)]
+pub fn addr_words(a: &[u8; 16]) -> [u32; 4] {
+    let p = a.as_ptr().cast::<u32>();
+    // SAFETY: in bounds (16 bytes); aligned because every caller passes a field of an
+    // `align(4)` map type at a 4-aligned offset.
+    unsafe { [p.read(), p.add(1).read(), p.add(2).read(), p.add(3).read()] }
+}
+
+/// Address bytes from words, as a key field expects them.
+#[inline(always)]
+pub fn addr_bytes(w: [u32; 4]) -> [u8; 16] {
+    // SAFETY: [u32; 4] and [u8; 16] have the same size and every bit pattern is valid.
+    unsafe { core::mem::transmute::<[u32; 4], [u8; 16]>(w) }
+}
