@@ -1,2 +1,18 @@
+//! The anycast agent and CLI as a library: configuration, Maglev tables, the host model of the
+//! dataplane's decision, and the code that loads the XDP program and writes its maps.
+//!
+//! Pure logic ([`config`], [`maglev`], [`model`], the planning half of [`dataplane`]) is tested on
+//! the host; everything that needs the kernel sits behind [`dataplane::MapWriter`] or in
+//! [`agent`]. The fixture tests use [`dataplane::Dataplane`] (see its module docs).
+
+pub mod agent;
+pub mod cli;
+pub mod config;
+pub mod dataplane;
+pub mod host;
+pub mod maglev;
+pub mod model;
+pub mod stats;
+
 /// The compiled XDP object.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/anycast"));

@@ -1,0 +1,977 @@
+//! The agent's TOML configuration: parsing and validation.
+//!
+//! Parsing happens in two steps. Serde reads the file into a loosely typed mirror ([`RawConfig`],
+//! addresses as strings, numbers as `i64`) so that a bad value is reported by *our* validation
+//! with the field's full path and the problem (`vip[1].backend[0].address: "198.18.300.1" is not
+//! an IP address`) rather than by a generic deserializer message. Unknown fields are still
+//! rejected by serde (`deny_unknown_fields`), which names the field and its line.
+//!
+//! [`Config::parse`] checks everything that depends only on the file. Whether a backend is remote
+//! (and so needs a tunnel source of its family) depends on this host's addresses, so that check
+//! is [`Config::check_local`], run by the agent and by `anycast lookup` with the local address set.
+//!
+//! Ring size policy: `ring_size` must be prime and in [`MIN_RING_SIZE`, `MAX_RING_SIZE`]. A VIP
+//! whose backend count N has `ring_size < 10 * N` is rejected (its backends' shares would be off
+//! by 10% or more); `ring_size < 100 * N` is accepted with a warning ([`Config::warnings`]),
+//! because Maglev's imbalance is only guaranteed under 1% when M > 100 N (NSDI 2016, 5.3).
+
+use std::collections::{BTreeSet, HashSet};
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::path::{Path, PathBuf};
+
+use anycast_common::{DEFAULT_MAX_BACKENDS, DEFAULT_MAX_VIPS, DEFAULT_RING_SIZE, GUE_DEFAULT_PORT};
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+pub const MIN_RING_SIZE: u32 = 7;
+/// Keeps one table under 4 MiB and `max_vips * 3 * ring_size` within a BPF array's `u32` index.
+pub const MAX_RING_SIZE: u32 = 1_000_003;
+/// Weights are plain ratios; the cap keeps the per-round arithmetic of Maglev far from overflow
+/// and is more resolution than any operator needs.
+pub const MAX_WEIGHT: u32 = 65_535;
+/// Linux interface names are at most IFNAMSIZ - 1 = 15 bytes.
+const MAX_IFNAME: usize = 15;
+pub const DEFAULT_PIN_PATH: &str = "/sys/fs/bpf/anycast";
+/// bpffs cannot hold regular files, so the id map for `anycast stats` lives under /run.
+pub const DEFAULT_STATE_FILE: &str = "/run/anycast/state.json";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{origin}: invalid TOML")]
+    Toml {
+        origin: String,
+        #[source]
+        source: toml::de::Error,
+    },
+    /// A value that is well-formed TOML but not acceptable. `field` is the full path of the
+    /// field (`vip[0].backend[2].weight`), `problem` says what is wrong with it.
+    #[error("{field}: {problem}")]
+    Invalid { field: String, problem: String },
+}
+
+fn invalid(field: impl Into<String>, problem: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        field: field.into(),
+        problem: problem.into(),
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+impl Protocol {
+    pub const fn number(self) -> u8 {
+        match self {
+            Self::Tcp => anycast_common::PROTO_TCP,
+            Self::Udp => anycast_common::PROTO_UDP,
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "tcp" => Some(Self::Tcp),
+            "udp" => Some(Self::Udp),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Tcp => "tcp",
+            Self::Udp => "udp",
+        })
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Encapsulation {
+    Ipip,
+    Gue,
+}
+
+impl fmt::Display for Encapsulation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Ipip => "ipip",
+            Self::Gue => "gue",
+        })
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum XdpModeSetting {
+    #[default]
+    Native,
+    Generic,
+    /// Try native (driver) mode, fall back to generic with a warning.
+    NativeOrGeneric,
+}
+
+impl XdpModeSetting {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "native" => Some(Self::Native),
+            "generic" => Some(Self::Generic),
+            "native-or-generic" => Some(Self::NativeOrGeneric),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for XdpModeSetting {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Native => "native",
+            Self::Generic => "generic",
+            Self::NativeOrGeneric => "native-or-generic",
+        })
+    }
+}
+
+/// The file as serde sees it; see the module docs for why it is loosely typed.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    pub agent: RawAgent,
+    #[serde(default)]
+    pub vip: Vec<RawVip>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAgent {
+    pub interfaces: Vec<String>,
+    pub tunnel_source: Option<String>,
+    pub tunnel_source_v6: Option<String>,
+    pub encapsulation: Option<String>,
+    #[serde(default)]
+    pub decap_allow: Vec<String>,
+    pub ring_size: Option<i64>,
+    pub hash_seed: i64,
+    pub gue_port: Option<i64>,
+    pub xdp_mode: Option<String>,
+    pub max_vips: Option<i64>,
+    pub max_backends: Option<i64>,
+    #[serde(default)]
+    pub local_addresses: Vec<String>,
+    pub pin_path: Option<String>,
+    pub state_file: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawVip {
+    pub address: String,
+    pub port: i64,
+    pub protocol: String,
+    #[serde(default)]
+    pub backend: Vec<RawBackend>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBackend {
+    pub address: String,
+    pub weight: i64,
+}
+
+/// A validated configuration.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Config {
+    pub agent: AgentConfig,
+    pub vips: Vec<VipConfig>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct AgentConfig {
+    pub interfaces: Vec<String>,
+    pub tunnel_source: Option<Ipv4Addr>,
+    pub tunnel_source_v6: Option<Ipv6Addr>,
+    pub encapsulation: Encapsulation,
+    /// Normalized (host bits cleared).
+    pub decap_allow: Vec<IpNet>,
+    pub ring_size: u32,
+    pub hash_seed: u32,
+    pub gue_port: u16,
+    pub xdp_mode: XdpModeSetting,
+    pub max_vips: u32,
+    pub max_backends: u32,
+    pub local_addresses: Vec<IpAddr>,
+    pub pin_path: PathBuf,
+    pub state_file: PathBuf,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct VipConfig {
+    pub address: IpAddr,
+    /// 0 = any port.
+    pub port: u16,
+    pub protocol: Protocol,
+    pub backends: Vec<BackendConfig>,
+}
+
+impl VipConfig {
+    /// `203.0.113.10:80/tcp`, `[2001:db8::10]:any/udp`.
+    pub fn label(&self) -> String {
+        vip_label(self.address, self.port, self.protocol)
+    }
+}
+
+pub fn vip_label(address: IpAddr, port: u16, protocol: Protocol) -> String {
+    let port = if port == 0 {
+        "any".to_string()
+    } else {
+        port.to_string()
+    };
+    match address {
+        IpAddr::V4(a) => format!("{a}:{port}/{protocol}"),
+        IpAddr::V6(a) => format!("[{a}]:{port}/{protocol}"),
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct BackendConfig {
+    pub address: IpAddr,
+    /// Plain ratio; 0 = drained (no new flows).
+    pub weight: u32,
+}
+
+fn int_in<T: TryFrom<i64>>(field: &str, v: i64, lo: i64, hi: i64) -> Result<T, ConfigError> {
+    if v < lo || v > hi {
+        return Err(invalid(field, format!("{v} is out of range {lo}..={hi}")));
+    }
+    T::try_from(v).map_err(|_| invalid(field, format!("{v} is out of range {lo}..={hi}")))
+}
+
+fn ip(field: &str, s: &str) -> Result<IpAddr, ConfigError> {
+    s.parse()
+        .map_err(|_| invalid(field, format!("{s:?} is not an IP address")))
+}
+
+pub fn is_prime(n: u32) -> bool {
+    if n < 2 {
+        return false;
+    }
+    if n.is_multiple_of(2) {
+        return n == 2;
+    }
+    let n = u64::from(n);
+    let mut d = 3u64;
+    while d * d <= n {
+        if n % d == 0 {
+            return false;
+        }
+        d += 2;
+    }
+    true
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse_named(&text, &path.display().to_string())
+    }
+
+    pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        Self::parse_named(text, "config")
+    }
+
+    fn parse_named(text: &str, origin: &str) -> Result<Self, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|source| ConfigError::Toml {
+            origin: origin.to_owned(),
+            source,
+        })?;
+        Self::from_raw(raw)
+    }
+
+    pub fn from_raw(raw: RawConfig) -> Result<Self, ConfigError> {
+        let RawConfig { agent, vip } = raw;
+        let agent = validate_agent(agent)?;
+        let mut vips = Vec::with_capacity(vip.len());
+        let mut seen_vips = HashSet::new();
+        for (i, v) in vip.into_iter().enumerate() {
+            let RawVip {
+                address,
+                port,
+                protocol,
+                backend,
+            } = v;
+            let address = ip(&format!("vip[{i}].address"), &address)?;
+            let vip_addr = address;
+            let port: u16 = int_in(&format!("vip[{i}].port"), port, 0, 65535)?;
+            let protocol = Protocol::parse(&protocol).ok_or_else(|| {
+                invalid(
+                    format!("vip[{i}].protocol"),
+                    format!("{protocol:?} is not \"tcp\" or \"udp\""),
+                )
+            })?;
+            if !seen_vips.insert((address, port, protocol)) {
+                return Err(invalid(
+                    format!("vip[{i}]"),
+                    format!(
+                        "duplicate VIP {} (same address, port and protocol as an earlier [[vip]])",
+                        vip_label(address, port, protocol)
+                    ),
+                ));
+            }
+            let mut backends = Vec::with_capacity(backend.len());
+            let mut seen = HashSet::new();
+            for (j, b) in backend.into_iter().enumerate() {
+                let field = format!("vip[{i}].backend[{j}]");
+                let RawBackend { address, weight } = b;
+                let address = ip(&format!("{field}.address"), &address)?;
+                let weight = int_in(&format!("{field}.weight"), weight, 0, i64::from(MAX_WEIGHT))?;
+                if !seen.insert(address) {
+                    return Err(invalid(
+                        format!("{field}.address"),
+                        format!(
+                            "duplicate backend {address} (already listed for VIP {})",
+                            vip_label(vip_addr, port, protocol)
+                        ),
+                    ));
+                }
+                backends.push(BackendConfig { address, weight });
+            }
+            let n = backends.len() as u64;
+            let m = u64::from(agent.ring_size);
+            if n > 0 && m < 10 * n {
+                return Err(invalid(
+                    "agent.ring_size",
+                    format!(
+                        "{} is less than 10 x the {} backends of vip[{i}] ({}); use a prime >= {}",
+                        agent.ring_size,
+                        n,
+                        vip_label(address, port, protocol),
+                        10 * n
+                    ),
+                ));
+            }
+            vips.push(VipConfig {
+                address,
+                port,
+                protocol,
+                backends,
+            });
+        }
+        if vips.len() as u64 > u64::from(agent.max_vips) {
+            return Err(invalid(
+                "vip",
+                format!(
+                    "{} VIPs configured, more than agent.max_vips = {}",
+                    vips.len(),
+                    agent.max_vips
+                ),
+            ));
+        }
+        let unique: BTreeSet<IpAddr> = vips
+            .iter()
+            .flat_map(|v| v.backends.iter().map(|b| b.address))
+            .collect();
+        if unique.len() as u64 > u64::from(agent.max_backends) {
+            return Err(invalid(
+                "vip.backend",
+                format!(
+                    "{} distinct backend addresses configured, more than agent.max_backends = {}",
+                    unique.len(),
+                    agent.max_backends
+                ),
+            ));
+        }
+        Ok(Self { agent, vips })
+    }
+
+    /// Checks what depends on this host: every remote backend (one whose address is not in
+    /// `local`) needs a tunnel source of its own family, because the outer header takes the
+    /// backend's family (an IPv6 VIP with an IPv4 backend is IPv6-in-IPv4).
+    pub fn check_local(&self, local: &BTreeSet<IpAddr>) -> Result<(), ConfigError> {
+        for (i, vip) in self.vips.iter().enumerate() {
+            for (j, b) in vip.backends.iter().enumerate() {
+                if local.contains(&b.address) {
+                    continue;
+                }
+                let missing = match b.address {
+                    IpAddr::V4(_) if self.agent.tunnel_source.is_none() => {
+                        Some(("IPv4", "agent.tunnel_source"))
+                    }
+                    IpAddr::V6(_) if self.agent.tunnel_source_v6.is_none() => {
+                        Some(("IPv6", "agent.tunnel_source_v6"))
+                    }
+                    _ => None,
+                };
+                if let Some((family, field)) = missing {
+                    return Err(invalid(
+                        format!("vip[{i}].backend[{j}].address"),
+                        format!(
+                            "{} is a remote {family} backend (not an address of this host), which needs {field} to be set",
+                            b.address
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The addresses of this host as the dataplane sees them: the detected ones plus the
+    /// configured `local_addresses`.
+    pub fn local_set(&self, detected: impl IntoIterator<Item = IpAddr>) -> BTreeSet<IpAddr> {
+        detected
+            .into_iter()
+            .chain(self.agent.local_addresses.iter().copied())
+            .collect()
+    }
+
+    /// Accepted but questionable settings, for the agent to log and `check` to print.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut w = Vec::new();
+        let m = u64::from(self.agent.ring_size);
+        for (i, vip) in self.vips.iter().enumerate() {
+            let n = vip.backends.len() as u64;
+            if n > 0 && m < 100 * n {
+                w.push(format!(
+                    "agent.ring_size: {m} is less than 100 x the {n} backends of vip[{i}] ({}); backend shares may be off by more than 1%",
+                    vip.label()
+                ));
+            }
+            if !vip.backends.is_empty() && vip.backends.iter().all(|b| b.weight == 0) {
+                w.push(format!(
+                    "vip[{i}] ({}): every backend has weight 0; its packets are dropped",
+                    vip.label()
+                ));
+            } else if vip.backends.is_empty() {
+                w.push(format!(
+                    "vip[{i}] ({}): no backends; its packets are dropped",
+                    vip.label()
+                ));
+            }
+        }
+        w
+    }
+
+    /// The bpffs pin path of one map.
+    pub fn map_pin(&self, map: &str) -> PathBuf {
+        self.agent.pin_path.join(map)
+    }
+}
+
+fn validate_agent(raw: RawAgent) -> Result<AgentConfig, ConfigError> {
+    let RawAgent {
+        interfaces,
+        tunnel_source,
+        tunnel_source_v6,
+        encapsulation,
+        decap_allow,
+        ring_size,
+        hash_seed,
+        gue_port,
+        xdp_mode,
+        max_vips,
+        max_backends,
+        local_addresses,
+        pin_path,
+        state_file,
+    } = raw;
+    if interfaces.is_empty() {
+        return Err(invalid(
+            "agent.interfaces",
+            "is empty; list at least one interface to attach to",
+        ));
+    }
+    let mut seen = HashSet::new();
+    for (i, name) in interfaces.iter().enumerate() {
+        let field = format!("agent.interfaces[{i}]");
+        if name.is_empty() || name.len() > MAX_IFNAME || name.contains(['/', ' ', '\0']) {
+            return Err(invalid(
+                field,
+                format!("{name:?} is not a valid interface name"),
+            ));
+        }
+        if !seen.insert(name) {
+            return Err(invalid(field, format!("{name:?} is listed twice")));
+        }
+    }
+    let tunnel_source = match tunnel_source {
+        None => None,
+        Some(s) => match ip("agent.tunnel_source", &s)? {
+            IpAddr::V4(a) => Some(a),
+            IpAddr::V6(_) => {
+                return Err(invalid(
+                    "agent.tunnel_source",
+                    format!("{s:?} is not an IPv4 address (IPv6 goes in agent.tunnel_source_v6)"),
+                ));
+            }
+        },
+    };
+    let tunnel_source_v6 = match tunnel_source_v6 {
+        None => None,
+        Some(s) => match ip("agent.tunnel_source_v6", &s)? {
+            IpAddr::V6(a) => Some(a),
+            IpAddr::V4(_) => {
+                return Err(invalid(
+                    "agent.tunnel_source_v6",
+                    format!("{s:?} is not an IPv6 address (IPv4 goes in agent.tunnel_source)"),
+                ));
+            }
+        },
+    };
+    let encapsulation = match encapsulation.as_deref() {
+        None | Some("ipip") => Encapsulation::Ipip,
+        Some("gue") => Encapsulation::Gue,
+        Some(other) => {
+            return Err(invalid(
+                "agent.encapsulation",
+                format!("{other:?} is not \"ipip\" or \"gue\""),
+            ));
+        }
+    };
+    let mut decap = Vec::with_capacity(decap_allow.len());
+    for (i, s) in decap_allow.iter().enumerate() {
+        let net: IpNet = s.parse().map_err(|_| {
+            invalid(
+                format!("agent.decap_allow[{i}]"),
+                format!(
+                    "{s:?} is not an IP prefix (expected e.g. \"198.18.0.0/15\" or \"fd00::/8\")"
+                ),
+            )
+        })?;
+        decap.push(net.trunc());
+    }
+    if decap.len() as u64 > u64::from(anycast_common::MAX_DECAP_PREFIXES) {
+        return Err(invalid(
+            "agent.decap_allow",
+            format!(
+                "{} prefixes, more than the dataplane's {}",
+                decap.len(),
+                anycast_common::MAX_DECAP_PREFIXES
+            ),
+        ));
+    }
+    let ring_size: u32 = int_in(
+        "agent.ring_size",
+        ring_size.unwrap_or(i64::from(DEFAULT_RING_SIZE)),
+        i64::from(MIN_RING_SIZE),
+        i64::from(MAX_RING_SIZE),
+    )?;
+    if !is_prime(ring_size) {
+        return Err(invalid(
+            "agent.ring_size",
+            format!("{ring_size} is not prime (Maglev needs a prime table size, e.g. 65537)"),
+        ));
+    }
+    let hash_seed: u32 = int_in("agent.hash_seed", hash_seed, 0, i64::from(u32::MAX))?;
+    let gue_port: u16 = int_in(
+        "agent.gue_port",
+        gue_port.unwrap_or(i64::from(GUE_DEFAULT_PORT)),
+        1,
+        65535,
+    )?;
+    let xdp_mode = match xdp_mode {
+        None => XdpModeSetting::default(),
+        Some(s) => XdpModeSetting::parse(&s).ok_or_else(|| {
+            invalid(
+                "agent.xdp_mode",
+                format!("{s:?} is not \"native\", \"generic\" or \"native-or-generic\""),
+            )
+        })?,
+    };
+    let max_vips: u32 = int_in(
+        "agent.max_vips",
+        max_vips.unwrap_or(i64::from(DEFAULT_MAX_VIPS)),
+        1,
+        65_536,
+    )?;
+    let max_backends: u32 = int_in(
+        "agent.max_backends",
+        max_backends.unwrap_or(i64::from(DEFAULT_MAX_BACKENDS)),
+        1,
+        1 << 20,
+    )?;
+    let ring_entries =
+        u64::from(max_vips) * u64::from(anycast_common::TABLES_PER_VIP) * u64::from(ring_size);
+    if ring_entries > u64::from(u32::MAX) {
+        return Err(invalid(
+            "agent.max_vips",
+            format!(
+                "{max_vips} x {} tables x ring_size {ring_size} = {ring_entries} entries, more than a BPF array can index",
+                anycast_common::TABLES_PER_VIP
+            ),
+        ));
+    }
+    let mut locals = Vec::with_capacity(local_addresses.len());
+    for (i, s) in local_addresses.iter().enumerate() {
+        locals.push(ip(&format!("agent.local_addresses[{i}]"), s)?);
+    }
+    let pin_path = PathBuf::from(pin_path.unwrap_or_else(|| DEFAULT_PIN_PATH.to_owned()));
+    if !pin_path.is_absolute() {
+        return Err(invalid(
+            "agent.pin_path",
+            format!(
+                "{:?} is not an absolute path",
+                pin_path.display().to_string()
+            ),
+        ));
+    }
+    let state_file = PathBuf::from(state_file.unwrap_or_else(|| DEFAULT_STATE_FILE.to_owned()));
+    if !state_file.is_absolute() {
+        return Err(invalid(
+            "agent.state_file",
+            format!(
+                "{:?} is not an absolute path",
+                state_file.display().to_string()
+            ),
+        ));
+    }
+    Ok(AgentConfig {
+        interfaces,
+        tunnel_source,
+        tunnel_source_v6,
+        encapsulation,
+        decap_allow: decap,
+        ring_size,
+        hash_seed,
+        gue_port,
+        xdp_mode,
+        max_vips,
+        max_backends,
+        local_addresses: locals,
+        pin_path,
+        state_file,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[agent]
+interfaces = ["eth0"]
+tunnel_source = "198.18.1.2"
+tunnel_source_v6 = "fd00::1:2"
+encapsulation = "ipip"
+decap_allow = ["198.18.0.0/15", "fd00::/8"]
+ring_size = 65537
+hash_seed = 42
+[[vip]]
+address = "203.0.113.10"
+port = 80
+protocol = "tcp"
+[[vip.backend]]
+address = "198.18.10.2"
+weight = 1
+[[vip.backend]]
+address = "198.18.10.3"
+weight = 2
+[[vip]]
+address = "2001:db8::10"
+port = 0
+protocol = "udp"
+[[vip.backend]]
+address = "198.18.10.2"
+weight = 0
+"#;
+
+    fn err(text: &str) -> String {
+        Config::parse(text).unwrap_err().to_string()
+    }
+
+    /// Replaces the first occurrence of `from` in the good config.
+    fn with(from: &str, to: &str) -> String {
+        assert!(GOOD.contains(from), "{from}");
+        GOOD.replacen(from, to, 1)
+    }
+
+    #[test]
+    fn accepts_the_documented_example_with_defaults() {
+        let c = Config::parse(GOOD).unwrap();
+        assert_eq!(c.agent.interfaces, vec!["eth0".to_string()]);
+        assert_eq!(c.agent.tunnel_source, Some("198.18.1.2".parse().unwrap()));
+        assert_eq!(c.agent.gue_port, 6080);
+        assert_eq!(c.agent.xdp_mode, XdpModeSetting::Native);
+        assert_eq!(c.agent.max_vips, DEFAULT_MAX_VIPS);
+        assert_eq!(c.agent.max_backends, DEFAULT_MAX_BACKENDS);
+        assert_eq!(c.agent.pin_path, PathBuf::from("/sys/fs/bpf/anycast"));
+        assert_eq!(c.vips.len(), 2);
+        assert_eq!(c.vips[1].port, 0);
+        assert_eq!(c.vips[0].backends[1].weight, 2);
+        assert!(
+            c.warnings()
+                .iter()
+                .any(|w| w.contains("every backend has weight 0"))
+        );
+    }
+
+    #[test]
+    fn optional_fields() {
+        let c = Config::parse(&with(
+            "hash_seed = 42",
+            "hash_seed = 42\ngue_port = 7000\nxdp_mode = \"native-or-generic\"\nmax_vips = 8\nmax_backends = 16\nlocal_addresses = [\"198.18.10.2\"]\npin_path = \"/sys/fs/bpf/x\"",
+        ))
+        .unwrap();
+        assert_eq!(c.agent.gue_port, 7000);
+        assert_eq!(c.agent.xdp_mode, XdpModeSetting::NativeOrGeneric);
+        assert_eq!(
+            c.agent.local_addresses,
+            vec!["198.18.10.2".parse::<IpAddr>().unwrap()]
+        );
+        let c = Config::parse(&with("ring_size = 65537\n", "")).unwrap();
+        assert_eq!(c.agent.ring_size, 65537);
+        assert_eq!(
+            Config::parse(&with("\"198.18.0.0/15\"", "\"198.18.7.1/15\""))
+                .unwrap()
+                .agent
+                .decap_allow[0]
+                .to_string(),
+            "198.18.0.0/15"
+        );
+    }
+
+    #[test]
+    fn rejects_bad_addresses_naming_the_field() {
+        let e = err(&GOOD.replacen("198.18.10.2", "198.18.300.1", 1));
+        assert_eq!(
+            e,
+            "vip[0].backend[0].address: \"198.18.300.1\" is not an IP address"
+        );
+        let e = err(&with("\"2001:db8::10\"", "\"2001:db8::zz\""));
+        assert_eq!(e, "vip[1].address: \"2001:db8::zz\" is not an IP address");
+        let e = err(&with(
+            "tunnel_source = \"198.18.1.2\"",
+            "tunnel_source = \"fd00::1\"",
+        ));
+        assert!(
+            e.starts_with("agent.tunnel_source: \"fd00::1\" is not an IPv4 address"),
+            "{e}"
+        );
+        let e = err(&with(
+            "tunnel_source_v6 = \"fd00::1:2\"",
+            "tunnel_source_v6 = \"198.18.1.2\"",
+        ));
+        assert!(
+            e.starts_with("agent.tunnel_source_v6: \"198.18.1.2\" is not an IPv6 address"),
+            "{e}"
+        );
+        let e = err(&with("\"fd00::/8\"", "\"fd00::/200\""));
+        assert!(
+            e.starts_with("agent.decap_allow[1]: \"fd00::/200\" is not an IP prefix"),
+            "{e}"
+        );
+        let e = err(&with("\"198.18.0.0/15\"", "\"198.18.0.0\""));
+        assert!(
+            e.starts_with("agent.decap_allow[0]: \"198.18.0.0\" is not an IP prefix"),
+            "{e}"
+        );
+        let e = err(&with(
+            "hash_seed = 42",
+            "hash_seed = 42\nlocal_addresses = [\"x\"]",
+        ));
+        assert_eq!(e, "agent.local_addresses[0]: \"x\" is not an IP address");
+    }
+
+    #[test]
+    fn rejects_bad_ring_sizes() {
+        assert_eq!(
+            err(&with("ring_size = 65537", "ring_size = 65536")),
+            "agent.ring_size: 65536 is not prime (Maglev needs a prime table size, e.g. 65537)"
+        );
+        assert_eq!(
+            err(&with("ring_size = 65537", "ring_size = 5")),
+            "agent.ring_size: 5 is out of range 7..=1000003"
+        );
+        assert_eq!(
+            err(&with("ring_size = 65537", "ring_size = 1000033")),
+            "agent.ring_size: 1000033 is out of range 7..=1000003"
+        );
+        // 2 backends need at least 20 slots; 13 is prime but too small.
+        let e = err(&with("ring_size = 65537", "ring_size = 13"));
+        assert!(e.starts_with("agent.ring_size: 13 is less than 10 x the 2 backends of vip[0] (203.0.113.10:80/tcp)"), "{e}");
+        // Under 100 x: accepted with a warning.
+        let c = Config::parse(&with("ring_size = 65537", "ring_size = 101")).unwrap();
+        assert!(c.warnings().iter().any(|w| {
+            w.starts_with("agent.ring_size: 101 is less than 100 x the 2 backends of vip[0]")
+        }));
+    }
+
+    #[test]
+    fn rejects_duplicates() {
+        let dup_vip =
+            format!("{GOOD}[[vip]]\naddress = \"203.0.113.10\"\nport = 80\nprotocol = \"tcp\"\n");
+        assert_eq!(
+            err(&dup_vip),
+            "vip[2]: duplicate VIP 203.0.113.10:80/tcp (same address, port and protocol as an earlier [[vip]])"
+        );
+        // Same address and port, other protocol: fine.
+        Config::parse(&format!(
+            "{GOOD}[[vip]]\naddress = \"203.0.113.10\"\nport = 80\nprotocol = \"udp\"\n"
+        ))
+        .unwrap();
+        let e = err(&with("198.18.10.3", "198.18.10.2"));
+        assert_eq!(
+            e,
+            "vip[0].backend[1].address: duplicate backend 198.18.10.2 (already listed for VIP 203.0.113.10:80/tcp)"
+        );
+        let e = err(&with(
+            "interfaces = [\"eth0\"]",
+            "interfaces = [\"eth0\", \"eth0\"]",
+        ));
+        assert_eq!(e, "agent.interfaces[1]: \"eth0\" is listed twice");
+    }
+
+    #[test]
+    fn rejects_bad_scalars() {
+        assert_eq!(
+            err(&with("weight = 2", "weight = 70000")),
+            "vip[0].backend[1].weight: 70000 is out of range 0..=65535"
+        );
+        assert_eq!(
+            err(&with("weight = 2", "weight = -1")),
+            "vip[0].backend[1].weight: -1 is out of range 0..=65535"
+        );
+        assert_eq!(
+            err(&with("port = 80", "port = 65536")),
+            "vip[0].port: 65536 is out of range 0..=65535"
+        );
+        assert_eq!(
+            err(&with("protocol = \"tcp\"", "protocol = \"sctp\"")),
+            "vip[0].protocol: \"sctp\" is not \"tcp\" or \"udp\""
+        );
+        assert_eq!(
+            err(&with("encapsulation = \"ipip\"", "encapsulation = \"gre\"")),
+            "agent.encapsulation: \"gre\" is not \"ipip\" or \"gue\""
+        );
+        assert_eq!(
+            err(&with("hash_seed = 42", "hash_seed = 4294967296")),
+            "agent.hash_seed: 4294967296 is out of range 0..=4294967295"
+        );
+        assert_eq!(
+            err(&with("hash_seed = 42", "hash_seed = 42\ngue_port = 0")),
+            "agent.gue_port: 0 is out of range 1..=65535"
+        );
+        assert!(
+            err(&with(
+                "hash_seed = 42",
+                "hash_seed = 42\nxdp_mode = \"fast\""
+            ))
+            .starts_with("agent.xdp_mode: \"fast\" is not")
+        );
+        assert_eq!(
+            err(&with(
+                "hash_seed = 42",
+                "hash_seed = 42\npin_path = \"bpf\""
+            )),
+            "agent.pin_path: \"bpf\" is not an absolute path"
+        );
+        assert_eq!(
+            err(&with("interfaces = [\"eth0\"]", "interfaces = []")),
+            "agent.interfaces: is empty; list at least one interface to attach to"
+        );
+        assert_eq!(
+            err(&with(
+                "interfaces = [\"eth0\"]",
+                "interfaces = [\"a-very-long-interface\"]"
+            )),
+            "agent.interfaces[0]: \"a-very-long-interface\" is not a valid interface name"
+        );
+    }
+
+    #[test]
+    fn rejects_unknown_fields_and_bad_toml() {
+        let e = Config::parse(&with("hash_seed = 42", "hash_seed = 42\nbogus = 1")).unwrap_err();
+        let full = format!("{e}: {}", std::error::Error::source(&e).unwrap());
+        assert!(full.contains("unknown field `bogus`"), "{full}");
+        let e = Config::parse(&with("weight = 2", "weigth = 2")).unwrap_err();
+        let full = format!("{e}: {}", std::error::Error::source(&e).unwrap());
+        assert!(full.contains("unknown field `weigth`"), "{full}");
+        let e = Config::parse(&with("hash_seed = 42\n", "")).unwrap_err();
+        let full = format!("{e}: {}", std::error::Error::source(&e).unwrap());
+        assert!(full.contains("missing field `hash_seed`"), "{full}");
+    }
+
+    #[test]
+    fn enforces_capacities() {
+        let e = err(&with("hash_seed = 42", "hash_seed = 42\nmax_vips = 1"));
+        assert_eq!(e, "vip: 2 VIPs configured, more than agent.max_vips = 1");
+        let e = err(&with("hash_seed = 42", "hash_seed = 42\nmax_backends = 1"));
+        assert_eq!(
+            e,
+            "vip.backend: 2 distinct backend addresses configured, more than agent.max_backends = 1"
+        );
+        let e = err(&with(
+            "ring_size = 65537",
+            "max_vips = 65536\nring_size = 1000003",
+        ));
+        assert!(
+            e.starts_with("agent.max_vips: 65536 x 3 tables x ring_size 1000003"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn remote_backends_need_a_tunnel_source_of_their_family() {
+        let no_v4 = Config::parse(&with("tunnel_source = \"198.18.1.2\"\n", "")).unwrap();
+        let e = no_v4.check_local(&BTreeSet::new()).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "vip[0].backend[0].address: 198.18.10.2 is a remote IPv4 backend (not an address of this host), which needs agent.tunnel_source to be set"
+        );
+        // All IPv4 backends local: no IPv4 tunnel source needed.
+        let local: BTreeSet<IpAddr> = [
+            "198.18.10.2".parse().unwrap(),
+            "198.18.10.3".parse().unwrap(),
+        ]
+        .into();
+        no_v4.check_local(&local).unwrap();
+        // An IPv6 VIP with a remote IPv6 backend needs tunnel_source_v6; IPv4 backends of an IPv6 VIP need tunnel_source.
+        let v6 = format!(
+            "{}[[vip.backend]]\naddress = \"fd00::10:2\"\nweight = 1\n",
+            GOOD.replace("tunnel_source_v6 = \"fd00::1:2\"\n", "")
+        );
+        let c = Config::parse(&v6).unwrap();
+        let e = c.check_local(&BTreeSet::new()).unwrap_err().to_string();
+        assert!(
+            e.starts_with("vip[1].backend[1].address: fd00::10:2 is a remote IPv6 backend"),
+            "{e}"
+        );
+        assert!(e.ends_with("needs agent.tunnel_source_v6 to be set"), "{e}");
+        Config::parse(GOOD)
+            .unwrap()
+            .check_local(&BTreeSet::new())
+            .unwrap();
+    }
+
+    #[test]
+    fn local_set_merges_configured_addresses() {
+        let c = Config::parse(&with(
+            "hash_seed = 42",
+            "hash_seed = 42\nlocal_addresses = [\"198.18.10.3\"]",
+        ))
+        .unwrap();
+        let s = c.local_set(["127.0.0.1".parse().unwrap()]);
+        assert_eq!(s.len(), 2);
+    }
+
+    #[test]
+    fn primes() {
+        let small: Vec<u32> = (0..30).filter(|&n| is_prime(n)).collect();
+        assert_eq!(small, vec![2, 3, 5, 7, 11, 13, 17, 19, 23, 29]);
+        assert!(is_prime(65537) && is_prime(1_000_003) && !is_prime(65535) && !is_prime(1_000_001));
+    }
+}

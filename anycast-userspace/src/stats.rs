@@ -1,0 +1,290 @@
+//! Reading the dataplane's counters, from a loaded object or from a running agent's pins.
+//!
+//! `STATS` holds one per-CPU `u64` per outcome ([`counter::NAMES`]); `VIP_STATS` and
+//! `BACKEND_STATS` hold per-CPU [`TrafficStats`] indexed by VIP id and backend id. The ids mean
+//! nothing on their own, so the agent writes a [`StateFile`] (JSON, default
+//! `/run/anycast/state.json`, `agent.state_file`; bpffs cannot hold regular files) mapping them
+//! back to VIPs and backends:
+//!
+//! ```json
+//! {"pin_path":"/sys/fs/bpf/anycast","pid":1234,"ring_size":65537,
+//!  "ids":{"vips":[[0,"203.0.113.10:80/tcp"]],"backends":[[0,"198.18.10.2",false]]}}
+//! ```
+
+use std::borrow::Borrow;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use anycast_common::{TrafficStats, counter, map_names};
+use aya::maps::{Map, MapData, PerCpuArray};
+use serde::{Deserialize, Serialize};
+
+use crate::dataplane::{DataplaneError, IdMap};
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StateFile {
+    pub pin_path: PathBuf,
+    pub pid: u32,
+    pub ring_size: u32,
+    pub ids: IdMap,
+}
+
+impl StateFile {
+    pub fn read(path: &Path) -> Result<Self, DataplaneError> {
+        let text = std::fs::read_to_string(path).map_err(|source| DataplaneError::Io {
+            what: "reading agent state file",
+            path: path.into(),
+            source,
+        })?;
+        serde_json::from_str(&text).map_err(|e| DataplaneError::Io {
+            what: "parsing agent state file",
+            path: path.into(),
+            source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+        })
+    }
+
+    /// Written to a temporary file then renamed, so a reader never sees half a file.
+    pub fn write(&self, path: &Path) -> Result<(), DataplaneError> {
+        let io = |what, source| DataplaneError::Io {
+            what,
+            path: path.into(),
+            source,
+        };
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| io("creating the directory of", e))?;
+        }
+        let tmp = path.with_extension("json.tmp");
+        let text = serde_json::to_string_pretty(self).expect("serializable");
+        std::fs::write(&tmp, text).map_err(|e| io("writing", e))?;
+        std::fs::rename(&tmp, path).map_err(|e| io("renaming into", e))
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Traffic {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct VipTraffic {
+    pub id: u32,
+    pub vip: String,
+    #[serde(flatten)]
+    pub traffic: Traffic,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct BackendTraffic {
+    pub id: u32,
+    pub address: Option<IpAddr>,
+    pub local: bool,
+    #[serde(flatten)]
+    pub traffic: Traffic,
+}
+
+/// Counters summed over CPUs.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Stats {
+    /// `(name, value)` for every counter, in [`counter::NAMES`] order; a JSON object.
+    #[serde(serialize_with = "ordered_map")]
+    pub counters: Vec<(String, u64)>,
+    pub vips: Vec<VipTraffic>,
+    pub backends: Vec<BackendTraffic>,
+}
+
+impl Stats {
+    pub fn counter(&self, name: &str) -> Option<u64> {
+        self.counters
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| *v)
+    }
+
+    pub fn render_text(&self) -> String {
+        use std::fmt::Write as _;
+        let mut s = String::from("counters\n");
+        for (n, v) in &self.counters {
+            let _ = writeln!(s, "  {n:<20} {v}");
+        }
+        s.push_str("vips\n");
+        for v in &self.vips {
+            let _ = writeln!(
+                s,
+                "  {:<32} id {:<4} packets {:<12} bytes {}",
+                v.vip, v.id, v.traffic.packets, v.traffic.bytes
+            );
+        }
+        s.push_str("backends\n");
+        for b in &self.backends {
+            let addr = b.address.map_or_else(|| "?".to_string(), |a| a.to_string());
+            let kind = if b.local { "local" } else { "remote" };
+            let _ = writeln!(
+                s,
+                "  {addr:<32} id {:<4} {kind:<6} packets {:<12} bytes {}",
+                b.id, b.traffic.packets, b.traffic.bytes
+            );
+        }
+        s
+    }
+}
+
+fn ordered_map<S: serde::Serializer>(v: &[(String, u64)], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_map(v.iter().map(|(k, v)| (k, v)))
+}
+
+fn sum_u64<T: Borrow<MapData>>(
+    a: &PerCpuArray<T, u64>,
+    i: u32,
+) -> Result<u64, aya::maps::MapError> {
+    Ok(a.get(&i, 0)?.iter().copied().fold(0u64, u64::wrapping_add))
+}
+
+fn sum_traffic<T: Borrow<MapData>>(
+    a: &PerCpuArray<T, TrafficStats>,
+    i: u32,
+) -> Result<Traffic, aya::maps::MapError> {
+    let v = a.get(&i, 0)?;
+    Ok(v.iter().fold(Traffic::default(), |t, s| Traffic {
+        packets: t.packets.wrapping_add(s.packets),
+        bytes: t.bytes.wrapping_add(s.bytes),
+    }))
+}
+
+fn map_err(name: &'static str, what: String) -> impl FnOnce(aya::maps::MapError) -> DataplaneError {
+    move |source| DataplaneError::Map { name, what, source }
+}
+
+/// Reads the three stats maps through `get` (a loaded object's maps, or pinned ones).
+pub fn read<'m>(
+    get: impl Fn(&'static str) -> Result<&'m Map, DataplaneError>,
+    ids: &IdMap,
+) -> Result<Stats, DataplaneError> {
+    let name = map_names::STATS;
+    let a: PerCpuArray<&MapData, u64> =
+        PerCpuArray::try_from(get(name)?).map_err(map_err(name, "opening".into()))?;
+    let mut counters = Vec::with_capacity(counter::COUNT as usize);
+    for (i, n) in counter::NAMES.iter().enumerate() {
+        counters.push((
+            (*n).to_string(),
+            sum_u64(&a, i as u32).map_err(map_err(name, format!("reading {n}")))?,
+        ));
+    }
+    let name = map_names::VIP_STATS;
+    let a: PerCpuArray<&MapData, TrafficStats> =
+        PerCpuArray::try_from(get(name)?).map_err(map_err(name, "opening".into()))?;
+    let mut vips = Vec::new();
+    for (id, label) in &ids.vips {
+        let traffic =
+            sum_traffic(&a, *id).map_err(map_err(name, format!("reading VIP id {id}")))?;
+        vips.push(VipTraffic {
+            id: *id,
+            vip: label.clone(),
+            traffic,
+        });
+    }
+    let name = map_names::BACKEND_STATS;
+    let a: PerCpuArray<&MapData, TrafficStats> =
+        PerCpuArray::try_from(get(name)?).map_err(map_err(name, "opening".into()))?;
+    let mut backends = Vec::new();
+    for (id, address, local) in &ids.backends {
+        let traffic =
+            sum_traffic(&a, *id).map_err(map_err(name, format!("reading backend id {id}")))?;
+        backends.push(BackendTraffic {
+            id: *id,
+            address: Some(*address),
+            local: *local,
+            traffic,
+        });
+    }
+    Ok(Stats {
+        counters,
+        vips,
+        backends,
+    })
+}
+
+/// Reads the stats of a running agent from its pinned maps.
+pub fn read_pinned(pin_path: &Path, ids: &IdMap) -> Result<Stats, DataplaneError> {
+    let mut maps = Vec::new();
+    for name in [
+        map_names::STATS,
+        map_names::VIP_STATS,
+        map_names::BACKEND_STATS,
+    ] {
+        let path = pin_path.join(name);
+        let data = MapData::from_pin(&path)
+            .map_err(map_err(name, format!("opening pin {}", path.display())))?;
+        let map = Map::from_map_data(data).map_err(map_err(name, "reading map info".into()))?;
+        maps.push((name, map));
+    }
+    read(
+        |name| {
+            maps.iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, m)| m)
+                .ok_or(DataplaneError::MissingMap(name))
+        },
+        ids,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_file_round_trips() {
+        let dir = std::env::temp_dir().join(format!("anycast-state-{}", std::process::id()));
+        let path = dir.join("state.json");
+        let s = StateFile {
+            pin_path: "/sys/fs/bpf/anycast".into(),
+            pid: 1,
+            ring_size: 65537,
+            ids: IdMap {
+                vips: vec![(0, "203.0.113.10:80/tcp".into())],
+                backends: vec![(3, "198.18.10.2".parse().unwrap(), true)],
+            },
+        };
+        s.write(&path).unwrap();
+        assert_eq!(StateFile::read(&path).unwrap(), s);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn text_output_lists_every_counter() {
+        let st = Stats {
+            counters: counter::NAMES
+                .iter()
+                .map(|n| ((*n).to_string(), 1))
+                .collect(),
+            vips: vec![VipTraffic {
+                id: 0,
+                vip: "203.0.113.10:80/tcp".into(),
+                traffic: Traffic {
+                    packets: 2,
+                    bytes: 120,
+                },
+            }],
+            backends: vec![BackendTraffic {
+                id: 1,
+                address: Some("198.18.10.2".parse().unwrap()),
+                local: false,
+                traffic: Traffic {
+                    packets: 2,
+                    bytes: 160,
+                },
+            }],
+        };
+        let t = st.render_text();
+        for n in counter::NAMES {
+            assert!(t.contains(n), "{n} missing");
+        }
+        assert!(t.contains("203.0.113.10:80/tcp"));
+        assert!(t.contains("198.18.10.2"));
+        let j = serde_json::to_value(&st).unwrap();
+        assert_eq!(j["vips"][0]["packets"], 2);
+        assert_eq!(j["counters"]["pass"], 1);
+        assert_eq!(j["backends"][0]["address"], "198.18.10.2");
+    }
+}

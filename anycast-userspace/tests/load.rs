@@ -1,0 +1,93 @@
+//! Loads the real XDP object and writes its maps through the public API. Needs root; skips
+//! with a printed reason otherwise.
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+
+use anycast::config::Config;
+use anycast::dataplane::{Dataplane, vip_key};
+use anycast::model::vip_table;
+use anycast_common::{Backend, VipKey, VipValue, map_names};
+use aya::maps::{Array, HashMap};
+
+const CFG: &str = r#"
+[agent]
+interfaces = ["lo"]
+tunnel_source = "198.18.1.2"
+tunnel_source_v6 = "fd00::1:2"
+decap_allow = ["198.18.0.0/15", "fd00::/8"]
+ring_size = 1009
+hash_seed = 42
+max_vips = 4
+max_backends = 16
+[[vip]]
+address = "203.0.113.10"
+port = 80
+protocol = "tcp"
+[[vip.backend]]
+address = "198.18.10.2"
+weight = 1
+[[vip.backend]]
+address = "198.18.10.3"
+weight = 1
+[[vip]]
+address = "2001:db8::10"
+port = 0
+protocol = "udp"
+[[vip.backend]]
+address = "fd00::10:2"
+weight = 1
+"#;
+
+fn root(test: &str) -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    eprintln!("SKIPPED {test}: needs root to load BPF programs");
+    false
+}
+
+#[test]
+fn load_apply_pin_and_read_stats() {
+    if !root("load_apply_pin_and_read_stats") {
+        return;
+    }
+    let config = Config::parse(CFG).unwrap();
+    let local: BTreeSet<IpAddr> = ["198.18.10.2".parse().unwrap()].into();
+    let mut dp = Dataplane::load(&config).expect("loading the object");
+    dp.apply(&config, &local).expect("writing the maps");
+    dp.program_mut().expect("program");
+
+    let rings: Array<_, u32> = Array::try_from(dp.ebpf().map(map_names::RINGS).unwrap()).unwrap();
+    assert_eq!(rings.len(), 4 * 3 * 1009);
+    let vips: HashMap<_, VipKey, VipValue> =
+        HashMap::try_from(dp.ebpf().map(map_names::VIPS).unwrap()).unwrap();
+    let backends: Array<_, Backend> =
+        Array::try_from(dp.ebpf().map(map_names::BACKENDS).unwrap()).unwrap();
+    let v = vips
+        .get(&vip_key("203.0.113.10".parse().unwrap(), 80, 6), 0)
+        .unwrap();
+    let t = vip_table(&config.vips[0], 1009, 42);
+    for s in [0u32, 1, 500, 1008] {
+        let id = rings.get(&(v.table * 1009 + s), 0).unwrap();
+        let b = backends.get(&id, 0).unwrap();
+        let want = t.backends[t.slots[s as usize] as usize];
+        assert_eq!((b.family, b.addr_be), (want.family, want.addr));
+    }
+
+    let stats = dp.read_stats().unwrap();
+    assert_eq!(
+        stats.counters.len(),
+        anycast_common::counter::COUNT as usize
+    );
+    assert_eq!(stats.vips.len(), 2);
+
+    let dir = std::path::PathBuf::from(format!("/sys/fs/bpf/anycast-test-{}", std::process::id()));
+    if std::path::Path::new("/sys/fs/bpf").exists() {
+        dp.pin_maps(&dir).expect("pinning");
+        let pinned = anycast::stats::read_pinned(&dir, &dp.publisher().id_map()).unwrap();
+        assert_eq!(pinned, stats);
+        anycast::dataplane::unpin_maps(&dir).unwrap();
+        std::fs::remove_dir(&dir).unwrap();
+    }
+}
