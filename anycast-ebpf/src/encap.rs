@@ -162,6 +162,27 @@ pub fn encapsulate(
     if unsafe { bpf_xdp_adjust_head(ctx.ctx, -delta) } != 0 {
         return Verdict::drop(counter::INTERNAL_ERROR);
     }
+    if resolved {
+        let Some(p) = ptr_at::<[u8; 12]>(ctx, 0) else {
+            return Verdict::drop(counter::INTERNAL_ERROR);
+        };
+        // SAFETY: 12 bytes checked above.
+        unsafe {
+            put(p.cast::<u8>(), 0, &fib.dmac);
+            put(p.cast::<u8>(), 6, &fib.smac);
+        }
+    } else {
+        // Keep the frame's own MACs (destination = this host, so the stack accepts it). They
+        // still sit at the old start of the frame, `delta` bytes in (delta >= 16, so the copy
+        // does not overlap); copied before any header is written over them.
+        let (Some(old), Some(new)) =
+            (ptr_at::<[u32; 3]>(ctx, delta as usize), ptr_at::<[u32; 3]>(ctx, 0))
+        else {
+            return Verdict::drop(counter::INTERNAL_ERROR);
+        };
+        // SAFETY: both 12-byte ranges checked above; alignment as in packet::word_at.
+        unsafe { new.write(old.read()) };
+    }
     let ethertype = if outer_v4 { ETH_P_IP } else { ETH_P_IPV6 }.to_be_bytes();
     let len_be = (outer_len as u16).to_be_bytes();
 
@@ -222,32 +243,6 @@ pub fn encapsulate(
             i += 1;
         }
     }
-    if resolved {
-        let Some(p) = ptr_at::<[u8; 12]>(ctx, 0) else {
-            return Verdict::drop(counter::INTERNAL_ERROR);
-        };
-        // SAFETY: 12 bytes checked above.
-        unsafe {
-            put(p.cast::<u8>(), 0, &fib.dmac);
-            put(p.cast::<u8>(), 6, &fib.smac);
-        }
-    } else {
-        // Keep the frame's own MACs (destination = this host, so the stack accepts it). They
-        // still sit at the old start of the frame, `delta` bytes in; delta >= 16, so the copy
-        // does not overlap.
-        let d = delta as usize;
-        let (Some(a), Some(b), Some(c)) = (word_at(ctx, d), word_at(ctx, d + 4), word_at(ctx, d + 8))
-        else {
-            return Verdict::drop(counter::INTERNAL_ERROR);
-        };
-        if write_word(ctx, 0, a).is_none()
-            || write_word(ctx, 4, b).is_none()
-            || write_word(ctx, 8, c).is_none()
-        {
-            return Verdict::drop(counter::INTERNAL_ERROR);
-        }
-    }
-
     if gue {
         let udp_len = (ip.ip_len as usize + UDP_LEN + GUE_LEN) as u16;
         let sport = gue_source_port(hash);

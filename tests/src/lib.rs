@@ -1,1 +1,27 @@
-//! Test support: packet builders, fixture runner, network-namespace labs.
+//! Test support for anycast: packet builders, the BPF_PROG_TEST_RUN fixture runner and the
+//! network-namespace lab harness.
+//!
+//! Tests that need root or a kernel feature call [`privileged`] first: outside CI they skip with a
+//! printed reason; with `CI=true` a missing privilege fails the run.
+
+/// True when this process can load BPF programs and create network namespaces. When it cannot:
+/// with `CI=true` this panics (CI must run every test), otherwise it prints why the test is
+/// skipped and returns false.
+pub fn privileged(test: &str) -> bool {
+    let euid = nix::unistd::geteuid();
+    if euid.is_root() {
+        return true;
+    }
+    let reason = format!("{test}: needs root (BPF, network namespaces); running as uid {euid}");
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("{reason}: CI=true requires every test to run");
+    }
+    eprintln!("SKIPPED {reason}");
+    false
+}
+
+/// Network-namespace labs (reference topology, agents, backend servers).
+pub mod lab;
+
+pub mod fixture;
+pub mod packet;

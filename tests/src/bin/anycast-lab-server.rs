@@ -1,0 +1,97 @@
+//! The lab's backend service: run inside a backend's network namespace, it answers every TCP
+//! connection and every UDP datagram with its own name, so a client can tell which backend a
+//! flow landed on.
+//!
+//! Usage: `anycast-lab-server NAME TCP_PORT UDP_PORT ADDR...`
+//!
+//! TCP: reads the request (up to a blank line, 4 KiB or 2 s) and answers
+//! `HTTP/1.0 200 OK` with body `NAME\n`, then closes. UDP: answers each datagram with
+//! `NAME <payload>`. It binds each ADDR (the VIPs on `lo`) rather than the wildcard, so UDP
+//! replies leave from the VIP the client sent to.
+
+use std::io::{Read as _, Write as _};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::time::Duration;
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let [name, tcp_port, udp_port, addrs @ ..] = args.as_slice() else {
+        eprintln!("usage: anycast-lab-server NAME TCP_PORT UDP_PORT ADDR...");
+        std::process::exit(2);
+    };
+    let tcp_port: u16 = tcp_port.parse().expect("TCP_PORT: a port number");
+    let udp_port: u16 = udp_port.parse().expect("UDP_PORT: a port number");
+    let mut threads = Vec::new();
+    for addr in addrs {
+        let ip: IpAddr = addr.parse().unwrap_or_else(|e| panic!("ADDR {addr}: {e}"));
+        let tcp = TcpListener::bind(SocketAddr::new(ip, tcp_port))
+            .unwrap_or_else(|e| panic!("binding TCP {ip} port {tcp_port}: {e}"));
+        let udp = UdpSocket::bind(SocketAddr::new(ip, udp_port))
+            .unwrap_or_else(|e| panic!("binding UDP {ip} port {udp_port}: {e}"));
+        let n = name.clone();
+        threads.push(std::thread::spawn(move || serve_tcp(&tcp, &n)));
+        let n = name.clone();
+        threads.push(std::thread::spawn(move || serve_udp(&udp, &n)));
+    }
+    eprintln!("anycast-lab-server {name}: listening on {addrs:?} tcp/{tcp_port} udp/{udp_port}");
+    for t in threads {
+        let _ = t.join();
+    }
+}
+
+fn serve_tcp(listener: &TcpListener, name: &str) {
+    for stream in listener.incoming() {
+        match stream {
+            Ok(stream) => {
+                let name = name.to_owned();
+                std::thread::spawn(move || {
+                    if let Err(e) = answer(stream, &name) {
+                        eprintln!("tcp: {e}");
+                    }
+                });
+            }
+            Err(e) => eprintln!("accept: {e}"),
+        }
+    }
+}
+
+fn answer(mut stream: TcpStream, name: &str) -> std::io::Result<()> {
+    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+    let mut buf = [0u8; 4096];
+    let mut len = 0;
+    while len < buf.len() {
+        let n = stream.read(&mut buf[len..])?;
+        if n == 0 {
+            break;
+        }
+        len += n;
+        if buf[..len].windows(4).any(|w| w == b"\r\n\r\n") || buf[..len].ends_with(b"\n\n") {
+            break;
+        }
+    }
+    let body = format!("{name}\n");
+    write!(
+        stream,
+        "HTTP/1.0 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )?;
+    stream.flush()
+}
+
+fn serve_udp(socket: &UdpSocket, name: &str) {
+    let mut buf = [0u8; 2048];
+    loop {
+        match socket.recv_from(&mut buf) {
+            Ok((n, peer)) => {
+                let mut reply = Vec::with_capacity(name.len() + 1 + n);
+                reply.extend_from_slice(name.as_bytes());
+                reply.push(b' ');
+                reply.extend_from_slice(&buf[..n]);
+                if let Err(e) = socket.send_to(&reply, peer) {
+                    eprintln!("udp send to {peer}: {e}");
+                }
+            }
+            Err(e) => eprintln!("udp recv: {e}"),
+        }
+    }
+}

@@ -1,0 +1,464 @@
+//! Packet builders for the fixtures: inputs, and the expected outputs computed independently of
+//! the XDP program (headers and checksums come from `etherparse`, not from the program's code).
+//!
+//! Everything returns plain `Vec<u8>` so a fixture can cut, pad or corrupt bytes at any layer.
+//! Builders panic on impossible values (a test's own mistake), they never return errors.
+
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+use anycast_common::hash;
+use etherparse::{
+    EtherType, Ethernet2Header, IpDscp, IpEcn, IpFragOffset, IpNumber, Ipv4Header, Ipv4Options, Ipv6FlowLabel,
+    Ipv6Header, SingleVlanHeader, TcpHeader, UdpHeader, VlanId, VlanPcp,
+};
+
+/// MAC of the router that sends traffic to the edge (source MAC of every input frame).
+pub const ROUTER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xaa];
+/// MAC of the edge's own interface (destination MAC of every input frame).
+pub const EDGE_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
+
+pub const ETH_P_IP: u16 = 0x0800;
+pub const ETH_P_IPV6: u16 = 0x86dd;
+pub const ETH_P_ARP: u16 = 0x0806;
+pub const ETH_P_8021Q: u16 = 0x8100;
+
+/// Outer TTL / hop limit the program writes (contract).
+pub const OUTER_TTL: u8 = 64;
+
+/// An IPv4 header under construction; `tcp`/`udp`/`raw` finish it into IP packet bytes.
+#[derive(Clone, Debug)]
+pub struct V4 {
+    pub src: Ipv4Addr,
+    pub dst: Ipv4Addr,
+    /// Whole TOS byte (DSCP << 2 | ECN).
+    pub tos: u8,
+    pub ttl: u8,
+    pub identification: u16,
+    pub dont_fragment: bool,
+    pub more_fragments: bool,
+    /// In 8-byte units.
+    pub fragment_offset: u16,
+    /// Raw option bytes, a multiple of 4 (IHL = 5 + len/4).
+    pub options: Vec<u8>,
+}
+
+impl V4 {
+    pub fn new(src: Ipv4Addr, dst: Ipv4Addr) -> Self {
+        Self {
+            src,
+            dst,
+            tos: 0,
+            ttl: 61,
+            identification: 0x1234,
+            dont_fragment: true,
+            more_fragments: false,
+            fragment_offset: 0,
+            options: Vec::new(),
+        }
+    }
+
+    pub fn tos(mut self, tos: u8) -> Self {
+        self.tos = tos;
+        self
+    }
+
+    pub fn options(mut self, options: &[u8]) -> Self {
+        self.options = options.to_vec();
+        self
+    }
+
+    pub fn fragment(mut self, more_fragments: bool, offset_units: u16) -> Self {
+        self.more_fragments = more_fragments;
+        self.dont_fragment = false;
+        self.fragment_offset = offset_units;
+        self
+    }
+
+    fn header(&self, proto: u8, payload_len: usize) -> Ipv4Header {
+        let mut h = Ipv4Header::new(
+            u16::try_from(payload_len).expect("payload fits"),
+            self.ttl,
+            IpNumber(proto),
+            self.src.octets(),
+            self.dst.octets(),
+        )
+        .expect("valid IPv4 header");
+        h.dscp = IpDscp::try_new(self.tos >> 2).expect("dscp");
+        h.ecn = IpEcn::try_new(self.tos & 3).expect("ecn");
+        h.identification = self.identification;
+        h.dont_fragment = self.dont_fragment;
+        h.more_fragments = self.more_fragments;
+        h.fragment_offset = IpFragOffset::try_new(self.fragment_offset).expect("frag offset");
+        h.options = Ipv4Options::try_from(&self.options[..]).expect("options are a multiple of 4 bytes, at most 40");
+        h.total_len = u16::try_from(h.header_len() + payload_len).expect("total length fits");
+        h.header_checksum = h.calc_header_checksum();
+        h
+    }
+
+    /// IPv4 + TCP (data offset 5, flags ACK|PSH, valid checksum).
+    pub fn tcp(&self, sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
+        let mut t = tcp_header(sport, dport);
+        let ip = self.header(6, t.header_len() + payload.len());
+        t.checksum = t.calc_checksum_ipv4(&ip, payload).expect("tcp checksum");
+        cat(&[&ip.to_bytes(), &t.to_bytes(), payload])
+    }
+
+    /// IPv4 + UDP with a valid checksum.
+    pub fn udp(&self, sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
+        let ip = self.header(17, 8 + payload.len());
+        let u = UdpHeader::with_ipv4_checksum(sport, dport, &ip, payload).expect("udp");
+        cat(&[&ip.to_bytes(), &u.to_bytes(), payload])
+    }
+
+    /// IPv4 + UDP with checksum 0 ("no checksum", RFC 768).
+    pub fn udp_no_checksum(&self, sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
+        let ip = self.header(17, 8 + payload.len());
+        let u = UdpHeader::without_ipv4_checksum(sport, dport, payload.len()).expect("udp");
+        cat(&[&ip.to_bytes(), &u.to_bytes(), payload])
+    }
+
+    /// IPv4 header with protocol `proto` followed by `payload` as is (tunnels, ICMP, cut L4).
+    pub fn raw(&self, proto: u8, payload: &[u8]) -> Vec<u8> {
+        let ip = self.header(proto, payload.len());
+        cat(&[&ip.to_bytes(), payload])
+    }
+}
+
+/// An IPv6 header under construction.
+#[derive(Clone, Debug)]
+pub struct V6 {
+    pub src: Ipv6Addr,
+    pub dst: Ipv6Addr,
+    pub traffic_class: u8,
+    pub flow_label: u32,
+    pub hop_limit: u8,
+}
+
+impl V6 {
+    pub fn new(src: Ipv6Addr, dst: Ipv6Addr) -> Self {
+        Self { src, dst, traffic_class: 0, flow_label: 0x12345, hop_limit: 61 }
+    }
+
+    pub fn traffic_class(mut self, tc: u8) -> Self {
+        self.traffic_class = tc;
+        self
+    }
+
+    fn header(&self, next: u8, payload_len: usize) -> Ipv6Header {
+        Ipv6Header {
+            traffic_class: self.traffic_class,
+            flow_label: Ipv6FlowLabel::try_new(self.flow_label).expect("flow label"),
+            payload_length: u16::try_from(payload_len).expect("payload fits"),
+            next_header: IpNumber(next),
+            hop_limit: self.hop_limit,
+            source: self.src.octets(),
+            destination: self.dst.octets(),
+        }
+    }
+
+    pub fn tcp(&self, sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
+        let mut t = tcp_header(sport, dport);
+        let ip = self.header(6, t.header_len() + payload.len());
+        t.checksum = t.calc_checksum_ipv6(&ip, payload).expect("tcp checksum");
+        cat(&[&ip.to_bytes(), &t.to_bytes(), payload])
+    }
+
+    pub fn udp(&self, sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
+        let ip = self.header(17, 8 + payload.len());
+        let u = UdpHeader::with_ipv6_checksum(sport, dport, &ip, payload).expect("udp");
+        cat(&[&ip.to_bytes(), &u.to_bytes(), payload])
+    }
+
+    /// IPv6 header with next header `next` followed by `payload` as is.
+    pub fn raw(&self, next: u8, payload: &[u8]) -> Vec<u8> {
+        let ip = self.header(next, payload.len());
+        cat(&[&ip.to_bytes(), payload])
+    }
+}
+
+fn tcp_header(sport: u16, dport: u16) -> TcpHeader {
+    let mut t = TcpHeader::new(sport, dport, 0x0102_0304, 0xfaf0);
+    t.acknowledgment_number = 0x0a0b_0c0d;
+    t.ack = true;
+    t.psh = true;
+    t
+}
+
+/// Concatenates byte slices.
+pub fn cat(parts: &[&[u8]]) -> Vec<u8> {
+    parts.iter().flat_map(|p| p.iter().copied()).collect()
+}
+
+/// An Ethernet frame: `dst`, `src`, optional single 802.1Q tag (VLAN id), `ethertype`, payload.
+pub fn eth(dst: [u8; 6], src: [u8; 6], vlan: Option<u16>, ethertype: u16, payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(18 + payload.len());
+    match vlan {
+        None => {
+            let h = Ethernet2Header { source: src, destination: dst, ether_type: EtherType(ethertype) };
+            out.extend_from_slice(&h.to_bytes());
+        }
+        Some(id) => {
+            let h = Ethernet2Header { source: src, destination: dst, ether_type: EtherType(ETH_P_8021Q) };
+            out.extend_from_slice(&h.to_bytes());
+            let tag = SingleVlanHeader {
+                pcp: VlanPcp::try_new(3).expect("pcp"),
+                drop_eligible_indicator: false,
+                vlan_id: VlanId::try_new(id).expect("vlan id"),
+                ether_type: EtherType(ethertype),
+            };
+            out.extend_from_slice(&tag.to_bytes());
+        }
+    }
+    out.extend_from_slice(payload);
+    out
+}
+
+/// An input frame from the router to the edge carrying `ip` (ethertype from the IP version).
+pub fn frame(vlan: Option<u16>, ip: &[u8]) -> Vec<u8> {
+    eth(EDGE_MAC, ROUTER_MAC, vlan, ethertype_of(ip), ip)
+}
+
+/// Ethertype of an IP packet from its version nibble.
+pub fn ethertype_of(ip: &[u8]) -> u16 {
+    match ip.first().map(|b| b >> 4) {
+        Some(4) => ETH_P_IP,
+        Some(6) => ETH_P_IPV6,
+        v => panic!("not an IP packet (version {v:?})"),
+    }
+}
+
+/// A minimal ARP request (who-has `target` tell `sender`), broadcast.
+pub fn arp_request(sender: Ipv4Addr, target: Ipv4Addr) -> Vec<u8> {
+    let mut arp = vec![0, 1, 8, 0, 6, 4, 0, 1];
+    arp.extend_from_slice(&ROUTER_MAC);
+    arp.extend_from_slice(&sender.octets());
+    arp.extend_from_slice(&[0; 6]);
+    arp.extend_from_slice(&target.octets());
+    eth([0xff; 6], ROUTER_MAC, None, ETH_P_ARP, &arp)
+}
+
+/// Pads a frame with zero bytes to `len` (Ethernet minimum-size padding after the IP packet).
+pub fn pad_to(mut frame: Vec<u8>, len: usize) -> Vec<u8> {
+    if frame.len() < len {
+        frame.resize(len, 0);
+    }
+    frame
+}
+
+/// TOS byte of an IPv4 packet, or traffic class of an IPv6 packet.
+pub fn tos_of(ip: &[u8]) -> u8 {
+    match ip[0] >> 4 {
+        4 => ip[1],
+        6 => (ip[0] << 4) | (ip[1] >> 4),
+        v => panic!("not an IP packet (version {v})"),
+    }
+}
+
+/// The flow hash the contract prescribes for an IP packet carrying TCP/UDP (computed from the
+/// packet's bytes with `anycast_common::hash`, the shared definition).
+pub fn flow_hash(seed: u32, ip: &[u8]) -> u32 {
+    match ip[0] >> 4 {
+        4 => {
+            let ihl = usize::from(ip[0] & 0x0f) * 4;
+            let l4 = &ip[ihl..];
+            let ports = u32::from_le_bytes([l4[0], l4[1], l4[2], l4[3]]);
+            let src = hash::addr_word_v4(ip[12..16].try_into().expect("4 bytes"));
+            let dst = hash::addr_word_v4(ip[16..20].try_into().expect("4 bytes"));
+            hash::flow_hash_v4(seed, src, dst, ports, ip[9])
+        }
+        6 => {
+            let l4 = &ip[40..];
+            let ports = u32::from_le_bytes([l4[0], l4[1], l4[2], l4[3]]);
+            let src = hash::addr_words_v6(ip[8..24].try_into().expect("16 bytes"));
+            let dst = hash::addr_words_v6(ip[24..40].try_into().expect("16 bytes"));
+            hash::flow_hash_v6(seed, &src, &dst, ports, ip[6])
+        }
+        v => panic!("not an IP packet (version {v})"),
+    }
+}
+
+/// Length of the IP packet at the start of `ip` according to its own header (total length /
+/// 40 + payload length), i.e. without any Ethernet trailer after it.
+pub fn ip_len(ip: &[u8]) -> usize {
+    match ip[0] >> 4 {
+        4 => usize::from(u16::from_be_bytes([ip[2], ip[3]])),
+        6 => 40 + usize::from(u16::from_be_bytes([ip[4], ip[5]])),
+        v => panic!("not an IP packet (version {v})"),
+    }
+}
+
+/// True for an IPv4 packet carrying UDP whose checksum field is 0.
+pub fn is_v4_udp_without_checksum(ip: &[u8]) -> bool {
+    if ip[0] >> 4 != 4 || ip[9] != 17 {
+        return false;
+    }
+    let ihl = usize::from(ip[0] & 0x0f) * 4;
+    ip[ihl + 6] == 0 && ip[ihl + 7] == 0
+}
+
+/// Destination of an outer header.
+#[derive(Clone, Copy, Debug)]
+pub enum Outer {
+    V4 {
+        src: Ipv4Addr,
+        dst: Ipv4Addr,
+    },
+    /// `flow_label` is what the program must write: `hash::flow_label(flow hash)`.
+    V6 {
+        src: Ipv6Addr,
+        dst: Ipv6Addr,
+        flow_label: u32,
+    },
+}
+
+/// GUE parameters of an encapsulation.
+#[derive(Clone, Copy, Debug)]
+pub struct Gue {
+    pub src_port: u16,
+    pub dst_port: u16,
+}
+
+fn inner_proto(inner: &[u8]) -> u8 {
+    match inner[0] >> 4 {
+        4 => 4,
+        6 => 41,
+        v => panic!("not an IP packet (version {v})"),
+    }
+}
+
+fn outer_header(outer: Outer, tos: u8, proto: u8, payload: &[u8], gue: Option<Gue>, udp_zero: bool) -> Vec<u8> {
+    match outer {
+        Outer::V4 { src, dst } => {
+            let mut ip = Ipv4Header::new(
+                u16::try_from(payload.len() + gue.map_or(0, |_| 8)).expect("fits"),
+                OUTER_TTL,
+                IpNumber(if gue.is_some() { 17 } else { proto }),
+                src.octets(),
+                dst.octets(),
+            )
+            .expect("outer IPv4");
+            ip.dscp = IpDscp::try_new(tos >> 2).expect("dscp");
+            ip.ecn = IpEcn::try_new(tos & 3).expect("ecn");
+            ip.identification = 0;
+            ip.dont_fragment = true;
+            ip.header_checksum = ip.calc_header_checksum();
+            let mut out = ip.to_bytes().to_vec();
+            if let Some(g) = gue {
+                let mut u = UdpHeader::with_ipv4_checksum(g.src_port, g.dst_port, &ip, payload).expect("udp");
+                if udp_zero {
+                    u.checksum = 0;
+                }
+                out.extend_from_slice(&u.to_bytes());
+            }
+            out
+        }
+        Outer::V6 { src, dst, flow_label } => {
+            let ip = Ipv6Header {
+                traffic_class: tos,
+                flow_label: Ipv6FlowLabel::try_new(flow_label).expect("flow label"),
+                payload_length: u16::try_from(payload.len() + gue.map_or(0, |_| 8)).expect("fits"),
+                next_header: IpNumber(if gue.is_some() { 17 } else { proto }),
+                hop_limit: OUTER_TTL,
+                source: src.octets(),
+                destination: dst.octets(),
+            };
+            let mut out = ip.to_bytes().to_vec();
+            if let Some(g) = gue {
+                let mut u = UdpHeader::with_ipv6_checksum(g.src_port, g.dst_port, &ip, payload).expect("udp");
+                if udp_zero {
+                    u.checksum = 0;
+                }
+                out.extend_from_slice(&u.to_bytes());
+            }
+            out
+        }
+    }
+}
+
+/// The frame the program must emit for `input_frame` (with an optional VLAN tag, which is
+/// removed) encapsulated towards `outer`, with Ethernet addresses `dst_mac`/`src_mac`:
+/// Ethernet + outer IP [+ UDP + GUE] + the inner IP packet as received + any Ethernet trailer.
+pub fn encapsulated(input_frame: &[u8], outer: Outer, gue: Option<Gue>, dst_mac: [u8; 6], src_mac: [u8; 6]) -> Vec<u8> {
+    let l3 = l3_offset(input_frame);
+    let rest = &input_frame[l3..];
+    let n = ip_len(rest);
+    let (inner, trailer) = rest.split_at(n);
+    let proto = inner_proto(inner);
+    let tos = tos_of(inner);
+    let payload = match gue {
+        // draft-ietf-intarea-gue section 3.1: variant 0, C=0, Hlen=0, Proto/ctype = inner protocol.
+        Some(_) => cat(&[&[0x00, proto, 0x00, 0x00], inner]),
+        None => inner.to_vec(),
+    };
+    let udp_zero = gue.is_some() && is_v4_udp_without_checksum(inner);
+    let hdr = outer_header(outer, tos, proto, &payload, gue, udp_zero);
+    let ethertype = match outer {
+        Outer::V4 { .. } => ETH_P_IP,
+        Outer::V6 { .. } => ETH_P_IPV6,
+    };
+    eth(dst_mac, src_mac, None, ethertype, &cat(&[&hdr, &payload, trailer]))
+}
+
+/// Offset of the IP header in a frame with at most one VLAN tag.
+pub fn l3_offset(frame: &[u8]) -> usize {
+    if u16::from_be_bytes([frame[12], frame[13]]) == ETH_P_8021Q { 18 } else { 14 }
+}
+
+/// IPv4 tunnel packet (IPIP / 6in4) carrying `inner`.
+pub fn ipip_v4(src: Ipv4Addr, dst: Ipv4Addr, inner: &[u8]) -> Vec<u8> {
+    V4::new(src, dst).raw(inner_proto(inner), inner)
+}
+
+/// IPv6 tunnel packet (4in6 / 6in6) carrying `inner`.
+pub fn ipip_v6(src: Ipv6Addr, dst: Ipv6Addr, inner: &[u8]) -> Vec<u8> {
+    V6::new(src, dst).raw(inner_proto(inner), inner)
+}
+
+/// GUE header variant 0 with `hlen` words of option bytes (zeros), protocol of `inner`.
+pub fn gue_v0(inner: &[u8], hlen_words: u8) -> Vec<u8> {
+    let mut g = vec![hlen_words & 0x1f, inner_proto(inner), 0, 0];
+    g.extend(std::iter::repeat_n(0u8, usize::from(hlen_words) * 4));
+    g.extend_from_slice(inner);
+    g
+}
+
+/// The XDP context `struct xdp_md` for BPF_PROG_TEST_RUN with an ingress device: the kernel
+/// requires `data = 0`, `data_end = len(data_in)`, `data_meta = 0`, `egress_ifindex = 0`
+/// (net/bpf/test_run.c, bpf_prog_test_run_xdp / xdp_convert_md_to_buff).
+pub fn xdp_md(data_len: usize, ingress_ifindex: u32, rx_queue_index: u32) -> [u8; 24] {
+    let words = [0u32, u32::try_from(data_len).expect("fits"), 0, ingress_ifindex, rx_queue_index, 0];
+    let mut out = [0u8; 24];
+    for (i, w) in words.iter().enumerate() {
+        out[i * 4..i * 4 + 4].copy_from_slice(&w.to_ne_bytes());
+    }
+    out
+}
+
+/// A hex dump of `a` against `b`, 16 bytes per line, with `!!` marking lines that differ and a
+/// header naming the first differing offset (for fixture failure messages).
+pub fn hex_diff(expected: &[u8], actual: &[u8]) -> String {
+    use std::fmt::Write as _;
+    let mut s = String::new();
+    let first = expected
+        .iter()
+        .zip(actual)
+        .position(|(a, b)| a != b)
+        .or_else(|| (expected.len() != actual.len()).then(|| expected.len().min(actual.len())));
+    let _ = writeln!(
+        s,
+        "    expected {} bytes, actual {} bytes, first difference at offset {}",
+        expected.len(),
+        actual.len(),
+        first.map_or("none".to_string(), |o| o.to_string())
+    );
+    let lines = expected.len().max(actual.len()).div_ceil(16);
+    for i in 0..lines {
+        let r = i * 16..(i + 1) * 16;
+        let e = expected.get(r.start..r.end.min(expected.len())).unwrap_or(&[]);
+        let a = actual.get(r.start..r.end.min(actual.len())).unwrap_or(&[]);
+        let mark = if e == a { "  " } else { "!!" };
+        let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<Vec<_>>().join(" ");
+        let _ = writeln!(s, "  {mark} {:04x}  exp {:<47}  act {}", r.start, hex(e), hex(a));
+    }
+    s
+}

@@ -1,0 +1,105 @@
+//! End to end over veth: the reference topology with live agents (XDP in native mode), client
+//! traffic to the VIPs, answers from the backends the edges chose.
+
+use std::time::Duration;
+
+use anycast_tests::lab::{FlowTally, Lab, reference};
+
+const FLOWS: usize = 60;
+const BUDGET: Duration = Duration::from_secs(60);
+
+fn lab_with_dataplane() -> Lab {
+    let mut lab = Lab::build(&reference::topology())
+        .unwrap_or_else(|e| panic!("building the reference topology: {e}"));
+    lab.start_dataplane()
+        .unwrap_or_else(|e| panic!("starting pass programs, agents and servers: {e}"));
+    lab
+}
+
+/// Every flow answered, and by each of the VIP's three backends (with 60 flows and equal weights
+/// a backend with no flow at all has probability ~1e-10).
+fn assert_spread(tally: &FlowTally, what: &str) {
+    assert_eq!(tally.failed(), 0, "{what}: flows failed:\n{tally}");
+    assert_eq!(tally.answered(), FLOWS, "{what}:\n{tally}");
+    for name in reference::BACKEND_NAMES {
+        assert!(
+            tally.per_backend.get(name).copied().unwrap_or(0) > 0,
+            "{what}: no flow reached {name}:\n{tally}"
+        );
+    }
+    assert_eq!(
+        tally.per_backend.len(),
+        reference::BACKEND_NAMES.len(),
+        "{what}: unexpected answers:\n{tally}"
+    );
+}
+
+#[test]
+fn tcp_flows_to_an_ipv4_vip_are_spread_over_its_backends() {
+    if !anycast_tests::privileged("tcp_flows_to_an_ipv4_vip_are_spread_over_its_backends") {
+        return;
+    }
+    let lab = lab_with_dataplane();
+    for edge in [reference::EDGE1, reference::EDGE2] {
+        reference::route_vips_to(&lab, edge).expect("routing the VIPs");
+        let tally = lab
+            .tcp_flows(reference::CLIENT, reference::vip_v4_tcp(), FLOWS, BUDGET)
+            .expect("client");
+        assert_spread(&tally, &format!("TCP via {edge}"));
+    }
+}
+
+#[test]
+fn udp_datagrams_to_an_ipv4_vip_are_spread_over_its_backends() {
+    if !anycast_tests::privileged("udp_datagrams_to_an_ipv4_vip_are_spread_over_its_backends") {
+        return;
+    }
+    let lab = lab_with_dataplane();
+    let tally = lab
+        .udp_flows(reference::CLIENT, reference::vip_v4_udp(), FLOWS, BUDGET)
+        .expect("client");
+    assert_spread(&tally, "UDP via edge1");
+}
+
+#[test]
+fn traffic_that_is_not_for_a_vip_passes_untouched() {
+    if !anycast_tests::privileged("traffic_that_is_not_for_a_vip_passes_untouched") {
+        return;
+    }
+    let lab = lab_with_dataplane();
+    for target in [
+        reference::EDGE1_V4,
+        reference::EDGE2_V4,
+        reference::BACKEND1_V4,
+        reference::EDGE1_V6,
+        reference::BACKEND2_V6,
+    ] {
+        let out = lab
+            .exec(
+                reference::CLIENT,
+                &["ping", "-c", "3", "-i", "0.2", "-w", "5", target],
+            )
+            .expect("ping");
+        assert!(
+            out.status.success(),
+            "client cannot ping {target} with agents running:\n{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+}
+
+#[test]
+fn tcp_and_udp_flows_to_an_ipv6_vip_are_spread_over_its_backends() {
+    if !anycast_tests::privileged("tcp_and_udp_flows_to_an_ipv6_vip_are_spread_over_its_backends") {
+        return;
+    }
+    let lab = lab_with_dataplane();
+    let tally = lab
+        .tcp_flows(reference::CLIENT, reference::vip_v6_tcp(), FLOWS, BUDGET)
+        .expect("client");
+    assert_spread(&tally, "TCP over IPv6 via edge1");
+    let tally = lab
+        .udp_flows(reference::CLIENT, reference::vip_v6_udp(), FLOWS, BUDGET)
+        .expect("client");
+    assert_spread(&tally, "UDP over IPv6 via edge1");
+}
