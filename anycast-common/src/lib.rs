@@ -52,6 +52,8 @@ pub mod map_names {
     pub const STATS: &str = "STATS";
     pub const VIP_STATS: &str = "VIP_STATS";
     pub const BACKEND_STATS: &str = "BACKEND_STATS";
+    pub const CONNS: &str = "CONNS";
+    pub const CONN_GUARD: &str = "CONN_GUARD";
 }
 
 /// Name of the XDP program inside the object.
@@ -66,6 +68,8 @@ pub const DEFAULT_MAX_BACKENDS: u32 = 4096;
 pub const TABLES_PER_VIP: u32 = 3;
 pub const MAX_DECAP_PREFIXES: u32 = 1024;
 pub const MAX_LOCAL_ADDRS: u32 = 256;
+/// Default connection-tracking capacity (entries, shared by all CPUs; about 100 bytes each).
+pub const DEFAULT_CONNTRACK_SIZE: u32 = 262_144;
 
 /// Address-carrying types are `align(4)`: the BPF backend turns byte-array reads into single
 /// 32-bit loads only when it knows the alignment (it cannot assume unaligned loads are legal).
@@ -116,14 +120,16 @@ const _: () = assert!(size_of::<VipValue>() == 16);
 /// `Backend::flags`: the backend's address belongs to this host; deliver with `XDP_PASS`.
 pub const BACKEND_F_LOCAL: u8 = 1;
 
-/// Entry of the `BACKENDS` array, indexed by backend id.
+/// Entry of the `BACKENDS` array, indexed by backend id. A free id has `family == 0`.
 #[repr(C, align(4))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Backend {
     pub addr_be: [u8; 16],
     pub family: u8,
     pub flags: u8,
-    pub _pad: [u8; 2],
+    /// Changes whenever the id is given to another backend, so a connection-tracking entry
+    /// that outlived its backend is recognised as stale instead of followed to a stranger.
+    pub generation: u16,
 }
 const _: () = assert!(size_of::<Backend>() == 20);
 
@@ -143,8 +149,50 @@ pub struct DataplaneConfig {
     pub gue_port_be: u16,
     pub encap: u8,
     pub flags: u8,
+    /// A UDP flow idle longer than this is picked afresh from the table.
+    pub conn_udp_timeout_s: u32,
+    /// New connection-tracking entries allowed per CPU per second; 0 = no limit. Above it the
+    /// program stops inserting (flows still follow the table, identical on every edge) instead
+    /// of letting a flood evict real connections.
+    pub conn_insert_limit: u32,
 }
-const _: () = assert!(size_of::<DataplaneConfig>() == 32);
+const _: () = assert!(size_of::<DataplaneConfig>() == 40);
+
+/// Key of the `CONNS` LRU map: a flow's 5-tuple as it appears on the wire.
+#[repr(C, align(4))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ConnKey {
+    /// IPv4 addresses use the first 4 bytes; the rest stays zero.
+    pub src_be: [u8; 16],
+    pub dst_be: [u8; 16],
+    /// The first four bytes of the transport header (source port, destination port).
+    pub ports_be: [u8; 4],
+    pub proto: u8,
+    pub family: u8,
+    pub _pad: [u8; 2],
+}
+const _: () = assert!(size_of::<ConnKey>() == 40);
+
+/// Value of the `CONNS` map: the backend a flow was sent to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnValue {
+    pub backend_id: u32,
+    pub generation: u16,
+    pub _pad: u16,
+    /// `bpf_ktime_get_ns` when the entry was created or last refreshed (UDP ageing).
+    pub last_seen_ns: u64,
+}
+const _: () = assert!(size_of::<ConnValue>() == 16);
+
+/// Per-CPU state of the insertion limit (`CONN_GUARD`, one entry).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConnGuard {
+    pub window_start_ns: u64,
+    pub inserts: u64,
+}
+const _: () = assert!(size_of::<ConnGuard>() == 16);
 
 /// Key of the `LOCAL_ADDRS` hash map: addresses of this host that accept tunnelled packets.
 #[repr(C, align(4))]
@@ -221,7 +269,17 @@ pub mod counter {
     pub const ENCAP_GUE: u32 = 16;
     /// Encapsulated with an outer header of the other family (6-in-4 or 4-in-6).
     pub const ENCAP_CROSS_FAMILY: u32 = 17;
-    pub const COUNT: u32 = 18;
+    /// VIP packet whose flow was found in connection tracking (backend kept).
+    pub const CONN_HIT: u32 = 18;
+    /// VIP packet of a flow not (or no longer validly) tracked: backend from the table.
+    pub const CONN_MISS: u32 = 19;
+    /// Connection-tracking entry created.
+    pub const CONN_INSERT: u32 = 20;
+    /// Entry not created because the per-CPU insertion limit was reached.
+    pub const CONN_INSERT_LIMITED: u32 = 21;
+    /// Tracked entry ignored: its backend left, or the UDP flow idled out.
+    pub const CONN_STALE: u32 = 22;
+    pub const COUNT: u32 = 23;
 
     /// Names for display and metrics, indexed by counter.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -243,6 +301,11 @@ pub mod counter {
         "redirect",
         "encap_gue",
         "encap_cross_family",
+        "conn_hit",
+        "conn_miss",
+        "conn_insert",
+        "conn_insert_limited",
+        "conn_stale",
     ];
 }
 
@@ -257,4 +320,7 @@ mod pod {
     unsafe impl aya::Pod for DataplaneConfig {}
     unsafe impl aya::Pod for AddrKey {}
     unsafe impl aya::Pod for TrafficStats {}
+    unsafe impl aya::Pod for ConnKey {}
+    unsafe impl aya::Pod for ConnValue {}
+    unsafe impl aya::Pod for ConnGuard {}
 }

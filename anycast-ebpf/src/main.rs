@@ -12,6 +12,7 @@ mod maps;
 mod packet;
 mod parse;
 mod select;
+mod track;
 
 use anycast_common::counter;
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};

@@ -3,12 +3,13 @@
 //! (`EbpfLoader::set_max_entries`) from its config.
 
 use anycast_common::{
-    AddrKey, Backend, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_VIPS, DEFAULT_RING_SIZE, DataplaneConfig,
+    AddrKey, Backend, ConnGuard, ConnKey, ConnValue, DEFAULT_CONNTRACK_SIZE, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_VIPS, DEFAULT_RING_SIZE, DataplaneConfig,
     MAX_DECAP_PREFIXES, MAX_LOCAL_ADDRS, TABLES_PER_VIP, TrafficStats, VipKey, VipValue, counter,
 };
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LpmTrie, PerCpuArray},
+    bindings::BPF_F_NO_COMMON_LRU,
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
 
 #[map]
@@ -46,6 +47,17 @@ pub static VIP_STATS: PerCpuArray<TrafficStats> = PerCpuArray::with_max_entries(
 #[map]
 pub static BACKEND_STATS: PerCpuArray<TrafficStats> =
     PerCpuArray::with_max_entries(DEFAULT_MAX_BACKENDS, 0);
+
+/// Connection tracking: one LRU hash shared by all CPUs (a flow moved to another CPU by RSS
+/// changes or by a NIC's rehash is still found), with per-CPU LRU lists (BPF_F_NO_COMMON_LRU)
+/// so that insertions on one CPU never contend on a global list lock. Eviction is
+/// least-recently-used within the inserting CPU's share.
+#[map]
+pub static CONNS: LruHashMap<ConnKey, ConnValue> =
+    LruHashMap::with_max_entries(DEFAULT_CONNTRACK_SIZE, BPF_F_NO_COMMON_LRU);
+
+#[map]
+pub static CONN_GUARD: PerCpuArray<ConnGuard> = PerCpuArray::with_max_entries(1, 0);
 
 /// Adds one to a global outcome counter. Per-CPU, so a plain add: no atomics on the packet path.
 #[inline(always)]

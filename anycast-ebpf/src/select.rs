@@ -1,14 +1,13 @@
 //! VIP match and backend selection.
 
 use anycast_common::{
-    BACKEND_F_LOCAL, DataplaneConfig, FAMILY_V4, NO_TABLE, PROTO_TCP, PROTO_UDP, VipKey, counter,
-    hash::{flow_hash_v4, flow_hash_v6},
+    BACKEND_F_LOCAL, DataplaneConfig, NO_BACKEND, PROTO_TCP, PROTO_UDP, VipKey, counter,
 };
 use aya_ebpf::programs::XdpContext;
 
 use crate::{
-    Verdict, encap, maps,
-    packet::{addr_bytes, ptr_at, word_at},
+    Verdict, encap, maps, track,
+    packet::{addr_bytes, ptr_at, u8_at, word_at},
     parse::{Ip, TCP_LEN, UDP_LEN},
 };
 
@@ -56,22 +55,12 @@ pub fn steer_vip(ctx: &XdpContext, ip: &Ip, cfg: &DataplaneConfig) -> Verdict {
 
     // Fail closed from here on: the packet is VIP traffic, and handing it to this host's stack
     // would deliver it to whatever local service binds the VIP, i.e. to the wrong backend.
-    if vip.table == NO_TABLE {
+    // TCP_LEN bytes were checked above for TCP, so the flags byte (offset 13) is there.
+    let tcp_flags = if ip.proto == PROTO_TCP { u8_at(ctx, l4 + 13).unwrap_or(0) } else { 0 };
+    let (backend_id, hash) = track::split(track::pick(ip, cfg, &vip, ports, tcp_flags as u32));
+    if backend_id == NO_BACKEND {
         return Verdict::drop(counter::NO_BACKEND);
     }
-    let hash = if ip.family == FAMILY_V4 {
-        flow_hash_v4(cfg.hash_seed, ip.src[0], ip.dst[0], ports, ip.proto)
-    } else {
-        flow_hash_v6(cfg.hash_seed, &ip.src, &ip.dst, ports, ip.proto)
-    };
-    let ring_size = cfg.ring_size;
-    if ring_size == 0 {
-        return Verdict::drop(counter::INTERNAL_ERROR);
-    }
-    let index = vip.table.wrapping_mul(ring_size).wrapping_add(hash % ring_size);
-    let Some(&backend_id) = maps::RINGS.get(index) else {
-        return Verdict::drop(counter::INTERNAL_ERROR);
-    };
     let Some(backend) = maps::BACKENDS.get(backend_id) else {
         return Verdict::drop(counter::INTERNAL_ERROR);
     };

@@ -1,20 +1,30 @@
-//! `anycast agent`: validate, load, write the maps, pin them, attach, and wait for a signal.
+//! `anycast agent`: validate, load, write the maps, pin them, attach, then serve: config reloads
+//! (SIGHUP, or the file changing), health checks, the control API and metrics, until a signal.
 //!
 //! Ordering matters for a safe start: nothing is attached until the config is valid and every
 //! map is written, so a bad config never leaves a half-programmed dataplane on an interface. On
 //! SIGINT/SIGTERM the program is detached from every interface (by dropping its links), the pins
 //! and the state file are removed, and the agent exits 0.
+//!
+//! One task owns the state ([`Controller`]): reloads, health verdicts and API requests reach it
+//! through channels and are applied one at a time.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use aya::programs::XdpMode;
 use aya::programs::xdp::XdpLinkId;
-use tracing::{info, warn};
+use tokio::sync::mpsc;
+use tokio::task::AbortHandle;
+use tracing::{error, info, warn};
 
-use crate::config::{Config, ConfigError, XdpModeSetting};
+use crate::api::{self, Call};
+use crate::config::{Config, ConfigError, HealthConfig, XdpModeSetting};
+use crate::control::{AttachedInterface, Controller, ProgramInfo, ReloadError, VipId};
 use crate::dataplane::{Dataplane, DataplaneError, unpin_maps};
+use crate::health::{self, HealthEvent};
 use crate::host::{self, HostError};
 use crate::stats::StateFile;
 
@@ -39,6 +49,8 @@ pub enum AgentError {
     },
     #[error("waiting for signals")]
     Signal(#[source] std::io::Error),
+    #[error(transparent)]
+    Start(#[from] ReloadError),
 }
 
 impl From<DataplaneError> for AgentError {
@@ -95,17 +107,7 @@ fn attach(
     }
 }
 
-/// `a: b: c` for an error and its sources.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
-}
+pub use crate::control::error_chain;
 
 fn check_forwarding() {
     for key in ["net/ipv4/ip_forward", "net/ipv6/conf/all/forwarding"] {
@@ -118,6 +120,10 @@ fn check_forwarding() {
     }
 }
 
+/// How long the config file must be quiet before a change is reloaded: editors write a file in
+/// several steps (truncate, write, rename).
+const RELOAD_DEBOUNCE: Duration = Duration::from_millis(300);
+
 /// Runs the agent until SIGINT/SIGTERM.
 pub async fn run(opts: AgentOptions) -> Result<(), AgentError> {
     let config = Config::load(&opts.config)?;
@@ -128,8 +134,8 @@ pub async fn run(opts: AgentOptions) -> Result<(), AgentError> {
     config.check_local(&local)?;
     let mode = opts.xdp_mode.unwrap_or(config.agent.xdp_mode);
 
-    let mut dp = Dataplane::load(&config)?;
-    let report = dp.apply(&config, &local)?;
+    let dp = Dataplane::load(&config)?;
+    let (mut ctl, report) = Controller::start(dp, opts.config.clone(), config.clone(), local)?;
     for v in &report.vips {
         info!(
             vip = %v.label,
@@ -141,51 +147,150 @@ pub async fn run(opts: AgentOptions) -> Result<(), AgentError> {
             v.build_time.as_secs_f64() * 1e3
         );
     }
+    for s in ctl.status().vips {
+        info!(vip = %s.vip, fingerprint = s.fingerprint.as_deref().unwrap_or("none"), "table fingerprint");
+    }
     info!(
         backends = report.backends_written,
         ring_entries = report.ring_entries_written,
-        local_addresses = local.len(),
         "maps written"
     );
 
     let pin_path = config.agent.pin_path.clone();
     let state_path = config.agent.state_file.clone();
-    let result = attach_and_wait(&mut dp, &config, mode, &pin_path, &state_path).await;
+    let result = attach_and_serve(&mut ctl, &config, mode, &pin_path, &state_path).await;
     // Detach before unpinning so that nothing runs against maps we are tearing down.
-    drop(dp);
-    cleanup(&pin_path, &state_path);
+    drop(ctl);
+    cleanup(&pin_path, &state_path, config.agent.api_socket.as_deref());
     result
 }
 
-fn cleanup(pin_path: &Path, state_path: &Path) {
+fn cleanup(pin_path: &Path, state_path: &Path, api_socket: Option<&Path>) {
     if let Err(e) = unpin_maps(pin_path) {
         warn!(error = %error_chain(&e), "unpinning maps");
     }
     let _ = std::fs::remove_dir(pin_path);
     let _ = std::fs::remove_file(state_path);
+    if let Some(p) = api_socket {
+        let _ = std::fs::remove_file(p);
+    }
 }
 
-async fn attach_and_wait(
-    dp: &mut Dataplane,
+/// One health-check task per checked (VIP, backend), kept in step with the config.
+#[derive(Default)]
+struct HealthChecks {
+    running: HashMap<(VipId, IpAddr), (HealthConfig, AbortHandle)>,
+}
+
+impl HealthChecks {
+    fn reconcile(
+        &mut self,
+        ctl: &Controller<Dataplane>,
+        events: &mpsc::UnboundedSender<HealthEvent>,
+    ) {
+        let wanted = ctl.checks();
+        self.running.retain(|key, (cfg, task)| {
+            let keep = wanted.get(key) == Some(cfg);
+            if !keep {
+                task.abort();
+            }
+            keep
+        });
+        for (key, cfg) in wanted {
+            if self.running.contains_key(&key) {
+                continue;
+            }
+            let (vip, backend) = key;
+            let task = tokio::spawn(health::run(
+                vip,
+                backend,
+                cfg.clone(),
+                ctl.health(vip, backend),
+                events.clone(),
+            ));
+            self.running.insert(key, (cfg, task.abort_handle()));
+        }
+    }
+}
+
+impl Drop for HealthChecks {
+    fn drop(&mut self) {
+        for (_, task) in self.running.values() {
+            task.abort();
+        }
+    }
+}
+
+/// Sends a notice whenever the config file may have changed. The directory is watched, not the
+/// file: editors and config managers replace a file by renaming a new one over it, which a
+/// watch on the old inode would miss.
+fn watch_config(path: &Path, tx: mpsc::UnboundedSender<()>) -> Option<notify::RecommendedWatcher> {
+    use notify::Watcher as _;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
+        _ => PathBuf::from("."),
+    };
+    let name = path.file_name().map(ToOwned::to_owned);
+    let handler = move |res: notify::Result<notify::Event>| {
+        if let Ok(ev) = res
+            && !ev.kind.is_access()
+            && ev.paths.iter().any(|p| p.file_name() == name.as_deref())
+        {
+            let _ = tx.send(());
+        }
+    };
+    match notify::recommended_watcher(handler).and_then(|mut w| {
+        w.watch(&dir, notify::RecursiveMode::NonRecursive)?;
+        Ok(w)
+    }) {
+        Ok(w) => Some(w),
+        Err(e) => {
+            warn!(dir = %dir.display(), error = %e, "cannot watch the config file; reload with SIGHUP");
+            None
+        }
+    }
+}
+
+fn reload(ctl: &mut Controller<Dataplane>, trigger: &str) {
+    let new = Config::load(ctl.config_path());
+    let local = match host::local_addresses() {
+        Ok(detected) => new.as_ref().unwrap_or(ctl.config()).local_set(detected),
+        Err(e) => {
+            error!(trigger, error = %error_chain(&e), "config not reloaded: cannot list this host's addresses");
+            return;
+        }
+    };
+    // Errors are logged (field named) and recorded for `anycast status` by the controller.
+    let _ = ctl.reload(trigger, new, local);
+}
+
+async fn attach_and_serve(
+    ctl: &mut Controller<Dataplane>,
     config: &Config,
     mode: XdpModeSetting,
     pin_path: &Path,
     state_path: &Path,
 ) -> Result<(), AgentError> {
-    dp.pin_maps(pin_path)?;
-    StateFile {
+    ctl.sink().pin_maps(pin_path)?;
+    let state = StateFile {
         pin_path: pin_path.to_owned(),
         pid: std::process::id(),
         ring_size: config.agent.ring_size,
-        ids: dp.publisher().id_map(),
-    }
-    .write(state_path)?;
+        ids: ctl.sink().publisher().id_map(),
+    };
+    state.write(state_path)?;
+    ctl.keep_state_file(state_path.to_owned(), state);
     info!(pin_path = %pin_path.display(), state_file = %state_path.display(), "maps pinned");
 
     let mut links = Vec::new();
+    let mut attached = Vec::new();
     for iface in &config.agent.interfaces {
-        let (link, used) = attach(dp, iface, mode)?;
+        let (link, used) = attach(ctl.sink_mut(), iface, mode)?;
         links.push(link);
+        attached.push(AttachedInterface {
+            name: iface.clone(),
+            mode: used.to_owned(),
+        });
         let key = format!("net/ipv4/conf/{iface}/accept_local");
         // Encapsulated packets the program hands to the kernel (neighbour not resolved) carry
         // this host's tunnel address as source; without accept_local they are dropped as martians.
@@ -194,20 +299,104 @@ async fn attach_and_wait(
         }
         info!(interface = %iface, mode = used, "XDP program attached");
     }
+    let id = ctl
+        .sink_mut()
+        .program_mut()
+        .ok()
+        .and_then(|p| p.info().ok())
+        .map(|i| i.id());
+    ctl.set_program(ProgramInfo {
+        name: anycast_common::PROGRAM_NAME.to_owned(),
+        id,
+        interfaces: attached,
+    });
     check_forwarding();
+
+    let (calls_tx, mut calls) = mpsc::channel::<Call>(64);
+    let mut tasks = Vec::new();
+    if let Some(path) = &config.agent.api_socket {
+        match api::bind(path) {
+            Ok(l) => {
+                info!(socket = %path.display(), "control API listening");
+                tasks.push(tokio::spawn(api::serve(l, calls_tx.clone())).abort_handle());
+            }
+            Err(e) => error!(error = %error_chain(&e), "control API disabled"),
+        }
+    }
+    if let Some(addr) = config.agent.metrics_listen {
+        match tokio::net::TcpListener::bind(addr).await {
+            Ok(l) => {
+                info!(listen = %addr, "metrics endpoint listening (GET /metrics)");
+                let tx = calls_tx.clone();
+                tasks.push(
+                    tokio::spawn(async move {
+                        if let Err(e) = crate::metrics::serve(l, tx).await {
+                            error!(error = %e, "metrics endpoint stopped");
+                        }
+                    })
+                    .abort_handle(),
+                );
+            }
+            Err(e) => {
+                error!(listen = %addr, error = %e, "metrics endpoint disabled: cannot bind agent.metrics_listen")
+            }
+        }
+    }
+    drop(calls_tx);
+
+    let (health_tx, mut health_rx) = mpsc::unbounded_channel();
+    let mut checks = HealthChecks::default();
+    checks.reconcile(ctl, &health_tx);
+
+    let (file_tx, mut file_rx) = mpsc::unbounded_channel();
+    let _watcher = watch_config(ctl.config_path(), file_tx);
 
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).map_err(AgentError::Signal)?;
     let mut int = signal(SignalKind::interrupt()).map_err(AgentError::Signal)?;
-    let which = tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
+    let mut hup = signal(SignalKind::hangup()).map_err(AgentError::Signal)?;
+    let mut file_changed: Option<tokio::time::Instant> = None;
+    let which = loop {
+        let debounce = async {
+            match file_changed {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = term.recv() => break "SIGTERM",
+            _ = int.recv() => break "SIGINT",
+            _ = hup.recv() => {
+                file_changed = None;
+                reload(ctl, "SIGHUP");
+                checks.reconcile(ctl, &health_tx);
+            }
+            Some(()) = file_rx.recv() => {
+                file_changed = Some(tokio::time::Instant::now() + RELOAD_DEBOUNCE);
+            }
+            () = debounce => {
+                file_changed = None;
+                reload(ctl, "file change");
+                checks.reconcile(ctl, &health_tx);
+            }
+            Some(ev) = health_rx.recv() => {
+                ctl.set_health(ev.vip, ev.backend, ev.healthy, &ev.detail);
+            }
+            Some(call) = calls.recv() => match call {
+                Call::Api(req, reply) => { let _ = reply.send(ctl.handle(req)); }
+                Call::Metrics(reply) => { let _ = reply.send(ctl.metrics()); }
+            },
+        }
     };
+    for t in tasks {
+        t.abort();
+    }
+    drop(checks);
     info!(
         signal = which,
         "shutting down: detaching from every interface"
     );
-    let prog = dp.program_mut()?;
+    let prog = ctl.sink_mut().program_mut()?;
     for (iface, link) in config.agent.interfaces.iter().zip(links) {
         if let Err(e) = prog.detach(link) {
             warn!(interface = %iface, error = %error_chain(&e), "detaching");

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::config::{DEFAULT_PIN_PATH, DEFAULT_STATE_FILE, XdpModeSetting};
+use crate::config::{DEFAULT_API_SOCKET, XdpModeSetting};
 use crate::model::Decision;
 
 #[derive(Debug, Parser)]
@@ -41,17 +41,56 @@ pub enum Command {
         #[arg(long, value_enum)]
         xdp_mode: Option<XdpModeSetting>,
     },
-    /// Show which backend a flow lands on (same hash and tables as the dataplane).
+    /// Show which backend a flow lands on: from a config file (--config), or from the running
+    /// agent's live tables (overrides and health included) through its control socket.
     Lookup(LookupArgs),
-    /// Print the counters of a running agent (from its pinned maps).
+    /// Print the counters of the running agent: through its control socket, or from its pinned
+    /// maps with --pin-path / --state-file (also used when the socket does not answer).
     Stats {
-        #[arg(long, default_value = DEFAULT_PIN_PATH)]
-        pin_path: PathBuf,
-        /// The id map the agent writes (agent.state_file).
-        #[arg(long, default_value = DEFAULT_STATE_FILE)]
-        state_file: PathBuf,
+        /// Read the pinned maps under DIR instead of asking the agent.
+        #[arg(long, value_name = "DIR")]
+        pin_path: Option<PathBuf>,
+        /// The id map the agent writes (agent.state_file), for reading pinned maps.
         #[arg(long)]
-        json: bool,
+        state_file: Option<PathBuf>,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// The running agent's VIPs, backends (weights, health, slots), table fingerprints, program,
+    /// attachments and last reload.
+    Status {
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Stop sending new flows to BACKEND (weight 0), for one VIP or every VIP it serves. A
+    /// runtime override: survives reloads until `undrain`, forgotten by a restart.
+    Drain {
+        backend: String,
+        /// ADDR:PORT/PROTO (or ADDR:PORT, ADDR when unambiguous); default: every VIP.
+        #[arg(long)]
+        vip: Option<String>,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Clear a drain (without --vip: every drain of BACKEND).
+    Undrain {
+        backend: String,
+        #[arg(long)]
+        vip: Option<String>,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Override BACKEND's weight (0..=65535) at runtime, or --clear the override.
+    SetWeight {
+        backend: String,
+        #[arg(required_unless_present = "clear")]
+        weight: Option<i64>,
+        #[arg(long)]
+        vip: Option<String>,
+        #[arg(long, conflicts_with = "weight")]
+        clear: bool,
+        #[command(flatten)]
+        api: ApiArgs,
     },
     /// Validate a config and print a summary.
     Check {
@@ -60,10 +99,25 @@ pub enum Command {
     },
 }
 
+/// How a command reaches the agent, and how it prints.
+#[derive(Debug, Args)]
+pub struct ApiArgs {
+    /// The agent's control socket (agent.api_socket).
+    #[arg(long, default_value = DEFAULT_API_SOCKET)]
+    pub socket: PathBuf,
+    /// Print the agent's JSON answer.
+    #[arg(long)]
+    pub json: bool,
+}
+
 #[derive(Debug, Args)]
 pub struct LookupArgs {
+    /// Compute from this config file; without it, ask the running agent.
     #[arg(long, short)]
-    pub config: PathBuf,
+    pub config: Option<PathBuf>,
+    /// The agent's control socket, when asking the agent.
+    #[arg(long, default_value = DEFAULT_API_SOCKET, conflicts_with = "config")]
+    pub socket: PathBuf,
     /// Treat ADDR as an address of this host (repeatable). When given, these plus
     /// agent.local_addresses replace detection, so the answer is that of another host.
     #[arg(long = "local-address", value_name = "ADDR")]
@@ -89,9 +143,132 @@ pub fn render_lookup(d: &Decision, json: bool) -> String {
     }
 }
 
+/// `anycast status` for people, from the agent's JSON answer.
+pub fn render_status(v: &serde_json::Value) -> String {
+    use std::fmt::Write as _;
+    let st = |x: &serde_json::Value| -> String {
+        match x {
+            serde_json::Value::String(s) => s.clone(),
+            serde_json::Value::Null => "-".into(),
+            other => other.to_string(),
+        }
+    };
+    let mut s = String::new();
+    let p = &v["program"];
+    let ifaces: Vec<String> = p["interfaces"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|i| format!("{} ({})", st(&i["name"]), st(&i["mode"])))
+                .collect()
+        })
+        .unwrap_or_default();
+    let _ = writeln!(
+        s,
+        "agent {}  config {}  ring_size {}  hash_seed {}",
+        st(&v["version"]),
+        st(&v["config_path"]),
+        st(&v["ring_size"]),
+        st(&v["hash_seed"])
+    );
+    let _ = writeln!(
+        s,
+        "program {} id {}  attached to {}",
+        st(&p["name"]),
+        st(&p["id"]),
+        if ifaces.is_empty() {
+            "-".into()
+        } else {
+            ifaces.join(", ")
+        }
+    );
+    let r = &v["last_reload"];
+    if r.is_null() {
+        let _ = writeln!(
+            s,
+            "last reload: none (ok {}, errors {})",
+            st(&v["reloads_ok"]),
+            st(&v["reloads_error"])
+        );
+    } else {
+        let _ = writeln!(
+            s,
+            "last reload: {} ({}, at {}): {}  (ok {}, errors {})",
+            if r["ok"] == true { "ok" } else { "REJECTED" },
+            st(&r["trigger"]),
+            st(&r["at"]),
+            st(&r["message"]),
+            st(&v["reloads_ok"]),
+            st(&v["reloads_error"])
+        );
+    }
+    if let Some(o) = v["overrides"].as_array().filter(|o| !o.is_empty()) {
+        s.push_str("runtime overrides (until cleared; a restart forgets them):\n");
+        for e in o {
+            let scope = if e["vip"].is_null() {
+                "every VIP".to_string()
+            } else {
+                st(&e["vip"])
+            };
+            let what = if e["drained"] == true {
+                "drained".to_string()
+            } else {
+                format!("weight {}", st(&e["weight"]))
+            };
+            let _ = writeln!(s, "  {} {what} for {scope}", st(&e["backend"]));
+        }
+    }
+    for vip in v["vips"].as_array().into_iter().flatten() {
+        let state = st(&vip["state"]);
+        let _ = writeln!(
+            s,
+            "\nvip {}  {}  table {}",
+            st(&vip["vip"]),
+            if state == "ok" {
+                state
+            } else {
+                state.to_uppercase()
+            },
+            st(&vip["fingerprint"])
+        );
+        if !vip["health_check"].is_null() {
+            let _ = writeln!(s, "  health check: {}", st(&vip["health_check"]));
+        }
+        let _ = writeln!(
+            s,
+            "  {:<28} {:>6} {:>9}  {:<10} {:>7}  notes",
+            "backend", "weight", "effective", "health", "slots"
+        );
+        for b in vip["backends"].as_array().into_iter().flatten() {
+            let mut notes = Vec::new();
+            if b["local"] == true {
+                notes.push("local".to_string());
+            }
+            if b["drained"] == true {
+                notes.push("drained".to_string());
+            }
+            if !b["weight_override"].is_null() {
+                notes.push(format!("weight override {}", st(&b["weight_override"])));
+            }
+            let _ = writeln!(
+                s,
+                "  {:<28} {:>6} {:>9}  {:<10} {:>7}  {}",
+                st(&b["address"]),
+                st(&b["weight_config"]),
+                st(&b["weight_effective"]),
+                st(&b["health"]),
+                st(&b["slots"]),
+                notes.join(", ")
+            );
+        }
+    }
+    s
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::{DEFAULT_PIN_PATH, DEFAULT_STATE_FILE};
     use clap::CommandFactory;
 
     fn parse(args: &[&str]) -> Cli {
@@ -185,14 +362,16 @@ mod tests {
         let Command::Stats {
             pin_path,
             state_file,
-            json,
+            api,
         } = parse(&["stats"]).command
         else {
             panic!()
         };
-        assert_eq!(pin_path, PathBuf::from(DEFAULT_PIN_PATH));
-        assert_eq!(state_file, PathBuf::from(DEFAULT_STATE_FILE));
-        assert!(!json);
+        assert_eq!((pin_path, state_file), (None, None));
+        assert_eq!(api.socket, PathBuf::from(DEFAULT_API_SOCKET));
+        assert!(!api.json);
+        assert_eq!(DEFAULT_PIN_PATH, "/sys/fs/bpf/anycast");
+        assert_eq!(DEFAULT_STATE_FILE, "/run/anycast/state.json");
         let c = parse(&[
             "stats",
             "--pin-path",
@@ -202,5 +381,58 @@ mod tests {
             "debug",
         ]);
         assert_eq!(c.log_level.as_deref(), Some("debug"));
+    }
+
+    #[test]
+    fn control_commands() {
+        let Command::Drain { backend, vip, api } = parse(&[
+            "drain",
+            "198.18.10.2",
+            "--vip",
+            "203.0.113.10:80/tcp",
+            "--json",
+            "--socket",
+            "/tmp/a.sock",
+        ])
+        .command
+        else {
+            panic!()
+        };
+        assert_eq!(backend, "198.18.10.2");
+        assert_eq!(vip.as_deref(), Some("203.0.113.10:80/tcp"));
+        assert!(api.json && api.socket == std::path::Path::new("/tmp/a.sock"));
+        let Command::SetWeight { weight, clear, .. } =
+            parse(&["set-weight", "198.18.10.2", "3"]).command
+        else {
+            panic!()
+        };
+        assert_eq!((weight, clear), (Some(3), false));
+        let Command::SetWeight { weight, clear, .. } =
+            parse(&["set-weight", "198.18.10.2", "--clear"]).command
+        else {
+            panic!()
+        };
+        assert_eq!((weight, clear), (None, true));
+        assert!(Cli::try_parse_from(["anycast", "set-weight", "198.18.10.2"]).is_err());
+        assert!(
+            Cli::try_parse_from(["anycast", "set-weight", "198.18.10.2", "3", "--clear"]).is_err()
+        );
+        assert!(matches!(parse(&["status"]).command, Command::Status { .. }));
+        let Command::Lookup(l) = parse(&["lookup", "tcp 1.2.3.4:5 6.7.8.9:80"]).command else {
+            panic!()
+        };
+        assert!(l.config.is_none());
+        assert!(
+            Cli::try_parse_from([
+                "anycast",
+                "lookup",
+                "-c",
+                "a",
+                "--socket",
+                "/x",
+                "tcp 1.2.3.4:5 6.7.8.9:80"
+            ])
+            .is_err()
+        );
     }
 }

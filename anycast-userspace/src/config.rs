@@ -32,9 +32,20 @@ pub const MAX_RING_SIZE: u32 = 1_000_003;
 pub const MAX_WEIGHT: u32 = 65_535;
 /// Linux interface names are at most IFNAMSIZ - 1 = 15 bytes.
 const MAX_IFNAME: usize = 15;
+/// UDP has no end-of-flow signal; 30 s matches the common NAT/conntrack default for
+/// unreplied UDP (Linux nf_conntrack_udp_timeout).
+pub const DEFAULT_CONNTRACK_UDP_TIMEOUT_S: i64 = 30;
+/// Per CPU per second; well above what one CPU sees of real new connections at an edge, well
+/// below what a flood of random tuples produces.
+pub const DEFAULT_CONNTRACK_INSERT_LIMIT: i64 = 200_000;
 pub const DEFAULT_PIN_PATH: &str = "/sys/fs/bpf/anycast";
 /// bpffs cannot hold regular files, so the id map for `anycast stats` lives under /run.
 pub const DEFAULT_STATE_FILE: &str = "/run/anycast/state.json";
+/// The control API's Unix socket (`agent.api_socket`).
+pub const DEFAULT_API_SOCKET: &str = "/run/anycast/anycast.sock";
+/// The Prometheus endpoint (`agent.metrics_listen`); loopback so nothing is reachable from the
+/// network unless configured.
+pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9742";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -171,6 +182,11 @@ pub struct RawAgent {
     pub local_addresses: Vec<String>,
     pub pin_path: Option<String>,
     pub state_file: Option<String>,
+    pub api_socket: Option<String>,
+    pub metrics_listen: Option<String>,
+    pub conntrack_size: Option<i64>,
+    pub conntrack_udp_timeout_s: Option<i64>,
+    pub conntrack_insert_limit: Option<i64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -181,6 +197,20 @@ pub struct RawVip {
     pub protocol: String,
     #[serde(default)]
     pub backend: Vec<RawBackend>,
+    pub health: Option<RawHealth>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHealth {
+    pub kind: String,
+    pub port: Option<i64>,
+    pub path: Option<String>,
+    pub expect_status: Option<i64>,
+    pub interval_ms: Option<i64>,
+    pub timeout_ms: Option<i64>,
+    pub rise: Option<i64>,
+    pub fall: Option<i64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -214,6 +244,16 @@ pub struct AgentConfig {
     pub local_addresses: Vec<IpAddr>,
     pub pin_path: PathBuf,
     pub state_file: PathBuf,
+    /// `None` when configured as "" (no control API).
+    pub api_socket: Option<PathBuf>,
+    /// `None` when configured as "" (no metrics endpoint).
+    pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Connection-tracking entries (the `CONNS` LRU map); fixed at load.
+    pub conntrack_size: u32,
+    /// Idle time after which a UDP flow is picked afresh from the table.
+    pub conntrack_udp_timeout_s: u32,
+    /// New tracking entries allowed per CPU per second (0 = unlimited).
+    pub conntrack_insert_limit: u32,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -223,6 +263,44 @@ pub struct VipConfig {
     pub port: u16,
     pub protocol: Protocol,
     pub backends: Vec<BackendConfig>,
+    /// `[vip.health]`; `None` = backends are not checked (always healthy).
+    pub health: Option<HealthConfig>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HealthKind {
+    /// A TCP connect to the backend's check port.
+    Tcp,
+    /// An HTTP/1.1 GET of `path`, expecting `expect_status`.
+    Http,
+}
+
+impl fmt::Display for HealthKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Tcp => "tcp",
+            Self::Http => "http",
+        })
+    }
+}
+
+/// A VIP's backend health check (`[vip.health]`).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
+pub struct HealthConfig {
+    pub kind: HealthKind,
+    /// The port checked on each backend's address (default: the VIP's port).
+    pub port: u16,
+    /// HTTP only.
+    pub path: String,
+    /// HTTP only.
+    pub expect_status: u16,
+    pub interval_ms: u32,
+    pub timeout_ms: u32,
+    /// Consecutive successes that make an unhealthy backend healthy.
+    pub rise: u32,
+    /// Consecutive failures that make a healthy backend unhealthy.
+    pub fall: u32,
 }
 
 impl VipConfig {
@@ -313,6 +391,7 @@ impl Config {
                 port,
                 protocol,
                 backend,
+                health,
             } = v;
             let address = ip(&format!("vip[{i}].address"), &address)?;
             let vip_addr = address;
@@ -364,11 +443,15 @@ impl Config {
                     ),
                 ));
             }
+            let health = health
+                .map(|h| validate_health(&format!("vip[{i}].health"), h, port))
+                .transpose()?;
             vips.push(VipConfig {
                 address,
                 port,
                 protocol,
                 backends,
+                health,
             });
         }
         if vips.len() as u64 > u64::from(agent.max_vips) {
@@ -488,7 +571,30 @@ fn validate_agent(raw: RawAgent) -> Result<AgentConfig, ConfigError> {
         local_addresses,
         pin_path,
         state_file,
+        api_socket,
+        metrics_listen,
+        conntrack_size,
+        conntrack_udp_timeout_s,
+        conntrack_insert_limit,
     } = raw;
+    let conntrack_size: u32 = int_in(
+        "agent.conntrack_size",
+        conntrack_size.unwrap_or(i64::from(anycast_common::DEFAULT_CONNTRACK_SIZE)),
+        1024,
+        1 << 26,
+    )?;
+    let conntrack_udp_timeout_s: u32 = int_in(
+        "agent.conntrack_udp_timeout_s",
+        conntrack_udp_timeout_s.unwrap_or(DEFAULT_CONNTRACK_UDP_TIMEOUT_S),
+        1,
+        86_400,
+    )?;
+    let conntrack_insert_limit: u32 = int_in(
+        "agent.conntrack_insert_limit",
+        conntrack_insert_limit.unwrap_or(DEFAULT_CONNTRACK_INSERT_LIMIT),
+        0,
+        i64::from(u32::MAX),
+    )?;
     if interfaces.is_empty() {
         return Err(invalid(
             "agent.interfaces",
@@ -639,6 +745,27 @@ fn validate_agent(raw: RawAgent) -> Result<AgentConfig, ConfigError> {
             ),
         ));
     }
+    let api_socket = match api_socket.as_deref() {
+        None => Some(PathBuf::from(DEFAULT_API_SOCKET)),
+        Some("") => None,
+        Some(p) if !Path::new(p).is_absolute() => {
+            return Err(invalid(
+                "agent.api_socket",
+                format!("{p:?} is not an absolute path (\"\" disables the control API)"),
+            ));
+        }
+        Some(p) => Some(PathBuf::from(p)),
+    };
+    let metrics_listen = match metrics_listen.as_deref() {
+        None => Some(DEFAULT_METRICS_LISTEN.parse().expect("valid default")),
+        Some("") => None,
+        Some(s) => Some(s.parse().map_err(|_| {
+            invalid(
+                "agent.metrics_listen",
+                format!("{s:?} is not an address:port such as \"127.0.0.1:9742\" or \"[::1]:9742\" (\"\" disables metrics)"),
+            )
+        })?),
+    };
     Ok(AgentConfig {
         interfaces,
         tunnel_source,
@@ -654,6 +781,104 @@ fn validate_agent(raw: RawAgent) -> Result<AgentConfig, ConfigError> {
         local_addresses: locals,
         pin_path,
         state_file,
+        api_socket,
+        metrics_listen,
+        conntrack_size,
+        conntrack_udp_timeout_s,
+        conntrack_insert_limit,
+    })
+}
+
+fn validate_health(
+    field: &str,
+    raw: RawHealth,
+    vip_port: u16,
+) -> Result<HealthConfig, ConfigError> {
+    let RawHealth {
+        kind,
+        port,
+        path,
+        expect_status,
+        interval_ms,
+        timeout_ms,
+        rise,
+        fall,
+    } = raw;
+    let kind = match kind.as_str() {
+        "tcp" => HealthKind::Tcp,
+        "http" => HealthKind::Http,
+        other => {
+            return Err(invalid(
+                format!("{field}.kind"),
+                format!("{other:?} is not \"tcp\" or \"http\""),
+            ));
+        }
+    };
+    let port: u16 = match port {
+        Some(p) => int_in(&format!("{field}.port"), p, 1, 65535)?,
+        None if vip_port == 0 => {
+            return Err(invalid(
+                format!("{field}.port"),
+                "is required for a VIP on every port (port = 0)",
+            ));
+        }
+        None => vip_port,
+    };
+    if kind == HealthKind::Tcp {
+        for (name, set) in [
+            ("path", path.is_some()),
+            ("expect_status", expect_status.is_some()),
+        ] {
+            if set {
+                return Err(invalid(
+                    format!("{field}.{name}"),
+                    "only applies to kind = \"http\"",
+                ));
+            }
+        }
+    }
+    let path = path.unwrap_or_else(|| "/".to_owned());
+    if !path.starts_with('/') || path.chars().any(|c| c.is_ascii_control() || c == ' ') {
+        return Err(invalid(
+            format!("{field}.path"),
+            format!("{path:?} is not an absolute HTTP path without spaces (e.g. \"/healthz\")"),
+        ));
+    }
+    let expect_status: u16 = int_in(
+        &format!("{field}.expect_status"),
+        expect_status.unwrap_or(200),
+        100,
+        599,
+    )?;
+    let interval_ms: u32 = int_in(
+        &format!("{field}.interval_ms"),
+        interval_ms.unwrap_or(1000),
+        10,
+        3_600_000,
+    )?;
+    let timeout_ms: u32 = int_in(
+        &format!("{field}.timeout_ms"),
+        timeout_ms.unwrap_or(500),
+        1,
+        3_600_000,
+    )?;
+    if timeout_ms > interval_ms {
+        return Err(invalid(
+            format!("{field}.timeout_ms"),
+            format!("{timeout_ms} is longer than interval_ms = {interval_ms}"),
+        ));
+    }
+    let rise: u32 = int_in(&format!("{field}.rise"), rise.unwrap_or(2), 1, 100)?;
+    let fall: u32 = int_in(&format!("{field}.fall"), fall.unwrap_or(3), 1, 100)?;
+    Ok(HealthConfig {
+        kind,
+        port,
+        path,
+        expect_status,
+        interval_ms,
+        timeout_ms,
+        rise,
+        fall,
     })
 }
 
@@ -966,6 +1191,85 @@ weight = 0
         .unwrap();
         let s = c.local_set(["127.0.0.1".parse().unwrap()]);
         assert_eq!(s.len(), 2);
+    }
+
+    #[test]
+    fn health_defaults_and_errors() {
+        let c = Config::parse(&with(
+            "weight = 2\n",
+            "weight = 2\n[vip.health]\nkind = \"http\"\npath = \"/healthz\"\n",
+        ))
+        .unwrap();
+        let h = c.vips[0].health.clone().unwrap();
+        assert_eq!(
+            (h.kind, h.port, h.path.as_str(), h.expect_status),
+            (HealthKind::Http, 80, "/healthz", 200)
+        );
+        assert_eq!(
+            (h.interval_ms, h.timeout_ms, h.rise, h.fall),
+            (1000, 500, 2, 3)
+        );
+        assert!(c.vips[1].health.is_none());
+        // The port-0 VIP needs an explicit check port.
+        let port0 = format!("{GOOD}[vip.health]\nkind = \"tcp\"\n");
+        assert_eq!(
+            err(&port0),
+            "vip[1].health.port: is required for a VIP on every port (port = 0)"
+        );
+        Config::parse(&format!("{port0}port = 53\n")).unwrap();
+        let bad = |extra: &str| {
+            err(&with(
+                "weight = 2\n",
+                &format!("weight = 2\n[vip.health]\n{extra}\n"),
+            ))
+        };
+        assert_eq!(
+            bad("kind = \"icmp\""),
+            "vip[0].health.kind: \"icmp\" is not \"tcp\" or \"http\""
+        );
+        assert_eq!(
+            bad("kind = \"tcp\"\npath = \"/\""),
+            "vip[0].health.path: only applies to kind = \"http\""
+        );
+        assert_eq!(
+            bad("kind = \"http\"\nrise = 0"),
+            "vip[0].health.rise: 0 is out of range 1..=100"
+        );
+        assert_eq!(
+            bad("kind = \"http\"\ntimeout_ms = 2000"),
+            "vip[0].health.timeout_ms: 2000 is longer than interval_ms = 1000"
+        );
+        assert!(bad("kind = \"http\"\npath = \"healthz\"").starts_with("vip[0].health.path:"));
+    }
+
+    #[test]
+    fn api_socket_and_metrics_listen() {
+        let c = Config::parse(GOOD).unwrap();
+        assert_eq!(c.agent.api_socket, Some(PathBuf::from(DEFAULT_API_SOCKET)));
+        assert_eq!(
+            c.agent.metrics_listen,
+            Some("127.0.0.1:9742".parse().unwrap())
+        );
+        let c = Config::parse(&with(
+            "hash_seed = 42",
+            "hash_seed = 42\napi_socket = \"\"\nmetrics_listen = \"\"",
+        ))
+        .unwrap();
+        assert_eq!((c.agent.api_socket, c.agent.metrics_listen), (None, None));
+        assert!(
+            err(&with(
+                "hash_seed = 42",
+                "hash_seed = 42\nmetrics_listen = \"localhost\""
+            ))
+            .starts_with("agent.metrics_listen: \"localhost\" is not an address:port")
+        );
+        assert!(
+            err(&with(
+                "hash_seed = 42",
+                "hash_seed = 42\napi_socket = \"a.sock\""
+            ))
+            .starts_with("agent.api_socket: \"a.sock\" is not an absolute path")
+        );
     }
 
     #[test]

@@ -126,6 +126,7 @@ pub struct Geometry {
     pub ring_size: u32,
     pub max_vips: u32,
     pub max_backends: u32,
+    pub conntrack_size: u32,
 }
 
 impl Geometry {
@@ -134,6 +135,7 @@ impl Geometry {
             ring_size: config.agent.ring_size,
             max_vips: config.agent.max_vips,
             max_backends: config.agent.max_backends,
+            conntrack_size: config.agent.conntrack_size,
         }
     }
 
@@ -203,6 +205,8 @@ impl DesiredState {
                 Encapsulation::Gue => ENCAP_GUE,
             },
             flags,
+            conn_udp_timeout_s: a.conntrack_udp_timeout_s,
+            conn_insert_limit: a.conntrack_insert_limit,
         };
         let backends = config
             .vips
@@ -295,6 +299,9 @@ pub struct Publisher {
     backend_ids: BTreeMap<IpAddr, u32>,
     backends_written: HashMap<u32, Backend>,
     free_backend_ids: BTreeSet<u32>,
+    /// Generation of each backend id in use (see `Backend::generation`).
+    generations: BTreeMap<u32, u16>,
+    generation: u16,
     vips: BTreeMap<VipKey, VipEntry>,
     free_vip_ids: BTreeSet<u32>,
     local_addrs: BTreeSet<IpAddr>,
@@ -311,6 +318,8 @@ impl Publisher {
             backend_ids: BTreeMap::new(),
             backends_written: HashMap::new(),
             free_backend_ids: (0..geometry.max_backends).collect(),
+            generations: BTreeMap::new(),
+            generation: 0,
             vips: BTreeMap::new(),
             free_vip_ids: (0..geometry.max_vips).collect(),
             local_addrs: BTreeSet::new(),
@@ -411,6 +420,8 @@ impl Publisher {
                         ))
                     })?;
                     self.backend_ids.insert(addr, id);
+                    self.generation = self.generation.wrapping_add(1).max(1);
+                    self.generations.insert(id, self.generation);
                     id
                 }
             };
@@ -419,7 +430,7 @@ impl Publisher {
                 addr_be,
                 family,
                 flags: if local { BACKEND_F_LOCAL } else { 0 },
-                _pad: [0; 2],
+                generation: self.generations.get(&id).copied().unwrap_or(1),
             };
             if self.backends_written.get(&id) != Some(&b) {
                 maps.set_backend(id, &b)?;
@@ -557,8 +568,18 @@ impl Publisher {
             .map(|(a, id)| (*a, *id))
             .collect();
         for (a, id) in stale {
+            // A zeroed record (family 0) tells the program that tracked connections still
+            // pointing at this id have lost their backend.
+            let freed = Backend {
+                addr_be: [0; 16],
+                family: 0,
+                flags: 0,
+                generation: 0,
+            };
+            maps.set_backend(id, &freed)?;
             self.backend_ids.remove(&a);
             self.backends_written.remove(&id);
+            self.generations.remove(&id);
             self.free_backend_ids.insert(id);
         }
         Ok(report)
@@ -800,6 +821,7 @@ impl Dataplane {
             .map_max_entries(map_names::VIP_STATS, geometry.max_vips)
             .map_max_entries(map_names::BACKENDS, geometry.max_backends)
             .map_max_entries(map_names::BACKEND_STATS, geometry.max_backends)
+            .map_max_entries(map_names::CONNS, geometry.conntrack_size)
             .load(object)
             .map_err(DataplaneError::Load)?;
         let mut dp = Self {

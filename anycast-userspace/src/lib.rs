@@ -6,11 +6,15 @@
 //! [`agent`]. The fixture tests use [`dataplane::Dataplane`] (see its module docs).
 
 pub mod agent;
+pub mod api;
 pub mod cli;
 pub mod config;
+pub mod control;
 pub mod dataplane;
+pub mod health;
 pub mod host;
 pub mod maglev;
+pub mod metrics;
 pub mod model;
 pub mod stats;
 

@@ -1,11 +1,15 @@
 use std::collections::BTreeSet;
 use std::process::ExitCode;
 
+use std::path::PathBuf;
+
 use anycast::agent::{self, AgentOptions};
-use anycast::cli::{Cli, Command, LogFormat, LookupArgs, render_lookup};
-use anycast::config::Config;
-use anycast::model::{self, Flow};
-use anycast::stats::{self, StateFile};
+use anycast::api;
+use anycast::cli::{ApiArgs, Cli, Command, LogFormat, LookupArgs, render_lookup, render_status};
+use anycast::config::{Config, DEFAULT_PIN_PATH, DEFAULT_STATE_FILE};
+use anycast::control::Request;
+use anycast::model::{self, Decision, Flow};
+use anycast::stats::{self, StateFile, Stats};
 use anyhow::{Context as _, anyhow};
 use clap::Parser as _;
 use tracing_subscriber::EnvFilter;
@@ -48,19 +52,58 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Stats {
             pin_path,
             state_file,
-            json,
+            api,
         } => {
-            let state = StateFile::read(&state_file)
-                .context("is the agent running? (anycast stats reads its state file)")?;
-            let st =
-                stats::read_pinned(&pin_path, &state.ids).context("reading the pinned maps")?;
-            if json {
+            let st = if pin_path.is_none() && state_file.is_none() {
+                match api::call(&api.socket, &Request::Stats) {
+                    Ok(answer) => {
+                        let v = answer.map_err(|e| anyhow!(e))?;
+                        Stats::from_json(&v).ok_or_else(|| anyhow!("unexpected answer: {v}"))?
+                    }
+                    Err(e) => {
+                        eprintln!(
+                            "note: {}; reading the pinned maps instead",
+                            agent::error_chain(&e)
+                        );
+                        pinned_stats(None, None)?
+                    }
+                }
+            } else {
+                pinned_stats(pin_path, state_file)?
+            };
+            if api.json {
                 println!("{}", serde_json::to_string_pretty(&st)?);
             } else {
                 print!("{}", st.render_text());
             }
             Ok(())
         }
+        Command::Status { api } => {
+            let v = ask(&api, &Request::Status)?;
+            if api.json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                print!("{}", render_status(&v));
+            }
+            Ok(())
+        }
+        Command::Drain { backend, vip, api } => change(&api, &Request::Drain { vip, backend }),
+        Command::Undrain { backend, vip, api } => change(&api, &Request::Undrain { vip, backend }),
+        Command::SetWeight {
+            backend,
+            weight,
+            vip,
+            clear,
+            api,
+        } => change(
+            &api,
+            &Request::SetWeight {
+                vip,
+                backend,
+                weight,
+                clear,
+            },
+        ),
         Command::Check { config } => {
             let c = Config::load(&config)?;
             println!(
@@ -94,8 +137,65 @@ fn run(command: Command) -> anyhow::Result<()> {
     }
 }
 
+fn pinned_stats(pin_path: Option<PathBuf>, state_file: Option<PathBuf>) -> anyhow::Result<Stats> {
+    let state_file = state_file.unwrap_or_else(|| DEFAULT_STATE_FILE.into());
+    let state = StateFile::read(&state_file)
+        .context("is the agent running? (anycast stats --pin-path reads its state file)")?;
+    let pin_path = pin_path.unwrap_or_else(|| {
+        if state.pin_path.as_os_str().is_empty() {
+            DEFAULT_PIN_PATH.into()
+        } else {
+            state.pin_path.clone()
+        }
+    });
+    stats::read_pinned(&pin_path, &state.ids).context("reading the pinned maps")
+}
+
+/// Sends `req` to the agent; the agent's refusal becomes the error message.
+fn ask(api: &ApiArgs, req: &Request) -> anyhow::Result<serde_json::Value> {
+    api::call(&api.socket, req)
+        .map_err(|e| anyhow!(agent::error_chain(&e)))?
+        .map_err(|e| anyhow!(e))
+}
+
+/// drain / undrain / set-weight: prints what changed.
+fn change(api: &ApiArgs, req: &Request) -> anyhow::Result<()> {
+    let v = ask(api, req)?;
+    if api.json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    println!("{}", v["message"].as_str().unwrap_or("done"));
+    for c in v["changes"].as_array().into_iter().flatten() {
+        println!(
+            "  vip {}: {} slots moved, table {}",
+            c["vip"].as_str().unwrap_or("?"),
+            c["slots_moved"],
+            c["fingerprint"].as_str().unwrap_or("none")
+        );
+    }
+    Ok(())
+}
+
 fn lookup(args: &LookupArgs) -> anyhow::Result<()> {
-    let config = Config::load(&args.config)?;
+    let Some(config_path) = &args.config else {
+        let api = ApiArgs {
+            socket: args.socket.clone(),
+            json: args.json,
+        };
+        let v = ask(
+            &api,
+            &Request::Lookup {
+                flow: args.flow_text(),
+            },
+        )?;
+        match serde_json::from_value::<Decision>(v.clone()) {
+            Ok(d) if !args.json => println!("{}", render_lookup(&d, false)),
+            _ => println!("{v}"),
+        }
+        return Ok(());
+    };
+    let config = Config::load(config_path)?;
     let flow: Flow = args.flow_text().parse()?;
     let local = if args.local_addresses.is_empty() {
         agent::detect_local(&config)?

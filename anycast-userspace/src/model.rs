@@ -15,7 +15,7 @@ use std::str::FromStr;
 use anycast_common::hash::{
     addr_word_v4, addr_words_v6, flow_hash_v4, flow_hash_v6, ports_word, ring_slot,
 };
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::config::{Config, Encapsulation, Protocol, VipConfig, vip_label};
 use crate::maglev::{self, MaglevBackend};
@@ -26,6 +26,55 @@ use crate::maglev::{self, MaglevBackend};
 pub struct VipTable {
     pub backends: Vec<MaglevBackend>,
     pub slots: Vec<u32>,
+}
+
+impl VipTable {
+    /// A stable fingerprint of the table: each backend is named by FNV-1a (64-bit) over its
+    /// family byte and 16 address bytes; the fingerprint is FNV-1a over those names slot by slot
+    /// (one step per slot, so it costs one pass over the table), as 16 hex digits. It depends on
+    /// what a packet would see (slot -> backend address), not on backend ids or listing order,
+    /// so two edges that publish the same table report the same fingerprint. `None` for a VIP
+    /// without a table.
+    pub fn fingerprint(&self) -> Option<String> {
+        if self.slots.is_empty() {
+            return None;
+        }
+        const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+        const PRIME: u64 = 0x0000_0100_0000_01b3;
+        let names: Vec<u64> = self
+            .backends
+            .iter()
+            .map(|b| {
+                std::iter::once(b.family)
+                    .chain(b.addr)
+                    .fold(OFFSET, |h, byte| (h ^ u64::from(byte)).wrapping_mul(PRIME))
+            })
+            .collect();
+        let h = self
+            .slots
+            .iter()
+            .fold(OFFSET, |h, &i| (h ^ names[i as usize]).wrapping_mul(PRIME));
+        Some(format!("{h:016x}"))
+    }
+
+    /// The backend address each slot sends packets to.
+    pub fn slot_addresses(&self) -> impl Iterator<Item = IpAddr> + '_ {
+        self.slots
+            .iter()
+            .map(|&i| self.backends[i as usize].address())
+    }
+
+    /// Slots whose backend differs between `self` and `other` (same ring size). A table that
+    /// appears or disappears moves every slot.
+    pub fn slots_moved(&self, other: &Self) -> usize {
+        if self.slots.is_empty() || other.slots.is_empty() {
+            return self.slots.len().max(other.slots.len());
+        }
+        self.slot_addresses()
+            .zip(other.slot_addresses())
+            .filter(|(a, b)| a != b)
+            .count()
+    }
 }
 
 pub fn vip_table(vip: &VipConfig, ring_size: u32, hash_seed: u32) -> VipTable {
@@ -41,7 +90,7 @@ pub fn vip_table(vip: &VipConfig, ring_size: u32, hash_seed: u32) -> VipTable {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Flow {
     pub protocol: Protocol,
     pub src: SocketAddr,
@@ -118,7 +167,7 @@ impl Flow {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Family {
     Ipv4,
@@ -141,7 +190,7 @@ impl fmt::Display for Family {
 }
 
 /// The VIP entry a flow matched (index into `Config::vips`).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VipMatch {
     pub index: usize,
     pub address: IpAddr,
@@ -151,7 +200,7 @@ pub struct VipMatch {
 }
 
 /// What the program does with the flow, mirroring its outcome counters.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "outcome", rename_all = "snake_case")]
 pub enum Outcome {
     /// Not addressed to a VIP: `XDP_PASS` untouched (counter `pass`).
@@ -183,12 +232,15 @@ pub enum Outcome {
     },
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Decision {
     pub flow: Flow,
     pub hash: u32,
     #[serde(flatten)]
     pub outcome: Outcome,
+    /// [`VipTable::fingerprint`] of the matched VIP's table (absent when not a VIP or no table).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub table_fingerprint: Option<String>,
 }
 
 /// Finds the VIP entry the program would match: exact port first, then the port-0 entry.
@@ -210,6 +262,7 @@ pub fn decide(config: &Config, local: &BTreeSet<IpAddr>, flow: &Flow) -> Decisio
             flow: *flow,
             hash,
             outcome: Outcome::NotAVip,
+            table_fingerprint: None,
         };
     };
     let v = &config.vips[index];
@@ -239,6 +292,7 @@ pub fn decide_with_table(
             flow: *flow,
             hash,
             outcome: Outcome::NoBackend { vip },
+            table_fingerprint: None,
         };
     }
     let slot = ring_slot(hash, config.agent.ring_size);
@@ -272,6 +326,7 @@ pub fn decide_with_table(
         flow: *flow,
         hash,
         outcome,
+        table_fingerprint: table.fingerprint(),
     }
 }
 
@@ -282,6 +337,7 @@ impl fmt::Display for Decision {
             flow,
             hash,
             outcome,
+            table_fingerprint,
         } = self;
         write!(f, "{flow}  ")?;
         match outcome {
@@ -326,7 +382,11 @@ impl fmt::Display for Decision {
                 "vip {}  hash {hash:#010x} slot {slot}  backend {backend} (remote, but no {outer_family} tunnel source: dropped)",
                 vip.label
             ),
+        }?;
+        if let Some(fp) = table_fingerprint {
+            write!(f, "  table {fp}")?;
         }
+        Ok(())
     }
 }
 
@@ -466,7 +526,8 @@ protocol = "tcp"
         );
         assert!(matches!(d.outcome, Outcome::Local { .. }), "{d}");
         assert!(
-            d.to_string().ends_with("backend 198.18.20.2 (local)"),
+            d.to_string()
+                .contains("backend 198.18.20.2 (local)  table "),
             "{d}"
         );
     }
@@ -502,8 +563,9 @@ protocol = "tcp"
         assert_eq!(
             d.to_string(),
             format!(
-                "tcp 198.51.100.7:40000 -> 203.0.113.10:80  vip 203.0.113.10:80/tcp  hash {:#010x} slot {slot}  backend {backend} (remote, ipip)",
-                d.hash
+                "tcp 198.51.100.7:40000 -> 203.0.113.10:80  vip 203.0.113.10:80/tcp  hash {:#010x} slot {slot}  backend {backend} (remote, ipip)  table {}",
+                d.hash,
+                d.table_fingerprint.as_deref().unwrap()
             )
         );
         let d = decide(
@@ -514,7 +576,7 @@ protocol = "tcp"
         assert!(d.to_string().contains("vip [2001:db8::10]:53/udp"), "{d}");
         assert!(
             d.to_string()
-                .ends_with("backend 198.18.10.2 (remote, ipip, IPv6-in-IPv4)"),
+                .contains("backend 198.18.10.2 (remote, ipip, IPv6-in-IPv4)  table "),
             "{d}"
         );
         let d = decide(
@@ -529,6 +591,36 @@ protocol = "tcp"
             &"tcp 198.51.100.7:1 192.0.2.1:80".parse().unwrap(),
         );
         assert!(d.to_string().contains("not a VIP"), "{d}");
+    }
+
+    #[test]
+    fn fingerprint_ignores_listing_order_and_follows_weights() {
+        let c = cfg();
+        let t = vip_table(&c.vips[0], 1009, 42);
+        let fp = t.fingerprint().unwrap();
+        assert_eq!(fp.len(), 16);
+        let mut swapped = c.vips[0].clone();
+        swapped.backends.reverse();
+        assert_eq!(vip_table(&swapped, 1009, 42).fingerprint().unwrap(), fp);
+        let mut heavier = c.vips[0].clone();
+        heavier.backends[0].weight = 2;
+        let t2 = vip_table(&heavier, 1009, 42);
+        assert_ne!(t2.fingerprint().unwrap(), fp);
+        assert!(t.slots_moved(&t2) > 0 && t.slots_moved(&t2) < 1009);
+        assert_eq!(t.slots_moved(&t), 0);
+        // Another seed is another table.
+        assert_ne!(vip_table(&c.vips[0], 1009, 43).fingerprint().unwrap(), fp);
+        // No weighted backend: no table, no fingerprint.
+        assert_eq!(vip_table(&c.vips[3], 1009, 42).fingerprint(), None);
+        // Pinned value: a change here changes what operators compare across edges.
+        assert_eq!(fp, "6bc2bf73db76bf42");
+        let d = decide(
+            &c,
+            &BTreeSet::new(),
+            &"tcp 198.51.100.7:40000 203.0.113.10:80".parse().unwrap(),
+        );
+        assert_eq!(d.table_fingerprint.as_deref(), Some(fp.as_str()));
+        assert!(d.to_string().ends_with(&format!("table {fp}")), "{d}");
     }
 
     #[test]
@@ -547,6 +639,8 @@ protocol = "tcp"
         assert_eq!(j["vip"]["port"], 0);
         assert_eq!(j["flow"]["protocol"], "tcp");
         assert_eq!(j["hash"], d.hash);
+        // The CLI reads the agent's answer back into a Decision to print it.
+        assert_eq!(serde_json::from_value::<Decision>(j).unwrap(), d);
     }
 
     #[test]

@@ -101,6 +101,48 @@ impl Stats {
             .map(|(_, v)| *v)
     }
 
+    /// Reads back the JSON this type serializes to (the agent's answer to a stats request).
+    pub fn from_json(v: &serde_json::Value) -> Option<Self> {
+        let counters = counter::NAMES
+            .iter()
+            .map(|n| Some(((*n).to_string(), v["counters"][n].as_u64()?)))
+            .collect::<Option<Vec<_>>>()?;
+        let traffic = |x: &serde_json::Value| {
+            Some(Traffic {
+                packets: x["packets"].as_u64()?,
+                bytes: x["bytes"].as_u64()?,
+            })
+        };
+        let vips = v["vips"]
+            .as_array()?
+            .iter()
+            .map(|x| {
+                Some(VipTraffic {
+                    id: u32::try_from(x["id"].as_u64()?).ok()?,
+                    vip: x["vip"].as_str()?.to_owned(),
+                    traffic: traffic(x)?,
+                })
+            })
+            .collect::<Option<Vec<_>>>()?;
+        let backends = v["backends"]
+            .as_array()?
+            .iter()
+            .map(|x| {
+                Some(BackendTraffic {
+                    id: u32::try_from(x["id"].as_u64()?).ok()?,
+                    address: x["address"].as_str().and_then(|a| a.parse().ok()),
+                    local: x["local"].as_bool()?,
+                    traffic: traffic(x)?,
+                })
+            })
+            .collect::<Option<Vec<_>>>()?;
+        Some(Self {
+            counters,
+            vips,
+            backends,
+        })
+    }
+
     pub fn render_text(&self) -> String {
         use std::fmt::Write as _;
         let mut s = String::from("counters\n");
@@ -286,5 +328,6 @@ mod tests {
         assert_eq!(j["vips"][0]["packets"], 2);
         assert_eq!(j["counters"]["pass"], 1);
         assert_eq!(j["backends"][0]["address"], "198.18.10.2");
+        assert_eq!(Stats::from_json(&j).unwrap(), st);
     }
 }

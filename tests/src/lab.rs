@@ -573,6 +573,16 @@ impl Lab {
                 .display()
                 .to_string()
         );
+        let _ = writeln!(
+            s,
+            "api_socket = {:?}",
+            self.dir
+                .join(format!("api-{}.sock", spec.ns))
+                .display()
+                .to_string()
+        );
+        // Small connection table: labs run several agents on one machine.
+        let _ = writeln!(s, "conntrack_size = 16384");
         for vip in &spec.vips {
             let _ = writeln!(
                 s,

@@ -149,6 +149,8 @@ fn config(encap: u8, flags: u8) -> DataplaneConfig {
         gue_port_be: GUE_DEFAULT_PORT.to_be(),
         encap,
         flags,
+        conn_udp_timeout_s: 30,
+        conn_insert_limit: 0,
     }
 }
 
@@ -169,7 +171,7 @@ fn setup(dp: &mut Dataplane) {
             }
             IpAddr::V6(a) => (a.octets(), FAMILY_V6),
         };
-        dp.set_backend(id, Backend { addr_be, family, flags: if local { BACKEND_F_LOCAL } else { 0 }, _pad: [0; 2] });
+        dp.set_backend(id, Backend { addr_be, family, flags: if local { BACKEND_F_LOCAL } else { 0 }, generation: 1 });
     }
     for v in vips() {
         let key = match v.addr {

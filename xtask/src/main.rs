@@ -1,1 +1,204 @@
-fn main() {}
+//! Developer and CI entry points: `cargo xtask <command>` (alias in `.cargo/config.toml`).
+//!
+//! xtask orchestrates; it never builds the eBPF object itself. `cargo build` does that through
+//! aya-build in `anycast-userspace/build.rs`, with the toolchain that [`setup`] installs.
+
+mod cmd;
+mod lab;
+mod setup;
+
+use std::path::PathBuf;
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand};
+
+use crate::cmd::{cargo, run};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "anycast developer tasks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Install what building and testing needs (apt packages, rust-src, bpf-linker); a no-op when
+    /// everything is present.
+    Setup,
+    /// setup, `cargo build`, then every test (the privileged lab tests included).
+    Test {
+        /// Extra arguments for `cargo test`, e.g. `-- --test lab_smoke -- --nocapture`.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// setup, then the benchmark binary (`anycast-bench` in the tests crate) in release mode.
+    Bench {
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// setup, `cargo build --release`, then the lab demo (`anycast-demo`): a reference topology in
+    /// network namespaces, agents on two edges, client traffic to a VIP. Needs root.
+    Demo {
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// setup, build the agent in release mode and run it with the given arguments. Needs root.
+    Run {
+        #[arg(last = true, required = true)]
+        args: Vec<String>,
+    },
+    /// Delete lab network namespaces (and their processes and bpffs mounts) left by a crashed run.
+    CleanLab {
+        /// Namespace name prefix; default: every lab namespace (`ac` + 6 digits + `-`).
+        prefix: Option<String>,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Setup => setup::setup(),
+        Command::Test { args } => test(&args),
+        Command::Bench { args } => bench(&args),
+        Command::Demo { args } => demo(&args),
+        Command::Run { args } => run_agent(&args),
+        Command::CleanLab { prefix } => lab::clean(prefix.as_deref()),
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives one level below the workspace root")
+        .to_path_buf()
+}
+
+/// The workspace's target directory as cargo sees it (honours CARGO_TARGET_DIR and config).
+fn target_dir() -> anyhow::Result<PathBuf> {
+    let out = cargo()
+        .args(["metadata", "--format-version", "1", "--no-deps"])
+        .current_dir(workspace_root())
+        .output()
+        .context("cargo metadata")?;
+    if !out.status.success() {
+        bail!(
+            "cargo metadata failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let meta: serde_json::Value =
+        serde_json::from_slice(&out.stdout).context("parsing cargo metadata")?;
+    let dir = meta["target_directory"]
+        .as_str()
+        .context("cargo metadata has no target_directory")?;
+    Ok(PathBuf::from(dir))
+}
+
+fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+fn test(args: &[String]) -> anyhow::Result<()> {
+    setup::setup()?;
+    let root = workspace_root();
+    run(cargo().arg("build").current_dir(&root))?;
+
+    let mut test = cargo();
+    // --no-fail-fast: one failing test binary must not hide the results of the others.
+    test.args([
+        "test",
+        "--workspace",
+        "--exclude",
+        "anycast-ebpf",
+        "--no-fail-fast",
+    ])
+    .args(args)
+    .current_dir(&root);
+    // Two cores: libtest defaults to one thread per core; say so explicitly so that a bigger
+    // machine does not start a dozen labs (each with five agents) at once.
+    if std::env::var_os("RUST_TEST_THREADS").is_none() {
+        test.env("RUST_TEST_THREADS", "2");
+    }
+    if !is_root() {
+        if which("sudo") {
+            println!("xtask: not root; running test binaries through `sudo -E`");
+            test.env("CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER", "sudo -E");
+        } else {
+            println!("xtask: not root and no sudo; privileged tests will print why they skip");
+        }
+    }
+    run(&mut test)?;
+
+    if args.is_empty() {
+        // Alone, so that feature unification does not turn on `user`: the no_std build the
+        // eBPF program sees is tested as such.
+        run(cargo()
+            .args(["test", "-p", "anycast-common"])
+            .current_dir(&root))?;
+    }
+    Ok(())
+}
+
+fn bench(args: &[String]) -> anyhow::Result<()> {
+    setup::setup()?;
+    let root = workspace_root();
+    let declared = root.join("tests/src/bin/anycast-bench.rs").exists()
+        || root.join("tests/src/bin/anycast-bench/main.rs").exists()
+        || std::fs::read_to_string(root.join("tests/Cargo.toml"))
+            .is_ok_and(|t| t.contains("\"anycast-bench\""));
+    if !declared {
+        bail!("the anycast-bench binary (tests/src/bin/anycast-bench.rs) does not exist yet");
+    }
+    run(cargo()
+        .args([
+            "run",
+            "--release",
+            "-p",
+            "anycast-tests",
+            "--bin",
+            "anycast-bench",
+            "--",
+        ])
+        .args(args)
+        .current_dir(&root))
+}
+
+fn demo(args: &[String]) -> anyhow::Result<()> {
+    setup::setup()?;
+    let root = workspace_root();
+    if !is_root() {
+        bail!(
+            "the demo creates network namespaces and loads XDP programs: run it as root (sudo -E cargo xtask demo)"
+        );
+    }
+    run(cargo().args(["build", "--release"]).current_dir(&root))?;
+    let bin = target_dir()?.join("release");
+    run(std::process::Command::new(bin.join("anycast-demo"))
+        .args(args)
+        .env("ANYCAST_BIN", bin.join("anycast"))
+        .env("ANYCAST_LAB_SERVER_BIN", bin.join("anycast-lab-server")))
+}
+
+fn run_agent(args: &[String]) -> anyhow::Result<()> {
+    setup::setup()?;
+    if !is_root() {
+        bail!(
+            "the agent loads XDP programs and needs root: sudo -E cargo xtask run -- {}",
+            args.join(" ")
+        );
+    }
+    let root = workspace_root();
+    run(cargo()
+        .args(["build", "--release", "-p", "anycast-userspace"])
+        .current_dir(&root))?;
+    let bin = target_dir()?.join("release/anycast");
+    use std::os::unix::process::CommandExt as _;
+    let err = std::process::Command::new(&bin).args(args).exec();
+    Err(err).with_context(|| format!("exec {}", bin.display()))
+}
+
+fn which(program: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(program).is_file()))
+}

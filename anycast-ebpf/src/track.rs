@@ -1,0 +1,150 @@
+//! Connection tracking: a flow keeps the backend it started with while tables change.
+//!
+//! What creates an entry:
+//! - TCP: any packet of the flow except a bare SYN and except RST. The first such packet is
+//!   normally the client's ACK completing the handshake, so a SYN flood from spoofed sources
+//!   (which never completes one) creates no state and cannot evict real connections. The
+//!   handshake itself follows the table, which every edge computes identically.
+//! - UDP: the first packet; an entry idle longer than `conn_udp_timeout_s` is picked afresh.
+//! - At most `conn_insert_limit` new entries per CPU per second (0 = unlimited): past it, flows
+//!   still follow the table, so an ACK or UDP flood can churn at most that many entries a second.
+//!
+//! An entry is followed only while its backend id still carries the same generation, so an
+//! entry that outlived its backend (id freed, or reused for another backend) is ignored.
+
+use anycast_common::{
+    ConnGuard, ConnKey, ConnValue, DataplaneConfig, FAMILY_V4, NO_BACKEND, NO_TABLE, PROTO_TCP,
+    PROTO_UDP, VipValue, counter,
+    hash::{flow_hash_v4, flow_hash_v6},
+};
+use aya_ebpf::helpers::generated::bpf_ktime_get_ns;
+
+use crate::{maps, packet::addr_bytes, parse::Ip};
+
+const TCP_SYN: u8 = 0x02;
+const TCP_RST: u8 = 0x04;
+const TCP_ACK: u8 = 0x10;
+const NS_PER_S: u64 = 1_000_000_000;
+/// A UDP entry's timestamp is refreshed at most this often: a write per packet would bounce the
+/// entry's cache line between CPUs for nothing.
+const REFRESH_NS: u64 = NS_PER_S;
+
+/// Result of [`pick`]: the backend id in the low 32 bits, the flow hash in the high 32.
+/// `NO_BACKEND` as the id: the VIP has no backend for this flow.
+#[inline(always)]
+pub const fn split(r: u64) -> (u32, u32) {
+    (r as u32, (r >> 32) as u32)
+}
+
+/// Chooses the backend of a VIP packet: the tracked one if the flow is known, else the live
+/// table's. A BPF subprogram of its own so its key and value do not sit in the caller's frame
+/// while the encapsulation runs.
+///
+/// It takes no context: LLVM would otherwise pass it packet pointers in a form the verifier
+/// refuses. The caller reads `ports` (first transport word) and the TCP flags byte.
+#[inline(never)]
+pub fn pick(ip: &Ip, cfg: &DataplaneConfig, vip: &VipValue, ports: u32, tcp_flags: u32) -> u64 {
+    let hash = if ip.family == FAMILY_V4 {
+        flow_hash_v4(cfg.hash_seed, ip.src[0], ip.dst[0], ports, ip.proto)
+    } else {
+        flow_hash_v6(cfg.hash_seed, &ip.src, &ip.dst, ports, ip.proto)
+    };
+    let with_hash = (hash as u64) << 32;
+
+    let (track, insert) = if ip.proto == PROTO_TCP {
+        let flags = tcp_flags as u8;
+        let bare_syn = flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
+        (!bare_syn, !bare_syn && flags & TCP_RST == 0)
+    } else {
+        (ip.proto == PROTO_UDP, ip.proto == PROTO_UDP)
+    };
+
+    let key = ConnKey {
+        src_be: addr_bytes(ip.src),
+        dst_be: addr_bytes(ip.dst),
+        ports_be: ports.to_le_bytes(),
+        proto: ip.proto,
+        family: ip.family,
+        _pad: [0; 2],
+    };
+    let udp = ip.proto == PROTO_UDP;
+    let mut now = 0u64;
+    if track {
+        if let Some(entry) = maps::CONNS.get_ptr_mut(&key) {
+            // SAFETY: LRU map value pointer, valid for this program run.
+            let e = unsafe { *entry };
+            let valid = match maps::BACKENDS.get(e.backend_id) {
+                Some(b) => b.family != 0 && b.generation == e.generation,
+                None => false,
+            };
+            let mut fresh = true;
+            if udp {
+                // SAFETY: helper without arguments.
+                now = unsafe { bpf_ktime_get_ns() };
+                let age = now.wrapping_sub(e.last_seen_ns);
+                fresh = age < cfg.conn_udp_timeout_s as u64 * NS_PER_S;
+                if valid && fresh && age > REFRESH_NS {
+                    // SAFETY: as above; a racing writer on another CPU stores the same kind
+                    // of value, and either timestamp is good enough.
+                    unsafe { (*entry).last_seen_ns = now };
+                }
+            }
+            if valid && fresh {
+                maps::count(counter::CONN_HIT);
+                return with_hash | e.backend_id as u64;
+            }
+            maps::count(counter::CONN_STALE);
+        }
+        maps::count(counter::CONN_MISS);
+    }
+
+    if vip.table == NO_TABLE || cfg.ring_size == 0 {
+        return NO_BACKEND as u64;
+    }
+    let index = vip.table.wrapping_mul(cfg.ring_size).wrapping_add(hash % cfg.ring_size);
+    let Some(&backend_id) = maps::RINGS.get(index) else {
+        return NO_BACKEND as u64;
+    };
+    if insert {
+        let generation = match maps::BACKENDS.get(backend_id) {
+            Some(b) => b.generation,
+            None => return with_hash | backend_id as u64,
+        };
+        if allow_insert(cfg, &mut now) {
+            let value = ConnValue { backend_id, generation, _pad: 0, last_seen_ns: now };
+            if maps::CONNS.insert(&key, &value, 0).is_ok() {
+                maps::count(counter::CONN_INSERT);
+            }
+        } else {
+            maps::count(counter::CONN_INSERT_LIMITED);
+        }
+    }
+    with_hash | backend_id as u64
+}
+
+/// Per-CPU fixed one-second window on insertions.
+#[inline(always)]
+fn allow_insert(cfg: &DataplaneConfig, now: &mut u64) -> bool {
+    if *now == 0 {
+        // SAFETY: helper without arguments.
+        *now = unsafe { bpf_ktime_get_ns() };
+    }
+    let limit = cfg.conn_insert_limit as u64;
+    if limit == 0 {
+        return true;
+    }
+    let Some(g) = maps::CONN_GUARD.get_ptr_mut(0) else {
+        return true;
+    };
+    // SAFETY: per-CPU slot, only this CPU writes it.
+    let g: &mut ConnGuard = unsafe { &mut *g };
+    if now.wrapping_sub(g.window_start_ns) >= NS_PER_S {
+        g.window_start_ns = *now;
+        g.inserts = 0;
+    }
+    if g.inserts >= limit {
+        return false;
+    }
+    g.inserts += 1;
+    true
+}

@@ -1,0 +1,1504 @@
+//! The running agent's state and every change to it: the last good config, runtime overrides
+//! (drain, weights), backend health, and turning them into the dataplane's desired state.
+//!
+//! What the dataplane gets is the *effective* config ([`effective_config`]): the config file,
+//! then the runtime overrides on top (a drain is weight 0; a weight override replaces the file's
+//! weight; a VIP-specific override beats an all-VIP one). Then health ([`with_health`]): an
+//! unhealthy backend leaves its VIP's table, and only its own slots move. Maglev alone would
+//! also move about 1% of other slots when a backend leaves its input, so the table is patched
+//! instead: every slot keeps its backend from the table without health, except the unhealthy
+//! backends' slots, which take their backend from the Maglev table of the healthy backends.
+//! That is a pure function of (config, overrides, healthy set): edges that agree on health
+//! publish identical tables, and recovery restores exactly the previous table. A VIP whose
+//! checked backends are *all* unhealthy fails open (keeps its table, logged at error level and
+//! reported as "all backends down"): a check that fails everywhere at once is more often the
+//! check (a firewall, a wrong port) than every backend.
+//!
+//! The result is published through the diffing [`crate::dataplane::Publisher`], so a change
+//! writes only the VIP tables that changed; nothing is detached or reloaded.
+//!
+//! [`Controller`] is pure bookkeeping over a [`Sink`] (the loaded [`Dataplane`] in the agent, a
+//! [`MemorySink`] in tests); the agent feeds it config reloads, health transitions and API
+//! requests from one task, so none of this needs locking.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize, Serializer};
+use tracing::{error, info, warn};
+
+use crate::config::{
+    BackendConfig, Config, ConfigError, HealthConfig, MAX_WEIGHT, Protocol, VipConfig, vip_label,
+};
+use crate::dataplane::{
+    ApplyReport, Dataplane, DataplaneError, DesiredState, IdMap, MemoryMaps, Publisher,
+};
+use crate::model::{self, Decision, Flow, VipTable};
+use crate::stats::{StateFile, Stats, Traffic, VipTraffic};
+
+/// Where the desired state goes: the kernel maps or, in tests, memory.
+pub trait Sink {
+    fn apply_state(&mut self, desired: &DesiredState) -> Result<ApplyReport, DataplaneError>;
+    fn read_stats(&self) -> Result<Stats, DataplaneError>;
+    fn id_map(&self) -> IdMap;
+}
+
+impl Sink for Dataplane {
+    fn apply_state(&mut self, desired: &DesiredState) -> Result<ApplyReport, DataplaneError> {
+        Dataplane::apply_state(self, desired)
+    }
+    fn read_stats(&self) -> Result<Stats, DataplaneError> {
+        Dataplane::read_stats(self)
+    }
+    fn id_map(&self) -> IdMap {
+        self.publisher().id_map()
+    }
+}
+
+/// A [`Publisher`] over [`MemoryMaps`]; its stats are zero for every VIP and backend.
+#[derive(Debug)]
+pub struct MemorySink {
+    pub publisher: Publisher,
+    pub maps: MemoryMaps,
+}
+
+impl MemorySink {
+    pub fn new(config: &Config) -> Self {
+        Self {
+            publisher: Publisher::new(crate::dataplane::Geometry::of(config)),
+            maps: MemoryMaps::default(),
+        }
+    }
+}
+
+impl Sink for MemorySink {
+    fn apply_state(&mut self, desired: &DesiredState) -> Result<ApplyReport, DataplaneError> {
+        self.publisher.apply(&mut self.maps, desired)
+    }
+    fn read_stats(&self) -> Result<Stats, DataplaneError> {
+        let ids = self.publisher.id_map();
+        Ok(Stats {
+            counters: anycast_common::counter::NAMES
+                .iter()
+                .map(|n| ((*n).to_string(), 0))
+                .collect(),
+            vips: ids
+                .vips
+                .iter()
+                .map(|(id, vip)| VipTraffic {
+                    id: *id,
+                    vip: vip.clone(),
+                    traffic: Traffic::default(),
+                })
+                .collect(),
+            backends: ids
+                .backends
+                .iter()
+                .map(|(id, a, local)| crate::stats::BackendTraffic {
+                    id: *id,
+                    address: Some(*a),
+                    local: *local,
+                    traffic: Traffic::default(),
+                })
+                .collect(),
+        })
+    }
+    fn id_map(&self) -> IdMap {
+        self.publisher.id_map()
+    }
+}
+
+/// A VIP as the operator names it: address, port (0 = any) and protocol.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct VipId {
+    pub address: IpAddr,
+    pub port: u16,
+    pub protocol: Protocol,
+}
+
+impl VipId {
+    pub fn of(v: &VipConfig) -> Self {
+        Self {
+            address: v.address,
+            port: v.port,
+            protocol: v.protocol,
+        }
+    }
+}
+
+impl fmt::Display for VipId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&vip_label(self.address, self.port, self.protocol))
+    }
+}
+
+impl Serialize for VipId {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// Runtime overrides on top of the config file. They survive reloads until cleared and are
+/// forgotten by a restart. `None` as the VIP means every VIP the backend serves.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Overrides {
+    drained: BTreeSet<(Option<VipId>, IpAddr)>,
+    weights: BTreeMap<(Option<VipId>, IpAddr), u32>,
+}
+
+impl Overrides {
+    pub fn is_drained(&self, vip: VipId, backend: IpAddr) -> bool {
+        self.drained.contains(&(Some(vip), backend)) || self.drained.contains(&(None, backend))
+    }
+
+    pub fn weight(&self, vip: VipId, backend: IpAddr) -> Option<u32> {
+        self.weights
+            .get(&(Some(vip), backend))
+            .or_else(|| self.weights.get(&(None, backend)))
+            .copied()
+    }
+
+    /// Weight after overrides (health aside).
+    pub fn effective_weight(&self, vip: VipId, b: &BackendConfig) -> u32 {
+        if self.is_drained(vip, b.address) {
+            0
+        } else {
+            self.weight(vip, b.address).unwrap_or(b.weight)
+        }
+    }
+
+    pub fn list(&self) -> Vec<OverrideEntry> {
+        let drains = self.drained.iter().map(|(vip, backend)| OverrideEntry {
+            vip: *vip,
+            backend: *backend,
+            drained: true,
+            weight: None,
+        });
+        let weights = self
+            .weights
+            .iter()
+            .map(|((vip, backend), w)| OverrideEntry {
+                vip: *vip,
+                backend: *backend,
+                drained: false,
+                weight: Some(*w),
+            });
+        drains.chain(weights).collect()
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct OverrideEntry {
+    /// `null` = every VIP.
+    pub vip: Option<VipId>,
+    pub backend: IpAddr,
+    pub drained: bool,
+    pub weight: Option<u32>,
+}
+
+/// Health of the checked backends: `(vip, backend) -> healthy`. Unchecked backends are absent.
+pub type HealthMap = BTreeMap<(VipId, IpAddr), bool>;
+
+/// The config the dataplane should run: the file with the overrides on top (module docs).
+pub fn effective_config(base: &Config, overrides: &Overrides) -> Config {
+    let mut c = base.clone();
+    for v in &mut c.vips {
+        let id = VipId::of(v);
+        for b in &mut v.backends {
+            b.weight = overrides.effective_weight(id, b);
+        }
+    }
+    c
+}
+
+/// `full` (the table of `vip`, health ignored) with the slots of unhealthy backends given to
+/// healthy ones, as the module docs describe. Unchanged when no backend is unhealthy, and when
+/// no healthy backend could take the slots (fail open).
+pub fn with_health(
+    full: VipTable,
+    vip: &VipConfig,
+    health: &HealthMap,
+    ring_size: u32,
+    hash_seed: u32,
+) -> VipTable {
+    let id = VipId::of(vip);
+    let down: BTreeSet<IpAddr> = vip
+        .backends
+        .iter()
+        .filter(|b| health.get(&(id, b.address)) == Some(&false))
+        .map(|b| b.address)
+        .collect();
+    if down.is_empty() || full.slots.is_empty() {
+        return full;
+    }
+    let mut healthy = vip.clone();
+    healthy.backends.retain(|b| !down.contains(&b.address));
+    let fallback = model::vip_table(&healthy, ring_size, hash_seed);
+    if fallback.slots.is_empty() {
+        return full;
+    }
+    let index: BTreeMap<IpAddr, u32> = full
+        .backends
+        .iter()
+        .enumerate()
+        .map(|(i, b)| (b.address(), i as u32))
+        .collect();
+    let slots = full
+        .slots
+        .iter()
+        .zip(fallback.slot_addresses())
+        .map(|(&i, alt)| {
+            if down.contains(&full.backends[i as usize].address()) {
+                index[&alt]
+            } else {
+                i
+            }
+        })
+        .collect();
+    VipTable {
+        backends: full.backends,
+        slots,
+    }
+}
+
+/// One VIP's change in one publication, for the log and the API.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct VipChange {
+    pub vip: VipId,
+    pub added: Vec<IpAddr>,
+    pub removed: Vec<IpAddr>,
+    /// `(backend, old weight, new weight)`, effective weights.
+    pub reweighted: Vec<(IpAddr, u32, u32)>,
+    /// Slots whose backend changed (a table appearing or disappearing moves them all).
+    pub slots_moved: usize,
+    pub fingerprint: Option<String>,
+    pub vip_added: bool,
+    pub vip_removed: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("{field}: changed from {old} to {new}; {why}, so the new config is not applied")]
+    NeedsRestart {
+        field: &'static str,
+        old: String,
+        new: String,
+        why: &'static str,
+    },
+    #[error("writing the maps")]
+    Apply(#[source] Box<DataplaneError>),
+}
+
+/// The result of the last reload, for `anycast status`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ReloadOutcome {
+    /// Seconds since the Unix epoch.
+    pub at: u64,
+    /// What triggered it: `SIGHUP`, `file change`.
+    pub trigger: String,
+    pub ok: bool,
+    /// `N VIPs changed` or the error, field named.
+    pub message: String,
+}
+
+/// The loaded program and where it is attached, for `anycast status`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct ProgramInfo {
+    pub name: String,
+    /// Kernel program id (`bpftool prog show id N`).
+    pub id: Option<u32>,
+    pub interfaces: Vec<AttachedInterface>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct AttachedInterface {
+    pub name: String,
+    /// `native`, `generic`.
+    pub mode: String,
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// A reason for a field to need a restart; checked on every reload.
+fn restart_only(old: &Config, new: &Config) -> Result<(), ReloadError> {
+    let (a, b) = (&old.agent, &new.agent);
+    let checks: [(&'static str, String, String, &'static str); 9] = [
+        (
+            "agent.interfaces",
+            format!("{:?}", a.interfaces),
+            format!("{:?}", b.interfaces),
+            "attaching to other interfaces needs a restart of the agent",
+        ),
+        (
+            "agent.xdp_mode",
+            a.xdp_mode.to_string(),
+            b.xdp_mode.to_string(),
+            "the attach mode is chosen at start",
+        ),
+        (
+            "agent.ring_size",
+            a.ring_size.to_string(),
+            b.ring_size.to_string(),
+            "the maps are sized at load time",
+        ),
+        (
+            "agent.max_vips",
+            a.max_vips.to_string(),
+            b.max_vips.to_string(),
+            "the maps are sized at load time",
+        ),
+        (
+            "agent.max_backends",
+            a.max_backends.to_string(),
+            b.max_backends.to_string(),
+            "the maps are sized at load time",
+        ),
+        (
+            "agent.pin_path",
+            a.pin_path.display().to_string(),
+            b.pin_path.display().to_string(),
+            "the maps are pinned at start",
+        ),
+        (
+            "agent.state_file",
+            a.state_file.display().to_string(),
+            b.state_file.display().to_string(),
+            "the state file is chosen at start",
+        ),
+        (
+            "agent.api_socket",
+            format!("{:?}", a.api_socket),
+            format!("{:?}", b.api_socket),
+            "the control socket is bound at start",
+        ),
+        (
+            "agent.metrics_listen",
+            format!("{:?}", a.metrics_listen),
+            format!("{:?}", b.metrics_listen),
+            "the metrics endpoint is bound at start",
+        ),
+    ];
+    for (field, old, new, why) in checks {
+        if old != new {
+            return Err(ReloadError::NeedsRestart {
+                field,
+                old,
+                new,
+                why,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// `a: b: c` for an error and its sources.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+/// The agent's state; see the module docs.
+pub struct Controller<S: Sink> {
+    sink: S,
+    config_path: PathBuf,
+    base: Config,
+    local: BTreeSet<IpAddr>,
+    overrides: Overrides,
+    health: HealthMap,
+    /// What was last published, and each VIP's table.
+    effective: Config,
+    tables: BTreeMap<VipId, VipTable>,
+    last_reload: Option<ReloadOutcome>,
+    reloads_ok: u64,
+    reloads_error: u64,
+    program: ProgramInfo,
+    /// Rewritten after every publication so `anycast stats --pin-path` names the right ids.
+    state_file: Option<(PathBuf, StateFile)>,
+}
+
+impl<S: Sink> Controller<S> {
+    /// Publishes `config` (already validated with [`Config::check_local`] by the caller or not:
+    /// it is checked here too) and returns the controller and what was written.
+    pub fn start(
+        sink: S,
+        config_path: PathBuf,
+        config: Config,
+        local: BTreeSet<IpAddr>,
+    ) -> Result<(Self, ApplyReport), ReloadError> {
+        config.check_local(&local)?;
+        let mut c = Self {
+            sink,
+            config_path,
+            effective: config.clone(),
+            base: config,
+            local,
+            overrides: Overrides::default(),
+            health: HealthMap::new(),
+            tables: BTreeMap::new(),
+            last_reload: None,
+            reloads_ok: 0,
+            reloads_error: 0,
+            program: ProgramInfo::default(),
+            state_file: None,
+        };
+        let desired = DesiredState::new(&c.effective, &c.local)?;
+        let report = c
+            .sink
+            .apply_state(&desired)
+            .map_err(|e| ReloadError::Apply(Box::new(e)))?;
+        c.tables = c
+            .effective
+            .vips
+            .iter()
+            .zip(&desired.vips)
+            .map(|(v, d)| (VipId::of(v), d.table.clone()))
+            .collect();
+        Ok((c, report))
+    }
+
+    pub fn sink(&self) -> &S {
+        &self.sink
+    }
+
+    pub fn sink_mut(&mut self) -> &mut S {
+        &mut self.sink
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.base
+    }
+
+    pub fn config_path(&self) -> &std::path::Path {
+        &self.config_path
+    }
+
+    /// The Prometheus text ([`crate::metrics`]).
+    pub fn metrics(&self) -> String {
+        let stats = match self.sink.read_stats() {
+            Ok(s) => Some(s),
+            Err(e) => {
+                warn!(error = %error_chain(&e), "reading the counters for metrics");
+                None
+            }
+        };
+        crate::metrics::render(&self.status(), stats.as_ref())
+    }
+
+    pub fn effective(&self) -> &Config {
+        &self.effective
+    }
+
+    pub fn overrides(&self) -> &Overrides {
+        &self.overrides
+    }
+
+    pub fn table(&self, vip: VipId) -> Option<&VipTable> {
+        self.tables.get(&vip)
+    }
+
+    pub fn reload_counts(&self) -> (u64, u64) {
+        (self.reloads_ok, self.reloads_error)
+    }
+
+    pub fn set_program(&mut self, program: ProgramInfo) {
+        self.program = program;
+    }
+
+    /// Keeps `state` (its `ids` replaced) written after every publication.
+    pub fn keep_state_file(&mut self, path: PathBuf, state: StateFile) {
+        self.state_file = Some((path, state));
+        self.write_state_file();
+    }
+
+    fn write_state_file(&mut self) {
+        let ids = self.sink.id_map();
+        if let Some((path, s)) = &mut self.state_file {
+            s.ids = ids;
+            if let Err(e) = s.write(path) {
+                warn!(error = %error_chain(&e), "writing the state file");
+            }
+        }
+    }
+
+    /// Backends to health-check: every configured backend of every VIP with `[vip.health]`,
+    /// drained ones included (so their health is known before they are undrained).
+    pub fn checks(&self) -> BTreeMap<(VipId, IpAddr), HealthConfig> {
+        self.base
+            .vips
+            .iter()
+            .filter_map(|v| v.health.as_ref().map(|h| (v, h)))
+            .flat_map(|(v, h)| {
+                v.backends
+                    .iter()
+                    .map(move |b| ((VipId::of(v), b.address), h.clone()))
+            })
+            .collect()
+    }
+
+    /// Known health of a checked backend (`None` = not checked).
+    pub fn health(&self, vip: VipId, backend: IpAddr) -> Option<bool> {
+        self.health.get(&(vip, backend)).copied()
+    }
+
+    /// Writes the effective state and logs one line per changed VIP.
+    fn publish(&mut self, why: &str) -> Result<Vec<VipChange>, DataplaneError> {
+        let effective = effective_config(&self.base, &self.overrides);
+        let mut desired = DesiredState::new(&effective, &self.local)?;
+        let a = &effective.agent;
+        for (v, d) in effective.vips.iter().zip(&mut desired.vips) {
+            let full = std::mem::replace(
+                &mut d.table,
+                VipTable {
+                    backends: Vec::new(),
+                    slots: Vec::new(),
+                },
+            );
+            d.table = with_health(full, v, &self.health, a.ring_size, a.hash_seed);
+        }
+        self.sink.apply_state(&desired)?;
+        let tables: BTreeMap<VipId, VipTable> = effective
+            .vips
+            .iter()
+            .zip(&desired.vips)
+            .map(|(v, d)| (VipId::of(v), d.table.clone()))
+            .collect();
+        let changes = diff(&self.effective, &self.tables, &effective, &tables);
+        for c in &changes {
+            let list = |v: &[IpAddr]| {
+                v.iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(",")
+            };
+            let weights = c
+                .reweighted
+                .iter()
+                .map(|(a, o, n)| format!("{a}:{o}->{n}"))
+                .collect::<Vec<_>>()
+                .join(",");
+            info!(
+                vip = %c.vip,
+                added = %list(&c.added),
+                removed = %list(&c.removed),
+                reweighted = %weights,
+                slots_moved = c.slots_moved,
+                fingerprint = c.fingerprint.as_deref().unwrap_or("none"),
+                vip_added = c.vip_added,
+                vip_removed = c.vip_removed,
+                "VIP table changed ({why})"
+            );
+        }
+        self.effective = effective;
+        self.tables = tables;
+        self.write_state_file();
+        Ok(changes)
+    }
+
+    /// Replaces the config with `new` (the result of reading and parsing the file) if it is
+    /// valid and only changes what can change live. On error nothing is written and the
+    /// dataplane keeps its last good state.
+    pub fn reload(
+        &mut self,
+        trigger: &str,
+        new: Result<Config, ConfigError>,
+        local: BTreeSet<IpAddr>,
+    ) -> Result<Vec<VipChange>, ReloadError> {
+        let result = self.try_reload(trigger, new, local);
+        let (ok, message) = match &result {
+            Ok(changes) => {
+                self.reloads_ok += 1;
+                let message = if changes.is_empty() {
+                    "no VIP table changed".to_string()
+                } else {
+                    format!(
+                        "{} VIP(s) changed: {}",
+                        changes.len(),
+                        changes
+                            .iter()
+                            .map(|c| c.vip.to_string())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )
+                };
+                info!(trigger, "config reloaded: {message}");
+                (true, message)
+            }
+            Err(e) => {
+                self.reloads_error += 1;
+                let message = error_chain(e);
+                error!(
+                    trigger,
+                    "config rejected, the dataplane keeps its last good state: {message}"
+                );
+                (false, message)
+            }
+        };
+        self.last_reload = Some(ReloadOutcome {
+            at: now(),
+            trigger: trigger.to_owned(),
+            ok,
+            message,
+        });
+        result
+    }
+
+    fn try_reload(
+        &mut self,
+        trigger: &str,
+        new: Result<Config, ConfigError>,
+        local: BTreeSet<IpAddr>,
+    ) -> Result<Vec<VipChange>, ReloadError> {
+        let new = new?;
+        restart_only(&self.base, &new)?;
+        new.check_local(&local)?;
+        for w in new.warnings() {
+            warn!("{w}");
+        }
+        if new == self.base && local == self.local {
+            return Ok(Vec::new());
+        }
+        let (old_base, old_local) = (
+            std::mem::replace(&mut self.base, new),
+            std::mem::replace(&mut self.local, local),
+        );
+        let known = self.checks();
+        self.health.retain(|k, _| known.contains_key(k));
+        match self.publish(trigger) {
+            Ok(changes) => Ok(changes),
+            Err(e) => {
+                // Converge back to what was running; the publisher writes a VIP only after
+                // its table, so whatever was half-written is not live.
+                self.base = old_base;
+                self.local = old_local;
+                if let Err(e2) = self.publish("rollback") {
+                    error!(error = %error_chain(&e2), "restoring the previous state");
+                }
+                Err(ReloadError::Apply(Box::new(e)))
+            }
+        }
+    }
+
+    /// Records a health transition of a checked backend and republishes its VIP.
+    pub fn set_health(&mut self, vip: VipId, backend: IpAddr, healthy: bool, detail: &str) {
+        if !self.checks().contains_key(&(vip, backend)) {
+            return; // a check of a backend a reload removed, reporting late
+        }
+        let old = self.health.insert((vip, backend), healthy);
+        // Pending counts as healthy: a first "healthy" verdict changes no table.
+        if old.unwrap_or(true) == healthy {
+            if old.is_none() {
+                info!(vip = %vip, backend = %backend, "backend healthy (first check)");
+            }
+            return;
+        }
+        if healthy {
+            info!(vip = %vip, backend = %backend, check = detail, "backend healthy: returns to the VIP's table");
+        } else {
+            warn!(vip = %vip, backend = %backend, check = detail, "backend unhealthy: leaves the VIP's table");
+        }
+        if let Err(e) = self.publish("health") {
+            error!(error = %error_chain(&e), "writing the maps after a health change");
+        }
+        if let Some(v) = self.base.vips.iter().find(|v| VipId::of(v) == vip) {
+            let down = v
+                .backends
+                .iter()
+                .filter(|b| self.health.get(&(vip, b.address)) == Some(&false))
+                .count();
+            if !v.backends.is_empty() && down == v.backends.len() {
+                error!(vip = %vip, backends = down, "all backends down: failing open, the VIP keeps its table without health");
+            }
+        }
+    }
+
+    /// Resolves an operator's VIP name: a label (`203.0.113.10:80/tcp`), or `ADDR:PORT` /
+    /// `ADDR` when that matches exactly one VIP.
+    pub fn resolve_vip(&self, name: &str) -> Result<VipId, String> {
+        let ids: Vec<VipId> = self.base.vips.iter().map(VipId::of).collect();
+        if let Some(id) = ids.iter().find(|id| id.to_string() == name) {
+            return Ok(*id);
+        }
+        let matches: Vec<&VipId> = ids
+            .iter()
+            .filter(|id| {
+                let l = id.to_string();
+                l.rsplit_once('/').is_some_and(|(ap, _)| ap == name)
+                    || id.address.to_string() == name
+            })
+            .collect();
+        match matches[..] {
+            [one] => Ok(*one),
+            [] => Err(format!(
+                "unknown VIP {name:?} (configured: {})",
+                ids.iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )),
+            _ => Err(format!(
+                "{name:?} matches several VIPs ({}); name one as ADDR:PORT/PROTO",
+                matches
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )),
+        }
+    }
+
+    /// The VIP (or `None` = every VIP) and backend a drain/weight request is about, checked
+    /// against the config.
+    fn target(&self, vip: Option<&str>, backend: &str) -> Result<(Option<VipId>, IpAddr), String> {
+        let backend: IpAddr = backend
+            .parse()
+            .map_err(|_| format!("{backend:?} is not an IP address"))?;
+        match vip {
+            Some(name) => {
+                let id = self.resolve_vip(name)?;
+                let v = self
+                    .base
+                    .vips
+                    .iter()
+                    .find(|v| VipId::of(v) == id)
+                    .expect("resolved from the config");
+                if !v.backends.iter().any(|b| b.address == backend) {
+                    return Err(format!(
+                        "{backend} is not a backend of VIP {id} (its backends: {})",
+                        v.backends
+                            .iter()
+                            .map(|b| b.address.to_string())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ));
+                }
+                Ok((Some(id), backend))
+            }
+            None => {
+                if !self
+                    .base
+                    .vips
+                    .iter()
+                    .any(|v| v.backends.iter().any(|b| b.address == backend))
+                {
+                    return Err(format!("unknown backend {backend}: no VIP lists it"));
+                }
+                Ok((None, backend))
+            }
+        }
+    }
+
+    fn after_override(&mut self, what: &str) -> Result<serde_json::Value, String> {
+        info!("runtime override: {what}");
+        let changes = self
+            .publish("runtime override")
+            .map_err(|e| format!("writing the maps: {}", error_chain(&e)))?;
+        Ok(serde_json::json!({ "message": what, "changes": changes }))
+    }
+
+    /// Answers one control API request.
+    pub fn handle(&mut self, req: Request) -> Response {
+        let r = match req {
+            Request::Status => Ok(serde_json::to_value(self.status()).expect("serializable")),
+            Request::Stats => self
+                .sink
+                .read_stats()
+                .map(|s| serde_json::to_value(s).expect("serializable"))
+                .map_err(|e| format!("reading the counters: {}", error_chain(&e))),
+            Request::Lookup { flow } => self
+                .lookup(&flow)
+                .map(|d| serde_json::to_value(d).expect("serializable")),
+            Request::Drain { vip, backend } => {
+                self.target(vip.as_deref(), &backend)
+                    .and_then(|(vip, backend)| {
+                        self.overrides.drained.insert((vip, backend));
+                        self.after_override(&format!("drained {backend} for {}", scope(vip)))
+                    })
+            }
+            Request::Undrain { vip, backend } => {
+                self.target(vip.as_deref(), &backend)
+                    .and_then(|(vip, backend)| {
+                        let removed = match vip {
+                            // Every drain of the backend, whatever its scope.
+                            None => {
+                                let before = self.overrides.drained.len();
+                                self.overrides.drained.retain(|(_, b)| *b != backend);
+                                before - self.overrides.drained.len()
+                            }
+                            Some(_) => usize::from(self.overrides.drained.remove(&(vip, backend))),
+                        };
+                        if removed == 0 {
+                            return Err(format!("{backend} is not drained for {}", scope(vip)));
+                        }
+                        let mut msg = format!("undrained {backend} for {}", scope(vip));
+                        if vip.is_some() && self.overrides.drained.contains(&(None, backend)) {
+                            msg.push_str(
+                            " (still drained for every VIP: undrain without a VIP to clear that)",
+                        );
+                        }
+                        self.after_override(&msg)
+                    })
+            }
+            Request::SetWeight {
+                vip,
+                backend,
+                weight,
+                clear,
+            } => self
+                .target(vip.as_deref(), &backend)
+                .and_then(|(vip, backend)| match (weight, clear) {
+                    (Some(_), true) => Err("give either a weight or clear, not both".into()),
+                    (None, false) => Err("give a weight (0..=65535) or clear".into()),
+                    (None, true) => {
+                        if self.overrides.weights.remove(&(vip, backend)).is_none() {
+                            return Err(format!(
+                                "{backend} has no weight override for {}",
+                                scope(vip)
+                            ));
+                        }
+                        self.after_override(&format!(
+                            "cleared the weight override of {backend} for {}",
+                            scope(vip)
+                        ))
+                    }
+                    (Some(w), false) => {
+                        let w = u32::try_from(w)
+                            .ok()
+                            .filter(|w| *w <= MAX_WEIGHT)
+                            .ok_or_else(|| {
+                                format!("weight {w} is out of range 0..={MAX_WEIGHT}")
+                            })?;
+                        self.overrides.weights.insert((vip, backend), w);
+                        self.after_override(&format!(
+                            "set the weight of {backend} for {} to {w}",
+                            scope(vip)
+                        ))
+                    }
+                }),
+        };
+        match r {
+            Ok(result) => Response::Ok { result },
+            Err(error) => Response::Error { error },
+        }
+    }
+
+    pub fn lookup(&self, flow: &str) -> Result<Decision, String> {
+        let flow: Flow = flow.parse().map_err(|e| format!("{e}"))?;
+        let c = &self.effective;
+        Ok(match model::match_vip(c, &flow) {
+            Some(i) => match self.tables.get(&VipId::of(&c.vips[i])) {
+                Some(t) => model::decide_with_table(c, &self.local, &flow, i, t),
+                None => model::decide(c, &self.local, &flow),
+            },
+            None => model::decide(c, &self.local, &flow),
+        })
+    }
+
+    pub fn status(&self) -> Status {
+        let vips = self
+            .base
+            .vips
+            .iter()
+            .map(|v| {
+                let id = VipId::of(v);
+                let table = self.tables.get(&id);
+                let mut slots: BTreeMap<IpAddr, usize> = BTreeMap::new();
+                if let Some(t) = table {
+                    for a in t.slot_addresses() {
+                        *slots.entry(a).or_default() += 1;
+                    }
+                }
+                let eff = self.effective.vips.iter().find(|e| VipId::of(e) == id);
+                let all_down = !v.backends.is_empty()
+                    && v.backends
+                        .iter()
+                        .all(|b| self.health.get(&(id, b.address)) == Some(&false));
+                let backends: Vec<BackendStatus> = v
+                    .backends
+                    .iter()
+                    .map(|b| {
+                        let health = match self.health.get(&(id, b.address)) {
+                            None if v.health.is_some() => "pending",
+                            None => "unchecked",
+                            Some(true) => "healthy",
+                            Some(false) => "unhealthy",
+                        };
+                        let weight = eff
+                            .and_then(|e| e.backends.iter().find(|x| x.address == b.address))
+                            .map_or(0, |x| x.weight);
+                        BackendStatus {
+                            address: b.address,
+                            local: self.local.contains(&b.address),
+                            weight_config: b.weight,
+                            weight_effective: if health == "unhealthy" && !all_down {
+                                0
+                            } else {
+                                weight
+                            },
+                            drained: self.overrides.is_drained(id, b.address),
+                            weight_override: self.overrides.weight(id, b.address),
+                            health,
+                            slots: slots.get(&b.address).copied().unwrap_or(0),
+                        }
+                    })
+                    .collect();
+                let state = if v.backends.is_empty() {
+                    "no backends"
+                } else if all_down {
+                    "all backends down"
+                } else if table.is_none_or(|t| t.slots.is_empty()) {
+                    "no weighted backend"
+                } else {
+                    "ok"
+                };
+                VipStatus {
+                    vip: id,
+                    state,
+                    fingerprint: table.and_then(VipTable::fingerprint),
+                    health_check: v.health.as_ref().map(|h| {
+                        format!(
+                            "{} port {}{} every {} ms, timeout {} ms, rise {}, fall {}",
+                            h.kind,
+                            h.port,
+                            if h.kind == crate::config::HealthKind::Http {
+                                format!(" GET {} expect {}", h.path, h.expect_status)
+                            } else {
+                                String::new()
+                            },
+                            h.interval_ms,
+                            h.timeout_ms,
+                            h.rise,
+                            h.fall
+                        )
+                    }),
+                    backends,
+                }
+            })
+            .collect();
+        Status {
+            version: env!("CARGO_PKG_VERSION"),
+            config_path: self.config_path.clone(),
+            last_reload: self.last_reload.clone(),
+            reloads_ok: self.reloads_ok,
+            reloads_error: self.reloads_error,
+            program: self.program.clone(),
+            hash_seed: self.base.agent.hash_seed,
+            ring_size: self.base.agent.ring_size,
+            overrides: self.overrides.list(),
+            vips,
+        }
+    }
+}
+
+fn scope(vip: Option<VipId>) -> String {
+    vip.map_or_else(|| "every VIP".to_string(), |v| format!("VIP {v}"))
+}
+
+/// Per-VIP differences between two publications.
+pub fn diff(
+    old: &Config,
+    old_tables: &BTreeMap<VipId, VipTable>,
+    new: &Config,
+    new_tables: &BTreeMap<VipId, VipTable>,
+) -> Vec<VipChange> {
+    let weights = |c: &Config| -> BTreeMap<VipId, BTreeMap<IpAddr, u32>> {
+        c.vips
+            .iter()
+            .map(|v| {
+                (
+                    VipId::of(v),
+                    v.backends.iter().map(|b| (b.address, b.weight)).collect(),
+                )
+            })
+            .collect()
+    };
+    let (ow, nw) = (weights(old), weights(new));
+    let empty_w = BTreeMap::new();
+    let empty_t = VipTable {
+        backends: Vec::new(),
+        slots: Vec::new(),
+    };
+    let ids: BTreeSet<VipId> = ow.keys().chain(nw.keys()).copied().collect();
+    let mut out = Vec::new();
+    for id in ids {
+        let (o, n) = (
+            ow.get(&id).unwrap_or(&empty_w),
+            nw.get(&id).unwrap_or(&empty_w),
+        );
+        let (ot, nt) = (
+            old_tables.get(&id).unwrap_or(&empty_t),
+            new_tables.get(&id).unwrap_or(&empty_t),
+        );
+        let added: Vec<IpAddr> = n.keys().filter(|a| !o.contains_key(a)).copied().collect();
+        let removed: Vec<IpAddr> = o.keys().filter(|a| !n.contains_key(a)).copied().collect();
+        let reweighted: Vec<(IpAddr, u32, u32)> = n
+            .iter()
+            .filter_map(|(a, w)| o.get(a).filter(|ow| *ow != w).map(|ow| (*a, *ow, *w)))
+            .collect();
+        let slots_moved = ot.slots_moved(nt);
+        let vip_added = !ow.contains_key(&id);
+        let vip_removed = !nw.contains_key(&id);
+        if added.is_empty()
+            && removed.is_empty()
+            && reweighted.is_empty()
+            && slots_moved == 0
+            && !vip_added
+            && !vip_removed
+        {
+            continue;
+        }
+        out.push(VipChange {
+            vip: id,
+            added,
+            removed,
+            reweighted,
+            slots_moved,
+            fingerprint: nt.fingerprint(),
+            vip_added,
+            vip_removed,
+        });
+    }
+    out
+}
+
+/// A control API request: one JSON object per line (README, "Control API").
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "request", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Request {
+    Status,
+    Stats,
+    Lookup {
+        flow: String,
+    },
+    Drain {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        vip: Option<String>,
+        backend: String,
+    },
+    Undrain {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        vip: Option<String>,
+        backend: String,
+    },
+    SetWeight {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        vip: Option<String>,
+        backend: String,
+        /// Signed so a negative value gets a range error rather than a parse error.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        weight: Option<i64>,
+        #[serde(default)]
+        clear: bool,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Response {
+    Ok { result: serde_json::Value },
+    Error { error: String },
+}
+
+impl Response {
+    pub fn into_result(self) -> Result<serde_json::Value, String> {
+        match self {
+            Self::Ok { result } => Ok(result),
+            Self::Error { error } => Err(error),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct BackendStatus {
+    pub address: IpAddr,
+    pub local: bool,
+    pub weight_config: u32,
+    /// What the dataplane uses: overrides applied, 0 when unhealthy (then not in the table).
+    pub weight_effective: u32,
+    pub drained: bool,
+    pub weight_override: Option<u32>,
+    /// `healthy`, `unhealthy`, `pending` (checked, no verdict yet: treated as healthy),
+    /// `unchecked` (the VIP has no `[vip.health]`).
+    pub health: &'static str,
+    /// Slots of the live table that send to this backend.
+    pub slots: usize,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct VipStatus {
+    pub vip: VipId,
+    /// `ok`, `all backends down`, `no weighted backend`, `no backends`.
+    pub state: &'static str,
+    pub fingerprint: Option<String>,
+    pub health_check: Option<String>,
+    pub backends: Vec<BackendStatus>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Status {
+    pub version: &'static str,
+    pub config_path: PathBuf,
+    pub last_reload: Option<ReloadOutcome>,
+    pub reloads_ok: u64,
+    pub reloads_error: u64,
+    pub program: ProgramInfo,
+    pub hash_seed: u32,
+    pub ring_size: u32,
+    pub overrides: Vec<OverrideEntry>,
+    pub vips: Vec<VipStatus>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dataplane::{MapOp, vip_key};
+
+    const CFG: &str = r#"
+[agent]
+interfaces = ["eth0"]
+tunnel_source = "198.18.1.2"
+decap_allow = ["198.18.0.0/15"]
+ring_size = 1009
+hash_seed = 42
+max_vips = 4
+max_backends = 8
+[[vip]]
+address = "203.0.113.10"
+port = 80
+protocol = "tcp"
+[[vip.backend]]
+address = "198.18.10.2"
+weight = 1
+[[vip.backend]]
+address = "198.18.10.3"
+weight = 1
+[[vip.backend]]
+address = "198.18.10.4"
+weight = 1
+[vip.health]
+kind = "tcp"
+[[vip]]
+address = "203.0.113.11"
+port = 53
+protocol = "udp"
+[[vip.backend]]
+address = "198.18.10.2"
+weight = 1
+[[vip.backend]]
+address = "198.18.10.5"
+weight = 1
+"#;
+
+    fn start(cfg: &str) -> Controller<MemorySink> {
+        let c = Config::parse(cfg).unwrap();
+        let (ctl, _) = Controller::start(
+            MemorySink::new(&c),
+            "/etc/anycast.toml".into(),
+            c,
+            BTreeSet::new(),
+        )
+        .unwrap();
+        ctl
+    }
+
+    fn vip(s: &str) -> VipId {
+        let c = Config::parse(CFG).unwrap();
+        c.vips
+            .iter()
+            .map(VipId::of)
+            .find(|v| v.to_string() == s)
+            .unwrap()
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    fn journal_len(c: &Controller<MemorySink>) -> usize {
+        c.sink().maps.journal.len()
+    }
+
+    fn reload(c: &mut Controller<MemorySink>, text: &str) -> Result<Vec<VipChange>, ReloadError> {
+        c.reload("test", Config::parse(text), BTreeSet::new())
+    }
+
+    #[test]
+    fn a_weight_change_writes_only_that_vips_table() {
+        let mut c = start(CFG);
+        let before = journal_len(&c);
+        let k10 = vip_key(ip("203.0.113.10"), 80, 6);
+        let live = c.sink().maps.vips[&k10];
+        let changes = reload(
+            &mut c,
+            &CFG.replacen(
+                "address = \"198.18.10.3\"\nweight = 1",
+                "address = \"198.18.10.3\"\nweight = 3",
+                1,
+            ),
+        )
+        .unwrap();
+        assert_eq!(changes.len(), 1, "{changes:?}");
+        let ch = &changes[0];
+        assert_eq!(ch.vip.to_string(), "203.0.113.10:80/tcp");
+        assert_eq!(ch.reweighted, vec![(ip("198.18.10.3"), 1, 3)]);
+        assert!(ch.added.is_empty() && ch.removed.is_empty());
+        assert!(ch.slots_moved > 0 && ch.slots_moved < 1009);
+        let ops = &c.sink().maps.journal[before..];
+        // The new table goes into one of that VIP's own table numbers, then one VIP update.
+        let v = c.sink().maps.vips[&k10];
+        for op in ops {
+            match op {
+                MapOp::Ring { first, .. } => {
+                    assert_eq!(first / 1009 / anycast_common::TABLES_PER_VIP, live.vip_id);
+                }
+                MapOp::SetVip(k, _) => assert_eq!(*k, k10),
+                other => panic!("unexpected write {other:?}"),
+            }
+        }
+        assert_eq!(
+            ops.iter()
+                .filter(|o| matches!(o, MapOp::SetVip(..)))
+                .count(),
+            1
+        );
+        assert_eq!((v.prev_table, v.vip_id), (live.table, live.vip_id));
+        assert_eq!(
+            c.status().vips[0].fingerprint,
+            c.table(vip("203.0.113.10:80/tcp")).unwrap().fingerprint()
+        );
+        assert_eq!(c.reload_counts(), (1, 0));
+        // The same file again: nothing written.
+        let n = journal_len(&c);
+        let again = CFG.replacen(
+            "address = \"198.18.10.3\"\nweight = 1",
+            "address = \"198.18.10.3\"\nweight = 3",
+            1,
+        );
+        assert!(reload(&mut c, &again).unwrap().is_empty());
+        assert_eq!(journal_len(&c), n);
+    }
+
+    #[test]
+    fn an_invalid_reload_writes_nothing_and_names_the_field() {
+        let mut c = start(CFG);
+        let before = journal_len(&c);
+        let fp = c.status().vips[0].fingerprint.clone();
+        let e = reload(&mut c, &CFG.replacen("weight = 1", "weight = 70000", 1)).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "vip[0].backend[0].weight: 70000 is out of range 0..=65535"
+        );
+        let e = reload(&mut c, &CFG.replace("ring_size = 1009", "ring_size = 1013")).unwrap_err();
+        assert!(
+            e.to_string().starts_with(
+                "agent.ring_size: changed from 1009 to 1013; the maps are sized at load time"
+            ),
+            "{e}"
+        );
+        let e = reload(&mut c, &CFG.replace("[\"eth0\"]", "[\"eth1\"]")).unwrap_err();
+        assert!(
+            e.to_string().starts_with("agent.interfaces: changed from"),
+            "{e}"
+        );
+        // Remote backend without a tunnel source: check_local.
+        let e = reload(&mut c, &CFG.replace("tunnel_source = \"198.18.1.2\"\n", "")).unwrap_err();
+        assert!(e.to_string().contains("needs agent.tunnel_source"), "{e}");
+        let e = c
+            .reload("test", Config::parse("[agent"), BTreeSet::new())
+            .unwrap_err();
+        assert!(error_chain(&e).contains("invalid TOML"), "{e}");
+        assert_eq!(
+            journal_len(&c),
+            before,
+            "a rejected config wrote to the maps"
+        );
+        assert_eq!(c.status().vips[0].fingerprint, fp);
+        let s = c.status();
+        let last = s.last_reload.unwrap();
+        assert!(!last.ok && last.message.contains("invalid TOML"));
+        assert_eq!(s.reloads_error, 5);
+        assert_eq!(c.config(), &Config::parse(CFG).unwrap());
+    }
+
+    #[test]
+    fn a_vip_added_and_a_backend_removed() {
+        let mut c = start(CFG);
+        let text = format!(
+            "{}[[vip]]\naddress = \"203.0.113.12\"\nport = 443\nprotocol = \"tcp\"\n[[vip.backend]]\naddress = \"198.18.10.6\"\nweight = 1\n",
+            CFG.replacen(
+                "[[vip.backend]]\naddress = \"198.18.10.5\"\nweight = 1\n",
+                "",
+                1
+            )
+        );
+        let ch = reload(&mut c, &text).unwrap();
+        assert_eq!(ch.len(), 2, "{ch:?}");
+        assert_eq!(ch[0].removed, vec![ip("198.18.10.5")]);
+        assert!(ch[1].vip_added && ch[1].slots_moved == 1009);
+    }
+
+    #[test]
+    fn an_unhealthy_backend_moves_only_its_own_slots_and_returns() {
+        let mut c = start(CFG);
+        let v = vip("203.0.113.10:80/tcp");
+        let t0 = c.table(v).unwrap().clone();
+        let down = ip("198.18.10.3");
+        c.set_health(v, down, false, "test");
+        let t1 = c.table(v).unwrap().clone();
+        assert!(t1.slot_addresses().all(|a| a != down));
+        for (a, b) in t0.slot_addresses().zip(t1.slot_addresses()) {
+            if a != down {
+                assert_eq!(a, b, "a healthy backend's slot moved");
+            }
+        }
+        let st = c.status();
+        let b = &st.vips[0].backends[1];
+        assert_eq!((b.health, b.weight_effective, b.slots), ("unhealthy", 0, 0));
+        assert_eq!(st.vips[0].state, "ok");
+        // The other VIP (no health check) is untouched, and reports its backends unchecked.
+        assert_eq!(st.vips[1].backends[0].health, "unchecked");
+        c.set_health(v, down, true, "test");
+        assert_eq!(c.table(v).unwrap().fingerprint(), t0.fingerprint());
+        // Every backend down: reported.
+        for b in ["198.18.10.2", "198.18.10.3", "198.18.10.4"] {
+            c.set_health(v, ip(b), false, "test");
+        }
+        let st = c.status();
+        assert_eq!(st.vips[0].state, "all backends down");
+        assert_eq!(st.vips[0].fingerprint, t0.fingerprint(), "fails open");
+        // A late report about a VIP without checks is ignored.
+        let n = journal_len(&c);
+        c.set_health(vip("203.0.113.11:53/udp"), ip("198.18.10.2"), false, "test");
+        assert_eq!(journal_len(&c), n);
+    }
+
+    fn req(c: &mut Controller<MemorySink>, json: &str) -> Result<serde_json::Value, String> {
+        let r: Request = serde_json::from_str(json).unwrap();
+        c.handle(r).into_result()
+    }
+
+    #[test]
+    fn overrides_sit_on_top_of_the_config_and_survive_reloads() {
+        let mut c = start(CFG);
+        let v10 = vip("203.0.113.10:80/tcp");
+        let v11 = vip("203.0.113.11:53/udp");
+        let b2 = ip("198.18.10.2");
+        req(&mut c, r#"{"request":"drain","backend":"198.18.10.2"}"#).unwrap();
+        for v in [v10, v11] {
+            assert!(c.table(v).unwrap().slot_addresses().all(|a| a != b2));
+        }
+        // A reload that changes something else keeps the drain.
+        reload(&mut c, &CFG.replacen("weight = 1", "weight = 2", 2)).unwrap();
+        assert!(c.table(v10).unwrap().slot_addresses().all(|a| a != b2));
+        let st = c.status();
+        assert!(st.vips[0].backends[0].drained);
+        assert_eq!(st.vips[0].backends[0].weight_config, 2);
+        assert_eq!(st.vips[0].backends[0].weight_effective, 0);
+        assert_eq!(st.overrides.len(), 1);
+        req(&mut c, r#"{"request":"undrain","backend":"198.18.10.2"}"#).unwrap();
+        assert!(c.table(v10).unwrap().slot_addresses().any(|a| a == b2));
+        // Per-VIP weight beats the file.
+        req(
+            &mut c,
+            r#"{"request":"set_weight","vip":"203.0.113.11:53/udp","backend":"198.18.10.5","weight":5}"#,
+        )
+        .unwrap();
+        let st = c.status();
+        assert_eq!(st.vips[1].backends[1].weight_effective, 5);
+        assert_eq!(st.vips[1].backends[1].weight_override, Some(5));
+        assert!(st.vips[1].backends[1].slots > 700, "{:?}", st.vips[1]);
+        req(
+            &mut c,
+            r#"{"request":"set_weight","vip":"203.0.113.11","backend":"198.18.10.5","clear":true}"#,
+        )
+        .unwrap();
+        assert_eq!(c.status().vips[1].backends[1].weight_effective, 1);
+    }
+
+    #[test]
+    fn bad_requests_get_clear_errors() {
+        let mut c = start(CFG);
+        let n = journal_len(&c);
+        let e = req(
+            &mut c,
+            r#"{"request":"drain","vip":"192.0.2.1:80/tcp","backend":"198.18.10.2"}"#,
+        )
+        .unwrap_err();
+        assert!(e.starts_with("unknown VIP \"192.0.2.1:80/tcp\" (configured: 203.0.113.10:80/tcp, 203.0.113.11:53/udp)"), "{e}");
+        let e = req(
+            &mut c,
+            r#"{"request":"drain","vip":"203.0.113.10:80/tcp","backend":"198.18.10.5"}"#,
+        )
+        .unwrap_err();
+        assert!(
+            e.starts_with("198.18.10.5 is not a backend of VIP 203.0.113.10:80/tcp"),
+            "{e}"
+        );
+        let e = req(&mut c, r#"{"request":"drain","backend":"198.18.99.9"}"#).unwrap_err();
+        assert_eq!(e, "unknown backend 198.18.99.9: no VIP lists it");
+        let e = req(&mut c, r#"{"request":"drain","backend":"nope"}"#).unwrap_err();
+        assert_eq!(e, "\"nope\" is not an IP address");
+        let e = req(
+            &mut c,
+            r#"{"request":"set_weight","backend":"198.18.10.2","weight":70000}"#,
+        )
+        .unwrap_err();
+        assert_eq!(e, "weight 70000 is out of range 0..=65535");
+        let e = req(
+            &mut c,
+            r#"{"request":"set_weight","backend":"198.18.10.2","weight":-1}"#,
+        )
+        .unwrap_err();
+        assert_eq!(e, "weight -1 is out of range 0..=65535");
+        let e = req(&mut c, r#"{"request":"undrain","backend":"198.18.10.2"}"#).unwrap_err();
+        assert_eq!(e, "198.18.10.2 is not drained for every VIP");
+        let e = req(&mut c, r#"{"request":"lookup","flow":"tcp 1.2.3.4"}"#).unwrap_err();
+        assert!(e.starts_with("expected \"PROTO SRC:PORT DST:PORT\""), "{e}");
+        assert_eq!(journal_len(&c), n);
+        assert!(serde_json::from_str::<Request>(r#"{"request":"reboot"}"#).is_err());
+    }
+
+    #[test]
+    fn lookup_uses_the_live_tables() {
+        let mut c = start(CFG);
+        let flow = "tcp 198.51.100.7:40000 203.0.113.10:80";
+        let d = c.lookup(flow).unwrap();
+        let model::Outcome::Encap { backend, .. } = d.outcome else {
+            panic!("{d}")
+        };
+        req(
+            &mut c,
+            &format!(r#"{{"request":"drain","vip":"203.0.113.10:80/tcp","backend":"{backend}"}}"#),
+        )
+        .unwrap();
+        let j = req(
+            &mut c,
+            &format!(r#"{{"request":"lookup","flow":"{flow}"}}"#),
+        )
+        .unwrap();
+        assert_ne!(j["backend"], backend.to_string());
+        assert_eq!(
+            j["table_fingerprint"],
+            c.status().vips[0].fingerprint.clone().unwrap()
+        );
+        let st = req(&mut c, r#"{"request":"status"}"#).unwrap();
+        assert_eq!(st["vips"][0]["vip"], "203.0.113.10:80/tcp");
+        assert_eq!(st["config_path"], "/etc/anycast.toml");
+        let stats = req(&mut c, r#"{"request":"stats"}"#).unwrap();
+        assert_eq!(stats["counters"]["pass"], 0);
+    }
+}

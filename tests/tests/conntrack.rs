@@ -1,0 +1,222 @@
+//! Connection tracking in the kernel program, through BPF_PROG_TEST_RUN: a tracked flow keeps
+//! its backend when the table changes; bare SYNs and RSTs create no state; an entry whose backend
+//! left is ignored; UDP entries age out; the per-CPU insertion limit holds.
+
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use anycast_common::{
+    BACKEND_F_LOCAL, Backend, CFG_F_HAS_SRC_V4, DataplaneConfig, ENCAP_IPIP, FAMILY_V4,
+    GUE_DEFAULT_PORT, NO_TABLE, PROTO_TCP, PROTO_UDP, VipKey, VipValue, counter as c,
+};
+use anycast_tests::fixture::{Dataplane, Sizes, XDP_DROP, XDP_PASS, XDP_REDIRECT, fixture_netns, net};
+use anycast_tests::packet::{self as p, V4};
+
+const RING: u32 = 13;
+const SIZES: Sizes = Sizes { max_vips: 4, ring_size: RING, max_backends: 8 };
+const CLIENT: Ipv4Addr = Ipv4Addr::new(198, 18, 100, 7);
+const VIP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
+const VIP_ID: u32 = 0;
+/// Backend ids: 0 and 1 are remote (distinguishable by outer destination), 2 is this host.
+const A: u32 = 0;
+const B: u32 = 1;
+const LOCAL: u32 = 2;
+
+const TCP_SYN: u8 = 0x02;
+const TCP_RST: u8 = 0x04;
+const TCP_ACK: u8 = 0x10;
+
+fn backend_addr(id: u32) -> Ipv4Addr {
+    match id {
+        A => net::v4(net::BACKENDS_V4, 10),
+        B => net::v4(net::BACKENDS_V4, 11),
+        _ => net::EDGE_V4,
+    }
+}
+
+fn config(udp_timeout_s: u32, insert_limit: u32) -> DataplaneConfig {
+    DataplaneConfig {
+        tunnel_src_v4_be: net::EDGE_V4.octets(),
+        tunnel_src_v6_be: [0; 16],
+        ring_size: RING,
+        hash_seed: 7,
+        gue_port_be: GUE_DEFAULT_PORT.to_be(),
+        encap: ENCAP_IPIP,
+        flags: CFG_F_HAS_SRC_V4,
+        conn_udp_timeout_s: udp_timeout_s,
+        conn_insert_limit: insert_limit,
+    }
+}
+
+fn set_backend(dp: &mut Dataplane, id: u32, generation: u16) {
+    let mut addr_be = [0u8; 16];
+    addr_be[..4].copy_from_slice(&backend_addr(id).octets());
+    let flags = if id == LOCAL { BACKEND_F_LOCAL } else { 0 };
+    dp.set_backend(id, Backend { addr_be, family: FAMILY_V4, flags, generation });
+}
+
+/// Publishes a table in which every slot holds `id`, the way the agent does: table number
+/// `table`, then the VIP value pointing at it.
+fn publish(dp: &mut Dataplane, proto: u8, table: u32, id: u32) {
+    dp.set_table(table, &vec![id; RING as usize]);
+    dp.set_vip(
+        VipKey::v4(VIP.octets(), 0, proto),
+        VipValue { vip_id: VIP_ID, table, prev_table: NO_TABLE, flags: 0 },
+    );
+}
+
+fn setup(dp: &mut Dataplane, cfg: &DataplaneConfig) {
+    for (id, generation) in [(A, 1), (B, 1), (LOCAL, 1)] {
+        set_backend(dp, id, generation);
+    }
+    dp.set_config(cfg);
+}
+
+fn tcp(sport: u16, flags: u8) -> Vec<u8> {
+    let mut t = Vec::with_capacity(20);
+    t.extend_from_slice(&sport.to_be_bytes());
+    t.extend_from_slice(&80u16.to_be_bytes());
+    t.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0, 0x50, flags, 0xff, 0xff, 0, 0, 0, 0]);
+    p::frame(None, &V4::new(CLIENT, VIP).raw(PROTO_TCP, &t))
+}
+
+fn udp(sport: u16) -> Vec<u8> {
+    p::frame(None, &V4::new(CLIENT, VIP).udp(sport, 53, b"q"))
+}
+
+/// Where the program sent a frame: a backend id, by the outer destination of an encapsulated
+/// frame, or LOCAL for an untouched pass.
+fn landed(dp: &Dataplane, frame: &[u8]) -> u32 {
+    let r = dp.run(frame, None).expect("test_run");
+    match r.action {
+        XDP_PASS if r.output == frame => LOCAL,
+        XDP_REDIRECT => {
+            let dst = Ipv4Addr::new(r.output[30], r.output[31], r.output[32], r.output[33]);
+            [A, B].into_iter().find(|&id| backend_addr(id) == dst).unwrap_or_else(|| panic!("sent to {dst}"))
+        }
+        XDP_DROP => panic!("dropped"),
+        a => panic!("unexpected action {a}"),
+    }
+}
+
+fn delta(before: &[u64], after: &[u64], counter: u32) -> u64 {
+    after[counter as usize] - before[counter as usize]
+}
+
+#[test]
+fn tracked_tcp_flow_keeps_its_backend_when_the_table_changes() {
+    if !anycast_tests::privileged("tracked_tcp_flow_keeps_its_backend_when_the_table_changes") {
+        return;
+    }
+    fixture_netns().enter(|| {
+        let mut dp = Dataplane::load(SIZES);
+        setup(&mut dp, &config(30, 0));
+        publish(&mut dp, PROTO_TCP, 0, A);
+
+        // The handshake's SYN follows the table and leaves no state (SYN-flood resistance).
+        assert_eq!(landed(&dp, &tcp(40000, TCP_SYN)), A);
+        assert_eq!(dp.conn_count(), 0, "a bare SYN must not create an entry");
+        // The first ACK creates the entry.
+        let before = dp.stats();
+        assert_eq!(landed(&dp, &tcp(40000, TCP_ACK)), A);
+        let after = dp.stats();
+        assert_eq!(delta(&before, &after, c::CONN_MISS), 1);
+        assert_eq!(delta(&before, &after, c::CONN_INSERT), 1);
+        assert_eq!(dp.conn_count(), 1);
+
+        // The table moves every slot to B: the established flow stays on A, a new flow and a
+        // new handshake go to B.
+        publish(&mut dp, PROTO_TCP, 1, B);
+        let before = dp.stats();
+        assert_eq!(landed(&dp, &tcp(40000, TCP_ACK)), A, "established flow must keep its backend");
+        assert_eq!(delta(&before, &dp.stats(), c::CONN_HIT), 1);
+        assert_eq!(landed(&dp, &tcp(40001, TCP_ACK)), B);
+        assert_eq!(landed(&dp, &tcp(40002, TCP_SYN)), B);
+
+        // Draining to "no table at all" keeps established flows too.
+        dp.set_vip(
+            VipKey::v4(VIP.octets(), 0, PROTO_TCP),
+            VipValue { vip_id: VIP_ID, table: NO_TABLE, prev_table: 1, flags: 0 },
+        );
+        assert_eq!(landed(&dp, &tcp(40000, TCP_ACK)), A);
+        let r = dp.run(&tcp(40003, TCP_SYN), None).expect("test_run");
+        assert_eq!(r.action, XDP_DROP, "a new flow to a VIP without table is dropped");
+    });
+}
+
+#[test]
+fn rst_creates_no_entry_and_stale_entries_are_ignored() {
+    if !anycast_tests::privileged("rst_creates_no_entry_and_stale_entries_are_ignored") {
+        return;
+    }
+    fixture_netns().enter(|| {
+        let mut dp = Dataplane::load(SIZES);
+        setup(&mut dp, &config(30, 0));
+        publish(&mut dp, PROTO_TCP, 0, A);
+
+        assert_eq!(landed(&dp, &tcp(41000, TCP_RST | TCP_ACK)), A);
+        assert_eq!(dp.conn_count(), 0, "RST must not create an entry");
+
+        assert_eq!(landed(&dp, &tcp(41001, TCP_ACK)), A);
+        publish(&mut dp, PROTO_TCP, 1, B);
+        // Backend id A is given to another backend (new generation): the entry is stale and
+        // the flow follows the table instead of following the id to a stranger.
+        set_backend(&mut dp, A, 2);
+        let before = dp.stats();
+        assert_eq!(landed(&dp, &tcp(41001, TCP_ACK)), B);
+        assert_eq!(delta(&before, &dp.stats(), c::CONN_STALE), 1);
+        // The miss re-created the entry, now pointing at B.
+        publish(&mut dp, PROTO_TCP, 2, A);
+        assert_eq!(landed(&dp, &tcp(41001, TCP_ACK)), B);
+
+        // A freed id (family 0) is stale as well.
+        dp.set_backend(B, Backend { addr_be: [0; 16], family: 0, flags: 0, generation: 0 });
+        assert_eq!(landed(&dp, &tcp(41001, TCP_ACK)), A);
+    });
+}
+
+#[test]
+fn udp_entries_age_out_after_the_configured_idle_time() {
+    if !anycast_tests::privileged("udp_entries_age_out_after_the_configured_idle_time") {
+        return;
+    }
+    fixture_netns().enter(|| {
+        let mut dp = Dataplane::load(SIZES);
+        setup(&mut dp, &config(1, 0));
+        publish(&mut dp, PROTO_UDP, 0, A);
+        assert_eq!(landed(&dp, &udp(5000)), A);
+        publish(&mut dp, PROTO_UDP, 1, B);
+        assert_eq!(landed(&dp, &udp(5000)), A, "a live UDP flow keeps its backend");
+        std::thread::sleep(Duration::from_millis(1300));
+        let before = dp.stats();
+        assert_eq!(landed(&dp, &udp(5000)), B, "an idle UDP flow is picked afresh");
+        assert_eq!(delta(&before, &dp.stats(), c::CONN_STALE), 1);
+    });
+}
+
+#[test]
+fn insertion_limit_caps_new_entries_per_cpu_per_second() {
+    if !anycast_tests::privileged("insertion_limit_caps_new_entries_per_cpu_per_second") {
+        return;
+    }
+    fixture_netns().enter(|| {
+        let mut dp = Dataplane::load(SIZES);
+        setup(&mut dp, &config(30, 5));
+        publish(&mut dp, PROTO_UDP, 0, LOCAL);
+        let before = dp.stats();
+        // test_run executes on the calling CPU; pin the thread so all runs share one CPU's
+        // budget, and send them well within one second.
+        let mut set = nix::sched::CpuSet::new();
+        set.set(0).expect("cpu 0");
+        nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set).expect("pin to cpu 0");
+        for port in 0..10 {
+            assert_eq!(landed(&dp, &udp(6000 + port)), LOCAL, "flows still follow the table");
+        }
+        let after = dp.stats();
+        let inserted = delta(&before, &after, c::CONN_INSERT);
+        let limited = delta(&before, &after, c::CONN_INSERT_LIMITED);
+        // The window opens at the first insertion and the ten runs take microseconds.
+        assert_eq!((inserted, limited), (5, 5), "inserted / limited");
+        assert_eq!(dp.conn_count(), 5);
+    });
+}

@@ -1,0 +1,58 @@
+//! Running child commands with their output streamed to ours.
+
+use std::process::{Command, Stdio};
+
+use anyhow::{Context as _, bail};
+
+/// The cargo that runs us (`$CARGO`), so that nested builds use the same toolchain.
+pub fn cargo() -> Command {
+    Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+}
+
+/// Runs a command to completion with inherited stdio; an error when it fails.
+///
+/// SIGINT and SIGTERM are blocked in xtask while the child runs: a Ctrl-C reaches the child
+/// (same process group) and lets it clean up (the demo deletes its namespaces), while xtask stays
+/// to report how it ended. std resets the signal mask in the child before exec.
+pub fn run(cmd: &mut Command) -> anyhow::Result<()> {
+    println!("xtask: running {}", describe(cmd));
+    let mut mask = nix::sys::signal::SigSet::empty();
+    mask.add(nix::sys::signal::Signal::SIGINT);
+    mask.add(nix::sys::signal::Signal::SIGTERM);
+    let _ = mask.thread_block();
+    let status = cmd
+        .stdin(Stdio::inherit())
+        .status()
+        .with_context(|| format!("starting {}", describe(cmd)))?;
+    if !status.success() {
+        bail!("{} failed: {status}", describe(cmd));
+    }
+    Ok(())
+}
+
+/// Runs a command quietly and returns its stdout, or None when it cannot be run or fails.
+pub fn output(program: &str, args: &[&str]) -> Option<String> {
+    let out = Command::new(program)
+        .args(args)
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+pub fn describe(cmd: &Command) -> String {
+    let mut s = String::new();
+    for (k, v) in cmd.get_envs() {
+        if let Some(v) = v {
+            s.push_str(&format!("{}={} ", k.to_string_lossy(), v.to_string_lossy()));
+        }
+    }
+    s.push_str(&cmd.get_program().to_string_lossy());
+    for a in cmd.get_args() {
+        s.push(' ');
+        s.push_str(&a.to_string_lossy());
+    }
+    s
+}

@@ -1,0 +1,220 @@
+//! `cargo xtask setup`: installs what the build and the tests need, checking each piece first so
+//! that a complete machine costs a few process spawns and no network.
+//!
+//! The recipe is the verified one from the project notes (toolchain.md): LLVM dev files of the
+//! major version nightly rustc is built with, rust-src for `-Z build-std=core`, and bpf-linker
+//! 0.13.0 built against that LLVM.
+
+use std::process::{Command, Stdio};
+
+use anyhow::{Context as _, bail};
+
+use crate::cmd::{cargo, output, run};
+
+/// Debian packages the build, the tests, the lab and the demo use (besides `llvm-<major>-dev`).
+const APT_PACKAGES: &[&str] = &[
+    "iproute2",
+    "ethtool",
+    "bpftool",
+    "tcpdump",
+    "bird2",
+    "etcd-server",
+    "etcd-client",
+    "iperf3",
+    "python3-scapy",
+    "netcat-openbsd",
+    "curl",
+    // The lab harness: `ping` in the smoke tests, `sysctl` for namespace settings, `nsenter`.
+    "iputils-ping",
+    "procps",
+    "util-linux",
+];
+
+const BPF_LINKER_VERSION: &str = "0.13.0";
+
+pub fn setup() -> anyhow::Result<()> {
+    let major = llvm_major()?;
+    println!("setup: nightly rustc uses LLVM {major}");
+
+    let mut wanted = vec![format!("llvm-{major}-dev")];
+    wanted.extend(APT_PACKAGES.iter().map(|p| (*p).to_owned()));
+    let missing: Vec<String> = wanted.into_iter().filter(|p| !dpkg_installed(p)).collect();
+    let rust_src = rust_src_installed();
+    let linker = bpf_linker_state(major);
+
+    if missing.is_empty() {
+        println!("setup: apt packages present");
+    } else if crate::is_root() {
+        println!("setup: installing {}", missing.join(" "));
+        run(apt().arg("update"))?;
+        run(apt().args(["install", "-y"]).args(&missing))?;
+    } else {
+        let mut todo = vec![format!(
+            "sudo apt-get update && sudo apt-get install -y {}",
+            missing.join(" ")
+        )];
+        if !rust_src {
+            todo.push(rust_src_command());
+        }
+        if linker != LinkerState::Good {
+            todo.push(bpf_linker_command(major));
+        }
+        bail!(
+            "setup: not root and apt packages are missing ({}). Run:\n  {}\nthen `cargo xtask setup` again",
+            missing.join(", "),
+            todo.join("\n  ")
+        );
+    }
+
+    if rust_src {
+        println!("setup: rust-src (nightly) present");
+    } else {
+        println!("setup: adding rust-src to nightly");
+        run(Command::new("rustup").args([
+            "component",
+            "add",
+            "rust-src",
+            "--toolchain",
+            "nightly",
+        ]))?;
+    }
+
+    match linker {
+        LinkerState::Good => {
+            println!("setup: bpf-linker {BPF_LINKER_VERSION} (llvm-{major}) present")
+        }
+        state => {
+            println!(
+                "setup: installing bpf-linker {BPF_LINKER_VERSION} for llvm-{major} ({state:?}; takes ~2 minutes)"
+            );
+            let config = format!("llvm-config-{major}");
+            let prefix = output(&config, &["--prefix"])
+                .with_context(|| format!("{config} --prefix (is llvm-{major}-dev installed?)"))?;
+            // Without LLVM_PREFIX bpf-linker's build script looks in /usr and fails with
+            // "unable to find library -lLLVM" (toolchain.md).
+            run(cargo()
+                .args([
+                    "install",
+                    "bpf-linker",
+                    "--version",
+                    BPF_LINKER_VERSION,
+                    "--force",
+                ])
+                .args([
+                    "--no-default-features",
+                    "--features",
+                    &format!("llvm-{major}"),
+                ])
+                .env("LLVM_PREFIX", prefix.trim()))?;
+        }
+    }
+    println!("setup: done");
+    Ok(())
+}
+
+fn apt() -> Command {
+    let mut c = Command::new("apt-get");
+    c.env("DEBIAN_FRONTEND", "noninteractive")
+        .stdin(Stdio::null());
+    c
+}
+
+/// LLVM major version of the nightly toolchain, from the `LLVM version: 22.1.4` line.
+fn llvm_major() -> anyhow::Result<u32> {
+    let vv = output("rustup", &["run", "nightly", "rustc", "-vV"])
+        .context("`rustup run nightly rustc -vV` failed: install the nightly toolchain (rustup toolchain install nightly)")?;
+    parse_llvm_major(&vv).with_context(|| format!("no `LLVM version:` line in:\n{vv}"))
+}
+
+fn parse_llvm_major(rustc_vv: &str) -> Option<u32> {
+    let version = rustc_vv
+        .lines()
+        .find_map(|l| l.strip_prefix("LLVM version:"))?;
+    version.trim().split('.').next()?.parse().ok()
+}
+
+fn dpkg_installed(package: &str) -> bool {
+    output("dpkg-query", &["-W", "-f=${Status}", package])
+        .is_some_and(|s| s.trim() == "install ok installed")
+}
+
+fn rust_src_installed() -> bool {
+    output(
+        "rustup",
+        &["component", "list", "--toolchain", "nightly", "--installed"],
+    )
+    .is_some_and(|s| {
+        s.lines()
+            .any(|l| l.trim() == "rust-src" || l.starts_with("rust-src-"))
+    })
+}
+
+fn rust_src_command() -> String {
+    "rustup component add rust-src --toolchain nightly".to_owned()
+}
+
+fn bpf_linker_command(major: u32) -> String {
+    format!(
+        "LLVM_PREFIX=\"$(llvm-config-{major} --prefix)\" cargo install bpf-linker --version {BPF_LINKER_VERSION} --force --no-default-features --features llvm-{major}"
+    )
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum LinkerState {
+    Good,
+    Missing,
+    WrongVersion,
+    OtherLlvm,
+}
+
+/// Whether the bpf-linker on PATH is the pinned version built for LLVM `major`. cargo install's
+/// own record (`$CARGO_HOME/.crates2.json`) says which features it was built with; a bpf-linker
+/// installed some other way is judged by the libLLVM it links.
+fn bpf_linker_state(major: u32) -> LinkerState {
+    let Some(version) = output("bpf-linker", &["--version"]) else {
+        return LinkerState::Missing;
+    };
+    if version.split_whitespace().nth(1) != Some(BPF_LINKER_VERSION) {
+        return LinkerState::WrongVersion;
+    }
+    let feature = format!("llvm-{major}");
+    let cargo_home = std::env::var_os("CARGO_HOME")
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".cargo")));
+    if let Some(record) = cargo_home
+        .and_then(|h| std::fs::read(h.join(".crates2.json")).ok())
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        && let Some(installs) = record["installs"].as_object()
+        && let Some((_, entry)) = installs.iter().find(|(k, _)| k.starts_with("bpf-linker "))
+    {
+        let built_for = entry["features"]
+            .as_array()
+            .is_some_and(|f| f.iter().any(|x| x.as_str() == Some(&feature)));
+        return if built_for {
+            LinkerState::Good
+        } else {
+            LinkerState::OtherLlvm
+        };
+    }
+    let path = output("sh", &["-c", "command -v bpf-linker"]).unwrap_or_default();
+    let libs = output("ldd", &[path.trim()]).unwrap_or_default();
+    if libs.contains(&format!("libLLVM.so.{major}"))
+        || libs.contains(&format!("libLLVM-{major}.so"))
+    {
+        LinkerState::Good
+    } else {
+        LinkerState::OtherLlvm
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn llvm_major_comes_from_the_rustc_verbose_version() {
+        let vv = "rustc 1.97.0-nightly (e50aa6fba 2026-05-19)\nbinary: rustc\nhost: x86_64-unknown-linux-gnu\nLLVM version: 22.1.4\n";
+        assert_eq!(parse_llvm_major(vv), Some(22));
+        assert_eq!(parse_llvm_major("rustc 1.0\n"), None);
+    }
+}
