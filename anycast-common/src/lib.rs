@@ -28,6 +28,13 @@ pub const PROTO_IPV6: u8 = 41;
 pub const ENCAP_IPIP: u8 = 0;
 pub const ENCAP_GUE: u8 = 1;
 
+/// GUE private data carrying the previous owner of a flow (second chance): the first word is
+/// `[GUE_HINT_MAGIC[0], GUE_HINT_MAGIC[1], family, 0]`, then the owner's address (4 or 16 bytes).
+/// Its presence is told by the GUE header length (2 words for IPv4, 5 for IPv6).
+pub const GUE_HINT_MAGIC: [u8; 2] = [0xac, 0x5c];
+pub const GUE_HINT_WORDS_V4: u8 = 2;
+pub const GUE_HINT_WORDS_V6: u8 = 5;
+
 /// Default UDP destination port of GUE tunnels (the port Katran and the Linux FOU examples use).
 pub const GUE_DEFAULT_PORT: u16 = 6080;
 
@@ -279,7 +286,12 @@ pub mod counter {
     pub const CONN_INSERT_LIMITED: u32 = 21;
     /// Tracked entry ignored: its backend left, or the UDP flow idled out.
     pub const CONN_STALE: u32 = 22;
-    pub const COUNT: u32 = 23;
+    /// Outcome: a tunnelled (or locally chosen) TCP packet that no local socket knows, sent on
+    /// once to the backend that owned its flow under the previous table.
+    pub const SECOND_CHANCE: u32 = 23;
+    /// Encapsulated with a previous-owner hint in the GUE header (a subset of `encap`).
+    pub const HINT_SENT: u32 = 24;
+    pub const COUNT: u32 = 25;
 
     /// Names for display and metrics, indexed by counter.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -306,6 +318,8 @@ pub mod counter {
         "conn_insert",
         "conn_insert_limited",
         "conn_stale",
+        "second_chance",
+        "hint_sent",
     ];
 }
 

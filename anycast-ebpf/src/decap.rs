@@ -10,12 +10,18 @@
 //! interface and VLAN. The outer UDP checksum of GUE is not verified: the inner transport
 //! checksum, which the stack verifies, covers the delivered data.
 
-use anycast_common::{AddrKey, DataplaneConfig, FAMILY_V4, PROTO_IPIP, PROTO_IPV6, PROTO_UDP, counter};
+use anycast_common::{
+    AddrKey, Backend, DataplaneConfig, FAMILY_V4, FAMILY_V6, GUE_HINT_MAGIC, GUE_HINT_WORDS_V4,
+    GUE_HINT_WORDS_V6, PROTO_IPIP, PROTO_IPV6, PROTO_TCP, PROTO_UDP, counter,
+    hash::{flow_hash_v4, flow_hash_v6},
+};
 use aya_ebpf::{helpers::generated::bpf_xdp_adjust_head, maps::lpm_trie::Key, programs::XdpContext};
 
 use crate::{
-    Verdict, maps,
-    packet::{addr_bytes, bytes_at, u8_at, u16_be_at, write_at},
+    Verdict, chance,
+    encap,
+    maps, parse,
+    packet::{addr_bytes, bytes_at, u8_at, u16_be_at, word_at, write_at},
     parse::{ETH_LEN, ETH_P_IP, ETH_P_IPV6, Ip, UDP_LEN, VLAN_LEN},
 };
 
@@ -50,10 +56,17 @@ fn source_allowed(ip: &Ip) -> bool {
 
 // A BPF subprogram of its own: inlined, its stack slots would add to the caller's 512 bytes.
 #[inline(never)]
-pub fn decapsulate(ctx: &XdpContext, ip: &Ip) -> Verdict {
+pub fn decapsulate(ctx: &XdpContext, ip: &Ip, cfg: &DataplaneConfig) -> Verdict {
     if !source_allowed(ip) {
         return Verdict::drop(counter::DECAP_REFUSED);
     }
+    let Some(sc) = encap::scratch() else {
+        return Verdict::drop(counter::INTERNAL_ERROR);
+    };
+    // The hint, if any, is read into the scratch tunnel: it is where a second chance sends to.
+    // SAFETY: per-CPU scratch, ours for this run.
+    let hint: &mut Backend = unsafe { &mut (*sc).tunnel.dst };
+    hint.family = 0;
     // From here the packet is tunnel traffic for us from a trusted source; a malformed one is
     // dropped rather than handed to the stack as something it is not.
     let (inner_v4, strip) = match ip.proto {
@@ -67,7 +80,11 @@ pub fn decapsulate(ctx: &XdpContext, ip: &Ip) -> Verdict {
             match b[0] >> 6 {
                 // GUE variant 0: 4-byte header + hlen words of options; C bit = control message.
                 0 if b[0] & 0x20 == 0 => {
-                    let hlen = ((b[0] & 0x1f) as usize) * 4;
+                    let words = b[0] & 0x1f;
+                    let hlen = (words as usize) * 4;
+                    if words == GUE_HINT_WORDS_V4 || words == GUE_HINT_WORDS_V6 {
+                        read_hint(ctx, gue + 4, words, hint);
+                    }
                     match b[1] {
                         PROTO_IPIP => (true, ip.l3_len + UDP_LEN + 4 + hlen),
                         PROTO_IPV6 => (false, ip.l3_len + UDP_LEN + 4 + hlen),
@@ -118,5 +135,67 @@ pub fn decapsulate(ctx: &XdpContext, ip: &Ip) -> Verdict {
     if unsafe { bpf_xdp_adjust_head(ctx.ctx, strip as i32) } != 0 {
         return Verdict::drop(counter::INTERNAL_ERROR);
     }
+    if hint.family != 0 {
+        return second_chance(ctx, cfg, sc);
+    }
     Verdict::pass(counter::DECAP)
+}
+
+/// Reads a previous-owner hint from GUE private data at `off` (see anycast_common::GUE_HINT_MAGIC).
+#[inline(always)]
+fn read_hint(ctx: &XdpContext, off: usize, words: u8, hint: &mut Backend) {
+    let Some(m) = bytes_at::<4>(ctx, off) else { return };
+    if m[0] != GUE_HINT_MAGIC[0] || m[1] != GUE_HINT_MAGIC[1] {
+        return;
+    }
+    if m[2] == FAMILY_V4 && words == GUE_HINT_WORDS_V4 {
+        if let Some(a) = word_at(ctx, off + 4) {
+            hint.addr_be = addr_bytes([a, 0, 0, 0]);
+            hint.family = FAMILY_V4;
+        }
+    } else if m[2] == FAMILY_V6 && words == GUE_HINT_WORDS_V6 {
+        if let (Some(a), Some(b), Some(c), Some(d)) = (
+            word_at(ctx, off + 4),
+            word_at(ctx, off + 8),
+            word_at(ctx, off + 12),
+            word_at(ctx, off + 16),
+        ) {
+            hint.addr_be = addr_bytes([a, b, c, d]);
+            hint.family = FAMILY_V6;
+        }
+    }
+}
+
+/// The packet, now decapsulated, carried a hint: deliver it if a local socket holds its TCP
+/// flow, else send it once to the hinted previous owner, without a hint (one extra hop at most).
+#[inline(always)]
+fn second_chance(ctx: &XdpContext, cfg: &DataplaneConfig, sc: *mut encap::Scratch) -> Verdict {
+    let Ok(inner) = parse::parse(ctx) else {
+        return Verdict::pass(counter::DECAP);
+    };
+    if inner.proto != PROTO_TCP {
+        return Verdict::pass(counter::DECAP);
+    }
+    let l4 = inner.l4_off();
+    let (Some(ports), Some(flags)) = (word_at(ctx, l4), u8_at(ctx, l4 + 13)) else {
+        return Verdict::pass(counter::DECAP);
+    };
+    // A bare SYN starts a connection here; it never takes the extra hop.
+    if flags & 0x12 == 0x02 || chance::has_socket(ctx, &inner, ports) {
+        return Verdict::pass(counter::DECAP);
+    }
+    let hash = if inner.family == FAMILY_V4 {
+        flow_hash_v4(cfg.hash_seed, inner.src[0], inner.dst[0], ports, inner.proto)
+    } else {
+        flow_hash_v6(cfg.hash_seed, &inner.src, &inner.dst, ports, inner.proto)
+    };
+    // SAFETY: per-CPU scratch; `tunnel.dst` already holds the hinted owner.
+    unsafe {
+        (*sc).tunnel.hint.family = 0;
+        (*sc).tunnel.hash = hash;
+        (*sc).stat_id = anycast_common::NO_BACKEND;
+        (*sc).outcome = counter::SECOND_CHANCE;
+    }
+    // The frame now starts with the inner packet: the caller parses it again and encapsulates.
+    Verdict::encapsulate(true)
 }

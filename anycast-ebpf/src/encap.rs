@@ -11,7 +11,7 @@
 //! backends; see docs/dataplane.md.
 
 use anycast_common::{
-    CFG_F_HAS_SRC_V4, CFG_F_HAS_SRC_V6, DataplaneConfig, ENCAP_GUE, FAMILY_V4,
+    Backend, CFG_F_HAS_SRC_V4, FAMILY_V6, GUE_HINT_MAGIC, GUE_HINT_WORDS_V4, GUE_HINT_WORDS_V6, CFG_F_HAS_SRC_V6, DataplaneConfig, ENCAP_GUE, FAMILY_V4,
     PROTO_IPIP, PROTO_IPV6, PROTO_TCP, PROTO_UDP, counter,
     hash::{flow_label, gue_source_port},
 };
@@ -78,18 +78,45 @@ unsafe fn put<const N: usize>(p: *mut u8, off: usize, bytes: &[u8; N]) {
     }
 }
 
+/// Where to send a packet: the tunnel's far end, and optionally a hint naming the flow's
+/// previous owner (second chance; carried only by GUE). `hint.family == 0`: no hint.
+#[repr(C)]
+pub struct Tunnel {
+    pub dst: Backend,
+    pub hint: Backend,
+    pub hash: u32,
+}
+
+/// Per-CPU scratch space for the encapsulation: the BPF stack is 512 bytes for the whole call
+/// chain, and these two structures would take a fifth of it.
+#[repr(C)]
+pub struct Scratch {
+    pub tunnel: Tunnel,
+    pub fib: bpf_fib_lookup,
+    /// What the caller counts once the encapsulation succeeded: the outcome counter, and the
+    /// backend (`NO_BACKEND`: none) whose BACKEND_STATS get the frame.
+    pub outcome: u32,
+    pub stat_id: u32,
+    pub frame_len: u64,
+}
+
+/// The scratch of this CPU, or `None` (never, for a 1-entry per-CPU array).
+#[inline(always)]
+pub fn scratch() -> Option<*mut Scratch> {
+    maps::SCRATCH.get_ptr_mut(0)
+}
+
+/// Encapsulates towards the `Tunnel` the caller wrote into this CPU's [`Scratch`].
 // A BPF subprogram of its own: inlined, its stack slots would add to the caller's 512 bytes.
 #[inline(never)]
-pub fn encapsulate(
-    ctx: &XdpContext,
-    ip: &Ip,
-    cfg: &DataplaneConfig,
-    backend_id: u32,
-    hash: u32,
-) -> Verdict {
-    let Some(backend) = maps::BACKENDS.get(backend_id) else {
+pub fn encapsulate(ctx: &XdpContext, ip: &Ip, cfg: &DataplaneConfig) -> Verdict {
+    let Some(sc) = scratch() else {
         return Verdict::drop(counter::INTERNAL_ERROR);
     };
+    // SAFETY: per-CPU map value, ours for the duration of this program run.
+    let (t, fib) = unsafe { (&(*sc).tunnel, &mut (*sc).fib) };
+    let backend = &t.dst;
+    let hash = t.hash;
     let outer_v4 = backend.family == FAMILY_V4;
     let (has_src, outer_ip_len) = if outer_v4 {
         (cfg.flags & CFG_F_HAS_SRC_V4 != 0, IPV4_LEN)
@@ -101,8 +128,18 @@ pub fn encapsulate(
     }
     let gue = cfg.encap == ENCAP_GUE;
     let inner_proto = if ip.family == FAMILY_V4 { PROTO_IPIP } else { PROTO_IPV6 };
+    let hint_words = if !gue {
+        0
+    } else if t.hint.family == FAMILY_V4 {
+        GUE_HINT_WORDS_V4
+    } else if t.hint.family == FAMILY_V6 {
+        GUE_HINT_WORDS_V6
+    } else {
+        0
+    };
+    let hint_len = hint_words as usize * 4;
     let (outer_proto, tunnel_len) = if gue {
-        (PROTO_UDP, outer_ip_len + UDP_LEN + GUE_LEN)
+        (PROTO_UDP, outer_ip_len + UDP_LEN + GUE_LEN + hint_len)
     } else {
         (inner_proto, outer_ip_len)
     };
@@ -119,7 +156,7 @@ pub fn encapsulate(
     };
 
     // Route first, while the packet is still intact: a drop needs no undo.
-    let mut fib = bpf_fib_lookup {
+    *fib = bpf_fib_lookup {
         family: if outer_v4 { AF_INET } else { AF_INET6 },
         l4_protocol: outer_proto,
         sport: 0,
@@ -143,7 +180,7 @@ pub fn encapsulate(
     }
     // SAFETY: ctx is the program's context; the struct size is passed as the helper requires.
     let rc = unsafe {
-        fib_lookup(ctx.ctx.cast(), &mut fib, core::mem::size_of::<bpf_fib_lookup>() as i32, 0)
+        fib_lookup(ctx.ctx.cast(), fib, core::mem::size_of::<bpf_fib_lookup>() as i32, 0)
     };
     let resolved = match rc as u32 {
         BPF_FIB_LKUP_RET_SUCCESS => true,
@@ -244,14 +281,22 @@ pub fn encapsulate(
         }
     }
     if gue {
-        let udp_len = (ip.ip_len as usize + UDP_LEN + GUE_LEN) as u16;
+        let udp_len = (ip.ip_len as usize + UDP_LEN + GUE_LEN + hint_len) as u16;
+        let hint_magic =
+            u32::from_le_bytes([GUE_HINT_MAGIC[0], GUE_HINT_MAGIC[1], t.hint.family, 0]);
+        let hint_w = addr_words(&t.hint.addr_be);
         let sport = gue_source_port(hash);
         let check = match inner {
             Some(inner) => {
                 let mut s = add_addr(add_addr(inner, &src_w), &dst_w);
                 s += pair(0, PROTO_UDP) + be16(udp_len); // pseudo-header
                 s += be16(sport) + cfg.gue_port_be as u64 + be16(udp_len); // UDP header
-                s += pair(0, inner_proto); // GUE header: version 0, no options, flags 0
+                s += pair(hint_words, inner_proto); // GUE header: version 0, hlen, flags 0
+                if hint_words == GUE_HINT_WORDS_V4 {
+                    s = add32(add32(s, hint_magic), hint_w[0]);
+                } else if hint_words == GUE_HINT_WORDS_V6 {
+                    s = add_addr(add32(s, hint_magic), &hint_w);
+                }
                 let c = !fold(s);
                 // 0 means "no checksum" in UDP; a computed 0 is sent as 0xffff (RFC 768).
                 if c == 0 { [0xff, 0xff] } else { c.to_le_bytes() }
@@ -269,8 +314,28 @@ pub fn encapsulate(
             put(
                 p.cast::<u8>(),
                 0,
-                &[sp[0], sp[1], dp[0], dp[1], ul[0], ul[1], check[0], check[1], 0, inner_proto, 0, 0],
+                &[
+                    sp[0], sp[1], dp[0], dp[1], ul[0], ul[1], check[0], check[1], hint_words,
+                    inner_proto, 0, 0,
+                ],
             );
+        }
+        let h = ETH_LEN + outer_ip_len + UDP_LEN + GUE_LEN;
+        if hint_words == GUE_HINT_WORDS_V4 {
+            if write_word(ctx, h, hint_magic).is_none() || write_word(ctx, h + 4, hint_w[0]).is_none() {
+                return Verdict::drop(counter::INTERNAL_ERROR);
+            }
+            maps::count(counter::HINT_SENT);
+        } else if hint_words == GUE_HINT_WORDS_V6 {
+            if write_word(ctx, h, hint_magic).is_none()
+                || write_word(ctx, h + 4, hint_w[0]).is_none()
+                || write_word(ctx, h + 8, hint_w[1]).is_none()
+                || write_word(ctx, h + 12, hint_w[2]).is_none()
+                || write_word(ctx, h + 16, hint_w[3]).is_none()
+            {
+                return Verdict::drop(counter::INTERNAL_ERROR);
+            }
+            maps::count(counter::HINT_SENT);
         }
         maps::count(counter::ENCAP_GUE);
     }

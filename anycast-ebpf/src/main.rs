@@ -5,6 +5,7 @@
 #![no_std]
 #![no_main]
 
+mod chance;
 mod csum;
 mod decap;
 mod encap;
@@ -38,6 +39,14 @@ impl Verdict {
         Self::new(xdp_action::XDP_DROP, counter)
     }
 
+    /// Not a final verdict: the tunnel target is in the per-CPU scratch and the top level must
+    /// run the encapsulation (keeping that deepest frame off the other subprograms' stacks).
+    /// `reparse`: the frame changed (decapsulated) and must be parsed again first.
+    #[inline(always)]
+    pub const fn encapsulate(reparse: bool) -> Self {
+        Self::new(if reparse { PENDING_REPARSE } else { PENDING }, 0)
+    }
+
     #[inline(always)]
     pub const fn action(self) -> u32 {
         self.0 & 0xff
@@ -48,6 +57,10 @@ impl Verdict {
         self.0 >> 8
     }
 }
+
+/// Pseudo-actions of a pending encapsulation (never returned to the kernel).
+const PENDING: u32 = 0xfe;
+const PENDING_REPARSE: u32 = 0xff;
 
 /// Attached to every edge/backend interface. Non-VIP traffic leaves with XDP_PASS untouched;
 /// every decision lands in exactly one outcome counter.
@@ -69,10 +82,31 @@ fn steer(ctx: &XdpContext) -> Verdict {
     let Some(cfg) = maps::CONFIG.get(0) else {
         return Verdict::pass(counter::INTERNAL_ERROR);
     };
-    if decap::is_tunnel(ctx, &ip, cfg) {
-        return decap::decapsulate(ctx, &ip);
+    let v = if decap::is_tunnel(ctx, &ip, cfg) {
+        decap::decapsulate(ctx, &ip, cfg)
+    } else {
+        select::steer_vip(ctx, &ip, cfg)
+    };
+    let v = match v.action() {
+        PENDING => encap::encapsulate(ctx, &ip, cfg),
+        PENDING_REPARSE => match parse::parse(ctx) {
+            Ok(inner) => encap::encapsulate(ctx, &inner, cfg),
+            Err(_) => return Verdict::drop(counter::INTERNAL_ERROR),
+        },
+        _ => return v,
+    };
+    if v.counter() != counter::ENCAP {
+        return v;
     }
-    select::steer_vip(ctx, &ip, cfg)
+    let Some(sc) = encap::scratch() else {
+        return v;
+    };
+    // SAFETY: per-CPU scratch, written by the subprogram that asked for the encapsulation.
+    let (outcome, stat_id, frame_len) = unsafe { ((*sc).outcome, (*sc).stat_id, (*sc).frame_len) };
+    if stat_id != anycast_common::NO_BACKEND {
+        maps::count_traffic(&maps::BACKEND_STATS, stat_id, frame_len);
+    }
+    Verdict::new(v.action(), outcome)
 }
 
 /// Peers of veth links that receive XDP_TX/redirected frames need a native XDP program of their

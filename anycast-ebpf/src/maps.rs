@@ -57,6 +57,9 @@ pub static CONNS: LruHashMap<ConnKey, ConnValue> =
     LruHashMap::with_max_entries(DEFAULT_CONNTRACK_SIZE, BPF_F_NO_COMMON_LRU);
 
 #[map]
+pub static SCRATCH: PerCpuArray<crate::encap::Scratch> = PerCpuArray::with_max_entries(1, 0);
+
+#[map]
 pub static CONN_GUARD: PerCpuArray<ConnGuard> = PerCpuArray::with_max_entries(1, 0);
 
 /// Adds one to a global outcome counter. Per-CPU, so a plain add: no atomics on the packet path.

@@ -6,12 +6,13 @@ use anycast_common::{
 use aya_ebpf::programs::XdpContext;
 
 use crate::{
-    Verdict, encap, maps, track,
+    Verdict, chance, encap, maps, track,
     packet::{addr_bytes, ptr_at, u8_at, word_at},
     parse::{Ip, TCP_LEN, UDP_LEN},
 };
 
-#[inline(always)]
+/// A BPF subprogram of its own, so that the tunnel path's frames stack on a small caller.
+#[inline(never)]
 pub fn steer_vip(ctx: &XdpContext, ip: &Ip, cfg: &DataplaneConfig) -> Verdict {
     let hdr = match ip.proto {
         PROTO_TCP => TCP_LEN,
@@ -57,20 +58,57 @@ pub fn steer_vip(ctx: &XdpContext, ip: &Ip, cfg: &DataplaneConfig) -> Verdict {
     // would deliver it to whatever local service binds the VIP, i.e. to the wrong backend.
     // TCP_LEN bytes were checked above for TCP, so the flags byte (offset 13) is there.
     let tcp_flags = if ip.proto == PROTO_TCP { u8_at(ctx, l4 + 13).unwrap_or(0) } else { 0 };
-    let (backend_id, hash) = track::split(track::pick(ip, cfg, &vip, ports, tcp_flags as u32));
+    let mut prev = NO_BACKEND;
+    let (backend_id, hash) = track::split(track::pick(
+        ip,
+        cfg,
+        &vip,
+        ports as u64 | (tcp_flags as u64) << 32,
+        &mut prev,
+    ));
     if backend_id == NO_BACKEND {
         return Verdict::drop(counter::NO_BACKEND);
     }
     let Some(backend) = maps::BACKENDS.get(backend_id) else {
         return Verdict::drop(counter::INTERNAL_ERROR);
     };
+    let hint = if prev == NO_BACKEND { None } else { maps::BACKENDS.get(prev) };
+
+    let Some(sc) = encap::scratch() else {
+        return Verdict::drop(counter::INTERNAL_ERROR);
+    };
     if backend.flags & BACKEND_F_LOCAL != 0 {
+        // This host is the new owner; if it does not hold the connection, the previous owner
+        // gets the packet (second chance from the edge itself: no hint needed).
+        if let Some(h) = hint
+            && h.flags & BACKEND_F_LOCAL == 0
+            && !chance::has_socket(ctx, ip, ports)
+        {
+            // SAFETY: per-CPU scratch, ours for this run.
+            unsafe {
+                (*sc).tunnel.dst = *h;
+                (*sc).tunnel.hint.family = 0;
+                (*sc).tunnel.hash = hash;
+                (*sc).stat_id = prev;
+                (*sc).outcome = counter::SECOND_CHANCE;
+                (*sc).frame_len = frame_len;
+            }
+            return Verdict::encapsulate(false);
+        }
         maps::count_traffic(&maps::BACKEND_STATS, backend_id, frame_len);
         return Verdict::pass(counter::LOCAL);
     }
-    let v = encap::encapsulate(ctx, ip, cfg, backend_id, hash);
-    if v.counter() == counter::ENCAP {
-        maps::count_traffic(&maps::BACKEND_STATS, backend_id, frame_len);
+    // SAFETY: per-CPU scratch, ours for this run.
+    unsafe {
+        (*sc).tunnel.dst = *backend;
+        match hint {
+            Some(h) => (*sc).tunnel.hint = *h,
+            None => (*sc).tunnel.hint.family = 0,
+        }
+        (*sc).tunnel.hash = hash;
+        (*sc).stat_id = backend_id;
+        (*sc).outcome = counter::ENCAP;
+        (*sc).frame_len = frame_len;
     }
-    v
+    Verdict::encapsulate(false)
 }

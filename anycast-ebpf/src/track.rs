@@ -41,9 +41,14 @@ pub const fn split(r: u64) -> (u32, u32) {
 /// while the encapsulation runs.
 ///
 /// It takes no context: LLVM would otherwise pass it packet pointers in a form the verifier
-/// refuses. The caller reads `ports` (first transport word) and the TCP flags byte.
+/// refuses. The caller passes the first transport word (ports) in the low half of
+/// `ports_flags` and the TCP flags byte above it. `prev` receives the previous owner of the flow
+/// when a second chance may be needed (see `chance`), else `NO_BACKEND`.
 #[inline(never)]
-pub fn pick(ip: &Ip, cfg: &DataplaneConfig, vip: &VipValue, ports: u32, tcp_flags: u32) -> u64 {
+pub fn pick(ip: &Ip, cfg: &DataplaneConfig, vip: &VipValue, ports_flags: u64, prev: &mut u32) -> u64 {
+    let ports = ports_flags as u32;
+    let tcp_flags = (ports_flags >> 32) as u32;
+    *prev = NO_BACKEND;
     let hash = if ip.family == FAMILY_V4 {
         flow_hash_v4(cfg.hash_seed, ip.src[0], ip.dst[0], ports, ip.proto)
     } else {
@@ -51,10 +56,10 @@ pub fn pick(ip: &Ip, cfg: &DataplaneConfig, vip: &VipValue, ports: u32, tcp_flag
     };
     let with_hash = (hash as u64) << 32;
 
+    let tcp_mid_flow = ip.proto == PROTO_TCP && (tcp_flags as u8) & (TCP_SYN | TCP_ACK) != TCP_SYN;
     let (track, insert) = if ip.proto == PROTO_TCP {
         let flags = tcp_flags as u8;
-        let bare_syn = flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
-        (!bare_syn, !bare_syn && flags & TCP_RST == 0)
+        (tcp_mid_flow, tcp_mid_flow && flags & TCP_RST == 0)
     } else {
         (ip.proto == PROTO_UDP, ip.proto == PROTO_UDP)
     };
@@ -101,11 +106,24 @@ pub fn pick(ip: &Ip, cfg: &DataplaneConfig, vip: &VipValue, ports: u32, tcp_flag
     if vip.table == NO_TABLE || cfg.ring_size == 0 {
         return NO_BACKEND as u64;
     }
-    let index = vip.table.wrapping_mul(cfg.ring_size).wrapping_add(hash % cfg.ring_size);
+    let slot = hash % cfg.ring_size;
+    let index = vip.table.wrapping_mul(cfg.ring_size).wrapping_add(slot);
     let Some(&backend_id) = maps::RINGS.get(index) else {
         return NO_BACKEND as u64;
     };
-    if insert {
+    // A mid-flow TCP packet we hold no state for, on a VIP whose table changed: if the previous
+    // table gave this slot to another backend, that one may hold the connection.
+    if tcp_mid_flow && vip.prev_table != NO_TABLE {
+        let pindex = vip.prev_table.wrapping_mul(cfg.ring_size).wrapping_add(slot);
+        if let Some(&p) = maps::RINGS.get(pindex)
+            && p != backend_id
+        {
+            *prev = p;
+        }
+    }
+    // Not tracked while a hint is in play: the hint must ride on every packet of the flow until
+    // the flow ends, and an entry would silence it.
+    if insert && *prev == NO_BACKEND {
         let generation = match maps::BACKENDS.get(backend_id) {
             Some(b) => b.generation,
             None => return with_hash | backend_id as u64,
