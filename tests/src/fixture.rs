@@ -270,6 +270,11 @@ impl Dataplane {
         self.inner.publisher().backend_id(address)
     }
 
+    /// The loaded `anycast_steer` program (e.g. to pin it for a second handle).
+    pub fn program_mut(&mut self) -> &mut Xdp {
+        self.inner.program_mut().unwrap_or_else(|e| panic!("program: {}", error_chain(&e)))
+    }
+
     pub fn agent(&self) -> &anycast::dataplane::Dataplane {
         &self.inner
     }
