@@ -1,7 +1,8 @@
 //! Connection tracking: a flow keeps the backend it started with while tables change.
 //!
 //! What creates an entry:
-//! - TCP: any packet of the flow except a bare SYN and except RST. The first such packet is
+//! - TCP: any packet of the flow except a bare SYN and except RST. A bare SYN removes an entry
+//!   left on its tuple by an earlier connection (reused ports). The first such packet is
 //!   normally the client's ACK completing the handshake, so a SYN flood from spoofed sources
 //!   (which never completes one) creates no state and cannot evict real connections. The
 //!   handshake itself follows the table, which every edge computes identically.
@@ -74,6 +75,12 @@ pub fn pick(ip: &Ip, cfg: &DataplaneConfig, vip: &VipValue, ports_flags: u64, pr
     };
     let udp = ip.proto == PROTO_UDP;
     let mut now = 0u64;
+    if ip.proto == PROTO_TCP && !tcp_mid_flow {
+        // A bare SYN starts a new connection on this tuple: an entry left by an earlier
+        // connection with the same ports (ports are reused) must not steer its ACKs to the old
+        // backend.
+        let _ = maps::CONNS.remove(&key);
+    }
     if track {
         if let Some(entry) = maps::CONNS.get_ptr_mut(&key) {
             // SAFETY: LRU map value pointer, valid for this program run.

@@ -133,6 +133,15 @@ fn tracked_tcp_flow_keeps_its_backend_when_the_table_changes() {
         assert_eq!(landed(&dp, &tcp(40001, TCP_ACK)), B);
         assert_eq!(landed(&dp, &tcp(40002, TCP_SYN)), B);
 
+        // A new connection reusing a tracked tuple (same ports, a SYN) follows the table, and its
+        // ACKs follow it there: the old entry is gone.
+        publish(&mut dp, PROTO_TCP, 0, A);
+        assert_eq!(landed(&dp, &tcp(40010, TCP_ACK)), A);
+        publish(&mut dp, PROTO_TCP, 1, B);
+        assert_eq!(landed(&dp, &tcp(40010, TCP_ACK)), A, "tracked");
+        assert_eq!(landed(&dp, &tcp(40010, TCP_SYN)), B, "a SYN follows the table");
+        assert_eq!(landed(&dp, &tcp(40010, TCP_ACK)), B, "reused tuple must not follow the old entry");
+
         // Draining to "no table at all" keeps established flows too.
         dp.set_vip(
             VipKey::v4(VIP.octets(), 0, PROTO_TCP),
