@@ -1,10 +1,16 @@
-//! `anycast agent`: validate, load, write the maps, pin them, attach, then serve: config reloads
+//! `anycast agent`: validate, load, write the maps, attach, then serve: config reloads
 //! (SIGHUP, or the file changing), health checks, the control API and metrics, until a signal.
 //!
 //! Ordering matters for a safe start: nothing is attached until the config is valid and every
-//! map is written, so a bad config never leaves a half-programmed dataplane on an interface. On
-//! SIGINT/SIGTERM the program is detached from every interface (by dropping its links), the pins
-//! and the state file are removed, and the agent exits 0.
+//! map is written, so a bad config never leaves a half-programmed dataplane on an interface.
+//!
+//! The dataplane outlives the agent (the model of Cilium and Katran): program, links and maps are
+//! pinned under `agent.pin_path` ([`crate::pins`]), so an agent that exits, crashes or is killed
+//! leaves the interfaces forwarding with their last tables. A starting agent adopts the pins:
+//! same maps (tables, counters, connection tracking), its own program swapped atomically into
+//! each pinned link, then only the difference between the maps and its config written. On
+//! SIGINT/SIGTERM the agent stops serving and exits 0, leaving the dataplane in place;
+//! `anycast detach --config FILE` (or `anycast agent --detach --config FILE`) removes it.
 //!
 //! One task owns the state ([`Controller`]): reloads, health verdicts and API requests reach it
 //! through channels and are applied one at a time.
@@ -15,7 +21,6 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use aya::programs::XdpMode;
-use aya::programs::xdp::XdpLinkId;
 use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 use tracing::{error, info, warn};
@@ -23,9 +28,10 @@ use tracing::{error, info, warn};
 use crate::api::{self, Call};
 use crate::config::{Config, ConfigError, HealthConfig, XdpModeSetting};
 use crate::control::{AttachedInterface, Controller, ProgramInfo, ReloadError, VipId};
-use crate::dataplane::{Dataplane, DataplaneError, unpin_maps};
+use crate::dataplane::{Dataplane, DataplaneError, Geometry};
 use crate::health::{self, HealthEvent};
 use crate::host::{self, HostError};
+use crate::pins::{self, AdoptPlan, Attached, PinError, PinLayout};
 use crate::stats::StateFile;
 
 #[derive(Debug, thiserror::Error)]
@@ -45,12 +51,26 @@ pub enum AgentError {
         interface: String,
         mode: &'static str,
         #[source]
-        source: Box<aya::programs::ProgramError>,
+        source: Box<PinError>,
     },
     #[error("waiting for signals")]
     Signal(#[source] std::io::Error),
     #[error(transparent)]
     Start(#[from] ReloadError),
+    #[error(transparent)]
+    Pins(#[from] PinError),
+    #[error("starting the BGP announcer")]
+    Announce(#[from] crate::announce::BirdError),
+    #[error(
+        "pinned map {name} at {path} cannot be adopted: {why}; `anycast detach --config FILE` removes the old dataplane (its connection tracking and counters too)"
+    )]
+    Layout {
+        name: String,
+        path: PathBuf,
+        why: String,
+    },
+    #[error("an agent (pid {pid}) still runs with these pins; stop it (SIGTERM) before detaching")]
+    AgentRunning { pid: u32 },
 }
 
 impl From<DataplaneError> for AgentError {
@@ -84,21 +104,21 @@ fn attach(
     dp: &mut Dataplane,
     interface: &str,
     setting: XdpModeSetting,
-) -> Result<(XdpLinkId, &'static str), AgentError> {
+    link_pin: &Path,
+) -> Result<(Attached, &'static str), AgentError> {
     let prog = dp.program_mut()?;
     let try_mode = |prog: &mut aya::programs::Xdp, mode: XdpMode| {
-        prog.attach(interface, mode)
-            .map_err(|source| AgentError::Attach {
-                interface: interface.to_owned(),
-                mode: mode_name(mode),
-                source: Box::new(source),
-            })
+        pins::attach_pinned(prog, interface, mode, link_pin).map_err(|e| AgentError::Attach {
+            interface: interface.to_owned(),
+            mode: mode_name(mode),
+            source: Box::new(e),
+        })
     };
     match setting {
         XdpModeSetting::Native => Ok((try_mode(prog, XdpMode::Driver)?, "native")),
         XdpModeSetting::Generic => Ok((try_mode(prog, XdpMode::Skb)?, "generic")),
         XdpModeSetting::NativeOrGeneric => match try_mode(prog, XdpMode::Driver) {
-            Ok(id) => Ok((id, "native")),
+            Ok(a) => Ok((a, "native")),
             Err(e) => {
                 warn!(interface, error = %error_chain(&e), "native XDP attach failed, falling back to generic (skb) mode, which is much slower");
                 Ok((try_mode(prog, XdpMode::Skb)?, "generic"))
@@ -134,7 +154,28 @@ pub async fn run(opts: AgentOptions) -> Result<(), AgentError> {
     config.check_local(&local)?;
     let mode = opts.xdp_mode.unwrap_or(config.agent.xdp_mode);
 
-    let dp = Dataplane::load(&config)?;
+    let layout = PinLayout::new(&config.agent.pin_path);
+    let geometry = Geometry::of(&config);
+    let plan = pins::plan(
+        &layout,
+        &pins::object_layouts(crate::EBPF_OBJECT, geometry)?,
+    )?;
+    for (name, why) in &plan.replaced {
+        warn!(map = %name, "pinned map replaced by a new one (its contents are lost): {why}");
+    }
+    let mut dp = Dataplane::load_object_adopting(crate::EBPF_OBJECT, geometry, &plan.adopt)?;
+    if plan.adopts_state() {
+        let snap = dp.adopt_maps()?;
+        info!(
+            pin_path = %layout.root().display(),
+            maps = plan.adopt.len(),
+            vips = snap.vips.len(),
+            backends = snap.backends.len(),
+            "adopting the pinned dataplane: tables, counters and connection tracking carry over"
+        );
+    } else if !plan.adopt.is_empty() {
+        info!(maps = plan.adopt.len(), "adopting pinned counters");
+    }
     let (mut ctl, report) = Controller::start(dp, opts.config.clone(), config.clone(), local)?;
     for v in &report.vips {
         info!(
@@ -156,24 +197,52 @@ pub async fn run(opts: AgentOptions) -> Result<(), AgentError> {
         "maps written"
     );
 
-    let pin_path = config.agent.pin_path.clone();
     let state_path = config.agent.state_file.clone();
-    let result = attach_and_serve(&mut ctl, &config, mode, &pin_path, &state_path).await;
-    // Detach before unpinning so that nothing runs against maps we are tearing down.
+    let result = attach_and_serve(&mut ctl, &config, mode, &layout, &plan, &state_path).await;
+    // The program, its links and the maps stay pinned: the dataplane keeps forwarding.
     drop(ctl);
-    cleanup(&pin_path, &state_path, config.agent.api_socket.as_deref());
+    if let Some(p) = config.agent.api_socket.as_deref() {
+        let _ = std::fs::remove_file(p);
+    }
     result
 }
 
-fn cleanup(pin_path: &Path, state_path: &Path, api_socket: Option<&Path>) {
-    if let Err(e) = unpin_maps(pin_path) {
-        warn!(error = %error_chain(&e), "unpinning maps");
+/// What `anycast detach` removed.
+#[derive(Debug, Default)]
+pub struct DetachReport {
+    pub removed: Vec<PathBuf>,
+}
+
+/// Removes the dataplane an agent left pinned under `config`'s `agent.pin_path`: every pinned
+/// link (which detaches the program from its interface), the program and the maps, and the
+/// state file. Refuses while the agent that wrote the state file still runs.
+pub fn detach(config: &Config) -> Result<DetachReport, AgentError> {
+    let state_path = &config.agent.state_file;
+    if let Ok(state) = StateFile::read(state_path)
+        && state.pid != std::process::id()
+        && process_is_agent(state.pid)
+    {
+        return Err(AgentError::AgentRunning { pid: state.pid });
     }
-    let _ = std::fs::remove_dir(pin_path);
-    let _ = std::fs::remove_file(state_path);
-    if let Some(p) = api_socket {
-        let _ = std::fs::remove_file(p);
+    let layout = PinLayout::new(&config.agent.pin_path);
+    let links = layout.pinned_links();
+    let mut removed = pins::remove_all(&layout)?;
+    for l in &links {
+        info!(interface = %l, "XDP program detached (pinned link removed)");
     }
+    if std::fs::remove_file(state_path).is_ok() {
+        removed.push(state_path.clone());
+    }
+    Ok(DetachReport { removed })
+}
+
+fn process_is_agent(pid: u32) -> bool {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|c| {
+            let args: Vec<&[u8]> = c.split(|&b| b == 0).collect();
+            args.iter().any(|a| *a == b"agent") && !args.iter().any(|a| *a == b"--detach")
+        })
+        .unwrap_or(false)
 }
 
 /// One health-check task per checked (VIP, backend), kept in step with the config.
@@ -268,37 +337,69 @@ async fn attach_and_serve(
     ctl: &mut Controller<Dataplane>,
     config: &Config,
     mode: XdpModeSetting,
-    pin_path: &Path,
+    layout: &PinLayout,
+    plan: &AdoptPlan,
     state_path: &Path,
 ) -> Result<(), AgentError> {
-    ctl.sink().pin_maps(pin_path)?;
-    let state = StateFile {
-        pin_path: pin_path.to_owned(),
-        pid: std::process::id(),
-        ring_size: config.agent.ring_size,
-        ids: ctl.sink().publisher().id_map(),
-    };
-    state.write(state_path)?;
-    ctl.keep_state_file(state_path.to_owned(), state);
-    info!(pin_path = %pin_path.display(), state_file = %state_path.display(), "maps pinned");
-
-    let mut links = Vec::new();
+    let previous = StateFile::read(state_path).ok();
+    layout.create_dirs()?;
+    let started = std::time::Instant::now();
     let mut attached = Vec::new();
     for iface in &config.agent.interfaces {
-        let (link, used) = attach(ctl.sink_mut(), iface, mode)?;
-        links.push(link);
-        attached.push(AttachedInterface {
-            name: iface.clone(),
-            mode: used.to_owned(),
-        });
+        let (how, used) = attach(ctl.sink_mut(), iface, mode, &layout.link(iface))?;
+        // An adopted link keeps the mode it was created in.
+        let used = match how {
+            Attached::New => used.to_owned(),
+            Attached::Replaced => previous
+                .as_ref()
+                .and_then(|p| p.attached.iter().find(|(i, _)| i == iface))
+                .map_or_else(|| used.to_owned(), |(_, m)| m.clone()),
+        };
         let key = format!("net/ipv4/conf/{iface}/accept_local");
         // Encapsulated packets the program hands to the kernel (neighbour not resolved) carry
         // this host's tunnel address as source; without accept_local they are dropped as martians.
         if let Err(e) = host::write_sysctl(&key, "1") {
             warn!(interface = %iface, error = %error_chain(&e), "could not set accept_local");
         }
-        info!(interface = %iface, mode = used, "XDP program attached");
+        match how {
+            Attached::New => {
+                info!(interface = %iface, mode = %used, link = %layout.link(iface).display(), "XDP program attached, link pinned")
+            }
+            Attached::Replaced => {
+                info!(interface = %iface, mode = %used, "XDP program replaced in the pinned link (atomic)")
+            }
+        }
+        attached.push(AttachedInterface {
+            name: iface.clone(),
+            mode: used,
+        });
     }
+    for stale in layout.pinned_links() {
+        if !config.agent.interfaces.contains(&stale) {
+            pins::remove_link(layout, &stale)?;
+            info!(interface = %stale, "detached from an interface no longer configured");
+        }
+    }
+    pins::pin_program(ctl.sink_mut().program_mut()?, layout)?;
+    pins::pin_created_maps(ctl.sink().ebpf(), layout, plan)?;
+    info!(
+        pin_path = %layout.root().display(),
+        "dataplane pinned (maps/, links/, prog): it keeps forwarding if the agent exits; attach took {:.1} ms",
+        started.elapsed().as_secs_f64() * 1e3
+    );
+    let state = StateFile {
+        pin_path: layout.root().to_owned(),
+        pid: std::process::id(),
+        ring_size: config.agent.ring_size,
+        ids: ctl.sink().publisher().id_map(),
+        attached: attached
+            .iter()
+            .map(|a| (a.name.clone(), a.mode.clone()))
+            .collect(),
+    };
+    state.write(state_path)?;
+    ctl.keep_state_file(state_path.to_owned(), state);
+
     let id = ctl
         .sink_mut()
         .program_mut()
@@ -311,6 +412,10 @@ async fn attach_and_serve(
         interfaces: attached,
     });
     check_forwarding();
+    if let Some(bgp) = &config.bgp {
+        let addresses = config.vips.iter().map(|v| v.address).collect();
+        ctl.set_announcer(crate::announce::start(bgp.clone(), &addresses)?);
+    }
 
     let (calls_tx, mut calls) = mpsc::channel::<Call>(64);
     let mut tasks = Vec::new();
@@ -388,19 +493,18 @@ async fn attach_and_serve(
             },
         }
     };
+    if let Some(a) = ctl.take_announcer() {
+        let status = ctl.status();
+        a.shutdown(&status).await;
+    }
     for t in tasks {
         t.abort();
     }
     drop(checks);
     info!(
         signal = which,
-        "shutting down: detaching from every interface"
+        pin_path = %layout.root().display(),
+        "shutting down; the dataplane stays attached with its last tables (`anycast detach` removes it)"
     );
-    let prog = ctl.sink_mut().program_mut()?;
-    for (iface, link) in config.agent.interfaces.iter().zip(links) {
-        if let Err(e) = prog.detach(link) {
-            warn!(interface = %iface, error = %error_chain(&e), "detaching");
-        }
-    }
     Ok(())
 }

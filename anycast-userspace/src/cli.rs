@@ -34,12 +34,24 @@ pub enum LogFormat {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Load the XDP program, write its maps from the config, attach, and run until SIGINT/SIGTERM.
+    /// Program, links and maps are pinned under agent.pin_path and stay when the agent exits; a
+    /// new agent adopts them (hitless restart and upgrade).
     Agent {
         #[arg(long, short)]
         config: PathBuf,
         /// Overrides agent.xdp_mode.
         #[arg(long, value_enum)]
         xdp_mode: Option<XdpModeSetting>,
+        /// Do not run: remove the dataplane the agent left pinned (same as `anycast detach`).
+        #[arg(long)]
+        detach: bool,
+    },
+    /// Remove the dataplane of the config's agent.pin_path: detach the program from every
+    /// interface (its pinned links), remove the program and map pins and the state file.
+    /// Refused while the agent runs.
+    Detach {
+        #[arg(long, short)]
+        config: PathBuf,
     },
     /// Show which backend a flow lands on: from a config file (--config), or from the running
     /// agent's live tables (overrides and health included) through its control socket.
@@ -89,6 +101,24 @@ pub enum Command {
         vip: Option<String>,
         #[arg(long, conflicts_with = "weight")]
         clear: bool,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Withdraw every VIP of this edge from BGP (`[bgp]`), wait until BIRD has withdrawn them
+    /// and the VIP traffic has stopped (or --timeout), and report. Lasts until `undrain-edge` or
+    /// a restart of the agent.
+    DrainEdge {
+        /// Give up waiting after this many seconds (the VIPs stay withdrawn).
+        #[arg(long, default_value_t = 30)]
+        timeout: u64,
+        /// Traffic has stopped when the VIP packet counters have not grown for this long.
+        #[arg(long, default_value_t = 2000)]
+        quiet_ms: u64,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Announce the VIPs again (where the health policy allows) after `drain-edge`.
+    UndrainEdge {
         #[command(flatten)]
         api: ApiArgs,
     },
@@ -218,6 +248,21 @@ pub fn render_status(v: &serde_json::Value) -> String {
             let _ = writeln!(s, "  {} {what} for {scope}", st(&e["backend"]));
         }
     }
+    if let Some(b) = v["bgp"].as_object() {
+        let _ = writeln!(
+            s,
+            "bgp {} via {}: BIRD {}{}, min_healthy_backends {}",
+            st(&b["mode"]),
+            st(&b["bird_socket"]),
+            st(&b["bird"]),
+            if b["edge_drained"] == true {
+                ", EDGE DRAINED"
+            } else {
+                ""
+            },
+            st(&b["min_healthy_backends"])
+        );
+    }
     for vip in v["vips"].as_array().into_iter().flatten() {
         let state = st(&vip["state"]);
         let _ = writeln!(
@@ -231,6 +276,19 @@ pub fn render_status(v: &serde_json::Value) -> String {
             },
             st(&vip["fingerprint"])
         );
+        if let Some(a) = vip["announcement"].as_object() {
+            let _ = writeln!(
+                s,
+                "  bgp: {} {} ({})",
+                st(&a["prefix"]),
+                if a["announced"] == true {
+                    "announced"
+                } else {
+                    "WITHDRAWN"
+                },
+                st(&a["reason"])
+            );
+        }
         if !vip["health_check"].is_null() {
             let _ = writeln!(s, "  health check: {}", st(&vip["health_check"]));
         }
@@ -289,7 +347,10 @@ mod tests {
             "--xdp-mode",
             "native-or-generic",
         ]);
-        let Command::Agent { config, xdp_mode } = c.command else {
+        let Command::Agent {
+            config, xdp_mode, ..
+        } = c.command
+        else {
             panic!()
         };
         assert_eq!(config, PathBuf::from("/etc/anycast.toml"));

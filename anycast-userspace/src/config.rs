@@ -161,6 +161,8 @@ pub struct RawConfig {
     pub agent: RawAgent,
     #[serde(default)]
     pub vip: Vec<RawVip>,
+    /// BGP announcement of the VIPs (`crate::announce`).
+    pub bgp: Option<crate::announce::RawBgp>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -225,6 +227,8 @@ pub struct RawBackend {
 pub struct Config {
     pub agent: AgentConfig,
     pub vips: Vec<VipConfig>,
+    /// `None`: the agent announces nothing (routes to the VIPs are someone else's business).
+    pub bgp: Option<crate::announce::BgpConfig>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -381,8 +385,11 @@ impl Config {
     }
 
     pub fn from_raw(raw: RawConfig) -> Result<Self, ConfigError> {
-        let RawConfig { agent, vip } = raw;
+        let RawConfig { agent, vip, bgp } = raw;
         let agent = validate_agent(agent)?;
+        let bgp = bgp
+            .map(|b| crate::announce::validate(b, agent.tunnel_source))
+            .transpose()?;
         let mut vips = Vec::with_capacity(vip.len());
         let mut seen_vips = HashSet::new();
         for (i, v) in vip.into_iter().enumerate() {
@@ -478,7 +485,7 @@ impl Config {
                 ),
             ));
         }
-        Ok(Self { agent, vips })
+        Ok(Self { agent, vips, bgp })
     }
 
     /// Checks what depends on this host: every remote backend (one whose address is not in

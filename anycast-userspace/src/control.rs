@@ -397,6 +397,24 @@ fn restart_only(old: &Config, new: &Config) -> Result<(), ReloadError> {
             });
         }
     }
+    // The announcer's BIRD config and prefixes are fixed at start (crate::announce).
+    if old.bgp != new.bgp {
+        return Err(ReloadError::NeedsRestart {
+            field: "bgp",
+            old: format!("{:?}", old.bgp),
+            new: format!("{:?}", new.bgp),
+            why: "the BGP announcer (and a managed BIRD's config) is set up at start",
+        });
+    }
+    let addrs = |c: &Config| -> BTreeSet<IpAddr> { c.vips.iter().map(|v| v.address).collect() };
+    if new.bgp.is_some() && addrs(old) != addrs(new) {
+        return Err(ReloadError::NeedsRestart {
+            field: "vip.address",
+            old: format!("{:?}", addrs(old)),
+            new: format!("{:?}", addrs(new)),
+            why: "with [bgp], the set of announced VIP addresses is fixed at start",
+        });
+    }
     Ok(())
 }
 
@@ -429,6 +447,8 @@ pub struct Controller<S: Sink> {
     program: ProgramInfo,
     /// Rewritten after every publication so `anycast stats --pin-path` names the right ids.
     state_file: Option<(PathBuf, StateFile)>,
+    /// The BGP announcer, with `[bgp]` ([`crate::announce`]).
+    announce: Option<crate::announce::Handle>,
 }
 
 impl<S: Sink> Controller<S> {
@@ -455,6 +475,7 @@ impl<S: Sink> Controller<S> {
             reloads_error: 0,
             program: ProgramInfo::default(),
             state_file: None,
+            announce: None,
         };
         let desired = DesiredState::new(&c.effective, &c.local)?;
         let report = c
@@ -515,8 +536,25 @@ impl<S: Sink> Controller<S> {
         (self.reloads_ok, self.reloads_error)
     }
 
+    pub fn set_announcer(&mut self, announcer: crate::announce::Handle) {
+        self.announce = Some(announcer);
+        self.sync_announce();
+    }
+
+    pub fn take_announcer(&mut self) -> Option<crate::announce::Handle> {
+        self.announce.take()
+    }
+
+    /// Hands the announcement policy its current input (cheap when nothing changed).
+    pub fn sync_announce(&self) {
+        if let Some(a) = &self.announce {
+            a.update(&self.status());
+        }
+    }
+
     pub fn set_program(&mut self, program: ProgramInfo) {
         self.program = program;
+        self.sync_announce();
     }
 
     /// Keeps `state` (its `ids` replaced) written after every publication.
@@ -606,6 +644,7 @@ impl<S: Sink> Controller<S> {
         self.effective = effective;
         self.tables = tables;
         self.write_state_file();
+        self.sync_announce();
         Ok(changes)
     }
 
@@ -703,6 +742,8 @@ impl<S: Sink> Controller<S> {
         if old.unwrap_or(true) == healthy {
             if old.is_none() {
                 info!(vip = %vip, backend = %backend, "backend healthy (first check)");
+                // No table changes, but a pending backend does not count for announcement.
+                self.sync_announce();
             }
             return;
         }
@@ -822,6 +863,8 @@ impl<S: Sink> Controller<S> {
             Request::Lookup { flow } => self
                 .lookup(&flow)
                 .map(|d| serde_json::to_value(d).expect("serializable")),
+            Request::DrainEdge => self.drain_edge(true),
+            Request::UndrainEdge => self.drain_edge(false),
             Request::Drain { vip, backend } => {
                 self.target(vip.as_deref(), &backend)
                     .and_then(|(vip, backend)| {
@@ -896,6 +939,27 @@ impl<S: Sink> Controller<S> {
         }
     }
 
+    /// `anycast drain-edge` / `undrain-edge`: withdraw every VIP (or let the policy announce
+    /// them again). The CLI waits for the traffic to go.
+    fn drain_edge(&mut self, drained: bool) -> Result<serde_json::Value, String> {
+        let Some(a) = self.announce.as_mut() else {
+            return Err("this agent announces nothing: its config has no [bgp] section".into());
+        };
+        let was = a.edge_drained();
+        a.set_edge_drained(drained);
+        let msg = match (was, drained) {
+            (false, true) => "edge drained: withdrawing every VIP",
+            (true, true) => "edge already drained",
+            (true, false) => "edge undrained: VIPs are announced again where the policy allows",
+            (false, false) => "edge was not drained",
+        };
+        if was != drained {
+            info!("{msg}");
+        }
+        self.sync_announce();
+        Ok(serde_json::json!({ "message": msg, "edge_drained": drained }))
+    }
+
     pub fn lookup(&self, flow: &str) -> Result<Decision, String> {
         let flow: Flow = flow.parse().map_err(|e| format!("{e}"))?;
         let c = &self.effective;
@@ -909,6 +973,7 @@ impl<S: Sink> Controller<S> {
     }
 
     pub fn status(&self) -> Status {
+        let bgp = self.announce.as_ref().map(crate::announce::Handle::status);
         let vips = self
             .base
             .vips
@@ -966,6 +1031,9 @@ impl<S: Sink> Controller<S> {
                     "ok"
                 };
                 VipStatus {
+                    announcement: bgp
+                        .as_ref()
+                        .and_then(|b| b.prefixes.get(&id.address).cloned()),
                     vip: id,
                     state,
                     fingerprint: table.and_then(VipTable::fingerprint),
@@ -1000,6 +1068,7 @@ impl<S: Sink> Controller<S> {
             ring_size: self.base.agent.ring_size,
             overrides: self.overrides.list(),
             vips,
+            bgp,
         }
     }
 }
@@ -1084,6 +1153,9 @@ pub enum Request {
     Lookup {
         flow: String,
     },
+    /// Withdraw every VIP from BGP (`[bgp]` only).
+    DrainEdge,
+    UndrainEdge,
     Drain {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         vip: Option<String>,
@@ -1146,6 +1218,9 @@ pub struct VipStatus {
     pub fingerprint: Option<String>,
     pub health_check: Option<String>,
     pub backends: Vec<BackendStatus>,
+    /// BGP state of the VIP's prefix, with `[bgp]`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub announcement: Option<crate::announce::PrefixState>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -1160,6 +1235,8 @@ pub struct Status {
     pub ring_size: u32,
     pub overrides: Vec<OverrideEntry>,
     pub vips: Vec<VipStatus>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bgp: Option<crate::announce::AnnounceStatus>,
 }
 
 #[cfg(test)]

@@ -363,6 +363,49 @@ impl Publisher {
         IdMap { vips, backends }
     }
 
+    /// Takes over maps another agent wrote (a restart or an upgrade adopting pinned maps): the
+    /// ids, generations, live and previous tables and sets are learnt from `snap`, so that the
+    /// next [`Publisher::apply`] of an unchanged config writes nothing and moves no flow.
+    /// Backend ids and generations are kept, which keeps connection-tracking entries valid.
+    pub fn adopt(&mut self, snap: &MapSnapshot) {
+        let g = self.geometry;
+        self.config = snap.config;
+        for (&id, b) in &snap.backends {
+            if b.family == 0 || id >= g.max_backends {
+                continue;
+            }
+            let addr = crate::maglev::key_addr(b.family, b.addr_be);
+            self.free_backend_ids.remove(&id);
+            self.backends_written.insert(id, *b);
+            self.generations.insert(id, b.generation);
+            self.generation = self.generation.max(b.generation);
+            // Two ids for one address cannot come from this publisher; keep the lowest, and
+            // the other stays reserved until `apply` finds it unreferenced.
+            self.backend_ids.entry(addr).or_insert(id);
+        }
+        for (key, value) in &snap.vips {
+            if value.vip_id >= g.max_vips {
+                continue;
+            }
+            self.free_vip_ids.remove(&value.vip_id);
+            self.vips.insert(
+                *key,
+                VipEntry {
+                    value: *value,
+                    label: label_of_key(key),
+                },
+            );
+        }
+        self.shadow.extend(
+            snap.tables
+                .iter()
+                .filter(|(_, ids)| ids.len() == g.ring_size as usize)
+                .map(|(t, ids)| (*t, ids.clone())),
+        );
+        self.local_addrs = snap.local_addrs.clone();
+        self.decap = snap.decap.clone();
+    }
+
     /// Brings the maps from what this publisher last wrote to `desired`.
     pub fn apply(
         &mut self,
@@ -482,6 +525,9 @@ impl Publisher {
                 };
             let weighted = v.table.backends.iter().filter(|b| b.weight > 0).count();
             if unchanged {
+                if let Some(e) = self.vips.get_mut(&v.key) {
+                    e.label.clone_from(&v.label);
+                }
                 report.vips.push(VipReport {
                     label: v.label.clone(),
                     vip_id,
@@ -586,6 +632,119 @@ impl Publisher {
     }
 }
 
+/// What the maps hold, as far as the [`Publisher`] is concerned: read from pinned maps when an
+/// agent adopts them ([`AyaMaps::snapshot`]), or from [`MemoryMaps`] in tests.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MapSnapshot {
+    pub config: Option<DataplaneConfig>,
+    /// Ids in use (`family != 0`).
+    pub backends: BTreeMap<u32, Backend>,
+    pub vips: BTreeMap<VipKey, VipValue>,
+    /// Live and previous tables of every VIP: table number -> backend id per slot.
+    pub tables: BTreeMap<u32, Vec<u32>>,
+    pub local_addrs: BTreeSet<IpAddr>,
+    pub decap: BTreeSet<IpNet>,
+}
+
+impl MapSnapshot {
+    fn table_numbers(&self) -> BTreeSet<u32> {
+        self.vips
+            .values()
+            .flat_map(|v| [v.table, v.prev_table])
+            .filter(|&t| t != NO_TABLE)
+            .collect()
+    }
+}
+
+fn label_of_key(key: &VipKey) -> String {
+    let address = crate::maglev::key_addr(key.family, key.addr_be);
+    let port = u16::from_be(key.port_be);
+    match key.proto {
+        anycast_common::PROTO_TCP => {
+            crate::config::vip_label(address, port, crate::config::Protocol::Tcp)
+        }
+        anycast_common::PROTO_UDP => {
+            crate::config::vip_label(address, port, crate::config::Protocol::Udp)
+        }
+        p => format!("{address}:{port}/proto-{p}"),
+    }
+}
+
+/// Reads what the [`Publisher`] needs to know from a loaded object's maps.
+pub fn snapshot(ebpf: &aya::Ebpf, geometry: Geometry) -> Result<MapSnapshot, DataplaneError> {
+    let map = |name: &'static str| ebpf.map(name).ok_or(DataplaneError::MissingMap(name));
+    let mut snap = MapSnapshot::default();
+
+    let name = map_names::CONFIG;
+    let a: Array<_, DataplaneConfig> =
+        Array::try_from(map(name)?).map_err(map_err(name, "opening"))?;
+    let c = a.get(&0, 0).map_err(map_err(name, "reading entry 0"))?;
+    snap.config = (c.ring_size != 0).then_some(c);
+
+    let name = map_names::BACKENDS;
+    let a: Array<_, Backend> = Array::try_from(map(name)?).map_err(map_err(name, "opening"))?;
+    for id in 0..a.len().min(geometry.max_backends) {
+        let b = a
+            .get(&id, 0)
+            .map_err(map_err(name, format!("reading backend id {id}")))?;
+        if b.family != 0 {
+            snap.backends.insert(id, b);
+        }
+    }
+
+    let name = map_names::VIPS;
+    let h: BpfHashMap<_, VipKey, VipValue> =
+        BpfHashMap::try_from(map(name)?).map_err(map_err(name, "opening"))?;
+    for e in h.iter() {
+        let (k, v) = e.map_err(map_err(name, "iterating"))?;
+        snap.vips.insert(k, v);
+    }
+
+    let name = map_names::RINGS;
+    let a: Array<_, u32> = Array::try_from(map(name)?).map_err(map_err(name, "opening"))?;
+    let m = geometry.ring_size;
+    for t in snap.table_numbers() {
+        let mut ids = Vec::with_capacity(m as usize);
+        for s in 0..m {
+            let i = t * m + s;
+            ids.push(
+                a.get(&i, 0)
+                    .map_err(map_err(name, format!("reading entry {i}")))?,
+            );
+        }
+        snap.tables.insert(t, ids);
+    }
+
+    let name = map_names::LOCAL_ADDRS;
+    let h: BpfHashMap<_, AddrKey, u32> =
+        BpfHashMap::try_from(map(name)?).map_err(map_err(name, "opening"))?;
+    for k in h.keys() {
+        let k = k.map_err(map_err(name, "iterating"))?;
+        snap.local_addrs
+            .insert(crate::maglev::key_addr(k.family, k.addr_be));
+    }
+
+    let name = map_names::DECAP_ALLOW_V4;
+    let t: LpmTrie<_, [u8; 4], u8> =
+        LpmTrie::try_from(map(name)?).map_err(map_err(name, "opening"))?;
+    for k in t.keys() {
+        let k = k.map_err(map_err(name, "iterating"))?;
+        if let Ok(n) = ipnet::Ipv4Net::new(k.data().into(), k.prefix_len() as u8) {
+            snap.decap.insert(IpNet::V4(n));
+        }
+    }
+    let name = map_names::DECAP_ALLOW_V6;
+    let t: LpmTrie<_, [u8; 16], u8> =
+        LpmTrie::try_from(map(name)?).map_err(map_err(name, "opening"))?;
+    for k in t.keys() {
+        let k = k.map_err(map_err(name, "iterating"))?;
+        if let Ok(n) = ipnet::Ipv6Net::new(k.data().into(), k.prefix_len() as u8) {
+            snap.decap.insert(IpNet::V6(n));
+        }
+    }
+    Ok(snap)
+}
+
 /// One recorded [`MapWriter`] call of [`MemoryMaps`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum MapOp {
@@ -622,6 +781,35 @@ impl MemoryMaps {
         let id = self.rings.get(&(table * ring_size + slot))?;
         let b = self.backends.get(id)?;
         Some(crate::maglev::key_addr(b.family, b.addr_be))
+    }
+}
+
+impl MemoryMaps {
+    pub fn snapshot(&self, ring_size: u32) -> MapSnapshot {
+        let mut snap = MapSnapshot {
+            config: self.config,
+            backends: self
+                .backends
+                .iter()
+                .filter(|(_, b)| b.family != 0)
+                .map(|(i, b)| (*i, *b))
+                .collect(),
+            vips: self.vips.clone(),
+            tables: BTreeMap::new(),
+            local_addrs: self
+                .local_addrs
+                .iter()
+                .map(|(f, a)| crate::maglev::key_addr(*f, *a))
+                .collect(),
+            decap: self.decap.clone(),
+        };
+        for t in snap.table_numbers() {
+            let ids = (0..ring_size)
+                .map(|s| self.rings.get(&(t * ring_size + s)).copied().unwrap_or(0))
+                .collect();
+            snap.tables.insert(t, ids);
+        }
+        snap
     }
 }
 
@@ -814,8 +1002,23 @@ impl Dataplane {
     }
 
     pub fn load_object(object: &[u8], geometry: Geometry) -> Result<Self, DataplaneError> {
+        Self::load_object_adopting(object, geometry, &[])
+    }
+
+    /// Like [`Dataplane::load_object`], but the maps named in `adopt` are not created: the
+    /// pinned maps at the given paths are used instead (their layout checked beforehand, see
+    /// [`crate::pins`]). Publishing state is not learnt here: see [`Dataplane::adopt_maps`].
+    pub fn load_object_adopting(
+        object: &[u8],
+        geometry: Geometry,
+        adopt: &[(String, PathBuf)],
+    ) -> Result<Self, DataplaneError> {
         assert!(geometry.ring_size <= MAX_RING_SIZE);
-        let ebpf = aya::EbpfLoader::new()
+        let mut loader = aya::EbpfLoader::new();
+        for (name, path) in adopt {
+            loader.map_pin_path(name.as_str(), path.as_path());
+        }
+        let ebpf = loader
             .map_max_entries(map_names::RINGS, geometry.ring_entries())
             .map_max_entries(map_names::VIPS, geometry.max_vips)
             .map_max_entries(map_names::VIP_STATS, geometry.max_vips)
@@ -851,6 +1054,13 @@ impl Dataplane {
     /// The XDP program, loaded into the kernel, ready for `attach` or `test_run`.
     pub fn program_mut(&mut self) -> Result<&mut Xdp, DataplaneError> {
         self.program_mut_unloaded()
+    }
+
+    /// Teaches the publisher what adopted maps hold (see [`Publisher::adopt`]).
+    pub fn adopt_maps(&mut self) -> Result<MapSnapshot, DataplaneError> {
+        let snap = snapshot(&self.ebpf, self.publisher.geometry())?;
+        self.publisher.adopt(&snap);
+        Ok(snap)
     }
 
     pub fn ebpf(&self) -> &aya::Ebpf {
@@ -889,8 +1099,9 @@ impl Dataplane {
         )
     }
 
-    /// Pins every map under `dir` (created if missing), replacing stale pins of a previous run.
+    /// Pins every map as `dir/maps/<NAME>` (see [`crate::pins`]), replacing stale pins.
     pub fn pin_maps(&self, dir: &Path) -> Result<(), DataplaneError> {
+        let dir = &crate::pins::PinLayout::new(dir).maps_dir();
         std::fs::create_dir_all(dir).map_err(|source| DataplaneError::Io {
             what: "creating the pin directory (is bpffs mounted at /sys/fs/bpf?)",
             path: dir.into(),
@@ -910,10 +1121,12 @@ impl Dataplane {
     }
 }
 
-/// Removes the pins [`Dataplane::pin_maps`] creates (missing ones are fine), and `dir` if empty.
+/// Removes the pins [`Dataplane::pin_maps`] creates (missing ones are fine), and `dir/maps` if
+/// empty.
 pub fn unpin_maps(dir: &Path) -> Result<(), DataplaneError> {
+    let layout = crate::pins::PinLayout::new(dir);
     for name in ALL_MAPS {
-        let path = dir.join(name);
+        let path = layout.map(name);
         match std::fs::remove_file(&path) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -926,6 +1139,7 @@ pub fn unpin_maps(dir: &Path) -> Result<(), DataplaneError> {
             }
         }
     }
+    let _ = std::fs::remove_dir(layout.maps_dir());
     Ok(())
 }
 
@@ -1190,6 +1404,51 @@ weight = 0
         let id3 = p.backend_id("198.18.10.3".parse().unwrap()).unwrap();
         assert_eq!(m.backends[&id2].flags, 0);
         assert_eq!(m.backends[&id3].flags, BACKEND_F_LOCAL);
+    }
+
+    #[test]
+    fn an_adopting_publisher_rewrites_nothing_for_the_same_config() {
+        let (c, local, mut p, mut m) = setup(CFG, &["198.18.10.2"]);
+        let d = DesiredState::new(&c, &local).unwrap();
+        p.apply(&mut m, &d).unwrap();
+        // A second change, so that prev_table is in use too.
+        let c2 = Config::parse(&CFG.replacen("weight = 2", "weight = 3", 1)).unwrap();
+        let d2 = DesiredState::new(&c2, &local).unwrap();
+        p.apply(&mut m, &d2).unwrap();
+        let before = (m.vips.clone(), m.backends.clone());
+
+        let mut q = Publisher::new(Geometry::of(&c2));
+        q.adopt(&m.snapshot(101));
+        m.journal.clear();
+        let r = q.apply(&mut m, &d2).unwrap();
+        assert!(m.journal.is_empty(), "{:?}", m.journal);
+        assert!(r.vips.iter().all(|v| !v.changed));
+        assert_eq!((m.vips.clone(), m.backends.clone()), before);
+        assert_eq!(q.id_map(), p.id_map());
+
+        // A change after adoption goes to the table that is neither live nor previous.
+        let k = vip_key("203.0.113.10".parse().unwrap(), 80, 6);
+        let v = m.vips[&k];
+        q.apply(&mut m, &d).unwrap();
+        let w = m.vips[&k];
+        assert_eq!(w.prev_table, v.table);
+        assert!(w.table != v.table && w.table != v.prev_table);
+        // New backends get ids the adopted ones do not use, with a newer generation.
+        let c3 = Config::parse(&CFG.replace("198.18.10.9", "198.18.10.7")).unwrap();
+        q.apply(&mut m, &DesiredState::new(&c3, &local).unwrap())
+            .unwrap();
+        let id7 = q.backend_id("198.18.10.7".parse().unwrap()).unwrap();
+        let gens: Vec<u16> = m.backends.values().map(|b| b.generation).collect();
+        assert_eq!(m.backends[&id7].generation, *gens.iter().max().unwrap());
+        assert_eq!(
+            m.backends.values().filter(|b| b.family != 0).count(),
+            m.backends
+                .values()
+                .filter(|b| b.family != 0)
+                .map(|b| b.addr_be)
+                .collect::<BTreeSet<_>>()
+                .len()
+        );
     }
 
     #[test]

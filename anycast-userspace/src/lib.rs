@@ -6,6 +6,7 @@
 //! [`agent`]. The fixture tests use [`dataplane::Dataplane`] (see its module docs).
 
 pub mod agent;
+pub mod announce;
 pub mod api;
 pub mod cli;
 pub mod config;
@@ -16,6 +17,7 @@ pub mod host;
 pub mod maglev;
 pub mod metrics;
 pub mod model;
+pub mod pins;
 pub mod stats;
 
 /// The compiled XDP object.

@@ -40,7 +40,25 @@ fn main() -> ExitCode {
 
 fn run(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Agent { config, xdp_mode } => {
+        Command::Agent {
+            config,
+            detach: true,
+            ..
+        }
+        | Command::Detach { config } => {
+            let c = Config::load(&config)?;
+            let report = agent::detach(&c).map_err(|e| anyhow!(agent::error_chain(&e)))?;
+            if report.removed.is_empty() {
+                println!("nothing pinned under {}", c.agent.pin_path.display());
+            }
+            for p in report.removed {
+                println!("removed {}", p.display());
+            }
+            Ok(())
+        }
+        Command::Agent {
+            config, xdp_mode, ..
+        } => {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
@@ -87,6 +105,46 @@ fn run(command: Command) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::DrainEdge {
+            timeout,
+            quiet_ms,
+            api,
+        } => {
+            let r = anycast::announce::drain_edge_and_wait(
+                &api.socket,
+                std::time::Duration::from_secs(timeout),
+                std::time::Duration::from_millis(quiet_ms),
+            )
+            .map_err(|e| anyhow!(e))?;
+            if api.json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                println!(
+                    "edge drained: every VIP withdrawn from BGP{} after {} ms",
+                    if r.prefixes_still_announced.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" except {}", r.prefixes_still_announced.join(", "))
+                    },
+                    r.withdrawn_ms
+                );
+                match r.quiet_after_ms {
+                    Some(ms) => println!(
+                        "VIP traffic stopped {ms} ms after the drain ({} packets in between)",
+                        r.packets_after_drain
+                    ),
+                    None => println!(
+                        "VIP traffic still flowing after {timeout} s ({} packets since the drain)",
+                        r.packets_after_drain
+                    ),
+                }
+            }
+            if r.timed_out {
+                std::process::exit(2);
+            }
+            Ok(())
+        }
+        Command::UndrainEdge { api } => change(&api, &Request::UndrainEdge),
         Command::Drain { backend, vip, api } => change(&api, &Request::Drain { vip, backend }),
         Command::Undrain { backend, vip, api } => change(&api, &Request::Undrain { vip, backend }),
         Command::SetWeight {

@@ -146,6 +146,19 @@ pub fn render(status: &Status, stats: Option<&Stats>) -> String {
             f.sample(n, &[("vip", &v.vip.to_string()), ("fingerprint", fp)], 1);
         }
     }
+    if status.bgp.is_some() {
+        let n = "anycast_vip_announced";
+        let mut f = Family::new(
+            &mut out,
+            n,
+            "gauge",
+            "1 while BIRD announces the VIP's prefix over BGP, else 0 (see anycast status for why).",
+        );
+        for v in &status.vips {
+            let on = v.announcement.as_ref().is_some_and(|a| a.announced);
+            f.sample(n, &[("vip", &v.vip.to_string())], u64::from(on));
+        }
+    }
     let n = "anycast_config_reloads_total";
     let mut f = Family::new(&mut out, n, "counter", "Config reloads by result.");
     f.sample(n, &[("result", "ok")], status.reloads_ok);

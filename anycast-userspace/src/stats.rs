@@ -27,6 +27,10 @@ pub struct StateFile {
     pub pid: u32,
     pub ring_size: u32,
     pub ids: IdMap,
+    /// `(interface, mode)` of each attachment, so an agent adopting the pinned links can report
+    /// the mode they were made in.
+    #[serde(default)]
+    pub attached: Vec<(String, String)>,
 }
 
 impl StateFile {
@@ -254,7 +258,7 @@ pub fn read_pinned(pin_path: &Path, ids: &IdMap) -> Result<Stats, DataplaneError
         map_names::VIP_STATS,
         map_names::BACKEND_STATS,
     ] {
-        let path = pin_path.join(name);
+        let path = crate::pins::PinLayout::new(pin_path).map(name);
         let data = MapData::from_pin(&path)
             .map_err(map_err(name, format!("opening pin {}", path.display())))?;
         let map = Map::from_map_data(data).map_err(map_err(name, "reading map info".into()))?;
@@ -287,6 +291,7 @@ mod tests {
                 vips: vec![(0, "203.0.113.10:80/tcp".into())],
                 backends: vec![(3, "198.18.10.2".parse().unwrap(), true)],
             },
+            attached: vec![("eth0".into(), "native".into())],
         };
         s.write(&path).unwrap();
         assert_eq!(StateFile::read(&path).unwrap(), s);

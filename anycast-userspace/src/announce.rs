@@ -1,0 +1,1047 @@
+//! BGP announcement of the VIPs through BIRD 2, driven by the dataplane's state and health.
+//!
+//! Each VIP address is one prefix (`/32` or `/128`) held by one BIRD `protocol static` named
+//! after it ([`protocol_name`]: `anycast_vip_203_0_113_10`, `anycast_vip_2001_db8_0_0_0_0_0_10`),
+//! disabled in BIRD's config. Announcing is `enable <proto>` and withdrawing `disable <proto>` on
+//! BIRD's control socket: per prefix, in milliseconds, without reconfiguring BIRD.
+//!
+//! Two modes ([`BgpMode`]):
+//! - **managed**: the agent writes BIRD's config from `[bgp]` ([`bird_config`]) and runs
+//!   `bird -f` as its child with `PR_SET_PDEATHSIG` = SIGKILL, so BIRD cannot outlive the agent: if
+//!   the agent dies, BIRD dies, its BGP sessions close and the peers withdraw at once (or after
+//!   the BFD detection time when the host itself is gone).
+//! - **external**: the operator runs BIRD and declares the static protocols with the names above
+//!   (disabled); the agent only enables and disables them over `bgp.bird_socket`.
+//!
+//! The policy ([`desired`]) is a pure function of the agent's status: a VIP qualifies while the
+//! program is attached, its table is written, and at least `bgp.min_healthy_backends` of its
+//! backends are in the table and healthy (or unchecked; a backend still *pending* its first
+//! check does not count). A prefix is announced while every VIP on its address qualifies and
+//! the edge is not drained (`anycast drain-edge`). On shutdown everything is withdrawn first.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
+use tokio::net::UnixStream;
+use tokio::sync::watch;
+use tracing::{error, info, warn};
+
+use crate::config::ConfigError;
+use crate::control::Status;
+
+/// Prefix of the BIRD protocol names the agent drives.
+pub const PROTOCOL_PREFIX: &str = "anycast_vip_";
+pub const DEFAULT_RUN_DIR: &str = "/run/anycast/bird";
+
+/// The `[bgp]` section as serde sees it.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBgp {
+    pub bird_socket: Option<String>,
+    pub local_as: Option<i64>,
+    pub router_id: Option<String>,
+    #[serde(default)]
+    pub neighbors: Vec<RawNeighbor>,
+    pub bfd: Option<bool>,
+    pub bfd_interval_ms: Option<i64>,
+    pub bfd_multiplier: Option<i64>,
+    pub hold_time: Option<i64>,
+    pub keepalive_time: Option<i64>,
+    pub min_healthy_backends: Option<i64>,
+    pub bird_binary: Option<String>,
+    pub run_dir: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawNeighbor {
+    pub address: String,
+    #[serde(rename = "as")]
+    pub asn: i64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct BgpConfig {
+    pub mode: BgpMode,
+    pub min_healthy_backends: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "mode", rename_all = "snake_case")]
+pub enum BgpMode {
+    Managed(ManagedBird),
+    External { bird_socket: PathBuf },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ManagedBird {
+    pub local_as: u32,
+    pub router_id: Ipv4Addr,
+    pub neighbors: Vec<Neighbor>,
+    pub bfd: bool,
+    pub bfd_interval_ms: u32,
+    pub bfd_multiplier: u32,
+    pub hold_time: u32,
+    pub keepalive_time: u32,
+    pub bird_binary: PathBuf,
+    /// `bird.conf` and `bird.ctl` go here.
+    pub run_dir: PathBuf,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Neighbor {
+    pub address: IpAddr,
+    pub asn: u32,
+}
+
+impl BgpConfig {
+    pub fn socket(&self) -> PathBuf {
+        match &self.mode {
+            BgpMode::Managed(m) => m.run_dir.join("bird.ctl"),
+            BgpMode::External { bird_socket } => bird_socket.clone(),
+        }
+    }
+
+    pub fn mode_name(&self) -> &'static str {
+        match self.mode {
+            BgpMode::Managed(_) => "managed",
+            BgpMode::External { .. } => "external",
+        }
+    }
+}
+
+fn invalid(field: impl Into<String>, problem: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        field: field.into(),
+        problem: problem.into(),
+    }
+}
+
+fn int_in(field: &str, v: i64, lo: i64, hi: i64) -> Result<u32, ConfigError> {
+    if v < lo || v > hi {
+        return Err(invalid(field, format!("{v} is out of range {lo}..={hi}")));
+    }
+    Ok(u32::try_from(v).expect("range checked"))
+}
+
+/// Validates `[bgp]`. `tunnel_source` is the default router id.
+pub fn validate(raw: RawBgp, tunnel_source: Option<Ipv4Addr>) -> Result<BgpConfig, ConfigError> {
+    let RawBgp {
+        bird_socket,
+        local_as,
+        router_id,
+        neighbors,
+        bfd,
+        bfd_interval_ms,
+        bfd_multiplier,
+        hold_time,
+        keepalive_time,
+        min_healthy_backends,
+        bird_binary,
+        run_dir,
+    } = raw;
+    let min_healthy_backends = int_in(
+        "bgp.min_healthy_backends",
+        min_healthy_backends.unwrap_or(1),
+        0,
+        i64::from(u32::MAX),
+    )?;
+    if let Some(sock) = bird_socket {
+        if sock.is_empty() {
+            return Err(invalid("bgp.bird_socket", "empty path"));
+        }
+        // External BIRD: its config is the operator's, so managed-mode fields would be ignored.
+        let managed_only = [
+            ("local_as", local_as.is_some()),
+            ("router_id", router_id.is_some()),
+            ("neighbors", !neighbors.is_empty()),
+            ("bfd", bfd.is_some()),
+            ("bfd_interval_ms", bfd_interval_ms.is_some()),
+            ("bfd_multiplier", bfd_multiplier.is_some()),
+            ("hold_time", hold_time.is_some()),
+            ("keepalive_time", keepalive_time.is_some()),
+            ("bird_binary", bird_binary.is_some()),
+            ("run_dir", run_dir.is_some()),
+        ];
+        if let Some((f, _)) = managed_only.iter().find(|(_, set)| *set) {
+            return Err(invalid(
+                format!("bgp.{f}"),
+                "only for a BIRD the agent manages; with bgp.bird_socket (external BIRD) it belongs in BIRD's own config",
+            ));
+        }
+        return Ok(BgpConfig {
+            mode: BgpMode::External {
+                bird_socket: PathBuf::from(sock),
+            },
+            min_healthy_backends,
+        });
+    }
+    let local_as = int_in(
+        "bgp.local_as",
+        local_as.ok_or_else(|| {
+            invalid(
+                "bgp.local_as",
+                "required (or set bgp.bird_socket to drive a BIRD you run yourself)",
+            )
+        })?,
+        1,
+        i64::from(u32::MAX),
+    )?;
+    let router_id = match router_id {
+        Some(r) => r
+            .parse()
+            .map_err(|_| invalid("bgp.router_id", format!("{r:?} is not an IPv4 address")))?,
+        None => tunnel_source.ok_or_else(|| {
+            invalid(
+                "bgp.router_id",
+                "required when agent.tunnel_source is not set (BGP router ids are IPv4 addresses)",
+            )
+        })?,
+    };
+    if neighbors.is_empty() {
+        return Err(invalid(
+            "bgp.neighbors",
+            "at least one neighbor ({ address = \"ADDR\", as = ASN }) is needed",
+        ));
+    }
+    let mut seen = BTreeSet::new();
+    let mut ns = Vec::new();
+    for (i, n) in neighbors.into_iter().enumerate() {
+        let f = format!("bgp.neighbors[{i}]");
+        let address: IpAddr = n.address.parse().map_err(|_| {
+            invalid(
+                format!("{f}.address"),
+                format!("{:?} is not an IP address", n.address),
+            )
+        })?;
+        if !seen.insert(address) {
+            return Err(invalid(
+                format!("{f}.address"),
+                format!("duplicate neighbor {address}"),
+            ));
+        }
+        let asn = int_in(&format!("{f}.as"), n.asn, 1, i64::from(u32::MAX))?;
+        ns.push(Neighbor { address, asn });
+    }
+    let hold = int_in("bgp.hold_time", hold_time.unwrap_or(3), 0, 65535)?;
+    // RFC 4271 section 4.2: the hold time is zero or at least three seconds.
+    if hold != 0 && hold < 3 {
+        return Err(invalid(
+            "bgp.hold_time",
+            format!("{hold} s: must be 0 or at least 3 (RFC 4271, 4.2)"),
+        ));
+    }
+    let keepalive = int_in(
+        "bgp.keepalive_time",
+        keepalive_time.unwrap_or(i64::from(hold / 3).max(1)),
+        1,
+        65535,
+    )?;
+    if hold != 0 && keepalive >= hold {
+        return Err(invalid(
+            "bgp.keepalive_time",
+            format!("{keepalive} s is not below bgp.hold_time = {hold} s"),
+        ));
+    }
+    let run_dir = PathBuf::from(run_dir.unwrap_or_else(|| DEFAULT_RUN_DIR.to_owned()));
+    if run_dir.as_os_str().is_empty() {
+        return Err(invalid("bgp.run_dir", "empty path"));
+    }
+    Ok(BgpConfig {
+        mode: BgpMode::Managed(ManagedBird {
+            local_as,
+            router_id,
+            neighbors: ns,
+            bfd: bfd.unwrap_or(true),
+            bfd_interval_ms: int_in("bgp.bfd_interval_ms", bfd_interval_ms.unwrap_or(100), 10, 60_000)?,
+            bfd_multiplier: int_in("bgp.bfd_multiplier", bfd_multiplier.unwrap_or(3), 1, 255)?,
+            hold_time: hold,
+            keepalive_time: keepalive,
+            bird_binary: PathBuf::from(bird_binary.unwrap_or_else(|| "bird".to_owned())),
+            run_dir,
+        }),
+        min_healthy_backends,
+    })
+}
+
+/// The BIRD protocol that holds `address`'s prefix. BIRD symbols are letters, digits and `_`;
+/// an IPv6 address is written as its eight groups in hex so every address has one name.
+pub fn protocol_name(address: IpAddr) -> String {
+    let body = match address {
+        IpAddr::V4(a) => a
+            .octets()
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("_"),
+        IpAddr::V6(a) => a
+            .segments()
+            .iter()
+            .map(|s| format!("{s:x}"))
+            .collect::<Vec<_>>()
+            .join("_"),
+    };
+    format!("{PROTOCOL_PREFIX}{body}")
+}
+
+fn prefix_of(address: IpAddr) -> String {
+    match address {
+        IpAddr::V4(a) => format!("{a}/32"),
+        IpAddr::V6(a) => format!("{a}/128"),
+    }
+}
+
+/// BIRD's config for managed mode: one disabled static protocol per VIP address, one BGP session
+/// per neighbor exporting only those, BFD on the sessions when configured. No kernel protocol:
+/// the edge learns nothing and the blackhole routes that carry the prefixes never reach its own
+/// routing table. Every edge exports the same attributes (origin IGP, its AS, no MED), which is
+/// what lets routers merge them into one ECMP route.
+pub fn bird_config(m: &ManagedBird, addresses: &BTreeSet<IpAddr>) -> String {
+    use std::fmt::Write as _;
+    let mut s = String::new();
+    let _ = writeln!(s, "# Written by the anycast agent from its [bgp] section; do not edit.");
+    let _ = writeln!(s, "router id {};", m.router_id);
+    let _ = writeln!(s, "log stderr all;");
+    let _ = writeln!(s, "protocol device {{ scan time 10; }}");
+    if m.bfd {
+        let _ = writeln!(
+            s,
+            "protocol bfd anycast_bfd {{\n  interface \"*\" {{ min rx interval {i} ms; min tx interval {i} ms; multiplier {k}; }};\n}}",
+            i = m.bfd_interval_ms,
+            k = m.bfd_multiplier
+        );
+    }
+    for a in addresses {
+        let family = if a.is_ipv4() { "ipv4" } else { "ipv6" };
+        let _ = writeln!(
+            s,
+            "protocol static {} {{\n  disabled;\n  {family};\n  route {} blackhole;\n}}",
+            protocol_name(*a),
+            prefix_of(*a)
+        );
+    }
+    for (i, n) in m.neighbors.iter().enumerate() {
+        let family = if n.address.is_ipv4() { "ipv4" } else { "ipv6" };
+        let _ = writeln!(s, "protocol bgp anycast_peer_{i} {{");
+        let _ = writeln!(s, "  local as {};", m.local_as);
+        let _ = writeln!(s, "  neighbor {} as {};", n.address, n.asn);
+        let _ = writeln!(s, "  hold time {};", m.hold_time);
+        let _ = writeln!(s, "  keepalive time {};", m.keepalive_time);
+        // Defaults are 5 s before the first connect and 60 s after an error: an edge that comes
+        // back should not stay out of the ECMP group for a minute.
+        let _ = writeln!(s, "  connect delay time 1;");
+        let _ = writeln!(s, "  connect retry time 5;");
+        let _ = writeln!(s, "  error wait time 1, 30;");
+        if m.bfd {
+            let _ = writeln!(s, "  bfd on;");
+        }
+        let _ = writeln!(
+            s,
+            "  {family} {{ import none; export where proto ~ \"{PROTOCOL_PREFIX}*\"; next hop self; }};"
+        );
+        let _ = writeln!(s, "}}");
+    }
+    s
+}
+
+/// What the policy wants for one prefix.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Want {
+    pub announce: bool,
+    pub reason: String,
+}
+
+/// What the policy wants for every VIP address.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Desired {
+    pub prefixes: BTreeMap<IpAddr, Want>,
+    /// The agent is stopping: withdraw everything, then stop.
+    pub last: bool,
+}
+
+/// Why a VIP does or does not qualify for announcement (`Ok` = qualifies, with a reason too).
+fn vip_verdict(
+    v: &crate::control::VipStatus,
+    attached: bool,
+    min: u32,
+) -> Result<String, String> {
+    if !attached {
+        return Err("program not attached".into());
+    }
+    if v.fingerprint.is_none() {
+        return Err("no table written".into());
+    }
+    let in_table = |b: &&crate::control::BackendStatus| b.weight_effective > 0 && b.slots > 0;
+    let healthy = v
+        .backends
+        .iter()
+        .filter(in_table)
+        .filter(|b| matches!(b.health, "healthy" | "unchecked"))
+        .count();
+    let pending = v
+        .backends
+        .iter()
+        .filter(in_table)
+        .filter(|b| b.health == "pending")
+        .count();
+    let pending = if pending > 0 {
+        format!(" ({pending} pending a first check)")
+    } else {
+        String::new()
+    };
+    let n = v.backends.len();
+    if (healthy as u64) < u64::from(min) {
+        return Err(format!(
+            "{healthy} of {n} backends healthy{pending}, fewer than bgp.min_healthy_backends = {min}"
+        ));
+    }
+    Ok(format!("{healthy} of {n} backends healthy{pending}"))
+}
+
+/// The policy; see the module docs.
+pub fn desired(status: &Status, min_healthy: u32, edge_drained: bool, stopping: bool) -> Desired {
+    let attached = !status.program.interfaces.is_empty();
+    let mut by_addr: BTreeMap<IpAddr, Vec<(String, Result<String, String>)>> = BTreeMap::new();
+    for v in &status.vips {
+        by_addr
+            .entry(v.vip.address)
+            .or_default()
+            .push((v.vip.to_string(), vip_verdict(v, attached, min_healthy)));
+    }
+    let prefixes = by_addr
+        .into_iter()
+        .map(|(a, verdicts)| {
+            let several = verdicts.len() > 1;
+            let label = |vip: &str, r: &str| {
+                if several {
+                    format!("{vip}: {r}")
+                } else {
+                    r.to_owned()
+                }
+            };
+            let want = if stopping {
+                Want {
+                    announce: false,
+                    reason: "agent stopping".into(),
+                }
+            } else if edge_drained {
+                Want {
+                    announce: false,
+                    reason: "edge drained (anycast drain-edge)".into(),
+                }
+            } else if let Some((vip, Err(r))) = verdicts.iter().find(|(_, r)| r.is_err()) {
+                Want {
+                    announce: false,
+                    reason: label(vip, r),
+                }
+            } else {
+                Want {
+                    announce: true,
+                    reason: verdicts
+                        .iter()
+                        .map(|(vip, r)| label(vip, r.as_deref().unwrap_or_default()))
+                        .collect::<Vec<_>>()
+                        .join("; "),
+                }
+            };
+            (a, want)
+        })
+        .collect();
+    Desired {
+        prefixes,
+        last: stopping,
+    }
+}
+
+/// One prefix as BIRD has it, for `anycast status` and metrics.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct PrefixState {
+    pub prefix: String,
+    pub protocol: String,
+    /// What BIRD was last told successfully (false until then).
+    pub announced: bool,
+    /// What the policy wants.
+    pub wanted: bool,
+    pub reason: String,
+    /// Unix time of the last change of `announced`.
+    pub since: u64,
+}
+
+/// The announcer's state, shared with the controller for `anycast status` and metrics.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct AnnounceStatus {
+    pub mode: &'static str,
+    pub bird_socket: PathBuf,
+    /// `connected`, `connecting` (with the last error) or `stopped`.
+    pub bird: String,
+    pub edge_drained: bool,
+    pub min_healthy_backends: u32,
+    /// Per VIP in `anycast status` (`vips[].announcement`).
+    #[serde(skip)]
+    pub prefixes: BTreeMap<IpAddr, PrefixState>,
+}
+
+/// The controller's side of the announcer: feeds it the policy's input, reads its state.
+pub struct Handle {
+    cfg: BgpConfig,
+    tx: watch::Sender<Desired>,
+    shared: Arc<Mutex<AnnounceStatus>>,
+    edge_drained: bool,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Handle {
+    pub fn config(&self) -> &BgpConfig {
+        &self.cfg
+    }
+
+    pub fn status(&self) -> AnnounceStatus {
+        let mut s = self.shared.lock().expect("announce state").clone();
+        s.edge_drained = self.edge_drained;
+        s
+    }
+
+    pub fn edge_drained(&self) -> bool {
+        self.edge_drained
+    }
+
+    pub fn set_edge_drained(&mut self, drained: bool) {
+        self.edge_drained = drained;
+    }
+
+    /// Recomputes the policy from `status` and hands it to the task if it changed.
+    pub fn update(&self, status: &Status) {
+        let d = desired(status, self.cfg.min_healthy_backends, self.edge_drained, false);
+        self.tx.send_if_modified(|cur| {
+            if *cur == d {
+                false
+            } else {
+                *cur = d;
+                true
+            }
+        });
+    }
+
+    /// Withdraws every prefix and waits (bounded) until BIRD has done it; a managed BIRD is then
+    /// stopped.
+    pub async fn shutdown(mut self, status: &Status) {
+        let d = desired(status, self.cfg.min_healthy_backends, self.edge_drained, true);
+        let _ = self.tx.send(d);
+        if let Some(task) = self.task.take() {
+            match tokio::time::timeout(Duration::from_secs(3), task).await {
+                Ok(_) => {}
+                Err(_) => warn!("BGP withdrawal on shutdown did not finish within 3 s"),
+            }
+        }
+    }
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        if let Some(t) = &self.task {
+            t.abort();
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BirdError {
+    #[error("{what} {path}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("BIRD answered {command:?} with {reply:?}")]
+    Refused { command: String, reply: String },
+    #[error("BIRD closed the control connection")]
+    Closed,
+    #[error("BIRD did not answer {0:?} within 5 s")]
+    Timeout(String),
+}
+
+/// A connection to BIRD's control socket (the protocol `birdc` speaks): one command per line;
+/// a reply is lines `CODE-text` or ` text`, ending with a line `CODE text`. Codes 8xxx and 9xxx
+/// are errors.
+pub struct BirdClient {
+    path: PathBuf,
+    read: BufReader<tokio::net::unix::OwnedReadHalf>,
+    write: tokio::net::unix::OwnedWriteHalf,
+}
+
+impl BirdClient {
+    pub async fn connect(path: &Path) -> Result<Self, BirdError> {
+        let s = UnixStream::connect(path).await.map_err(|source| BirdError::Io {
+            what: "connecting to BIRD's control socket",
+            path: path.to_owned(),
+            source,
+        })?;
+        let (r, w) = s.into_split();
+        let mut c = Self {
+            path: path.to_owned(),
+            read: BufReader::new(r),
+            write: w,
+        };
+        c.reply("(greeting)").await?;
+        Ok(c)
+    }
+
+    async fn reply(&mut self, command: &str) -> Result<Vec<String>, BirdError> {
+        let mut lines = Vec::new();
+        let read = async {
+            loop {
+                let mut l = String::new();
+                let n = self.read.read_line(&mut l).await.map_err(|source| BirdError::Io {
+                    what: "reading from BIRD's control socket",
+                    path: self.path.clone(),
+                    source,
+                })?;
+                if n == 0 {
+                    return Err(BirdError::Closed);
+                }
+                let l = l.trim_end_matches('\n').to_owned();
+                let b = l.as_bytes();
+                let end = b.len() >= 5 && b[..4].iter().all(u8::is_ascii_digit) && b[4] == b' ';
+                let code = (b.len() >= 4 && b[..4].iter().all(u8::is_ascii_digit)).then(|| b[0]);
+                lines.push(l);
+                if matches!(code, Some(b'8' | b'9')) && end {
+                    return Err(BirdError::Refused {
+                        command: command.to_owned(),
+                        reply: lines.join(" | "),
+                    });
+                }
+                if end {
+                    return Ok(());
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(5), read)
+            .await
+            .map_err(|_| BirdError::Timeout(command.to_owned()))??;
+        Ok(lines)
+    }
+
+    /// Sends one command and returns its reply lines.
+    pub async fn command(&mut self, command: &str) -> Result<Vec<String>, BirdError> {
+        let mut line = command.to_owned();
+        line.push('\n');
+        self.write
+            .write_all(line.as_bytes())
+            .await
+            .map_err(|source| BirdError::Io {
+                what: "writing to BIRD's control socket",
+                path: self.path.clone(),
+                source,
+            })?;
+        self.reply(command).await
+    }
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Starts the announcer for `addresses` (every VIP address of the config). In managed mode it
+/// writes BIRD's config and starts BIRD; then it applies the policy as it changes. Nothing is
+/// announced before the first [`Handle::update`].
+pub fn start(cfg: BgpConfig, addresses: &BTreeSet<IpAddr>) -> Result<Handle, BirdError> {
+    let socket = cfg.socket();
+    let shared = Arc::new(Mutex::new(AnnounceStatus {
+        mode: cfg.mode_name(),
+        bird_socket: socket.clone(),
+        bird: "connecting".into(),
+        edge_drained: false,
+        min_healthy_backends: cfg.min_healthy_backends,
+        prefixes: addresses
+            .iter()
+            .map(|a| {
+                (
+                    *a,
+                    PrefixState {
+                        prefix: prefix_of(*a),
+                        protocol: protocol_name(*a),
+                        announced: false,
+                        wanted: false,
+                        reason: "starting".into(),
+                        since: now(),
+                    },
+                )
+            })
+            .collect(),
+    }));
+    let bird = match &cfg.mode {
+        BgpMode::Managed(m) => Some(spawn_bird(m, addresses)?),
+        BgpMode::External { .. } => None,
+    };
+    let (tx, rx) = watch::channel(Desired::default());
+    let task = tokio::spawn(run(socket, rx, shared.clone(), bird));
+    Ok(Handle {
+        cfg,
+        tx,
+        shared,
+        edge_drained: false,
+        task: Some(task),
+    })
+}
+
+fn spawn_bird(m: &ManagedBird, addresses: &BTreeSet<IpAddr>) -> Result<tokio::process::Child, BirdError> {
+    use std::os::unix::fs::DirBuilderExt as _;
+    let io = |what, path: &Path| {
+        let path = path.to_owned();
+        move |source| BirdError::Io { what, path, source }
+    };
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&m.run_dir)
+        .map_err(io("creating", &m.run_dir))?;
+    let conf = m.run_dir.join("bird.conf");
+    let sock = m.run_dir.join("bird.ctl");
+    std::fs::write(&conf, bird_config(m, addresses)).map_err(io("writing", &conf))?;
+    // A socket left by a BIRD that was killed: BIRD refuses to start over a live one only.
+    let _ = std::fs::remove_file(&sock);
+    let mut cmd = tokio::process::Command::new(&m.bird_binary);
+    cmd.arg("-f")
+        .arg("-c")
+        .arg(&conf)
+        .arg("-s")
+        .arg(&sock)
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true);
+    let parent = std::process::id();
+    // SAFETY: only async-signal-safe calls (prctl, getppid, setpgid, _exit) between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            // BIRD must not outlive the agent (its announcements would). The death signal is
+            // tied to the thread that forks; the agent's runtime is single-threaded (main.rs),
+            // so that thread is the process's main thread.
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if libc::getppid() as u32 != parent {
+                libc::_exit(1);
+            }
+            // Its own process group: a Ctrl-C at the agent's terminal reaches the agent only,
+            // which withdraws first and then stops BIRD.
+            libc::setpgid(0, 0);
+            Ok(())
+        });
+    }
+    let child = cmd.spawn().map_err(io("starting BIRD", &m.bird_binary))?;
+    info!(
+        pid = child.id().unwrap_or(0),
+        config = %conf.display(),
+        socket = %sock.display(),
+        neighbors = m.neighbors.len(),
+        bfd = m.bfd,
+        "BIRD started (managed; dies with the agent)"
+    );
+    Ok(child)
+}
+
+async fn run(
+    socket: PathBuf,
+    mut rx: watch::Receiver<Desired>,
+    shared: Arc<Mutex<AnnounceStatus>>,
+    mut bird: Option<tokio::process::Child>,
+) {
+    let mut client: Option<BirdClient> = None;
+    // What BIRD has, as far as we know; `None` = unknown (new connection): send everything.
+    let mut applied: BTreeMap<IpAddr, bool> = BTreeMap::new();
+    let mut last_error = String::new();
+    loop {
+        if let Some(child) = &mut bird
+            && let Ok(Some(st)) = child.try_wait()
+        {
+            error!(status = %st, "managed BIRD exited; every prefix is withdrawn until the agent restarts");
+            shared.lock().expect("announce state").bird = format!("exited ({st})");
+            for p in shared.lock().expect("announce state").prefixes.values_mut() {
+                if p.announced {
+                    p.announced = false;
+                    p.since = now();
+                }
+            }
+            bird = None;
+            client = None;
+            // Stay in the loop for the policy's sake, but there is nothing to talk to.
+            if rx.borrow().last {
+                return;
+            }
+            if rx.changed().await.is_err() {
+                return;
+            }
+            continue;
+        }
+        let want = rx.borrow_and_update().clone();
+        if client.is_none() {
+            match BirdClient::connect(&socket).await {
+                Ok(c) => {
+                    info!(socket = %socket.display(), "connected to BIRD");
+                    shared.lock().expect("announce state").bird = "connected".into();
+                    client = Some(c);
+                    applied.clear();
+                    last_error.clear();
+                }
+                Err(e) => {
+                    let msg = crate::control::error_chain(&e);
+                    if msg != last_error {
+                        warn!(error = %msg, "BIRD not reachable yet; retrying");
+                        last_error = msg.clone();
+                    }
+                    shared.lock().expect("announce state").bird = format!("connecting: {msg}");
+                    if want.last {
+                        break;
+                    }
+                    tokio::select! {
+                        r = rx.changed() => if r.is_err() { break },
+                        () = tokio::time::sleep(Duration::from_millis(100)) => {}
+                    }
+                    continue;
+                }
+            }
+        }
+        let c = client.as_mut().expect("connected above");
+        let mut failed = false;
+        for (addr, w) in &want.prefixes {
+            {
+                let mut s = shared.lock().expect("announce state");
+                if let Some(p) = s.prefixes.get_mut(addr) {
+                    p.wanted = w.announce;
+                    p.reason.clone_from(&w.reason);
+                }
+            }
+            if applied.get(addr) == Some(&w.announce) {
+                continue;
+            }
+            let proto = protocol_name(*addr);
+            let cmd = format!("{} {proto}", if w.announce { "enable" } else { "disable" });
+            match c.command(&cmd).await {
+                Ok(_) => {
+                    applied.insert(*addr, w.announce);
+                    let mut s = shared.lock().expect("announce state");
+                    if let Some(p) = s.prefixes.get_mut(addr)
+                        && p.announced != w.announce
+                    {
+                        p.announced = w.announce;
+                        p.since = now();
+                        if w.announce {
+                            info!(prefix = %p.prefix, protocol = %proto, reason = %w.reason, "VIP announced");
+                        } else {
+                            warn!(prefix = %p.prefix, protocol = %proto, reason = %w.reason, "VIP withdrawn");
+                        }
+                    }
+                }
+                Err(e) => {
+                    error!(prefix = %prefix_of(*addr), command = %cmd, error = %crate::control::error_chain(&e), "BIRD command failed");
+                    if !matches!(e, BirdError::Refused { .. }) {
+                        failed = true;
+                        break;
+                    }
+                }
+            }
+        }
+        if failed {
+            client = None;
+            shared.lock().expect("announce state").bird = "connecting: connection lost".into();
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        }
+        if want.last {
+            break;
+        }
+        tokio::select! {
+            r = rx.changed() => if r.is_err() { break },
+            // Notices a dead BIRD child and reconnects after BIRD restarts.
+            () = tokio::time::sleep(Duration::from_secs(1)) => {
+                if let Some(c) = client.as_mut()
+                    && c.command("show status").await.is_err()
+                {
+                    client = None;
+                }
+            }
+        }
+    }
+    if let Some(mut child) = bird {
+        if let Some(pid) = child.id() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+        }
+        if tokio::time::timeout(Duration::from_secs(1), child.wait())
+            .await
+            .is_err()
+        {
+            let _ = child.kill().await;
+        }
+        info!("managed BIRD stopped");
+    }
+    shared.lock().expect("announce state").bird = "stopped".into();
+}
+
+/// What `anycast drain-edge` saw.
+#[derive(Clone, Debug, Serialize)]
+pub struct DrainReport {
+    /// Until BIRD had withdrawn every prefix.
+    pub withdrawn_ms: u64,
+    pub prefixes_still_announced: Vec<String>,
+    /// Until the VIP packet counters stopped growing for the quiet period.
+    pub quiet_after_ms: Option<u64>,
+    /// VIP packets counted after the drain was asked for.
+    pub packets_after_drain: u64,
+    pub timed_out: bool,
+}
+
+fn vip_packets(stats: &serde_json::Value) -> u64 {
+    stats["vips"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|v| v["packets"].as_u64())
+        .sum()
+}
+
+/// The CLI side of `anycast drain-edge`: asks the agent to withdraw every VIP, waits until BIRD
+/// has done it, then until the VIP packet counters have not grown for `quiet` (traffic has moved
+/// to other edges), all within `timeout`.
+pub fn drain_edge_and_wait(
+    socket: &Path,
+    timeout: Duration,
+    quiet: Duration,
+) -> Result<DrainReport, String> {
+    use crate::control::Request;
+    let ask = |r: &Request| -> Result<serde_json::Value, String> {
+        crate::api::call(socket, r)
+            .map_err(|e| crate::control::error_chain(&e))?
+    };
+    let start = std::time::Instant::now();
+    let deadline = start + timeout;
+    let before = vip_packets(&ask(&Request::Stats)?);
+    ask(&Request::DrainEdge)?;
+    let mut still;
+    loop {
+        let st = ask(&Request::Status)?;
+        still = st["vips"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|v| v["announcement"]["announced"] == true)
+            .filter_map(|v| v["announcement"]["prefix"].as_str().map(str::to_owned))
+            .collect::<BTreeSet<String>>();
+        if still.is_empty() || std::time::Instant::now() > deadline {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let withdrawn_ms = start.elapsed().as_millis() as u64;
+    let mut last = vip_packets(&ask(&Request::Stats)?);
+    let mut last_change = std::time::Instant::now();
+    let mut quiet_after_ms = None;
+    while std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+        let now_packets = vip_packets(&ask(&Request::Stats)?);
+        if now_packets != last {
+            last = now_packets;
+            last_change = std::time::Instant::now();
+        } else if last_change.elapsed() >= quiet {
+            quiet_after_ms = Some((last_change - start).as_millis() as u64);
+            break;
+        }
+    }
+    Ok(DrainReport {
+        withdrawn_ms,
+        timed_out: !still.is_empty() || quiet_after_ms.is_none(),
+        prefixes_still_announced: still.into_iter().collect(),
+        quiet_after_ms,
+        packets_after_drain: last.saturating_sub(before),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw(text: &str) -> RawBgp {
+        toml::from_str(text).unwrap()
+    }
+
+    #[test]
+    fn protocol_names_are_bird_symbols_and_unique_per_address() {
+        assert_eq!(
+            protocol_name("203.0.113.10".parse().unwrap()),
+            "anycast_vip_203_0_113_10"
+        );
+        assert_eq!(
+            protocol_name("2001:db8::10".parse().unwrap()),
+            "anycast_vip_2001_db8_0_0_0_0_0_10"
+        );
+    }
+
+    #[test]
+    fn managed_config_is_validated_with_field_names() {
+        let ok = validate(
+            raw("local_as = 65001\nneighbors = [{ address = \"198.18.2.1\", as = 65000 }]"),
+            Some("198.18.2.2".parse().unwrap()),
+        )
+        .unwrap();
+        let BgpMode::Managed(m) = &ok.mode else { panic!() };
+        assert_eq!(m.router_id, "198.18.2.2".parse::<Ipv4Addr>().unwrap());
+        assert_eq!((m.hold_time, m.keepalive_time, m.bfd), (3, 1, true));
+        assert_eq!(ok.min_healthy_backends, 1);
+        let err = |t: &str| validate(raw(t), None).unwrap_err().to_string();
+        assert!(err("neighbors = []").starts_with("bgp.local_as: required"));
+        assert!(err("local_as = 65001\nrouter_id = \"1.1.1.1\"").starts_with("bgp.neighbors:"));
+        assert!(
+            err("local_as = 65001\nneighbors = [{ address = \"x\", as = 1 }]")
+                .starts_with("bgp.router_id: required")
+        );
+        assert!(
+            err("local_as = 65001\nrouter_id = \"1.1.1.1\"\nneighbors = [{ address = \"x\", as = 1 }]")
+                .starts_with("bgp.neighbors[0].address: \"x\" is not an IP address")
+        );
+        assert!(
+            err("local_as = 65001\nrouter_id = \"1.1.1.1\"\nhold_time = 2\nneighbors = [{ address = \"1.1.1.2\", as = 1 }]")
+                .starts_with("bgp.hold_time: 2 s")
+        );
+        assert!(
+            err("local_as = 0\nrouter_id = \"1.1.1.1\"\nneighbors = [{ address = \"1.1.1.2\", as = 1 }]")
+                .starts_with("bgp.local_as: 0 is out of range")
+        );
+        assert!(
+            err("bird_socket = \"/run/bird/bird.ctl\"\nlocal_as = 65001")
+                .starts_with("bgp.local_as: only for a BIRD the agent manages")
+        );
+        let ext = validate(raw("bird_socket = \"/run/bird/bird.ctl\""), None).unwrap();
+        assert_eq!(ext.socket(), PathBuf::from("/run/bird/bird.ctl"));
+    }
+
+    #[test]
+    fn generated_bird_config_holds_one_disabled_static_per_address_and_exports_only_those() {
+        let cfg = validate(
+            raw("local_as = 65001\nrouter_id = \"198.18.2.2\"\nneighbors = [{ address = \"198.18.2.1\", as = 65000 }, { address = \"fd00:2::1\", as = 65000 }]"),
+            None,
+        )
+        .unwrap();
+        let BgpMode::Managed(m) = &cfg.mode else { panic!() };
+        let addrs: BTreeSet<IpAddr> = ["203.0.113.10", "2001:db8::10"]
+            .iter()
+            .map(|a| a.parse().unwrap())
+            .collect();
+        let c = bird_config(m, &addrs);
+        assert!(c.contains("protocol static anycast_vip_203_0_113_10 {\n  disabled;\n  ipv4;\n  route 203.0.113.10/32 blackhole;"), "{c}");
+        assert!(c.contains("route 2001:db8::10/128 blackhole;"));
+        assert!(c.contains("neighbor 198.18.2.1 as 65000;"));
+        assert!(c.contains("  ipv4 { import none; export where proto ~ \"anycast_vip_*\"; next hop self; };"));
+        assert!(c.contains("  ipv6 { import none; export where proto ~ \"anycast_vip_*\"; next hop self; };"));
+        assert!(c.contains("bfd on;") && c.contains("multiplier 3;"));
+        assert!(!c.contains("protocol kernel"), "the edge must not install its blackholes");
+    }
+}

@@ -1,0 +1,414 @@
+//! The dataplane's pins in bpffs, and what a starting agent does with pins it finds.
+//!
+//! Layout under `agent.pin_path` (default `/sys/fs/bpf/anycast`):
+//!
+//! | path | object |
+//! |---|---|
+//! | `maps/<NAME>` | every map of the object (`VIPS`, `RINGS`, `BACKENDS`, `CONNS`, the counters, ...) |
+//! | `links/<interface>` | the XDP `bpf_link` of each interface the program is attached to |
+//! | `prog` | the program the links currently run (for `bpftool prog show pinned ...`) |
+//!
+//! The links are what keep the program attached: a `bpf_link` lives as long as a file
+//! descriptor or a pin refers to it, so the dataplane keeps forwarding when the agent exits or
+//! is killed. A starting agent adopts what it finds: maps whose layout matches the new object
+//! are reused (tables, counters and connection tracking carry over), the new program is loaded
+//! against them and swapped into each pinned link with one `BPF_LINK_UPDATE` (the kernel
+//! replaces the program pointer atomically: every packet runs the old program or the new one).
+//!
+//! A map whose layout changed (type, key or value size, capacity, flags) cannot be reused. The
+//! maps the publisher writes (tables, backends, VIPs, addresses, config) and the
+//! connection-tracking map refer to one another by backend id, so if any of them changed, the
+//! whole group is created afresh and republished from the config; counters are replaced one by
+//! one. The running program keeps the maps it has until its link is switched, so packets never
+//! see a half-written replacement; what is lost is counters and tracked connections (a tracked
+//! flow whose table slot is unchanged still lands on the same backend).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anycast_common::map_names;
+use aya::maps::MapData;
+use aya::programs::links::{FdLink, PinnedLink};
+use aya::programs::xdp::XdpLink;
+use aya::programs::{Xdp, XdpMode};
+
+use crate::dataplane::Geometry;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PinError {
+    #[error("parsing the eBPF object's map definitions: {0}")]
+    Object(String),
+    #[error("{what} {path}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("reading pinned map {path}")]
+    Map {
+        path: PathBuf,
+        #[source]
+        source: aya::maps::MapError,
+    },
+    #[error("interface {interface}: {what}")]
+    Link {
+        interface: String,
+        what: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+/// Paths of the pins under one `agent.pin_path`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PinLayout {
+    root: PathBuf,
+}
+
+impl PinLayout {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+    pub fn maps_dir(&self) -> PathBuf {
+        self.root.join("maps")
+    }
+    pub fn map(&self, name: &str) -> PathBuf {
+        self.maps_dir().join(name)
+    }
+    pub fn links_dir(&self) -> PathBuf {
+        self.root.join("links")
+    }
+    pub fn link(&self, interface: &str) -> PathBuf {
+        self.links_dir().join(interface)
+    }
+    pub fn prog(&self) -> PathBuf {
+        self.root.join("prog")
+    }
+
+    /// Interfaces with a pinned link.
+    pub fn pinned_links(&self) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(self.links_dir())
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+
+    pub fn create_dirs(&self) -> Result<(), PinError> {
+        for dir in [self.maps_dir(), self.links_dir()] {
+            std::fs::create_dir_all(&dir).map_err(|source| PinError::Io {
+                what: "creating the pin directory (is bpffs mounted at /sys/fs/bpf?)",
+                path: dir,
+                source,
+            })?;
+        }
+        Ok(())
+    }
+}
+
+/// What the kernel fixes about a map when it is created.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MapLayout {
+    pub map_type: u32,
+    pub key_size: u32,
+    pub value_size: u32,
+    pub max_entries: u32,
+    pub flags: u32,
+}
+
+impl std::fmt::Display for MapLayout {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "type {}, key {} B, value {} B, {} entries, flags {:#x}",
+            self.map_type, self.key_size, self.value_size, self.max_entries, self.flags
+        )
+    }
+}
+
+/// The maps the publisher writes, plus connection tracking, whose values are backend ids: they
+/// are adopted or replaced together (module docs).
+pub const STATE_MAPS: [&str; 8] = [
+    map_names::VIPS,
+    map_names::RINGS,
+    map_names::BACKENDS,
+    map_names::CONFIG,
+    map_names::LOCAL_ADDRS,
+    map_names::DECAP_ALLOW_V4,
+    map_names::DECAP_ALLOW_V6,
+    map_names::CONNS,
+];
+
+/// The layout each map of `object` will have when loaded with `geometry`. Sections (`.rodata`,
+/// `.bss`, ...) are left out: they are per-program data, not state.
+pub fn object_layouts(
+    object: &[u8],
+    geometry: Geometry,
+) -> Result<BTreeMap<String, MapLayout>, PinError> {
+    let obj = aya_obj::Object::parse(object).map_err(|e| PinError::Object(e.to_string()))?;
+    let sized = [
+        (map_names::RINGS, geometry.ring_entries()),
+        (map_names::VIPS, geometry.max_vips),
+        (map_names::VIP_STATS, geometry.max_vips),
+        (map_names::BACKENDS, geometry.max_backends),
+        (map_names::BACKEND_STATS, geometry.max_backends),
+        (map_names::CONNS, geometry.conntrack_size),
+    ];
+    Ok(obj
+        .maps
+        .iter()
+        .filter(|(name, _)| !name.starts_with('.'))
+        .map(|(name, m)| {
+            let max_entries = sized
+                .iter()
+                .find(|(n, _)| n == name)
+                .map_or(m.max_entries(), |(_, v)| *v);
+            (
+                name.clone(),
+                MapLayout {
+                    map_type: m.map_type(),
+                    key_size: m.key_size(),
+                    value_size: m.value_size(),
+                    max_entries,
+                    flags: m.map_flags(),
+                },
+            )
+        })
+        .collect())
+}
+
+fn pinned_layout(path: &Path) -> Result<MapLayout, PinError> {
+    let err = |source| PinError::Map {
+        path: path.to_owned(),
+        source,
+    };
+    let info = MapData::from_pin(path)
+        .and_then(|m| m.info())
+        .map_err(err)?;
+    Ok(MapLayout {
+        map_type: info.map_type().map_err(err)? as u32,
+        key_size: info.key_size(),
+        value_size: info.value_size(),
+        max_entries: info.max_entries(),
+        flags: info.map_flags(),
+    })
+}
+
+/// What a starting agent does with each map.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AdoptPlan {
+    /// Pinned with the expected layout: reused.
+    pub adopt: Vec<(String, PathBuf)>,
+    /// Created by this load (no pin, or the pin was not reusable) and pinned once attached.
+    pub create: Vec<String>,
+    /// Pins not reused, and why.
+    pub replaced: Vec<(String, String)>,
+}
+
+impl AdoptPlan {
+    pub fn adopted(&self, name: &str) -> bool {
+        self.adopt.iter().any(|(n, _)| n == name)
+    }
+
+    /// True when the publisher's maps are reused, so their contents must be learnt.
+    pub fn adopts_state(&self) -> bool {
+        self.adopted(map_names::VIPS)
+    }
+}
+
+/// Decides, map by map, what to reuse (module docs for the grouping rule).
+pub fn plan(
+    layout: &PinLayout,
+    expected: &BTreeMap<String, MapLayout>,
+) -> Result<AdoptPlan, PinError> {
+    let mut found: BTreeMap<&str, Result<(), String>> = BTreeMap::new();
+    for (name, want) in expected {
+        let path = layout.map(name);
+        if !path.exists() {
+            continue;
+        }
+        let have = pinned_layout(&path)?;
+        found.insert(
+            name,
+            if have == *want {
+                Ok(())
+            } else {
+                Err(format!("pinned {have}, this program needs {want}"))
+            },
+        );
+    }
+    let core = &STATE_MAPS[..STATE_MAPS.len() - 1];
+    let state_reusable = core
+        .iter()
+        .all(|n| !expected.contains_key(*n) || matches!(found.get(n), Some(Ok(()))))
+        && !matches!(found.get(map_names::CONNS), Some(Err(_)));
+    let mut plan = AdoptPlan::default();
+    for name in expected.keys() {
+        let in_state = STATE_MAPS.contains(&name.as_str());
+        match found.get(name.as_str()) {
+            Some(Ok(())) if !in_state || state_reusable => {
+                plan.adopt.push((name.clone(), layout.map(name)));
+            }
+            Some(Ok(())) => {
+                plan.replaced.push((
+                    name.clone(),
+                    "the tables and connection-tracking maps are replaced together".into(),
+                ));
+                plan.create.push(name.clone());
+            }
+            Some(Err(why)) => {
+                plan.replaced.push((name.clone(), why.clone()));
+                plan.create.push(name.clone());
+            }
+            None => plan.create.push(name.clone()),
+        }
+    }
+    Ok(plan)
+}
+
+/// Pins the maps `plan` created, replacing pins that were not reused. Called once the program
+/// using them is attached, so a failed start never leaves pins the running program does not use.
+pub fn pin_created_maps(
+    ebpf: &aya::Ebpf,
+    layout: &PinLayout,
+    plan: &AdoptPlan,
+) -> Result<(), PinError> {
+    for name in &plan.create {
+        let Some(map) = ebpf.map(name) else { continue };
+        let path = layout.map(name);
+        remove_pin(&path)?;
+        map.pin(&path).map_err(|e| PinError::Io {
+            what: "pinning map at",
+            path: path.clone(),
+            source: std::io::Error::other(e),
+        })?;
+    }
+    Ok(())
+}
+
+fn remove_pin(path: &Path) -> Result<bool, PinError> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(source) => Err(PinError::Io {
+            what: "removing pin",
+            path: path.to_owned(),
+            source,
+        }),
+    }
+}
+
+/// How an interface got the program.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Attached {
+    /// Its pinned link now runs the new program (one atomic `BPF_LINK_UPDATE`).
+    Replaced,
+    /// Newly attached, and the link pinned.
+    New,
+}
+
+/// Puts `prog` on `interface`: into its pinned link if there is a live one, else by a new
+/// attachment whose link is pinned. Either way the attachment outlives this process.
+pub fn attach_pinned(
+    prog: &mut Xdp,
+    interface: &str,
+    mode: XdpMode,
+    path: &Path,
+) -> Result<Attached, PinError> {
+    let link_err = |what: &str, source: Box<dyn std::error::Error + Send + Sync>| PinError::Link {
+        interface: interface.to_owned(),
+        what: what.to_owned(),
+        source,
+    };
+    if path.exists() {
+        let replaced = PinnedLink::from_pin(path)
+            .map_err(|e| link_err("opening its pinned link", e.into()))
+            .and_then(|p| {
+                XdpLink::try_from(FdLink::from(p))
+                    .map_err(|e| link_err("the pinned link is not an XDP link", e.into()))
+            })
+            .and_then(|link| {
+                prog.attach_to_link(link)
+                    .map_err(|e| link_err("replacing the program of its pinned link", e.into()))
+            });
+        match replaced {
+            Ok(id) => {
+                // The pin keeps the link; this process's descriptor can go.
+                let link = prog
+                    .take_link(id)
+                    .map_err(|e| link_err("taking the link", e.into()))?;
+                drop(FdLink::try_from(link));
+                return Ok(Attached::Replaced);
+            }
+            Err(e) => {
+                // A link whose interface went away is defunct (ENOLINK on update): start over.
+                tracing::warn!(interface, error = %crate::control::error_chain(&e), "pinned link not reusable; attaching afresh");
+                remove_pin(path)?;
+            }
+        }
+    }
+    let id = prog
+        .attach(interface, mode)
+        .map_err(|e| link_err("attaching", e.into()))?;
+    let link = prog
+        .take_link(id)
+        .map_err(|e| link_err("taking the link", e.into()))?;
+    let fd = FdLink::try_from(link).map_err(|e| {
+        link_err(
+            "the kernel attached through netlink, not a bpf_link, which cannot be pinned (needs Linux 5.9+)",
+            e.into(),
+        )
+    })?;
+    fd.pin(path)
+        .map_err(|e| link_err("pinning its link", e.into()))?;
+    Ok(Attached::New)
+}
+
+/// Detaches a pinned link by removing its pin (the link goes when nothing refers to it).
+pub fn remove_link(layout: &PinLayout, interface: &str) -> Result<bool, PinError> {
+    remove_pin(&layout.link(interface))
+}
+
+/// Replaces the `prog` pin with `prog`.
+pub fn pin_program(prog: &mut Xdp, layout: &PinLayout) -> Result<(), PinError> {
+    let path = layout.prog();
+    remove_pin(&path)?;
+    prog.pin(&path).map_err(|e| PinError::Io {
+        what: "pinning the program at",
+        path,
+        source: std::io::Error::other(e),
+    })
+}
+
+/// Removes every pin under `layout`: links first (which detaches the program from every
+/// interface), then the program and the maps, then the directories. Returns what was removed.
+pub fn remove_all(layout: &PinLayout) -> Result<Vec<PathBuf>, PinError> {
+    let mut removed = Vec::new();
+    for dir in [layout.links_dir(), layout.maps_dir()] {
+        let entries: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .map(|d| d.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        for p in entries {
+            if remove_pin(&p)? {
+                removed.push(p);
+            }
+        }
+        if dir == layout.links_dir() {
+            let prog = layout.prog();
+            if remove_pin(&prog)? {
+                removed.push(prog);
+            }
+        }
+        let _ = std::fs::remove_dir(&dir);
+    }
+    let _ = std::fs::remove_dir(layout.root());
+    Ok(removed)
+}
