@@ -486,6 +486,8 @@ async fn attach_and_serve(
             }
             Some(ev) = health_rx.recv() => {
                 ctl.set_health(ev.vip, ev.backend, ev.healthy, &ev.detail);
+                // A burst of health verdicts must not starve the BGP announcer (same thread).
+                tokio::task::yield_now().await;
             }
             Some(call) = calls.recv() => match call {
                 Call::Api(req, reply) => { let _ = reply.send(ctl.handle(req)); }

@@ -228,7 +228,9 @@ pub fn validate(raw: RawBgp, tunnel_source: Option<Ipv4Addr>) -> Result<BgpConfi
         let asn = int_in(&format!("{f}.as"), n.asn, 1, i64::from(u32::MAX))?;
         ns.push(Neighbor { address, asn });
     }
-    let hold = int_in("bgp.hold_time", hold_time.unwrap_or(3), 0, 65535)?;
+    // BIRD's and most routers' default; BFD (on by default) detects a dead edge in well under a
+    // second, so the hold timer is only the fallback.
+    let hold = int_in("bgp.hold_time", hold_time.unwrap_or(90), 0, 65535)?;
     // RFC 4271 section 4.2: the hold time is zero or at least three seconds.
     if hold != 0 && hold < 3 {
         return Err(invalid(
@@ -994,7 +996,7 @@ mod tests {
         .unwrap();
         let BgpMode::Managed(m) = &ok.mode else { panic!() };
         assert_eq!(m.router_id, "198.18.2.2".parse::<Ipv4Addr>().unwrap());
-        assert_eq!((m.hold_time, m.keepalive_time, m.bfd), (3, 1, true));
+        assert_eq!((m.hold_time, m.keepalive_time, m.bfd), (90, 30, true));
         assert_eq!(ok.min_healthy_backends, 1);
         let err = |t: &str| validate(raw(t), None).unwrap_err().to_string();
         assert!(err("neighbors = []").starts_with("bgp.local_as: required"));

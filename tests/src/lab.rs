@@ -33,6 +33,9 @@ use std::time::{Duration, Instant};
 /// Where labs keep their files (agent configs, logs) and their bpffs mounts.
 pub const RUN_DIR: &str = "/run/anycast-lab";
 
+/// How long [`Lab::start_agents`] waits for every agent to attach its program.
+const AGENT_ATTACH_TIMEOUT: Duration = Duration::from_secs(90);
+
 /// Linux interface names have at most 15 bytes (IFNAMSIZ - 1).
 const IFNAMSIZ_MAX: usize = 15;
 
@@ -63,6 +66,11 @@ pub enum LabError {
 }
 
 pub type Result<T, E = LabError> = std::result::Result<T, E>;
+
+/// Long-lived TCP connections with data both ways (`anycast-lab-conns`, route-move tests).
+pub mod conns;
+
+pub use conns::{ConnReport, ConnsOptions, ConnsReport, LongLived};
 
 fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> LabError {
     let what = what.into();
@@ -413,6 +421,16 @@ impl Lab {
         &self.dir
     }
 
+    /// The config file [`Lab::start_agents`] writes for the agent in `ns`.
+    pub fn agent_config_path(&self, ns: &str) -> PathBuf {
+        self.dir.join(format!("agent-{ns}.toml"))
+    }
+
+    /// The control socket of the agent in `ns` (`anycast status --socket PATH`).
+    pub fn agent_socket_path(&self, ns: &str) -> PathBuf {
+        self.dir.join(format!("api-{ns}.sock"))
+    }
+
     fn enter(&self, ns: &str) -> Command {
         let mut c = Command::new("nsenter");
         c.arg(format!("--net=/run/netns/{}", self.ns(ns))).arg("--");
@@ -624,7 +642,9 @@ impl Lab {
                 &[("RUST_LOG", "info")],
             )?;
         }
-        let deadline = Instant::now() + Duration::from_secs(20);
+        // The verifier takes seconds per program, and a 2-core CI machine runs two labs (eight
+        // agents) at once.
+        let deadline = Instant::now() + AGENT_ATTACH_TIMEOUT;
         for spec in self.topology.agents.clone() {
             for interface in &spec.interfaces {
                 let dev = self.ifname(interface)?;
@@ -636,8 +656,9 @@ impl Lab {
                     }
                     if Instant::now() > deadline {
                         return Err(LabError::Setup(format!(
-                            "agent in {} did not attach XDP to {dev} within 20 s; log:\n{}",
+                            "agent in {} did not attach XDP to {dev} within {} s; log:\n{}",
                             spec.ns,
+                            AGENT_ATTACH_TIMEOUT.as_secs(),
                             tail(&self.log(&format!("agent-{}", spec.ns)), 30)
                         )));
                     }
@@ -728,6 +749,180 @@ impl Lab {
             tally
         })
     }
+}
+
+impl Lab {
+    /// Starts `opts.conns` long-lived TCP connections from `ns` to `target` (an
+    /// `anycast-lab-server`), streaming both ways; see [`conns`]. Returns at once: move routes,
+    /// look at [`LongLived::snapshot`], then [`LongLived::stop`] or [`LongLived::wait`].
+    pub fn start_long_lived(
+        &self,
+        ns: &str,
+        target: SocketAddr,
+        opts: ConnsOptions,
+    ) -> Result<LongLived> {
+        LongLived::start_in(&format!("/run/netns/{}", self.ns(ns)), target, opts)
+    }
+
+    /// [`Lab::start_long_lived`] with `n` connections streaming for `duration`, waited for.
+    pub fn long_lived(
+        &self,
+        ns: &str,
+        target: SocketAddr,
+        n: usize,
+        duration: Duration,
+    ) -> Result<ConnsReport> {
+        let opts = ConnsOptions {
+            conns: n,
+            duration,
+            ..ConnsOptions::default()
+        };
+        Ok(self.start_long_lived(ns, target, opts)?.wait())
+    }
+
+    /// Like [`Lab::tcp_flows`], but keeps each flow: its source address and who answered.
+    pub fn tcp_flow_records(
+        &self,
+        ns: &str,
+        target: SocketAddr,
+        count: usize,
+        budget: Duration,
+    ) -> Result<Vec<FlowRecord>> {
+        self.in_netns(ns, || {
+            let deadline = Instant::now() + budget;
+            (0..count)
+                .map_while(|_| {
+                    (Instant::now() < deadline).then(|| {
+                        match tcp_request_from(target, Duration::from_secs(2)) {
+                            Ok((local, name)) => FlowRecord {
+                                local: Some(local),
+                                target,
+                                answer: Ok(name),
+                            },
+                            Err((local, e)) => FlowRecord {
+                                local,
+                                target,
+                                answer: Err(e.to_string()),
+                            },
+                        }
+                    })
+                })
+                .collect()
+        })
+    }
+
+    /// Like [`Lab::udp_flows`], but keeps each flow: its source address and who answered.
+    pub fn udp_flow_records(
+        &self,
+        ns: &str,
+        target: SocketAddr,
+        count: usize,
+        budget: Duration,
+    ) -> Result<Vec<FlowRecord>> {
+        self.in_netns(ns, || {
+            let deadline = Instant::now() + budget;
+            (0..count)
+                .map_while(|i| {
+                    (Instant::now() < deadline).then(|| {
+                        let payload = format!("flow {i}");
+                        match udp_request_from(target, payload.as_bytes(), Duration::from_secs(1)) {
+                            Ok((local, name)) => FlowRecord {
+                                local: Some(local),
+                                target,
+                                answer: Ok(name),
+                            },
+                            Err((local, e)) => FlowRecord {
+                                local,
+                                target,
+                                answer: Err(e.to_string()),
+                            },
+                        }
+                    })
+                })
+                .collect()
+        })
+    }
+}
+
+/// One short flow: from where, to where, and the name of the backend that answered (or why
+/// nothing did).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FlowRecord {
+    pub local: Option<SocketAddr>,
+    pub target: SocketAddr,
+    pub answer: std::result::Result<String, String>,
+}
+
+/// [`tcp_request`] that also tells the connection's source address.
+pub fn tcp_request_from(
+    target: SocketAddr,
+    timeout: Duration,
+) -> std::result::Result<(SocketAddr, String), (Option<SocketAddr>, std::io::Error)> {
+    let mut s = TcpStream::connect_timeout(&target, timeout).map_err(|e| (None, e))?;
+    let local = s.local_addr().map_err(|e| (None, e))?;
+    let result = (|| {
+        s.set_read_timeout(Some(timeout))?;
+        s.set_write_timeout(Some(timeout))?;
+        s.write_all(b"GET / HTTP/1.0\r\n\r\n")?;
+        let mut reply = String::new();
+        s.take(4096).read_to_string(&mut reply)?;
+        reply
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.trim().to_owned())
+            .ok_or_else(|| {
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("not an HTTP reply: {reply:?}"),
+                )
+            })
+    })();
+    result
+        .map(|name| (local, name))
+        .map_err(|e| (Some(local), e))
+}
+
+/// Repeats `f` while it fails with EINTR (a signal for another thread of a test process can
+/// interrupt a blocking socket call; std's `read_to_string` retries, a bare `recv` does not).
+fn retry_eintr<T>(mut f: impl FnMut() -> std::io::Result<T>) -> std::io::Result<T> {
+    loop {
+        match f() {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            other => return other,
+        }
+    }
+}
+
+/// [`udp_request`] that also tells the socket's source address.
+pub fn udp_request_from(
+    target: SocketAddr,
+    payload: &[u8],
+    timeout: Duration,
+) -> std::result::Result<(SocketAddr, String), (Option<SocketAddr>, std::io::Error)> {
+    let bind: SocketAddr = match target.ip() {
+        IpAddr::V4(_) => "0.0.0.0:0".parse().expect("literal"),
+        IpAddr::V6(_) => "[::]:0".parse().expect("literal"),
+    };
+    let s = UdpSocket::bind(bind).map_err(|e| (None, e))?;
+    s.connect(target).map_err(|e| (None, e))?;
+    let local = s.local_addr().map_err(|e| (None, e))?;
+    let result = (|| {
+        s.set_read_timeout(Some(timeout))?;
+        retry_eintr(|| s.send(payload))?;
+        let mut buf = [0u8; 2048];
+        let n = retry_eintr(|| s.recv(&mut buf))?;
+        let reply = &buf[..n];
+        let name_end = reply.iter().position(|b| *b == b' ').unwrap_or(n);
+        if &reply[(name_end + 1).min(n)..] != payload {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "echo does not match the payload",
+            ));
+        }
+        Ok(String::from_utf8_lossy(&reply[..name_end]).into_owned())
+    })();
+    result
+        .map(|name| (local, name))
+        .map_err(|e| (Some(local), e))
 }
 
 impl Drop for Lab {
@@ -850,25 +1045,9 @@ pub fn udp_request(
     payload: &[u8],
     timeout: Duration,
 ) -> std::io::Result<String> {
-    let bind: SocketAddr = match target.ip() {
-        IpAddr::V4(_) => "0.0.0.0:0".parse().expect("literal"),
-        IpAddr::V6(_) => "[::]:0".parse().expect("literal"),
-    };
-    let s = UdpSocket::bind(bind)?;
-    s.connect(target)?;
-    s.set_read_timeout(Some(timeout))?;
-    s.send(payload)?;
-    let mut buf = [0u8; 2048];
-    let n = s.recv(&mut buf)?;
-    let reply = &buf[..n];
-    let name_end = reply.iter().position(|b| *b == b' ').unwrap_or(n);
-    if &reply[(name_end + 1).min(n)..] != payload {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            "echo does not match the payload",
-        ));
-    }
-    Ok(String::from_utf8_lossy(&reply[..name_end]).into_owned())
+    udp_request_from(target, payload, timeout)
+        .map(|(_, name)| name)
+        .map_err(|(_, e)| e)
 }
 
 /// Runs `f` on a new thread that has entered the network namespace named `ns_full`.
@@ -1027,8 +1206,23 @@ pub mod reference {
 
     /// The VIPs every edge serves: TCP and UDP on the IPv4 and the IPv6 VIP.
     pub fn vips() -> Vec<VipSpec> {
+        vips_with(&Options::default())
+    }
+
+    /// [`vips`] with the backends weighted as `opts.weights` says.
+    pub fn vips_with(opts: &Options) -> Vec<VipSpec> {
+        let weighted = |addrs: [&str; 3]| -> Vec<(String, u32)> {
+            addrs
+                .iter()
+                .zip(opts.weights)
+                .map(|(a, w)| ((*a).to_owned(), w))
+                .collect()
+        };
         let mut v = Vec::new();
-        for (address, backends) in [(VIP_V4, backends_v4()), (VIP_V6, backends_v6())] {
+        for (address, backends) in [
+            (VIP_V4, weighted([BACKEND1_V4, BACKEND2_V4, EDGE1_V4])),
+            (VIP_V6, weighted([BACKEND1_V6, BACKEND2_V6, EDGE1_V6])),
+        ] {
             for (port, protocol) in [(TCP_PORT, "tcp"), (UDP_PORT, "udp")] {
                 v.push(VipSpec {
                     address: address.to_owned(),
@@ -1039,6 +1233,46 @@ pub mod reference {
             }
         }
         v
+    }
+
+    /// Variations of the reference topology.
+    #[derive(Clone, Debug)]
+    pub struct Options {
+        /// `"ipip"` or `"gue"`: how the edges encapsulate.
+        pub encapsulation: String,
+        /// Weights of backend1, backend2 and edge1 (the order of [`BACKEND_NAMES`]).
+        pub weights: [u32; 3],
+    }
+
+    impl Default for Options {
+        fn default() -> Self {
+            Options {
+                encapsulation: "ipip".to_owned(),
+                weights: [1, 1, 1],
+            }
+        }
+    }
+
+    /// The backend name (as its server answers) of a backend address, IPv4 or IPv6.
+    pub fn backend_name(addr: IpAddr) -> Option<&'static str> {
+        let a = addr.to_string();
+        [
+            (BACKEND1_V4, BACKEND1_V6, BACKEND_NAMES[0]),
+            (BACKEND2_V4, BACKEND2_V6, BACKEND_NAMES[1]),
+            (EDGE1_V4, EDGE1_V6, BACKEND_NAMES[2]),
+        ]
+        .iter()
+        .find(|(v4, v6, _)| a == *v4 || a == *v6)
+        .map(|(_, _, name)| *name)
+    }
+
+    /// The addresses of an edge (what `anycast lookup --local-address` needs to answer for it).
+    pub fn edge_addresses(edge: &str) -> Option<[&'static str; 2]> {
+        match edge {
+            EDGE1 => Some([EDGE1_V4, EDGE1_V6]),
+            EDGE2 => Some([EDGE2_V4, EDGE2_V6]),
+            _ => None,
+        }
     }
 
     fn end(ns: &str, name: &str, v4: &str, v6: &str, len6: u8) -> End {
@@ -1065,13 +1299,20 @@ pub mod reference {
         }
     }
 
-    fn agent(ns: &str, interface: &str, v4: &str, v6: &str, vips: Vec<VipSpec>) -> AgentSpec {
+    fn agent(
+        ns: &str,
+        interface: &str,
+        v4: &str,
+        v6: &str,
+        vips: Vec<VipSpec>,
+        encapsulation: &str,
+    ) -> AgentSpec {
         AgentSpec {
             ns: ns.to_owned(),
             interfaces: vec![interface.to_owned()],
             tunnel_source: Some(v4.to_owned()),
             tunnel_source_v6: Some(v6.to_owned()),
-            encapsulation: "ipip".to_owned(),
+            encapsulation: encapsulation.to_owned(),
             decap_allow: vec!["198.18.0.0/15".to_owned(), "fd00::/8".to_owned()],
             ring_size: RING_SIZE,
             hash_seed: HASH_SEED,
@@ -1081,6 +1322,11 @@ pub mod reference {
 
     /// The reference topology, as data.
     pub fn topology() -> Topology {
+        topology_with(&Options::default())
+    }
+
+    /// The reference topology with other weights or encapsulation.
+    pub fn topology_with(opts: &Options) -> Topology {
         let namespaces = [CLIENT, ROUTER, EDGE1, EDGE2, BACKEND1, BACKEND2]
             .map(str::to_owned)
             .to_vec();
@@ -1175,11 +1421,26 @@ pub mod reference {
             })
             .collect();
 
+        let encap = opts.encapsulation.as_str();
         let agents = vec![
-            agent(EDGE1, "e1-r", EDGE1_V4, EDGE1_V6, vips()),
-            agent(EDGE2, "e2-r", EDGE2_V4, EDGE2_V6, vips()),
-            agent(BACKEND1, "b1-r", BACKEND1_V4, BACKEND1_V6, Vec::new()),
-            agent(BACKEND2, "b2-r", BACKEND2_V4, BACKEND2_V6, Vec::new()),
+            agent(EDGE1, "e1-r", EDGE1_V4, EDGE1_V6, vips_with(opts), encap),
+            agent(EDGE2, "e2-r", EDGE2_V4, EDGE2_V6, vips_with(opts), encap),
+            agent(
+                BACKEND1,
+                "b1-r",
+                BACKEND1_V4,
+                BACKEND1_V6,
+                Vec::new(),
+                encap,
+            ),
+            agent(
+                BACKEND2,
+                "b2-r",
+                BACKEND2_V4,
+                BACKEND2_V6,
+                Vec::new(),
+                encap,
+            ),
         ];
 
         let vip_addrs = vec![VIP_V4.to_owned(), VIP_V6.to_owned()];

@@ -23,5 +23,8 @@ pub fn privileged(test: &str) -> bool {
 /// Network-namespace labs (reference topology, agents, backend servers).
 pub mod lab;
 
+/// The reference lab with BGP: BIRD in the router (ECMP, BFD), agents announcing the VIPs.
+pub mod lab_bgp;
+
 pub mod fixture;
 pub mod packet;

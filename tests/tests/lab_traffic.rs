@@ -34,39 +34,31 @@ fn assert_spread(tally: &FlowTally, what: &str) {
     );
 }
 
+/// One lab for all: starting agents is the slow part of a lab test (the verifier). The detailed
+/// checks (predicted backends, weights, GUE, route moves) are in `lab_steering.rs`.
 #[test]
-fn tcp_flows_to_an_ipv4_vip_are_spread_over_its_backends() {
-    if !anycast_tests::privileged("tcp_flows_to_an_ipv4_vip_are_spread_over_its_backends") {
+fn tcp_and_udp_flows_to_ipv4_and_ipv6_vips_are_spread_over_their_backends_and_ping_passes() {
+    if !anycast_tests::privileged(
+        "tcp_and_udp_flows_to_ipv4_and_ipv6_vips_are_spread_over_their_backends_and_ping_passes",
+    ) {
         return;
     }
     let lab = lab_with_dataplane();
     for edge in [reference::EDGE1, reference::EDGE2] {
         reference::route_vips_to(&lab, edge).expect("routing the VIPs");
-        let tally = lab
-            .tcp_flows(reference::CLIENT, reference::vip_v4_tcp(), FLOWS, BUDGET)
-            .expect("client");
-        assert_spread(&tally, &format!("TCP via {edge}"));
+        for target in [reference::vip_v4_tcp(), reference::vip_v6_tcp()] {
+            let tally = lab
+                .tcp_flows(reference::CLIENT, target, FLOWS, BUDGET)
+                .expect("client");
+            assert_spread(&tally, &format!("TCP to {target} via {edge}"));
+        }
+        for target in [reference::vip_v4_udp(), reference::vip_v6_udp()] {
+            let tally = lab
+                .udp_flows(reference::CLIENT, target, FLOWS, BUDGET)
+                .expect("client");
+            assert_spread(&tally, &format!("UDP to {target} via {edge}"));
+        }
     }
-}
-
-#[test]
-fn udp_datagrams_to_an_ipv4_vip_are_spread_over_its_backends() {
-    if !anycast_tests::privileged("udp_datagrams_to_an_ipv4_vip_are_spread_over_its_backends") {
-        return;
-    }
-    let lab = lab_with_dataplane();
-    let tally = lab
-        .udp_flows(reference::CLIENT, reference::vip_v4_udp(), FLOWS, BUDGET)
-        .expect("client");
-    assert_spread(&tally, "UDP via edge1");
-}
-
-#[test]
-fn traffic_that_is_not_for_a_vip_passes_untouched() {
-    if !anycast_tests::privileged("traffic_that_is_not_for_a_vip_passes_untouched") {
-        return;
-    }
-    let lab = lab_with_dataplane();
     for target in [
         reference::EDGE1_V4,
         reference::EDGE2_V4,
@@ -86,20 +78,4 @@ fn traffic_that_is_not_for_a_vip_passes_untouched() {
             String::from_utf8_lossy(&out.stdout)
         );
     }
-}
-
-#[test]
-fn tcp_and_udp_flows_to_an_ipv6_vip_are_spread_over_its_backends() {
-    if !anycast_tests::privileged("tcp_and_udp_flows_to_an_ipv6_vip_are_spread_over_its_backends") {
-        return;
-    }
-    let lab = lab_with_dataplane();
-    let tally = lab
-        .tcp_flows(reference::CLIENT, reference::vip_v6_tcp(), FLOWS, BUDGET)
-        .expect("client");
-    assert_spread(&tally, "TCP over IPv6 via edge1");
-    let tally = lab
-        .udp_flows(reference::CLIENT, reference::vip_v6_udp(), FLOWS, BUDGET)
-        .expect("client");
-    assert_spread(&tally, "UDP over IPv6 via edge1");
 }

@@ -1,6 +1,7 @@
 //! Running child commands with their output streamed to ours.
 
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicI32, Ordering};
 
 use anyhow::{Context as _, bail};
 
@@ -24,11 +25,15 @@ pub fn run(cmd: &mut Command) -> anyhow::Result<()> {
         .stdin(Stdio::inherit())
         .status()
         .with_context(|| format!("starting {}", describe(cmd)))?;
+    LAST_EXIT_CODE.store(status.code().unwrap_or(-1), Ordering::Relaxed);
     if !status.success() {
         bail!("{} failed: {status}", describe(cmd));
     }
     Ok(())
 }
+
+/// Exit code of the last command [`run`] waited for (-1: killed by a signal).
+pub static LAST_EXIT_CODE: AtomicI32 = AtomicI32::new(0);
 
 /// Runs a command quietly and returns its stdout, or None when it cannot be run or fails.
 pub fn output(program: &str, args: &[&str]) -> Option<String> {

@@ -37,8 +37,10 @@ enum Command {
         #[arg(last = true)]
         args: Vec<String>,
     },
-    /// setup, `cargo build --release`, then the lab demo (`anycast-demo`): a reference topology in
-    /// network namespaces, agents on two edges, client traffic to a VIP. Needs root.
+    /// setup, `cargo build --release`, then the lab demo (`anycast-demo`): the reference topology
+    /// in network namespaces, agents on two edges, long-lived and short TCP connections to a VIP
+    /// in a live view, the route moved from edge1 to edge2 mid-stream. Needs root. Arguments
+    /// after `--` go to the demo: `--seconds S`, `--conns N`, `--flows N`, `--encapsulation gue`.
     Demo {
         #[arg(last = true)]
         args: Vec<String>,
@@ -174,10 +176,20 @@ fn demo(args: &[String]) -> anyhow::Result<()> {
     }
     run(cargo().args(["build", "--release"]).current_dir(&root))?;
     let bin = target_dir()?.join("release");
-    run(std::process::Command::new(bin.join("anycast-demo"))
-        .args(args)
+    let mut demo = std::process::Command::new(bin.join("anycast-demo"));
+    demo.args(args)
         .env("ANYCAST_BIN", bin.join("anycast"))
-        .env("ANYCAST_LAB_SERVER_BIN", bin.join("anycast-lab-server")))
+        .env("ANYCAST_LAB_SERVER_BIN", bin.join("anycast-lab-server"));
+    match run(&mut demo) {
+        // 130: interrupted (Ctrl-C); the demo has deleted its lab and said so.
+        Err(_) if demo_was_interrupted() => std::process::exit(130),
+        other => other,
+    }
+}
+
+/// Whether the last child ended with status 130 (set by [`cmd::run`]).
+fn demo_was_interrupted() -> bool {
+    cmd::LAST_EXIT_CODE.load(std::sync::atomic::Ordering::Relaxed) == 130
 }
 
 fn run_agent(args: &[String]) -> anyhow::Result<()> {

@@ -5,8 +5,11 @@
 //! Usage: `anycast-lab-server NAME TCP_PORT UDP_PORT ADDR...`
 //!
 //! TCP: reads the request (up to a blank line, 4 KiB or 2 s) and answers
-//! `HTTP/1.0 200 OK` with body `NAME\n`, then closes. UDP: answers each datagram with
-//! `NAME <payload>`. It binds each ADDR (the VIPs on `lo`) rather than the wildcard, so UDP
+//! `HTTP/1.0 200 OK` with body `NAME\n`, then closes. A request whose first line is `STREAM`
+//! switches the connection to stream mode instead (used by `anycast-lab-conns`, see
+//! `anycast_tests::lab::conns`): the server answers `NAME\n` and then echoes every byte it
+//! receives until the client closes, so data flows both ways for as long as the client likes.
+//! UDP: answers each datagram with `NAME <payload>`. It binds each ADDR (the VIPs on `lo`) rather than the wildcard, so UDP
 //! replies leave from the VIP the client sent to.
 
 use std::io::{Read as _, Write as _};
@@ -59,15 +62,22 @@ fn answer(mut stream: TcpStream, name: &str) -> std::io::Result<()> {
     stream.set_read_timeout(Some(Duration::from_secs(2)))?;
     let mut buf = [0u8; 4096];
     let mut len = 0;
+    let mut end = None;
     while len < buf.len() {
         let n = stream.read(&mut buf[len..])?;
         if n == 0 {
             break;
         }
         len += n;
-        if buf[..len].windows(4).any(|w| w == b"\r\n\r\n") || buf[..len].ends_with(b"\n\n") {
+        end = request_end(&buf[..len]);
+        if end.is_some() {
             break;
         }
+    }
+    if buf[..len].starts_with(b"STREAM\r\n") || buf[..len].starts_with(b"STREAM\n") {
+        // Bytes after the request belong to the stream (a client may send them at once).
+        let early = buf[end.unwrap_or(len)..len].to_vec();
+        return echo(stream, name, &early);
     }
     let body = format!("{name}\n");
     write!(
@@ -76,6 +86,33 @@ fn answer(mut stream: TcpStream, name: &str) -> std::io::Result<()> {
         body.len()
     )?;
     stream.flush()
+}
+
+/// Where the request's blank line ends, if it has one yet.
+fn request_end(buf: &[u8]) -> Option<usize> {
+    let crlf = buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4);
+    let lf = buf.windows(2).position(|w| w == b"\n\n").map(|i| i + 2);
+    match (crlf, lf) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// Stream mode: the name line, then an echo of everything until EOF. No timeout: the client
+/// bounds the connection's life.
+fn echo(mut stream: TcpStream, name: &str, early: &[u8]) -> std::io::Result<()> {
+    stream.set_read_timeout(None)?;
+    stream.set_nodelay(true)?;
+    stream.write_all(format!("{name}\n").as_bytes())?;
+    stream.write_all(early)?;
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = stream.read(&mut buf)?;
+        if n == 0 {
+            return stream.shutdown(std::net::Shutdown::Write);
+        }
+        stream.write_all(&buf[..n])?;
+    }
 }
 
 fn serve_udp(socket: &UdpSocket, name: &str) {

@@ -1,0 +1,431 @@
+//! The reference lab with BGP instead of hand-set routes: BIRD in the router namespace (ECMP
+//! with `merge paths on`, BFD 100 ms x 3) peering with the two edges, whose agents run a managed
+//! BIRD from their `[bgp]` section and announce the VIPs.
+//!
+//! ```text
+//!                      AS 65000                      AS 65001 (both edges)
+//!   client -- router (BIRD: ECMP, BFD) ==eBGP+BFD== edge1 (agent + its BIRD)
+//!                                      ==eBGP+BFD== edge2 (agent + its BIRD)
+//!                   -- backend1, backend2 (decapsulating agents, servers)
+//! ```
+//!
+//! The router learns each VIP prefix from every edge that announces it and installs one
+//! multipath route; it hashes on the L4 ports (`fib_multipath_hash_policy = 1`), so one client's
+//! connections spread over the edges. Every BIRD started here (the router's through
+//! [`Lab::spawn`], the edges' as children of their agents with a parent-death signal) dies with
+//! the lab; configs, sockets and logs live in the lab's run directory.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use crate::lab::reference::{self, *};
+use crate::lab::{Lab, LabError, Result, ServerSpec, Sysctl, Topology, find_binary};
+
+pub const ROUTER_AS: u32 = 65000;
+/// Both edges: identical attributes (AS path, origin, no MED) are what ECMP needs.
+pub const EDGE_AS: u32 = 65001;
+/// Port of the health-check servers on the backends' own addresses.
+pub const HEALTH_PORT: u16 = 8081;
+pub const EDGES: [&str; 2] = [EDGE1, EDGE2];
+
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    /// Edge1 health-checks its backends (TCP to [`HEALTH_PORT`], every 100 ms, fall 3, rise 2);
+    /// servers on that port run on every backend ([`BgpLab::stop_health_servers`]).
+    pub edge1_health: bool,
+}
+
+/// The router-facing addresses of an edge and of the router's end of its link.
+pub fn edge_link(edge: &str) -> (&'static str, &'static str, &'static str, &'static str) {
+    match edge {
+        EDGE1 => (EDGE1_V4, EDGE1_V6, "198.18.2.1", "fd00:2::1"),
+        EDGE2 => (EDGE2_V4, EDGE2_V6, "198.18.3.1", "fd00:3::1"),
+        other => panic!("{other} is not an edge"),
+    }
+}
+
+fn sysctl(ns: &str, key: &str, value: &str) -> Sysctl {
+    Sysctl {
+        ns: ns.to_owned(),
+        key: key.to_owned(),
+        value: value.to_owned(),
+    }
+}
+
+/// The reference topology without the router's hand-set VIP routes and without the edge agents
+/// (started by [`BgpLab::start`] with a `[bgp]` section).
+pub fn topology(opts: &Options) -> Topology {
+    let mut t = reference::topology();
+    t.routes.retain(|r| {
+        !(r.ns == ROUTER && (r.dst.starts_with(VIP_V4) || r.dst.starts_with(VIP_V6)))
+    });
+    t.agents.retain(|a| !EDGES.contains(&a.ns.as_str()));
+    // L4 hashing: the default (L3) would put every connection of one client on one edge.
+    t.sysctls
+        .push(sysctl(ROUTER, "net.ipv4.fib_multipath_hash_policy", "1"));
+    t.sysctls
+        .push(sysctl(ROUTER, "net.ipv6.fib_multipath_hash_policy", "1"));
+    if opts.edge1_health {
+        t.servers.extend(health_servers("0"));
+    }
+    t
+}
+
+/// Health-check servers on the backends' own addresses, named `hc<generation>-<backend>`.
+fn health_servers(generation: &str) -> Vec<ServerSpec> {
+    [
+        (BACKEND1, BACKEND1_V4, BACKEND1_V6),
+        (BACKEND2, BACKEND2_V4, BACKEND2_V6),
+        (EDGE1, EDGE1_V4, EDGE1_V6),
+    ]
+    .iter()
+    .map(|(ns, v4, v6)| ServerSpec {
+        ns: (*ns).to_owned(),
+        name: format!("hc{generation}-{ns}"),
+        tcp_port: HEALTH_PORT,
+        udp_port: HEALTH_PORT,
+        addrs: vec![(*v4).to_owned(), (*v6).to_owned()],
+    })
+    .collect()
+}
+
+/// The router's BIRD config: one eBGP session per edge and family, BFD on each, ECMP into the
+/// kernel. Imports everything the edges send (they send only VIP prefixes), exports nothing.
+pub fn router_bird_config() -> String {
+    let mut s = String::from(
+        "router id 198.18.1.1;\n\
+         log stderr all;\n\
+         protocol device { scan time 10; }\n\
+         protocol kernel k4 { ipv4 { import none; export all; }; merge paths on; }\n\
+         protocol kernel k6 { ipv6 { import none; export all; }; merge paths on; }\n\
+         protocol bfd { interface \"*\" { min rx interval 200 ms; min tx interval 200 ms; multiplier 5; }; }\n",
+    );
+    for edge in EDGES {
+        let (v4, v6, _, _) = edge_link(edge);
+        for (family, addr) in [("ipv4", v4), ("ipv6", v6)] {
+            s.push_str(&format!(
+                "protocol bgp {edge}_{family} {{\n  local as {ROUTER_AS};\n  neighbor {addr} as {EDGE_AS};\n  \
+                 hold time 9; keepalive time 3; connect delay time 1; connect retry time 2; error wait time 1, 5;\n  \
+                 bfd on;\n  {family} {{ import all; export none; }};\n}}\n"
+            ));
+        }
+    }
+    s
+}
+
+/// A BGP lab: the [`Lab`] plus what it takes to drive and watch the routing.
+pub struct BgpLab {
+    pub lab: Lab,
+    pub opts: Options,
+    bin: String,
+    generation: u32,
+    health_generation: u32,
+}
+
+impl BgpLab {
+    /// Builds the lab, starts the router's BIRD, backends, servers and both edge agents, and
+    /// waits (bounded) until the router has an ECMP route over both edges for both VIPs.
+    pub fn start(opts: Options) -> Result<BgpLab> {
+        let lab = Lab::build(&topology(&opts))?;
+        let bin = find_binary("anycast", "ANYCAST_BIN")?
+            .to_string_lossy()
+            .into_owned();
+        let mut b = BgpLab {
+            lab,
+            opts,
+            bin,
+            generation: 0,
+            health_generation: 0,
+        };
+        b.lab.start_dataplane()?;
+        let conf = b.lab.dir().join("bird-router.conf");
+        std::fs::write(&conf, router_bird_config())
+            .map_err(|e| LabError::Setup(format!("writing {}: {e}", conf.display())))?;
+        let sock = b.router_socket();
+        let (conf, sock_s) = (
+            conf.to_string_lossy().into_owned(),
+            sock.to_string_lossy().into_owned(),
+        );
+        b.lab.spawn(
+            ROUTER,
+            "bird-router",
+            &["bird", "-f", "-c", &conf, "-s", &sock_s],
+            &[],
+        )?;
+        for edge in EDGES {
+            b.start_edge(edge)?;
+        }
+        let all = [EDGE1_V4, EDGE2_V4];
+        b.wait_nexthops(VIP_V4, &all, Duration::from_secs(20))?;
+        b.wait_nexthops(VIP_V6, &[EDGE1_V6, EDGE2_V6], Duration::from_secs(10))?;
+        Ok(b)
+    }
+
+    pub fn router_socket(&self) -> PathBuf {
+        self.lab.dir().join("bird-router.ctl")
+    }
+
+    /// The managed BIRD's directory of `edge`'s agent (config, control socket).
+    pub fn edge_bird_dir(&self, edge: &str) -> PathBuf {
+        self.lab.dir().join(format!("bird-{edge}"))
+    }
+
+    /// `edge`'s agent config: the lab's, plus `[vip.health]` on edge1 when asked, plus `[bgp]`.
+    pub fn edge_config(&self, edge: &str) -> Result<String> {
+        let spec = reference::topology()
+            .agents
+            .into_iter()
+            .find(|a| a.ns == edge)
+            .ok_or_else(|| LabError::Setup(format!("no agent spec for {edge}")))?;
+        let mut text = self.lab.agent_config(&spec)?;
+        if edge == EDGE1 && self.opts.edge1_health {
+            let health = format!(
+                "[vip.health]\nkind = \"tcp\"\nport = {HEALTH_PORT}\ninterval_ms = 100\ntimeout_ms = 100\nrise = 2\nfall = 3\n"
+            );
+            // `[vip.health]` belongs to the [[vip]] above it: put one at the end of each.
+            let mut parts: Vec<String> = text.split("\n[[vip]]\n").map(str::to_owned).collect();
+            for p in parts.iter_mut().skip(1) {
+                if !p.ends_with('\n') {
+                    p.push('\n');
+                }
+                p.push_str(&health);
+            }
+            text = parts.join("\n[[vip]]\n");
+        }
+        let (v4, _, r4, r6) = edge_link(edge);
+        text.push_str(&format!(
+            "\n[bgp]\nlocal_as = {EDGE_AS}\nrouter_id = \"{v4}\"\n\
+             neighbors = [{{ address = \"{r4}\", as = {ROUTER_AS} }}, {{ address = \"{r6}\", as = {ROUTER_AS} }}]\n\
+             bfd_interval_ms = 200\nbfd_multiplier = 5\nhold_time = 9\nkeepalive_time = 3\n\
+             run_dir = {:?}\n",
+            self.edge_bird_dir(edge).display().to_string()
+        ));
+        Ok(text)
+    }
+
+    /// Writes `edge`'s config and starts its agent (which starts its BIRD); waits until XDP is
+    /// attached.
+    pub fn start_edge(&mut self, edge: &str) -> Result<()> {
+        let path = self.lab.agent_config_path(edge);
+        std::fs::write(&path, self.edge_config(edge)?)
+            .map_err(|e| LabError::Setup(format!("writing {}: {e}", path.display())))?;
+        let path = path.to_string_lossy().into_owned();
+        self.generation += 1;
+        let name = format!("agent-{edge}-{}", self.generation);
+        let bin = self.bin.clone();
+        self.lab.spawn(
+            edge,
+            &name,
+            &[&bin, "agent", "--config", &path],
+            &[("RUST_LOG", "info")],
+        )?;
+        let dev = self.lab.ifname(if edge == EDGE1 { "e1-r" } else { "e2-r" })?;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            self.lab.check_alive()?;
+            if self
+                .lab
+                .ip(edge, &["-d", "link", "show", "dev", &dev])?
+                .contains("prog/xdp")
+            {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(LabError::Setup(format!(
+                    "agent in {edge} did not attach within 20 s:\n{}",
+                    self.lab.log(&name)
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The log of `edge`'s current agent (its BIRD logs there too).
+    pub fn edge_log(&self, edge: &str) -> String {
+        (1..=self.generation)
+            .map(|g| self.lab.log(&format!("agent-{edge}-{g}")))
+            .collect::<Vec<_>>()
+            .join("")
+    }
+
+    /// The next hops of the router's route to `vip` (empty: no route).
+    pub fn nexthops(&self, vip: &str) -> Result<Vec<String>> {
+        let family = if vip.contains(':') { "-6" } else { "-4" };
+        let out = self.lab.ip(ROUTER, &[family, "route", "show", vip])?;
+        let mut hops: Vec<String> = out
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .windows(2)
+            .filter(|w| w[0] == "via")
+            .map(|w| w[1].to_owned())
+            .collect();
+        hops.sort();
+        Ok(hops)
+    }
+
+    /// Waits until the router's route to `vip` goes exactly through `want` (any order); returns
+    /// how long that took. Polls every 10 ms.
+    pub fn wait_nexthops(&self, vip: &str, want: &[&str], timeout: Duration) -> Result<Duration> {
+        let start = Instant::now();
+        let mut want: Vec<String> = want.iter().map(|s| (*s).to_owned()).collect();
+        want.sort();
+        loop {
+            let have = self.nexthops(vip)?;
+            if have == want {
+                return Ok(start.elapsed());
+            }
+            if start.elapsed() > timeout {
+                return Err(LabError::Setup(format!(
+                    "the router's route to {vip} goes via {have:?}, not {want:?}, after {timeout:?}\nrouter BIRD:\n{}",
+                    self.birdc_router("show protocols all").unwrap_or_default()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// A command to the router's BIRD.
+    pub fn birdc_router(&self, cmd: &str) -> Result<String> {
+        let sock = self.router_socket().to_string_lossy().into_owned();
+        let mut args = vec!["birdc", "-s", sock.as_str()];
+        args.extend(cmd.split_whitespace());
+        self.lab.exec_ok(ROUTER, &args)
+    }
+
+    pub fn api_socket(&self, edge: &str) -> PathBuf {
+        self.lab.agent_socket_path(edge)
+    }
+
+    /// Runs the `anycast` CLI against `edge`'s agent (`--socket` appended).
+    pub fn anycast(&self, edge: &str, args: &[&str]) -> Result<std::process::Output> {
+        std::process::Command::new(&self.bin)
+            .args(args)
+            .arg("--socket")
+            .arg(self.api_socket(edge))
+            .output()
+            .map_err(|e| LabError::Setup(format!("running anycast {args:?}: {e}")))
+    }
+
+    /// `edge`'s status as JSON (through the control API).
+    pub fn status(&self, edge: &str) -> serde_json::Value {
+        anycast::api::call(&self.api_socket(edge), &anycast::control::Request::Status)
+            .unwrap_or_else(|e| panic!("{edge}: status: {e}"))
+            .unwrap_or_else(|e| panic!("{edge}: status: {e}"))
+    }
+
+    /// Announcement per VIP label of `edge`: (announced, reason).
+    pub fn announcements(&self, edge: &str) -> Vec<(String, bool, String)> {
+        self.status(edge)["vips"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|v| {
+                (
+                    v["vip"].as_str().unwrap_or("?").to_owned(),
+                    v["announcement"]["announced"] == true,
+                    v["announcement"]["reason"].as_str().unwrap_or("").to_owned(),
+                )
+            })
+            .collect()
+    }
+
+    /// Packets `edge`'s dataplane counted for every VIP.
+    pub fn vip_packets(&self, edge: &str) -> u64 {
+        let v = anycast::api::call(&self.api_socket(edge), &anycast::control::Request::Stats)
+            .unwrap_or_else(|e| panic!("{edge}: stats: {e}"))
+            .unwrap_or_else(|e| panic!("{edge}: stats: {e}"));
+        v["vips"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|v| v["packets"].as_u64())
+            .sum()
+    }
+
+    /// Pids of this lab's processes in `ns` whose command line contains `needle`.
+    pub fn pids(&self, ns: &str, needle: &str) -> Vec<i32> {
+        let out = std::process::Command::new("ip")
+            .args(["netns", "pids", &self.lab.ns(ns)])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        out.split_whitespace()
+            .filter_map(|p| p.parse::<i32>().ok())
+            .filter(|p| {
+                std::fs::read(format!("/proc/{p}/cmdline"))
+                    .map(|c| String::from_utf8_lossy(&c).replace('\0', " ").contains(needle))
+                    .unwrap_or(false)
+            })
+            .collect()
+    }
+
+    /// Stops the health-check servers of the current generation (edge1's checks then fail).
+    pub fn stop_health_servers(&self) {
+        for s in health_servers(&self.health_generation.to_string()) {
+            for pid in self.pids(&s.ns, &format!(" {} ", s.name)) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGTERM,
+                );
+            }
+        }
+    }
+
+    /// Starts health-check servers again (a new generation, so logs stay apart).
+    pub fn restart_health_servers(&mut self) -> Result<()> {
+        self.health_generation += 1;
+        let g = self.health_generation.to_string();
+        let bin = find_binary("anycast-lab-server", "ANYCAST_LAB_SERVER_BIN")?
+            .to_string_lossy()
+            .into_owned();
+        for s in health_servers(&g) {
+            let port = s.tcp_port.to_string();
+            let mut args = vec![bin.as_str(), s.name.as_str(), port.as_str(), port.as_str()];
+            args.extend(s.addrs.iter().map(String::as_str));
+            self.lab.spawn(&s.ns, &format!("server-{}", s.name), &args, &[])?;
+        }
+        Ok(())
+    }
+
+    /// Cuts `edge` off as a dead switch port would, without any link going down: both ends'
+    /// neighbour entries point at a MAC nobody has, so nothing either side sends (BGP, BFD,
+    /// VIP packets, the edge's encapsulated packets) is accepted by the other.
+    pub fn black_hole(&self, edge: &str) -> Result<()> {
+        let (e4, e6, r4, r6) = edge_link(edge);
+        let (edev, rdev) = if edge == EDGE1 {
+            (self.lab.ifname("e1-r")?, self.lab.ifname("r-e1")?)
+        } else {
+            (self.lab.ifname("e2-r")?, self.lab.ifname("r-e2")?)
+        };
+        const NOBODY: &str = "02:00:00:00:de:ad";
+        for (ns, dev, addrs) in [(ROUTER, &rdev, [e4, e6]), (edge, &edev, [r4, r6])] {
+            for a in addrs {
+                self.lab.ip(
+                    ns,
+                    &["neigh", "replace", a, "lladdr", NOBODY, "dev", dev, "nud", "permanent"],
+                )?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The `anycast lookup` answer of `edge`'s running agent for a flow: the backend's server name.
+pub fn live_lookup(socket: &std::path::Path, protocol: &str, src: std::net::SocketAddr, dst: std::net::SocketAddr) -> String {
+    let v = anycast::api::call(
+        socket,
+        &anycast::control::Request::Lookup {
+            flow: format!("{protocol} {src} {dst}"),
+        },
+    )
+    .unwrap_or_else(|e| panic!("lookup: {e}"))
+    .unwrap_or_else(|e| panic!("lookup: {e}"));
+    let backend: IpAddr = v["backend"]
+        .as_str()
+        .and_then(|b| b.parse().ok())
+        .unwrap_or_else(|| panic!("lookup {src} -> {dst}: no backend in {v}"));
+    reference::backend_name(backend)
+        .unwrap_or_else(|| panic!("unknown backend {backend}"))
+        .to_owned()
+}
