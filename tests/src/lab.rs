@@ -195,14 +195,24 @@ fn namespace_exists_with_prefix(prefix: &str) -> bool {
         .unwrap_or(false)
 }
 
-fn new_prefix() -> String {
-    loop {
+/// A prefix no other lab uses, claimed by creating its run directory: `mkdir` is atomic, so two
+/// test processes whose pids agree modulo 10,000 cannot both take it (and one's cleanup then
+/// delete the other's namespaces).
+fn new_prefix() -> Result<String> {
+    std::fs::create_dir_all(RUN_DIR).map_err(io_err(format!("creating {RUN_DIR}")))?;
+    for _ in 0..10_000 {
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let prefix = format!("ac{:04}{:02}-", std::process::id() % 10_000, n % 100);
-        if !namespace_exists_with_prefix(&prefix) && !Path::new(RUN_DIR).join(&prefix).exists() {
-            return prefix;
+        if namespace_exists_with_prefix(&prefix) {
+            continue;
+        }
+        match std::fs::create_dir(Path::new(RUN_DIR).join(&prefix)) {
+            Ok(()) => return Ok(prefix),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(io_err(format!("creating {RUN_DIR}/{prefix}"))(e)),
         }
     }
+    Err(LabError::Setup("no free lab prefix".to_owned()))
 }
 
 /// Deletes every namespace whose name starts with `prefix` (killing the processes in it first)
@@ -292,7 +302,7 @@ pub struct Lab {
 impl Lab {
     /// Creates namespaces, sysctls, links, addresses and routes (no BPF, no processes).
     pub fn build(topology: &Topology) -> Result<Lab> {
-        let prefix = new_prefix();
+        let prefix = new_prefix()?;
         let dir = Path::new(RUN_DIR).join(&prefix);
         let bpffs = dir.join("bpf");
         LIVE_LABS.lock().expect("lab registry").push(prefix.clone());
