@@ -507,6 +507,17 @@ impl Lab {
         Ok(())
     }
 
+    /// Sends `signal` to the background processes started with [`Lab::spawn`] under `name`;
+    /// returns how many there were.
+    pub fn signal(&self, name: &str, signal: nix::sys::signal::Signal) -> usize {
+        let mut n = 0;
+        for b in self.background.iter().filter(|b| b.name == name) {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(b.child.id() as i32), signal);
+            n += 1;
+        }
+        n
+    }
+
     /// The log of a background process started with [`Lab::spawn`].
     pub fn log(&self, name: &str) -> String {
         std::fs::read_to_string(self.dir.join(format!("{name}.log"))).unwrap_or_default()

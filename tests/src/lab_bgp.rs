@@ -363,12 +363,15 @@ impl BgpLab {
     /// Stops the health-check servers of the current generation (edge1's checks then fail).
     pub fn stop_health_servers(&self) {
         for s in health_servers(&self.health_generation.to_string()) {
+            // By the handle the lab holds, and by process table as a fallback.
+            let n = self.lab.signal(&format!("server-{}", s.name), nix::sys::signal::Signal::SIGKILL);
             for pid in self.pids(&s.ns, &format!(" {} ", s.name)) {
                 let _ = nix::sys::signal::kill(
                     nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::Signal::SIGTERM,
+                    nix::sys::signal::Signal::SIGKILL,
                 );
             }
+            eprintln!("stopped health server {} ({n} handle(s))", s.name);
         }
     }
 

@@ -598,11 +598,13 @@ fn the_agent_sigkilled_restarted_and_upgraded_under_long_lived_connections_break
     let start = Instant::now();
     while ops.status().is_some() {
         assert!(
-            start.elapsed() < Duration::from_secs(5),
+            // Not a speed check (the stop time is printed): only that SIGTERM ends the agent.
+            start.elapsed() < Duration::from_secs(30),
             "agent did not stop"
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+    println!("OPS agent stopped {:?} after SIGTERM", start.elapsed());
     assert!(
         ops.xdp_attached(),
         "SIGTERM must leave the dataplane attached"
