@@ -10,6 +10,7 @@ use anycast::config::{Config, DEFAULT_PIN_PATH, DEFAULT_STATE_FILE};
 use anycast::control::Request;
 use anycast::model::{self, Decision, Flow};
 use anycast::stats::{self, StateFile, Stats};
+use nix::sys::signal::Signal;
 use anyhow::{Context as _, anyhow};
 use clap::Parser as _;
 use tracing_subscriber::EnvFilter;
@@ -59,6 +60,18 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Agent {
             config, xdp_mode, ..
         } => {
+            // A daemon must hear its stop and reload signals whatever its parent left behind: a
+            // blocked mask or an ignored disposition is inherited across exec (shells start
+            // background jobs with SIGINT ignored; supervisors may block signals).
+            for sig in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
+                // SAFETY: SIG_DFL installs no handler code; tokio installs its own below.
+                let _ = unsafe { nix::sys::signal::signal(sig, nix::sys::signal::SigHandler::SigDfl) };
+            }
+            let mut set = nix::sys::signal::SigSet::empty();
+            set.add(Signal::SIGTERM);
+            set.add(Signal::SIGINT);
+            set.add(Signal::SIGHUP);
+            let _ = set.thread_unblock();
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
