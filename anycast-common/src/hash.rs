@@ -24,7 +24,10 @@ const C2: u32 = 0x1b87_3593;
 #[inline(always)]
 const fn mix(h: u32, k: u32) -> u32 {
     let k = k.wrapping_mul(C1).rotate_left(15).wrapping_mul(C2);
-    (h ^ k).rotate_left(13).wrapping_mul(5).wrapping_add(0xe654_6b64)
+    (h ^ k)
+        .rotate_left(13)
+        .wrapping_mul(5)
+        .wrapping_add(0xe654_6b64)
 }
 
 #[inline(always)]
@@ -133,11 +136,20 @@ mod tests {
         assert_eq!(murmur3_words(1, &[]), 0x514e_28b7);
         assert_eq!(murmur3_words(0xffff_ffff, &[]), 0x81f1_6f39);
         // "test" = 74 65 73 74
-        assert_eq!(murmur3_words(0, &[u32::from_le_bytes(*b"test")]), 0xba6b_d213);
+        assert_eq!(
+            murmur3_words(0, &[u32::from_le_bytes(*b"test")]),
+            0xba6b_d213
+        );
         // "aaaa", seed 0x9747b28c
-        assert_eq!(murmur3_words(0x9747_b28c, &[u32::from_le_bytes(*b"aaaa")]), 0x5a97_808a);
+        assert_eq!(
+            murmur3_words(0x9747_b28c, &[u32::from_le_bytes(*b"aaaa")]),
+            0x5a97_808a
+        );
         // "Hello, world!!!!" is not in the classic list; use "abcd" seed 0x9747b28c.
-        assert_eq!(murmur3_words(0x9747_b28c, &[u32::from_le_bytes(*b"abcd")]), 0xf0478627);
+        assert_eq!(
+            murmur3_words(0x9747_b28c, &[u32::from_le_bytes(*b"abcd")]),
+            0xf0478627
+        );
     }
 
     #[test]
@@ -145,9 +157,14 @@ mod tests {
         let src = addr_word_v4([198, 51, 100, 7]);
         let dst = addr_word_v4([203, 0, 113, 10]);
         let ports = ports_word(40000, 80);
-        assert_eq!(flow_hash_v4(42, src, dst, ports, 6), murmur3_words(42, &[src, dst, ports, 6]));
+        assert_eq!(
+            flow_hash_v4(42, src, dst, ports, 6),
+            murmur3_words(42, &[src, dst, ports, 6])
+        );
         let s6 = addr_words_v6([0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
-        let d6 = addr_words_v6([0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10]);
+        let d6 = addr_words_v6([
+            0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10,
+        ]);
         let mut w = [0u32; 10];
         w[..4].copy_from_slice(&s6);
         w[4..8].copy_from_slice(&d6);
@@ -159,7 +176,10 @@ mod tests {
     #[test]
     fn ports_word_is_the_wire_bytes() {
         // 40000 = 0x9c40, 80 = 0x0050: wire bytes 9c 40 00 50.
-        assert_eq!(ports_word(40000, 80), u32::from_le_bytes([0x9c, 0x40, 0x00, 0x50]));
+        assert_eq!(
+            ports_word(40000, 80),
+            u32::from_le_bytes([0x9c, 0x40, 0x00, 0x50])
+        );
     }
 
     #[test]

@@ -101,11 +101,21 @@ impl VipKey {
         a[1] = addr_be[1];
         a[2] = addr_be[2];
         a[3] = addr_be[3];
-        Self { addr_be: a, port_be: port.to_be(), proto, family: FAMILY_V4 }
+        Self {
+            addr_be: a,
+            port_be: port.to_be(),
+            proto,
+            family: FAMILY_V4,
+        }
     }
 
     pub const fn v6(addr_be: [u8; 16], port: u16, proto: u8) -> Self {
-        Self { addr_be, port_be: port.to_be(), proto, family: FAMILY_V6 }
+        Self {
+            addr_be,
+            port_be: port.to_be(),
+            proto,
+            family: FAMILY_V6,
+        }
     }
 }
 
@@ -218,11 +228,19 @@ impl AddrKey {
         a[1] = addr_be[1];
         a[2] = addr_be[2];
         a[3] = addr_be[3];
-        Self { addr_be: a, family: FAMILY_V4, _pad: [0; 3] }
+        Self {
+            addr_be: a,
+            family: FAMILY_V4,
+            _pad: [0; 3],
+        }
     }
 
     pub const fn v6(addr_be: [u8; 16]) -> Self {
-        Self { addr_be, family: FAMILY_V6, _pad: [0; 3] }
+        Self {
+            addr_be,
+            family: FAMILY_V6,
+            _pad: [0; 3],
+        }
     }
 }
 

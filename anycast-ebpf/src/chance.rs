@@ -13,13 +13,16 @@
 //! Only TCP: a UDP service's socket is an unconnected one that matches every flow. Bare SYNs
 //! never take the extra hop: a new connection belongs to the new table.
 
+use anycast_common::FAMILY_V4;
 use aya_ebpf::{
     bindings::{BPF_F_CURRENT_NETNS, bpf_sock_tuple, bpf_sock_tuple__bindgen_ty_1},
-    bindings::{bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1 as Tuple4, bpf_sock_tuple__bindgen_ty_1__bindgen_ty_2 as Tuple6},
+    bindings::{
+        bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1 as Tuple4,
+        bpf_sock_tuple__bindgen_ty_1__bindgen_ty_2 as Tuple6,
+    },
     helpers::generated::{bpf_sk_release, bpf_skc_lookup_tcp},
     programs::XdpContext,
 };
-use anycast_common::FAMILY_V4;
 
 use crate::parse::Ip;
 
@@ -37,7 +40,12 @@ pub fn has_socket(ctx: &XdpContext, ip: &Ip, ports: u32) -> bool {
         (
             bpf_sock_tuple {
                 __bindgen_anon_1: bpf_sock_tuple__bindgen_ty_1 {
-                    ipv4: Tuple4 { saddr: ip.src[0], daddr: ip.dst[0], sport, dport },
+                    ipv4: Tuple4 {
+                        saddr: ip.src[0],
+                        daddr: ip.dst[0],
+                        sport,
+                        dport,
+                    },
                 },
             },
             core::mem::size_of::<Tuple4>(),
@@ -46,7 +54,12 @@ pub fn has_socket(ctx: &XdpContext, ip: &Ip, ports: u32) -> bool {
         (
             bpf_sock_tuple {
                 __bindgen_anon_1: bpf_sock_tuple__bindgen_ty_1 {
-                    ipv6: Tuple6 { saddr: ip.src, daddr: ip.dst, sport, dport },
+                    ipv6: Tuple6 {
+                        saddr: ip.src,
+                        daddr: ip.dst,
+                        sport,
+                        dport,
+                    },
                 },
             },
             core::mem::size_of::<Tuple6>(),
@@ -54,7 +67,13 @@ pub fn has_socket(ctx: &XdpContext, ip: &Ip, ports: u32) -> bool {
     };
     // SAFETY: the tuple lives on the stack for the call; the size matches its family.
     let sk = unsafe {
-        bpf_skc_lookup_tcp(ctx.ctx.cast(), &mut tuple, size as u32, BPF_F_CURRENT_NETNS as u64, 0)
+        bpf_skc_lookup_tcp(
+            ctx.ctx.cast(),
+            &mut tuple,
+            size as u32,
+            BPF_F_CURRENT_NETNS as u64,
+            0,
+        )
     };
     if sk.is_null() {
         return false;

@@ -15,13 +15,14 @@ use anycast_common::{
     GUE_HINT_WORDS_V6, PROTO_IPIP, PROTO_IPV6, PROTO_TCP, PROTO_UDP, counter,
     hash::{flow_hash_v4, flow_hash_v6},
 };
-use aya_ebpf::{helpers::generated::bpf_xdp_adjust_head, maps::lpm_trie::Key, programs::XdpContext};
+use aya_ebpf::{
+    helpers::generated::bpf_xdp_adjust_head, maps::lpm_trie::Key, programs::XdpContext,
+};
 
 use crate::{
-    Verdict, chance,
-    encap,
-    maps, parse,
+    Verdict, chance, encap, maps,
     packet::{addr_bytes, bytes_at, u8_at, u16_be_at, word_at, write_at},
+    parse,
     parse::{ETH_LEN, ETH_P_IP, ETH_P_IPV6, Ip, UDP_LEN, VLAN_LEN},
 };
 
@@ -39,7 +40,11 @@ pub fn is_tunnel(ctx: &XdpContext, ip: &Ip, cfg: &DataplaneConfig) -> bool {
     if !tunnel {
         return false;
     }
-    let key = AddrKey { addr_be: addr_bytes(ip.dst), family: ip.family, _pad: [0; 3] };
+    let key = AddrKey {
+        addr_be: addr_bytes(ip.dst),
+        family: ip.family,
+        _pad: [0; 3],
+    };
     // SAFETY: only presence is tested; the value is not read.
     unsafe { maps::LOCAL_ADDRS.get(&key) }.is_some()
 }
@@ -50,7 +55,9 @@ fn source_allowed(ip: &Ip) -> bool {
         let key = Key::new(32, ip.src[0].to_le_bytes());
         maps::DECAP_ALLOW_V4.get(&key).is_some()
     } else {
-        maps::DECAP_ALLOW_V6.get(&Key::new(128, addr_bytes(ip.src))).is_some()
+        maps::DECAP_ALLOW_V6
+            .get(&Key::new(128, addr_bytes(ip.src)))
+            .is_some()
     }
 }
 
@@ -144,7 +151,9 @@ pub fn decapsulate(ctx: &XdpContext, ip: &Ip, cfg: &DataplaneConfig) -> Verdict 
 /// Reads a previous-owner hint from GUE private data at `off` (see anycast_common::GUE_HINT_MAGIC).
 #[inline(always)]
 fn read_hint(ctx: &XdpContext, off: usize, words: u8, hint: &mut Backend) {
-    let Some(m) = bytes_at::<4>(ctx, off) else { return };
+    let Some(m) = bytes_at::<4>(ctx, off) else {
+        return;
+    };
     if m[0] != GUE_HINT_MAGIC[0] || m[1] != GUE_HINT_MAGIC[1] {
         return;
     }
@@ -185,7 +194,13 @@ fn second_chance(ctx: &XdpContext, cfg: &DataplaneConfig, sc: *mut encap::Scratc
         return Verdict::pass(counter::DECAP);
     }
     let hash = if inner.family == FAMILY_V4 {
-        flow_hash_v4(cfg.hash_seed, inner.src[0], inner.dst[0], ports, inner.proto)
+        flow_hash_v4(
+            cfg.hash_seed,
+            inner.src[0],
+            inner.dst[0],
+            ports,
+            inner.proto,
+        )
     } else {
         flow_hash_v6(cfg.hash_seed, &inner.src, &inner.dst, ports, inner.proto)
     };

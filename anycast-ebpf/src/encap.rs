@@ -11,8 +11,9 @@
 //! backends; see docs/dataplane.md.
 
 use anycast_common::{
-    Backend, CFG_F_HAS_SRC_V4, FAMILY_V6, GUE_HINT_MAGIC, GUE_HINT_WORDS_V4, GUE_HINT_WORDS_V6, CFG_F_HAS_SRC_V6, DataplaneConfig, ENCAP_GUE, FAMILY_V4,
-    PROTO_IPIP, PROTO_IPV6, PROTO_TCP, PROTO_UDP, counter,
+    Backend, CFG_F_HAS_SRC_V4, CFG_F_HAS_SRC_V6, DataplaneConfig, ENCAP_GUE, FAMILY_V4, FAMILY_V6,
+    GUE_HINT_MAGIC, GUE_HINT_WORDS_V4, GUE_HINT_WORDS_V6, PROTO_IPIP, PROTO_IPV6, PROTO_TCP,
+    PROTO_UDP, counter,
     hash::{flow_label, gue_source_port},
 };
 use aya_ebpf::{
@@ -127,7 +128,11 @@ pub fn encapsulate(ctx: &XdpContext, ip: &Ip, cfg: &DataplaneConfig) -> Verdict 
         return Verdict::drop(counter::NO_TUNNEL_SOURCE);
     }
     let gue = cfg.encap == ENCAP_GUE;
-    let inner_proto = if ip.family == FAMILY_V4 { PROTO_IPIP } else { PROTO_IPV6 };
+    let inner_proto = if ip.family == FAMILY_V4 {
+        PROTO_IPIP
+    } else {
+        PROTO_IPV6
+    };
     let hint_words = if !gue {
         0
     } else if t.hint.family == FAMILY_V4 {
@@ -150,7 +155,12 @@ pub fn encapsulate(ctx: &XdpContext, ip: &Ip, cfg: &DataplaneConfig) -> Verdict 
     let dst_w = addr_words(&backend.addr_be);
     let src_w = if outer_v4 {
         // SAFETY: offset 0 of the align(4) DataplaneConfig.
-        [unsafe { cfg.tunnel_src_v4_be.as_ptr().cast::<u32>().read() }, 0, 0, 0]
+        [
+            unsafe { cfg.tunnel_src_v4_be.as_ptr().cast::<u32>().read() },
+            0,
+            0,
+            0,
+        ]
     } else {
         addr_words(&cfg.tunnel_src_v6_be)
     };
@@ -161,7 +171,9 @@ pub fn encapsulate(ctx: &XdpContext, ip: &Ip, cfg: &DataplaneConfig) -> Verdict 
         l4_protocol: outer_proto,
         sport: 0,
         dport: 0,
-        __bindgen_anon_1: bpf_fib_lookup__bindgen_ty_1 { tot_len: outer_len as u16 },
+        __bindgen_anon_1: bpf_fib_lookup__bindgen_ty_1 {
+            tot_len: outer_len as u16,
+        },
         ifindex: ctx.ingress_ifindex() as u32,
         __bindgen_anon_2: bpf_fib_lookup__bindgen_ty_2 { flowinfo: 0 },
         __bindgen_anon_3: bpf_fib_lookup__bindgen_ty_3 { ipv6_src: [0; 4] },
@@ -180,7 +192,12 @@ pub fn encapsulate(ctx: &XdpContext, ip: &Ip, cfg: &DataplaneConfig) -> Verdict 
     }
     // SAFETY: ctx is the program's context; the struct size is passed as the helper requires.
     let rc = unsafe {
-        fib_lookup(ctx.ctx.cast(), fib, core::mem::size_of::<bpf_fib_lookup>() as i32, 0)
+        fib_lookup(
+            ctx.ctx.cast(),
+            fib,
+            core::mem::size_of::<bpf_fib_lookup>() as i32,
+            0,
+        )
     };
     let resolved = match rc as u32 {
         BPF_FIB_LKUP_RET_SUCCESS => true,
@@ -212,9 +229,10 @@ pub fn encapsulate(ctx: &XdpContext, ip: &Ip, cfg: &DataplaneConfig) -> Verdict 
         // Keep the frame's own MACs (destination = this host, so the stack accepts it). They
         // still sit at the old start of the frame, `delta` bytes in (delta >= 16, so the copy
         // does not overlap); copied before any header is written over them.
-        let (Some(old), Some(new)) =
-            (ptr_at::<[u32; 3]>(ctx, delta as usize), ptr_at::<[u32; 3]>(ctx, 0))
-        else {
+        let (Some(old), Some(new)) = (
+            ptr_at::<[u32; 3]>(ctx, delta as usize),
+            ptr_at::<[u32; 3]>(ctx, 0),
+        ) else {
             return Verdict::drop(counter::INTERNAL_ERROR);
         };
         // SAFETY: both 12-byte ranges checked above; alignment as in packet::word_at.
@@ -237,7 +255,11 @@ pub fn encapsulate(ctx: &XdpContext, ip: &Ip, cfg: &DataplaneConfig) -> Verdict 
         // SAFETY: 34 bytes checked above.
         unsafe {
             put(p, 12, &ethertype);
-            put(p, ETH_LEN, &[0x45, ip.tos, len_be[0], len_be[1], 0, 0, 0x40, 0]);
+            put(
+                p,
+                ETH_LEN,
+                &[0x45, ip.tos, len_be[0], len_be[1], 0, 0, 0x40, 0],
+            );
             put(p, ETH_LEN + 8, &[TTL, outer_proto, c[0], c[1]]);
         }
         if write_word(ctx, ETH_LEN + 12, src_w[0]).is_none()
@@ -299,7 +321,11 @@ pub fn encapsulate(ctx: &XdpContext, ip: &Ip, cfg: &DataplaneConfig) -> Verdict 
                 }
                 let c = !fold(s);
                 // 0 means "no checksum" in UDP; a computed 0 is sent as 0xffff (RFC 768).
-                if c == 0 { [0xff, 0xff] } else { c.to_le_bytes() }
+                if c == 0 {
+                    [0xff, 0xff]
+                } else {
+                    c.to_le_bytes()
+                }
             }
             None => [0, 0],
         };
@@ -315,14 +341,26 @@ pub fn encapsulate(ctx: &XdpContext, ip: &Ip, cfg: &DataplaneConfig) -> Verdict 
                 p.cast::<u8>(),
                 0,
                 &[
-                    sp[0], sp[1], dp[0], dp[1], ul[0], ul[1], check[0], check[1], hint_words,
-                    inner_proto, 0, 0,
+                    sp[0],
+                    sp[1],
+                    dp[0],
+                    dp[1],
+                    ul[0],
+                    ul[1],
+                    check[0],
+                    check[1],
+                    hint_words,
+                    inner_proto,
+                    0,
+                    0,
                 ],
             );
         }
         let h = ETH_LEN + outer_ip_len + UDP_LEN + GUE_LEN;
         if hint_words == GUE_HINT_WORDS_V4 {
-            if write_word(ctx, h, hint_magic).is_none() || write_word(ctx, h + 4, hint_w[0]).is_none() {
+            if write_word(ctx, h, hint_magic).is_none()
+                || write_word(ctx, h + 4, hint_w[0]).is_none()
+            {
                 return Verdict::drop(counter::INTERNAL_ERROR);
             }
             maps::count(counter::HINT_SENT);

@@ -3,12 +3,13 @@
 //! (`EbpfLoader::set_max_entries`) from its config.
 
 use anycast_common::{
-    AddrKey, Backend, ConnGuard, ConnKey, ConnValue, DEFAULT_CONNTRACK_SIZE, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_VIPS, DEFAULT_RING_SIZE, DataplaneConfig,
-    MAX_DECAP_PREFIXES, MAX_LOCAL_ADDRS, TABLES_PER_VIP, TrafficStats, VipKey, VipValue, counter,
+    AddrKey, Backend, ConnGuard, ConnKey, ConnValue, DEFAULT_CONNTRACK_SIZE, DEFAULT_MAX_BACKENDS,
+    DEFAULT_MAX_VIPS, DEFAULT_RING_SIZE, DataplaneConfig, MAX_DECAP_PREFIXES, MAX_LOCAL_ADDRS,
+    TABLES_PER_VIP, TrafficStats, VipKey, VipValue, counter,
 };
 use aya_ebpf::{
-    macros::map,
     bindings::BPF_F_NO_COMMON_LRU,
+    macros::map,
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
 
@@ -35,14 +36,14 @@ pub static LOCAL_ADDRS: HashMap<AddrKey, u32> = HashMap::with_max_entries(MAX_LO
 pub static DECAP_ALLOW_V4: LpmTrie<[u8; 4], u8> = LpmTrie::with_max_entries(MAX_DECAP_PREFIXES, 0);
 
 #[map]
-pub static DECAP_ALLOW_V6: LpmTrie<[u8; 16], u8> =
-    LpmTrie::with_max_entries(MAX_DECAP_PREFIXES, 0);
+pub static DECAP_ALLOW_V6: LpmTrie<[u8; 16], u8> = LpmTrie::with_max_entries(MAX_DECAP_PREFIXES, 0);
 
 #[map]
 pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
 
 #[map]
-pub static VIP_STATS: PerCpuArray<TrafficStats> = PerCpuArray::with_max_entries(DEFAULT_MAX_VIPS, 0);
+pub static VIP_STATS: PerCpuArray<TrafficStats> =
+    PerCpuArray::with_max_entries(DEFAULT_MAX_VIPS, 0);
 
 #[map]
 pub static BACKEND_STATS: PerCpuArray<TrafficStats> =

@@ -6,9 +6,10 @@ use anycast_common::{
 use aya_ebpf::programs::XdpContext;
 
 use crate::{
-    Verdict, chance, encap, maps, track,
+    Verdict, chance, encap, maps,
     packet::{addr_bytes, ptr_at, u8_at, word_at},
     parse::{Ip, TCP_LEN, UDP_LEN},
+    track,
 };
 
 /// A BPF subprogram of its own, so that the tunnel path's frames stack on a small caller.
@@ -57,7 +58,11 @@ pub fn steer_vip(ctx: &XdpContext, ip: &Ip, cfg: &DataplaneConfig) -> Verdict {
     // Fail closed from here on: the packet is VIP traffic, and handing it to this host's stack
     // would deliver it to whatever local service binds the VIP, i.e. to the wrong backend.
     // TCP_LEN bytes were checked above for TCP, so the flags byte (offset 13) is there.
-    let tcp_flags = if ip.proto == PROTO_TCP { u8_at(ctx, l4 + 13).unwrap_or(0) } else { 0 };
+    let tcp_flags = if ip.proto == PROTO_TCP {
+        u8_at(ctx, l4 + 13).unwrap_or(0)
+    } else {
+        0
+    };
     let mut prev = NO_BACKEND;
     let (backend_id, hash) = track::split(track::pick(
         ip,
@@ -72,7 +77,11 @@ pub fn steer_vip(ctx: &XdpContext, ip: &Ip, cfg: &DataplaneConfig) -> Verdict {
     let Some(backend) = maps::BACKENDS.get(backend_id) else {
         return Verdict::drop(counter::INTERNAL_ERROR);
     };
-    let hint = if prev == NO_BACKEND { None } else { maps::BACKENDS.get(prev) };
+    let hint = if prev == NO_BACKEND {
+        None
+    } else {
+        maps::BACKENDS.get(prev)
+    };
 
     let Some(sc) = encap::scratch() else {
         return Verdict::drop(counter::INTERNAL_ERROR);

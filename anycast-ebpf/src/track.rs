@@ -46,7 +46,13 @@ pub const fn split(r: u64) -> (u32, u32) {
 /// `ports_flags` and the TCP flags byte above it. `prev` receives the previous owner of the flow
 /// when a second chance may be needed (see `chance`), else `NO_BACKEND`.
 #[inline(never)]
-pub fn pick(ip: &Ip, cfg: &DataplaneConfig, vip: &VipValue, ports_flags: u64, prev: &mut u32) -> u64 {
+pub fn pick(
+    ip: &Ip,
+    cfg: &DataplaneConfig,
+    vip: &VipValue,
+    ports_flags: u64,
+    prev: &mut u32,
+) -> u64 {
     let ports = ports_flags as u32;
     let tcp_flags = (ports_flags >> 32) as u32;
     *prev = NO_BACKEND;
@@ -121,7 +127,10 @@ pub fn pick(ip: &Ip, cfg: &DataplaneConfig, vip: &VipValue, ports_flags: u64, pr
     // A mid-flow TCP packet we hold no state for, on a VIP whose table changed: if the previous
     // table gave this slot to another backend, that one may hold the connection.
     if tcp_mid_flow && vip.prev_table != NO_TABLE {
-        let pindex = vip.prev_table.wrapping_mul(cfg.ring_size).wrapping_add(slot);
+        let pindex = vip
+            .prev_table
+            .wrapping_mul(cfg.ring_size)
+            .wrapping_add(slot);
         if let Some(&p) = maps::RINGS.get(pindex)
             && p != backend_id
         {
@@ -136,7 +145,12 @@ pub fn pick(ip: &Ip, cfg: &DataplaneConfig, vip: &VipValue, ports_flags: u64, pr
             None => return with_hash | backend_id as u64,
         };
         if allow_insert(cfg, &mut now) {
-            let value = ConnValue { backend_id, generation, _pad: 0, last_seen_ns: now };
+            let value = ConnValue {
+                backend_id,
+                generation,
+                _pad: 0,
+                last_seen_ns: now,
+            };
             if maps::CONNS.insert(&key, &value, 0).is_ok() {
                 maps::count(counter::CONN_INSERT);
             }

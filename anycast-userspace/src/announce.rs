@@ -260,7 +260,12 @@ pub fn validate(raw: RawBgp, tunnel_source: Option<Ipv4Addr>) -> Result<BgpConfi
             router_id,
             neighbors: ns,
             bfd: bfd.unwrap_or(true),
-            bfd_interval_ms: int_in("bgp.bfd_interval_ms", bfd_interval_ms.unwrap_or(100), 10, 60_000)?,
+            bfd_interval_ms: int_in(
+                "bgp.bfd_interval_ms",
+                bfd_interval_ms.unwrap_or(100),
+                10,
+                60_000,
+            )?,
             bfd_multiplier: int_in("bgp.bfd_multiplier", bfd_multiplier.unwrap_or(3), 1, 255)?,
             hold_time: hold,
             keepalive_time: keepalive,
@@ -306,7 +311,10 @@ fn prefix_of(address: IpAddr) -> String {
 pub fn bird_config(m: &ManagedBird, addresses: &BTreeSet<IpAddr>) -> String {
     use std::fmt::Write as _;
     let mut s = String::new();
-    let _ = writeln!(s, "# Written by the anycast agent from its [bgp] section; do not edit.");
+    let _ = writeln!(
+        s,
+        "# Written by the anycast agent from its [bgp] section; do not edit."
+    );
     let _ = writeln!(s, "router id {};", m.router_id);
     let _ = writeln!(s, "log stderr all;");
     let _ = writeln!(s, "protocol device {{ scan time 10; }}");
@@ -367,11 +375,7 @@ pub struct Desired {
 }
 
 /// Why a VIP does or does not qualify for announcement (`Ok` = qualifies, with a reason too).
-fn vip_verdict(
-    v: &crate::control::VipStatus,
-    attached: bool,
-    min: u32,
-) -> Result<String, String> {
+fn vip_verdict(v: &crate::control::VipStatus, attached: bool, min: u32) -> Result<String, String> {
     if !attached {
         return Err("program not attached".into());
     }
@@ -518,7 +522,12 @@ impl Handle {
 
     /// Recomputes the policy from `status` and hands it to the task if it changed.
     pub fn update(&self, status: &Status) {
-        let d = desired(status, self.cfg.min_healthy_backends, self.edge_drained, false);
+        let d = desired(
+            status,
+            self.cfg.min_healthy_backends,
+            self.edge_drained,
+            false,
+        );
         self.tx.send_if_modified(|cur| {
             if *cur == d {
                 false
@@ -532,7 +541,12 @@ impl Handle {
     /// Withdraws every prefix and waits (bounded) until BIRD has done it; a managed BIRD is then
     /// stopped.
     pub async fn shutdown(mut self, status: &Status) {
-        let d = desired(status, self.cfg.min_healthy_backends, self.edge_drained, true);
+        let d = desired(
+            status,
+            self.cfg.min_healthy_backends,
+            self.edge_drained,
+            true,
+        );
         let _ = self.tx.send(d);
         if let Some(task) = self.task.take() {
             match tokio::time::timeout(Duration::from_secs(3), task).await {
@@ -579,11 +593,13 @@ pub struct BirdClient {
 
 impl BirdClient {
     pub async fn connect(path: &Path) -> Result<Self, BirdError> {
-        let s = UnixStream::connect(path).await.map_err(|source| BirdError::Io {
-            what: "connecting to BIRD's control socket",
-            path: path.to_owned(),
-            source,
-        })?;
+        let s = UnixStream::connect(path)
+            .await
+            .map_err(|source| BirdError::Io {
+                what: "connecting to BIRD's control socket",
+                path: path.to_owned(),
+                source,
+            })?;
         let (r, w) = s.into_split();
         let mut c = Self {
             path: path.to_owned(),
@@ -599,11 +615,15 @@ impl BirdClient {
         let read = async {
             loop {
                 let mut l = String::new();
-                let n = self.read.read_line(&mut l).await.map_err(|source| BirdError::Io {
-                    what: "reading from BIRD's control socket",
-                    path: self.path.clone(),
-                    source,
-                })?;
+                let n = self
+                    .read
+                    .read_line(&mut l)
+                    .await
+                    .map_err(|source| BirdError::Io {
+                        what: "reading from BIRD's control socket",
+                        path: self.path.clone(),
+                        source,
+                    })?;
                 if n == 0 {
                     return Err(BirdError::Closed);
                 }
@@ -694,7 +714,10 @@ pub fn start(cfg: BgpConfig, addresses: &BTreeSet<IpAddr>) -> Result<Handle, Bir
     })
 }
 
-fn spawn_bird(m: &ManagedBird, addresses: &BTreeSet<IpAddr>) -> Result<tokio::process::Child, BirdError> {
+fn spawn_bird(
+    m: &ManagedBird,
+    addresses: &BTreeSet<IpAddr>,
+) -> Result<tokio::process::Child, BirdError> {
     use std::os::unix::fs::DirBuilderExt as _;
     let io = |what, path: &Path| {
         let path = path.to_owned();
@@ -921,8 +944,7 @@ pub fn drain_edge_and_wait(
 ) -> Result<DrainReport, String> {
     use crate::control::Request;
     let ask = |r: &Request| -> Result<serde_json::Value, String> {
-        crate::api::call(socket, r)
-            .map_err(|e| crate::control::error_chain(&e))?
+        crate::api::call(socket, r).map_err(|e| crate::control::error_chain(&e))?
     };
     let start = std::time::Instant::now();
     let deadline = start + timeout;
@@ -994,7 +1016,9 @@ mod tests {
             Some("198.18.2.2".parse().unwrap()),
         )
         .unwrap();
-        let BgpMode::Managed(m) = &ok.mode else { panic!() };
+        let BgpMode::Managed(m) = &ok.mode else {
+            panic!()
+        };
         assert_eq!(m.router_id, "198.18.2.2".parse::<Ipv4Addr>().unwrap());
         assert_eq!((m.hold_time, m.keepalive_time, m.bfd), (90, 30, true));
         assert_eq!(ok.min_healthy_backends, 1);
@@ -1032,7 +1056,9 @@ mod tests {
             None,
         )
         .unwrap();
-        let BgpMode::Managed(m) = &cfg.mode else { panic!() };
+        let BgpMode::Managed(m) = &cfg.mode else {
+            panic!()
+        };
         let addrs: BTreeSet<IpAddr> = ["203.0.113.10", "2001:db8::10"]
             .iter()
             .map(|a| a.parse().unwrap())
@@ -1041,9 +1067,16 @@ mod tests {
         assert!(c.contains("protocol static anycast_vip_203_0_113_10 {\n  disabled;\n  ipv4;\n  route 203.0.113.10/32 blackhole;"), "{c}");
         assert!(c.contains("route 2001:db8::10/128 blackhole;"));
         assert!(c.contains("neighbor 198.18.2.1 as 65000;"));
-        assert!(c.contains("  ipv4 { import none; export where proto ~ \"anycast_vip_*\"; next hop self; };"));
-        assert!(c.contains("  ipv6 { import none; export where proto ~ \"anycast_vip_*\"; next hop self; };"));
+        assert!(c.contains(
+            "  ipv4 { import none; export where proto ~ \"anycast_vip_*\"; next hop self; };"
+        ));
+        assert!(c.contains(
+            "  ipv6 { import none; export where proto ~ \"anycast_vip_*\"; next hop self; };"
+        ));
         assert!(c.contains("bfd on;") && c.contains("multiplier 3;"));
-        assert!(!c.contains("protocol kernel"), "the edge must not install its blackholes");
+        assert!(
+            !c.contains("protocol kernel"),
+            "the edge must not install its blackholes"
+        );
     }
 }

@@ -10,9 +10,9 @@ use anycast::config::{Config, DEFAULT_PIN_PATH, DEFAULT_STATE_FILE};
 use anycast::control::Request;
 use anycast::model::{self, Decision, Flow};
 use anycast::stats::{self, StateFile, Stats};
-use nix::sys::signal::Signal;
 use anyhow::{Context as _, anyhow};
 use clap::Parser as _;
+use nix::sys::signal::Signal;
 use tracing_subscriber::EnvFilter;
 
 fn init_logging(format: LogFormat, level: Option<&str>) {
@@ -65,7 +65,8 @@ fn run(command: Command) -> anyhow::Result<()> {
             // background jobs with SIGINT ignored; supervisors may block signals).
             for sig in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
                 // SAFETY: SIG_DFL installs no handler code; tokio installs its own below.
-                let _ = unsafe { nix::sys::signal::signal(sig, nix::sys::signal::SigHandler::SigDfl) };
+                let _ =
+                    unsafe { nix::sys::signal::signal(sig, nix::sys::signal::SigHandler::SigDfl) };
             }
             let mut set = nix::sys::signal::SigSet::empty();
             set.add(Signal::SIGTERM);

@@ -85,8 +85,14 @@ fn load_apply_pin_and_read_stats() {
     // A bpffs of the test's own: the machine's /sys/fs/bpf may not be mounted.
     let mnt = std::env::temp_dir().join(format!("anycast-load-test-{}", std::process::id()));
     std::fs::create_dir_all(&mnt).unwrap();
-    nix::mount::mount(Some("bpf"), &mnt, Some("bpf"), nix::mount::MsFlags::empty(), None::<&str>)
-        .expect("mounting a bpffs");
+    nix::mount::mount(
+        Some("bpf"),
+        &mnt,
+        Some("bpf"),
+        nix::mount::MsFlags::empty(),
+        None::<&str>,
+    )
+    .expect("mounting a bpffs");
     let dir = mnt.join("pins");
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         dp.pin_maps(&dir).expect("pinning");

@@ -16,7 +16,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use anycast_common::{
-    AddrKey, ConnKey, ConnValue, Backend, DataplaneConfig, TABLES_PER_VIP, TrafficStats, VipKey, VipValue, counter, map_names,
+    AddrKey, Backend, ConnKey, ConnValue, DataplaneConfig, TABLES_PER_VIP, TrafficStats, VipKey,
+    VipValue, counter, map_names,
 };
 use aya::maps::lpm_trie::Key;
 use aya::maps::{Array, HashMap, LpmTrie, PerCpuArray};
@@ -77,13 +78,21 @@ pub mod net {
     pub const BLACKHOLE_V6: &str = "fd00:4::/64";
 
     pub fn v4(net: &str, host: u8) -> Ipv4Addr {
-        let base: Ipv4Addr = net.split('/').next().and_then(|a| a.parse().ok()).expect("v4 prefix");
+        let base: Ipv4Addr = net
+            .split('/')
+            .next()
+            .and_then(|a| a.parse().ok())
+            .expect("v4 prefix");
         let o = base.octets();
         Ipv4Addr::new(o[0], o[1], o[2], host)
     }
 
     pub fn v6(net: &str, host: u16) -> Ipv6Addr {
-        let base: Ipv6Addr = net.split('/').next().and_then(|a| a.parse().ok()).expect("v6 prefix");
+        let base: Ipv6Addr = net
+            .split('/')
+            .next()
+            .and_then(|a| a.parse().ok())
+            .expect("v6 prefix");
         let mut s = base.segments();
         s[7] = host;
         Ipv6Addr::from(s)
@@ -101,7 +110,11 @@ static NETNS_SEQ: AtomicU32 = AtomicU32::new(0);
 
 impl Netns {
     pub fn new() -> Self {
-        let name = format!("acfix{}_{}", std::process::id(), NETNS_SEQ.fetch_add(1, Ordering::Relaxed));
+        let name = format!(
+            "acfix{}_{}",
+            std::process::id(),
+            NETNS_SEQ.fetch_add(1, Ordering::Relaxed)
+        );
         let _ = Command::new("ip").args(["netns", "del", &name]).output();
         run_cmd("ip", &["netns", "add", &name]);
         Self { name }
@@ -145,12 +158,17 @@ impl Default for Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).output();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
     }
 }
 
 fn run_cmd(cmd: &str, args: &[&str]) {
-    let out = Command::new(cmd).args(args).output().unwrap_or_else(|e| panic!("{cmd}: {e}"));
+    let out = Command::new(cmd)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd}: {e}"));
     assert!(
         out.status.success(),
         "{cmd} {}: {}{}",
@@ -177,20 +195,37 @@ pub fn fixture_netns() -> Netns {
     ns.ip(&format!("link set {PEER} up"));
     ns.ip(&format!("addr add {EDGE_V4}/24 dev {DEV}"));
     ns.ip(&format!("-6 addr add {EDGE_V6}/64 dev {DEV} nodad"));
-    ns.ip(&format!("neigh add {GW_V4} lladdr {} dev {DEV} nud permanent", mac(GW_MAC)));
-    ns.ip(&format!("-6 neigh add {GW_V6} lladdr {} dev {DEV} nud permanent", mac(GW_MAC)));
+    ns.ip(&format!(
+        "neigh add {GW_V4} lladdr {} dev {DEV} nud permanent",
+        mac(GW_MAC)
+    ));
+    ns.ip(&format!(
+        "-6 neigh add {GW_V6} lladdr {} dev {DEV} nud permanent",
+        mac(GW_MAC)
+    ));
     ns.ip(&format!("route add {BACKENDS_V4} via {GW_V4} dev {DEV}"));
     ns.ip(&format!("-6 route add {BACKENDS_V6} via {GW_V6} dev {DEV}"));
-    ns.ip(&format!("route add {UNRESOLVED_V4} via {GW_UNRESOLVED_V4} dev {DEV}"));
-    ns.ip(&format!("-6 route add {UNRESOLVED_V6} via {GW_UNRESOLVED_V6} dev {DEV}"));
+    ns.ip(&format!(
+        "route add {UNRESOLVED_V4} via {GW_UNRESOLVED_V4} dev {DEV}"
+    ));
+    ns.ip(&format!(
+        "-6 route add {UNRESOLVED_V6} via {GW_UNRESOLVED_V6} dev {DEV}"
+    ));
     // `lock`: bpf_fib_lookup takes an IPv4 route's MTU only when it is locked or
     // net.ipv4.ip_forward_use_pmtu is set (net/ipv4/route.c, ip_mtu_from_fib_result).
-    ns.ip(&format!("route add {SMALL_MTU_V4} via {GW_V4} dev {DEV} mtu lock {SMALL_MTU}"));
-    ns.ip(&format!("-6 route add {SMALL_MTU_V6} via {GW_V6} dev {DEV} mtu lock {SMALL_MTU}"));
+    ns.ip(&format!(
+        "route add {SMALL_MTU_V4} via {GW_V4} dev {DEV} mtu lock {SMALL_MTU}"
+    ));
+    ns.ip(&format!(
+        "-6 route add {SMALL_MTU_V6} via {GW_V6} dev {DEV} mtu lock {SMALL_MTU}"
+    ));
     ns.ip(&format!("route add blackhole {BLACKHOLE_V4}"));
     ns.ip(&format!("-6 route add blackhole {BLACKHOLE_V6}"));
     ns.enter(|| {
-        for (path, v) in [("/proc/sys/net/ipv4/ip_forward", "1"), ("/proc/sys/net/ipv6/conf/all/forwarding", "1")] {
+        for (path, v) in [
+            ("/proc/sys/net/ipv4/ip_forward", "1"),
+            ("/proc/sys/net/ipv6/conf/all/forwarding", "1"),
+        ] {
             std::fs::write(path, v).unwrap_or_else(|e| panic!("write {path}: {e}"));
         }
     });
@@ -198,7 +233,10 @@ pub fn fixture_netns() -> Netns {
 }
 
 fn mac(m: [u8; 6]) -> String {
-    m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+    m.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
 }
 
 /// Ifindex of a device in the calling thread's namespace.
@@ -244,14 +282,25 @@ impl Dataplane {
             conntrack_size: anycast_common::DEFAULT_CONNTRACK_SIZE,
         };
         let inner = anycast::dataplane::Dataplane::load_object(anycast::EBPF_OBJECT, geometry)
-            .unwrap_or_else(|e| panic!("loading {}: {}", anycast_common::PROGRAM_NAME, error_chain(&e)));
+            .unwrap_or_else(|e| {
+                panic!(
+                    "loading {}: {}",
+                    anycast_common::PROGRAM_NAME,
+                    error_chain(&e)
+                )
+            });
         Self { inner, sizes }
     }
 
     /// Loads the program sized for `config` (the agent's `Dataplane::load`).
     pub fn from_config(config: &anycast::config::Config) -> Self {
-        let inner = anycast::dataplane::Dataplane::load(config)
-            .unwrap_or_else(|e| panic!("loading {}: {}", anycast_common::PROGRAM_NAME, error_chain(&e)));
+        let inner = anycast::dataplane::Dataplane::load(config).unwrap_or_else(|e| {
+            panic!(
+                "loading {}: {}",
+                anycast_common::PROGRAM_NAME,
+                error_chain(&e)
+            )
+        });
         let sizes = Sizes {
             max_vips: config.agent.max_vips,
             ring_size: config.agent.ring_size,
@@ -262,7 +311,9 @@ impl Dataplane {
 
     /// Publishes `config` through the agent's map writer.
     pub fn apply(&mut self, config: &anycast::config::Config, local: &BTreeSet<IpAddr>) {
-        self.inner.apply(config, local).unwrap_or_else(|e| panic!("applying the config: {}", error_chain(&e)));
+        self.inner
+            .apply(config, local)
+            .unwrap_or_else(|e| panic!("applying the config: {}", error_chain(&e)));
     }
 
     /// Backend id the agent's writer gave `address`.
@@ -272,7 +323,9 @@ impl Dataplane {
 
     /// The loaded `anycast_steer` program (e.g. to pin it for a second handle).
     pub fn program_mut(&mut self) -> &mut Xdp {
-        self.inner.program_mut().unwrap_or_else(|e| panic!("program: {}", error_chain(&e)))
+        self.inner
+            .program_mut()
+            .unwrap_or_else(|e| panic!("program: {}", error_chain(&e)))
     }
 
     pub fn agent(&self) -> &anycast::dataplane::Dataplane {
@@ -280,28 +333,43 @@ impl Dataplane {
     }
 
     fn map_mut(&mut self, name: &str) -> &mut aya::maps::Map {
-        self.inner.ebpf_mut().map_mut(name).unwrap_or_else(|| panic!("no map {name} in the object"))
+        self.inner
+            .ebpf_mut()
+            .map_mut(name)
+            .unwrap_or_else(|| panic!("no map {name} in the object"))
     }
 
     fn map(&self, name: &str) -> &aya::maps::Map {
-        self.inner.ebpf().map(name).unwrap_or_else(|| panic!("no map {name} in the object"))
+        self.inner
+            .ebpf()
+            .map(name)
+            .unwrap_or_else(|| panic!("no map {name} in the object"))
     }
 
     pub fn set_config(&mut self, cfg: &DataplaneConfig) {
-        let mut a: Array<_, DataplaneConfig> = Array::try_from(self.map_mut(map_names::CONFIG)).expect("CONFIG");
+        let mut a: Array<_, DataplaneConfig> =
+            Array::try_from(self.map_mut(map_names::CONFIG)).expect("CONFIG");
         a.set(0, cfg, 0).expect("write CONFIG");
     }
 
     pub fn set_vip(&mut self, key: VipKey, value: VipValue) {
-        let mut m: HashMap<_, VipKey, VipValue> = HashMap::try_from(self.map_mut(map_names::VIPS)).expect("VIPS");
+        let mut m: HashMap<_, VipKey, VipValue> =
+            HashMap::try_from(self.map_mut(map_names::VIPS)).expect("VIPS");
         m.insert(key, value, 0).expect("write VIPS");
     }
 
     /// Writes table `table` of `RINGS` (`ids.len()` must be the ring size; tables < max_vips * 3).
     pub fn set_table(&mut self, table: u32, ids: &[u32]) {
         let ring = self.sizes.ring_size;
-        assert_eq!(ids.len(), ring as usize, "table length must be the ring size");
-        assert!(table < self.sizes.max_vips * TABLES_PER_VIP, "table {table} out of range");
+        assert_eq!(
+            ids.len(),
+            ring as usize,
+            "table length must be the ring size"
+        );
+        assert!(
+            table < self.sizes.max_vips * TABLES_PER_VIP,
+            "table {table} out of range"
+        );
         let mut a: Array<_, u32> = Array::try_from(self.map_mut(map_names::RINGS)).expect("RINGS");
         for (i, id) in (0u32..).zip(ids) {
             a.set(table * ring + i, id, 0).expect("write RINGS");
@@ -320,12 +388,14 @@ impl Dataplane {
 
     /// Number of tracked connections.
     pub fn conn_count(&self) -> usize {
-        let m: HashMap<_, ConnKey, ConnValue> = HashMap::try_from(self.map(map_names::CONNS)).expect("CONNS");
+        let m: HashMap<_, ConnKey, ConnValue> =
+            HashMap::try_from(self.map(map_names::CONNS)).expect("CONNS");
         m.keys().filter_map(Result::ok).count()
     }
 
     pub fn set_backend(&mut self, id: u32, b: Backend) {
-        let mut a: Array<_, Backend> = Array::try_from(self.map_mut(map_names::BACKENDS)).expect("BACKENDS");
+        let mut a: Array<_, Backend> =
+            Array::try_from(self.map_mut(map_names::BACKENDS)).expect("BACKENDS");
         a.set(id, b, 0).expect("write BACKENDS");
     }
 
@@ -338,18 +408,21 @@ impl Dataplane {
     pub fn allow_v4(&mut self, prefix: Ipv4Addr, len: u32) {
         let mut t: LpmTrie<_, [u8; 4], u8> =
             LpmTrie::try_from(self.map_mut(map_names::DECAP_ALLOW_V4)).expect("DECAP_ALLOW_V4");
-        t.insert(&Key::new(len, prefix.octets()), 1, 0).expect("write DECAP_ALLOW_V4");
+        t.insert(&Key::new(len, prefix.octets()), 1, 0)
+            .expect("write DECAP_ALLOW_V4");
     }
 
     pub fn allow_v6(&mut self, prefix: Ipv6Addr, len: u32) {
         let mut t: LpmTrie<_, [u8; 16], u8> =
             LpmTrie::try_from(self.map_mut(map_names::DECAP_ALLOW_V6)).expect("DECAP_ALLOW_V6");
-        t.insert(&Key::new(len, prefix.octets()), 1, 0).expect("write DECAP_ALLOW_V6");
+        t.insert(&Key::new(len, prefix.octets()), 1, 0)
+            .expect("write DECAP_ALLOW_V6");
     }
 
     /// Global counters summed over CPUs, indexed by `anycast_common::counter`.
     pub fn stats(&self) -> [u64; counter::COUNT as usize] {
-        let a: PerCpuArray<_, u64> = PerCpuArray::try_from(self.map(map_names::STATS)).expect("STATS");
+        let a: PerCpuArray<_, u64> =
+            PerCpuArray::try_from(self.map(map_names::STATS)).expect("STATS");
         let mut out = [0u64; counter::COUNT as usize];
         for (i, o) in (0u32..).zip(out.iter_mut()) {
             *o = a.get(&i, 0).expect("read STATS").iter().sum();
@@ -358,13 +431,17 @@ impl Dataplane {
     }
 
     fn traffic(&self, map: &str, n: u32) -> Vec<TrafficStats> {
-        let a: PerCpuArray<_, TrafficStats> = PerCpuArray::try_from(self.map(map)).expect("stats map");
+        let a: PerCpuArray<_, TrafficStats> =
+            PerCpuArray::try_from(self.map(map)).expect("stats map");
         (0..n)
             .map(|i| {
-                a.get(&i, 0).expect("read stats").iter().fold(TrafficStats::default(), |acc, s| TrafficStats {
-                    packets: acc.packets + s.packets,
-                    bytes: acc.bytes + s.bytes,
-                })
+                a.get(&i, 0)
+                    .expect("read stats")
+                    .iter()
+                    .fold(TrafficStats::default(), |acc, s| TrafficStats {
+                        packets: acc.packets + s.packets,
+                        bytes: acc.bytes + s.bytes,
+                    })
             })
             .collect()
     }
@@ -380,7 +457,12 @@ impl Dataplane {
     }
 
     fn prog(&self) -> &Xdp {
-        self.inner.ebpf().program(anycast_common::PROGRAM_NAME).expect("program").try_into().expect("program is XDP")
+        self.inner
+            .ebpf()
+            .program(anycast_common::PROGRAM_NAME)
+            .expect("program")
+            .try_into()
+            .expect("program is XDP")
     }
 
     /// One BPF_PROG_TEST_RUN of `input`; with `ingress_ifindex` the context names that device as
@@ -391,7 +473,12 @@ impl Dataplane {
 
     /// BPF_PROG_TEST_RUN with `repeat` rounds; `duration` is the kernel's per-round average.
     /// Only meaningful for paths that do not rewrite the packet (later rounds see the output).
-    pub fn run_repeat(&self, input: &[u8], ingress_ifindex: Option<u32>, repeat: u32) -> std::io::Result<RunResult> {
+    pub fn run_repeat(
+        &self,
+        input: &[u8],
+        ingress_ifindex: Option<u32>,
+        repeat: u32,
+    ) -> std::io::Result<RunResult> {
         let mut out = vec![0u8; 4096];
         let ctx = ingress_ifindex.map(|i| packet::xdp_md(input.len(), i, 0));
         let r = self
@@ -408,7 +495,11 @@ impl Dataplane {
                 other => std::io::Error::other(other.to_string()),
             })?;
         out.truncate(r.data_size_out as usize);
-        Ok(RunResult { action: r.return_value, output: out, duration: r.duration })
+        Ok(RunResult {
+            action: r.return_value,
+            output: out,
+            duration: r.duration,
+        })
     }
 }
 
@@ -464,7 +555,11 @@ pub struct Fixture {
 pub fn run_table(dp: &mut Dataplane, fixtures: &[Fixture]) -> Vec<String> {
     let mut seen = BTreeMap::new();
     for f in fixtures {
-        assert!(seen.insert(f.name.clone(), ()).is_none(), "duplicate fixture name {}", f.name);
+        assert!(
+            seen.insert(f.name.clone(), ()).is_none(),
+            "duplicate fixture name {}",
+            f.name
+        );
     }
     let mut failures = Vec::new();
     for f in fixtures {
@@ -489,9 +584,22 @@ pub fn run_table(dp: &mut Dataplane, fixtures: &[Fixture]) -> Vec<String> {
                 ));
             }
             (Expect::Run { .. }, Err(e)) => problems.push(format!("test_run failed: {e}")),
-            (Expect::Run { action, output, counters, vip, backend }, Ok(r)) => {
+            (
+                Expect::Run {
+                    action,
+                    output,
+                    counters,
+                    vip,
+                    backend,
+                },
+                Ok(r),
+            ) => {
                 if r.action != *action {
-                    problems.push(format!("action: expected {}, got {}", action_name(*action), action_name(r.action)));
+                    problems.push(format!(
+                        "action: expected {}, got {}",
+                        action_name(*action),
+                        action_name(r.action)
+                    ));
                 }
                 let want = match output {
                     Output::Unchanged => Some(&f.input),
@@ -501,13 +609,21 @@ pub fn run_table(dp: &mut Dataplane, fixtures: &[Fixture]) -> Vec<String> {
                 if let Some(want) = want
                     && *want != r.output
                 {
-                    problems.push(format!("output bytes differ:\n{}", hex_diff(want, &r.output)));
+                    problems.push(format!(
+                        "output bytes differ:\n{}",
+                        hex_diff(want, &r.output)
+                    ));
                 }
                 let mut want_counters = [0u64; counter::COUNT as usize];
                 for c in counters {
                     want_counters[*c as usize] += 1;
                 }
-                let mut got: Vec<u64> = after.0.iter().zip(before.0.iter()).map(|(a, b)| a - b).collect();
+                let mut got: Vec<u64> = after
+                    .0
+                    .iter()
+                    .zip(before.0.iter())
+                    .map(|(a, b)| a - b)
+                    .collect();
                 // Connection tracking has its own tests (tests/tests/conntrack.rs); here its
                 // counters would only restate each row's TCP flags.
                 for c in counter::CONN_HIT..counter::COUNT {
@@ -537,9 +653,17 @@ pub fn run_table(dp: &mut Dataplane, fixtures: &[Fixture]) -> Vec<String> {
 }
 
 fn counter_list(v: &[u64]) -> String {
-    let items: Vec<String> =
-        v.iter().enumerate().filter(|(_, n)| **n != 0).map(|(i, n)| format!("{}={n}", counter::NAMES[i])).collect();
-    if items.is_empty() { "{}".into() } else { format!("{{{}}}", items.join(", ")) }
+    let items: Vec<String> = v
+        .iter()
+        .enumerate()
+        .filter(|(_, n)| **n != 0)
+        .map(|(i, n)| format!("{}={n}", counter::NAMES[i]))
+        .collect();
+    if items.is_empty() {
+        "{}".into()
+    } else {
+        format!("{{{}}}", items.join(", "))
+    }
 }
 
 fn check_traffic(

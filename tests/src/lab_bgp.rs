@@ -57,9 +57,8 @@ fn sysctl(ns: &str, key: &str, value: &str) -> Sysctl {
 /// (started by [`BgpLab::start`] with a `[bgp]` section).
 pub fn topology(opts: &Options) -> Topology {
     let mut t = reference::topology();
-    t.routes.retain(|r| {
-        !(r.ns == ROUTER && (r.dst.starts_with(VIP_V4) || r.dst.starts_with(VIP_V6)))
-    });
+    t.routes
+        .retain(|r| !(r.ns == ROUTER && (r.dst.starts_with(VIP_V4) || r.dst.starts_with(VIP_V6))));
     t.agents.retain(|a| !EDGES.contains(&a.ns.as_str()));
     // L4 hashing: the default (L3) would put every connection of one client on one edge.
     t.sysctls
@@ -220,7 +219,9 @@ impl BgpLab {
             &[&bin, "agent", "--config", &path],
             &[("RUST_LOG", "info")],
         )?;
-        let dev = self.lab.ifname(if edge == EDGE1 { "e1-r" } else { "e2-r" })?;
+        let dev = self
+            .lab
+            .ifname(if edge == EDGE1 { "e1-r" } else { "e2-r" })?;
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             self.lab.check_alive()?;
@@ -324,7 +325,10 @@ impl BgpLab {
                 (
                     v["vip"].as_str().unwrap_or("?").to_owned(),
                     v["announcement"]["announced"] == true,
-                    v["announcement"]["reason"].as_str().unwrap_or("").to_owned(),
+                    v["announcement"]["reason"]
+                        .as_str()
+                        .unwrap_or("")
+                        .to_owned(),
                 )
             })
             .collect()
@@ -354,7 +358,11 @@ impl BgpLab {
             .filter_map(|p| p.parse::<i32>().ok())
             .filter(|p| {
                 std::fs::read(format!("/proc/{p}/cmdline"))
-                    .map(|c| String::from_utf8_lossy(&c).replace('\0', " ").contains(needle))
+                    .map(|c| {
+                        String::from_utf8_lossy(&c)
+                            .replace('\0', " ")
+                            .contains(needle)
+                    })
                     .unwrap_or(false)
             })
             .collect()
@@ -364,7 +372,10 @@ impl BgpLab {
     pub fn stop_health_servers(&self) {
         for s in health_servers(&self.health_generation.to_string()) {
             // By the handle the lab holds, and by process table as a fallback.
-            let n = self.lab.signal(&format!("server-{}", s.name), nix::sys::signal::Signal::SIGKILL);
+            let n = self.lab.signal(
+                &format!("server-{}", s.name),
+                nix::sys::signal::Signal::SIGKILL,
+            );
             for pid in self.pids(&s.ns, &format!(" {} ", s.name)) {
                 let _ = nix::sys::signal::kill(
                     nix::unistd::Pid::from_raw(pid),
@@ -386,7 +397,8 @@ impl BgpLab {
             let port = s.tcp_port.to_string();
             let mut args = vec![bin.as_str(), s.name.as_str(), port.as_str(), port.as_str()];
             args.extend(s.addrs.iter().map(String::as_str));
-            self.lab.spawn(&s.ns, &format!("server-{}", s.name), &args, &[])?;
+            self.lab
+                .spawn(&s.ns, &format!("server-{}", s.name), &args, &[])?;
         }
         Ok(())
     }
@@ -406,7 +418,17 @@ impl BgpLab {
             for a in addrs {
                 self.lab.ip(
                     ns,
-                    &["neigh", "replace", a, "lladdr", NOBODY, "dev", dev, "nud", "permanent"],
+                    &[
+                        "neigh",
+                        "replace",
+                        a,
+                        "lladdr",
+                        NOBODY,
+                        "dev",
+                        dev,
+                        "nud",
+                        "permanent",
+                    ],
                 )?;
             }
         }
@@ -415,7 +437,12 @@ impl BgpLab {
 }
 
 /// The `anycast lookup` answer of `edge`'s running agent for a flow: the backend's server name.
-pub fn live_lookup(socket: &std::path::Path, protocol: &str, src: std::net::SocketAddr, dst: std::net::SocketAddr) -> String {
+pub fn live_lookup(
+    socket: &std::path::Path,
+    protocol: &str,
+    src: std::net::SocketAddr,
+    dst: std::net::SocketAddr,
+) -> String {
     let v = anycast::api::call(
         socket,
         &anycast::control::Request::Lookup {

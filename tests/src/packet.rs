@@ -8,8 +8,8 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 
 use anycast_common::hash;
 use etherparse::{
-    EtherType, Ethernet2Header, IpDscp, IpEcn, IpFragOffset, IpNumber, Ipv4Header, Ipv4Options, Ipv6FlowLabel,
-    Ipv6Header, SingleVlanHeader, TcpHeader, UdpHeader, VlanId, VlanPcp,
+    EtherType, Ethernet2Header, IpDscp, IpEcn, IpFragOffset, IpNumber, Ipv4Header, Ipv4Options,
+    Ipv6FlowLabel, Ipv6Header, SingleVlanHeader, TcpHeader, UdpHeader, VlanId, VlanPcp,
 };
 
 /// MAC of the router that sends traffic to the edge (source MAC of every input frame).
@@ -89,7 +89,8 @@ impl V4 {
         h.dont_fragment = self.dont_fragment;
         h.more_fragments = self.more_fragments;
         h.fragment_offset = IpFragOffset::try_new(self.fragment_offset).expect("frag offset");
-        h.options = Ipv4Options::try_from(&self.options[..]).expect("options are a multiple of 4 bytes, at most 40");
+        h.options = Ipv4Options::try_from(&self.options[..])
+            .expect("options are a multiple of 4 bytes, at most 40");
         h.total_len = u16::try_from(h.header_len() + payload_len).expect("total length fits");
         h.header_checksum = h.calc_header_checksum();
         h
@@ -136,7 +137,13 @@ pub struct V6 {
 
 impl V6 {
     pub fn new(src: Ipv6Addr, dst: Ipv6Addr) -> Self {
-        Self { src, dst, traffic_class: 0, flow_label: 0x12345, hop_limit: 61 }
+        Self {
+            src,
+            dst,
+            traffic_class: 0,
+            flow_label: 0x12345,
+            hop_limit: 61,
+        }
     }
 
     pub fn traffic_class(mut self, tc: u8) -> Self {
@@ -190,15 +197,29 @@ pub fn cat(parts: &[&[u8]]) -> Vec<u8> {
 }
 
 /// An Ethernet frame: `dst`, `src`, optional single 802.1Q tag (VLAN id), `ethertype`, payload.
-pub fn eth(dst: [u8; 6], src: [u8; 6], vlan: Option<u16>, ethertype: u16, payload: &[u8]) -> Vec<u8> {
+pub fn eth(
+    dst: [u8; 6],
+    src: [u8; 6],
+    vlan: Option<u16>,
+    ethertype: u16,
+    payload: &[u8],
+) -> Vec<u8> {
     let mut out = Vec::with_capacity(18 + payload.len());
     match vlan {
         None => {
-            let h = Ethernet2Header { source: src, destination: dst, ether_type: EtherType(ethertype) };
+            let h = Ethernet2Header {
+                source: src,
+                destination: dst,
+                ether_type: EtherType(ethertype),
+            };
             out.extend_from_slice(&h.to_bytes());
         }
         Some(id) => {
-            let h = Ethernet2Header { source: src, destination: dst, ether_type: EtherType(ETH_P_8021Q) };
+            let h = Ethernet2Header {
+                source: src,
+                destination: dst,
+                ether_type: EtherType(ETH_P_8021Q),
+            };
             out.extend_from_slice(&h.to_bytes());
             let tag = SingleVlanHeader {
                 pcp: VlanPcp::try_new(3).expect("pcp"),
@@ -326,7 +347,14 @@ fn inner_proto(inner: &[u8]) -> u8 {
     }
 }
 
-fn outer_header(outer: Outer, tos: u8, proto: u8, payload: &[u8], gue: Option<Gue>, udp_zero: bool) -> Vec<u8> {
+fn outer_header(
+    outer: Outer,
+    tos: u8,
+    proto: u8,
+    payload: &[u8],
+    gue: Option<Gue>,
+    udp_zero: bool,
+) -> Vec<u8> {
     match outer {
         Outer::V4 { src, dst } => {
             let mut ip = Ipv4Header::new(
@@ -344,7 +372,8 @@ fn outer_header(outer: Outer, tos: u8, proto: u8, payload: &[u8], gue: Option<Gu
             ip.header_checksum = ip.calc_header_checksum();
             let mut out = ip.to_bytes().to_vec();
             if let Some(g) = gue {
-                let mut u = UdpHeader::with_ipv4_checksum(g.src_port, g.dst_port, &ip, payload).expect("udp");
+                let mut u = UdpHeader::with_ipv4_checksum(g.src_port, g.dst_port, &ip, payload)
+                    .expect("udp");
                 if udp_zero {
                     u.checksum = 0;
                 }
@@ -352,7 +381,11 @@ fn outer_header(outer: Outer, tos: u8, proto: u8, payload: &[u8], gue: Option<Gu
             }
             out
         }
-        Outer::V6 { src, dst, flow_label } => {
+        Outer::V6 {
+            src,
+            dst,
+            flow_label,
+        } => {
             let ip = Ipv6Header {
                 traffic_class: tos,
                 flow_label: Ipv6FlowLabel::try_new(flow_label).expect("flow label"),
@@ -364,7 +397,8 @@ fn outer_header(outer: Outer, tos: u8, proto: u8, payload: &[u8], gue: Option<Gu
             };
             let mut out = ip.to_bytes().to_vec();
             if let Some(g) = gue {
-                let mut u = UdpHeader::with_ipv6_checksum(g.src_port, g.dst_port, &ip, payload).expect("udp");
+                let mut u = UdpHeader::with_ipv6_checksum(g.src_port, g.dst_port, &ip, payload)
+                    .expect("udp");
                 if udp_zero {
                     u.checksum = 0;
                 }
@@ -378,7 +412,13 @@ fn outer_header(outer: Outer, tos: u8, proto: u8, payload: &[u8], gue: Option<Gu
 /// The frame the program must emit for `input_frame` (with an optional VLAN tag, which is
 /// removed) encapsulated towards `outer`, with Ethernet addresses `dst_mac`/`src_mac`:
 /// Ethernet + outer IP [+ UDP + GUE] + the inner IP packet as received + any Ethernet trailer.
-pub fn encapsulated(input_frame: &[u8], outer: Outer, gue: Option<Gue>, dst_mac: [u8; 6], src_mac: [u8; 6]) -> Vec<u8> {
+pub fn encapsulated(
+    input_frame: &[u8],
+    outer: Outer,
+    gue: Option<Gue>,
+    dst_mac: [u8; 6],
+    src_mac: [u8; 6],
+) -> Vec<u8> {
     let l3 = l3_offset(input_frame);
     let rest = &input_frame[l3..];
     let n = ip_len(rest);
@@ -396,12 +436,22 @@ pub fn encapsulated(input_frame: &[u8], outer: Outer, gue: Option<Gue>, dst_mac:
         Outer::V4 { .. } => ETH_P_IP,
         Outer::V6 { .. } => ETH_P_IPV6,
     };
-    eth(dst_mac, src_mac, None, ethertype, &cat(&[&hdr, &payload, trailer]))
+    eth(
+        dst_mac,
+        src_mac,
+        None,
+        ethertype,
+        &cat(&[&hdr, &payload, trailer]),
+    )
 }
 
 /// Offset of the IP header in a frame with at most one VLAN tag.
 pub fn l3_offset(frame: &[u8]) -> usize {
-    if u16::from_be_bytes([frame[12], frame[13]]) == ETH_P_8021Q { 18 } else { 14 }
+    if u16::from_be_bytes([frame[12], frame[13]]) == ETH_P_8021Q {
+        18
+    } else {
+        14
+    }
 }
 
 /// IPv4 tunnel packet (IPIP / 6in4) carrying `inner`.
@@ -426,7 +476,14 @@ pub fn gue_v0(inner: &[u8], hlen_words: u8) -> Vec<u8> {
 /// requires `data = 0`, `data_end = len(data_in)`, `data_meta = 0`, `egress_ifindex = 0`
 /// (net/bpf/test_run.c, bpf_prog_test_run_xdp / xdp_convert_md_to_buff).
 pub fn xdp_md(data_len: usize, ingress_ifindex: u32, rx_queue_index: u32) -> [u8; 24] {
-    let words = [0u32, u32::try_from(data_len).expect("fits"), 0, ingress_ifindex, rx_queue_index, 0];
+    let words = [
+        0u32,
+        u32::try_from(data_len).expect("fits"),
+        0,
+        ingress_ifindex,
+        rx_queue_index,
+        0,
+    ];
     let mut out = [0u8; 24];
     for (i, w) in words.iter().enumerate() {
         out[i * 4..i * 4 + 4].copy_from_slice(&w.to_ne_bytes());
@@ -454,11 +511,24 @@ pub fn hex_diff(expected: &[u8], actual: &[u8]) -> String {
     let lines = expected.len().max(actual.len()).div_ceil(16);
     for i in 0..lines {
         let r = i * 16..(i + 1) * 16;
-        let e = expected.get(r.start..r.end.min(expected.len())).unwrap_or(&[]);
+        let e = expected
+            .get(r.start..r.end.min(expected.len()))
+            .unwrap_or(&[]);
         let a = actual.get(r.start..r.end.min(actual.len())).unwrap_or(&[]);
         let mark = if e == a { "  " } else { "!!" };
-        let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<Vec<_>>().join(" ");
-        let _ = writeln!(s, "  {mark} {:04x}  exp {:<47}  act {}", r.start, hex(e), hex(a));
+        let hex = |b: &[u8]| {
+            b.iter()
+                .map(|x| format!("{x:02x}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        let _ = writeln!(
+            s,
+            "  {mark} {:04x}  exp {:<47}  act {}",
+            r.start,
+            hex(e),
+            hex(a)
+        );
     }
     s
 }

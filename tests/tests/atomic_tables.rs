@@ -91,9 +91,19 @@ fn test_run(fd: RawFd, data: &[u8], out: &mut [u8]) -> u32 {
     };
     // SAFETY: attr points at a live, correctly laid out struct whose buffers outlive the call.
     let rc = unsafe {
-        libc::syscall(libc::SYS_bpf, BPF_PROG_TEST_RUN, &mut attr as *mut TestAttr, size_of::<TestAttr>())
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_PROG_TEST_RUN,
+            &mut attr as *mut TestAttr,
+            size_of::<TestAttr>(),
+        )
     };
-    assert_eq!(rc, 0, "BPF_PROG_TEST_RUN: {}", std::io::Error::last_os_error());
+    assert_eq!(
+        rc,
+        0,
+        "BPF_PROG_TEST_RUN: {}",
+        std::io::Error::last_os_error()
+    );
     attr.retval
 }
 
@@ -102,12 +112,16 @@ fn syn(sport: u16) -> Vec<u8> {
     t.extend_from_slice(&sport.to_be_bytes());
     t.extend_from_slice(&80u16.to_be_bytes());
     t.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0, 0x50, 0x02, 0xff, 0xff, 0, 0, 0, 0]);
-    p::frame(None, &V4::new(Ipv4Addr::new(198, 18, 100, 7), VIP).raw(6, &t))
+    p::frame(
+        None,
+        &V4::new(Ipv4Addr::new(198, 18, 100, 7), VIP).raw(6, &t),
+    )
 }
 
 #[test]
 fn packets_see_the_old_or_the_new_table_while_tables_are_rewritten() {
-    if !anycast_tests::privileged("packets_see_the_old_or_the_new_table_while_tables_are_rewritten") {
+    if !anycast_tests::privileged("packets_see_the_old_or_the_new_table_while_tables_are_rewritten")
+    {
         return;
     }
     let local: BTreeSet<IpAddr> = [IpAddr::V4(net::EDGE_V4)].into();
@@ -115,7 +129,12 @@ fn packets_see_the_old_or_the_new_table_while_tables_are_rewritten() {
         let mut dp = Dataplane::from_config(&config(0));
         dp.apply(&config(0), &local);
         // A second handle on the same program for the traffic thread.
-        let fd = dp.program_mut().fd().expect("program fd").try_clone().expect("dup program fd");
+        let fd = dp
+            .program_mut()
+            .fd()
+            .expect("program fd")
+            .try_clone()
+            .expect("dup program fd");
         let raw = fd.as_fd().as_raw_fd();
         let phase = AtomicUsize::new(0);
         let stop = AtomicBool::new(false);
@@ -132,7 +151,10 @@ fn packets_see_the_old_or_the_new_table_while_tables_are_rewritten() {
                     let before = phase.load(Ordering::SeqCst);
                     let action = test_run(raw, &frame, &mut out);
                     let after = phase.load(Ordering::SeqCst);
-                    assert_eq!(action, XDP_REDIRECT, "packet not encapsulated (phase {before}..{after})");
+                    assert_eq!(
+                        action, XDP_REDIRECT,
+                        "packet not encapsulated (phase {before}..{after})"
+                    );
                     let dst = Ipv4Addr::new(out[30], out[31], out[32], out[33]);
                     *seen.entry(dst).or_default() += 1;
                     if after - before >= 2 {
@@ -141,8 +163,9 @@ fn packets_see_the_old_or_the_new_table_while_tables_are_rewritten() {
                     }
                     // Live during the run: the table of `before` (or of before - 1 while `before`
                     // is being published) up to the table of `after`.
-                    let allowed: BTreeSet<Ipv4Addr> =
-                        (before.saturating_sub(1)..=after).map(|k| backend(k % 3)).collect();
+                    let allowed: BTreeSet<Ipv4Addr> = (before.saturating_sub(1)..=after)
+                        .map(|k| backend(k % 3))
+                        .collect();
                     assert!(
                         allowed.contains(&dst),
                         "packet sent to {dst}, allowed {allowed:?} (phases {before}..{after})"
@@ -160,8 +183,17 @@ fn packets_see_the_old_or_the_new_table_while_tables_are_rewritten() {
             stop.store(true, Ordering::SeqCst);
             traffic.join().expect("traffic thread")
         });
-        eprintln!("checked {checked} packets ({skipped} spanning two changes), backends seen {seen:?}");
-        assert!(checked > 1000, "too few packets ran during the changes: {checked}");
-        assert_eq!(seen.len(), 3, "every table should have carried traffic: {seen:?}");
+        eprintln!(
+            "checked {checked} packets ({skipped} spanning two changes), backends seen {seen:?}"
+        );
+        assert!(
+            checked > 1000,
+            "too few packets ran during the changes: {checked}"
+        );
+        assert_eq!(
+            seen.len(),
+            3,
+            "every table should have carried traffic: {seen:?}"
+        );
     });
 }

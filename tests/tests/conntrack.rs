@@ -9,11 +9,17 @@ use anycast_common::{
     BACKEND_F_LOCAL, Backend, CFG_F_HAS_SRC_V4, DataplaneConfig, ENCAP_IPIP, FAMILY_V4,
     GUE_DEFAULT_PORT, NO_TABLE, PROTO_TCP, PROTO_UDP, VipKey, VipValue, counter as c,
 };
-use anycast_tests::fixture::{Dataplane, Sizes, XDP_DROP, XDP_PASS, XDP_REDIRECT, fixture_netns, net};
+use anycast_tests::fixture::{
+    Dataplane, Sizes, XDP_DROP, XDP_PASS, XDP_REDIRECT, fixture_netns, net,
+};
 use anycast_tests::packet::{self as p, V4};
 
 const RING: u32 = 13;
-const SIZES: Sizes = Sizes { max_vips: 4, ring_size: RING, max_backends: 8 };
+const SIZES: Sizes = Sizes {
+    max_vips: 4,
+    ring_size: RING,
+    max_backends: 8,
+};
 const CLIENT: Ipv4Addr = Ipv4Addr::new(198, 18, 100, 7);
 const VIP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
 const VIP_ID: u32 = 0;
@@ -52,7 +58,15 @@ fn set_backend(dp: &mut Dataplane, id: u32, generation: u16) {
     let mut addr_be = [0u8; 16];
     addr_be[..4].copy_from_slice(&backend_addr(id).octets());
     let flags = if id == LOCAL { BACKEND_F_LOCAL } else { 0 };
-    dp.set_backend(id, Backend { addr_be, family: FAMILY_V4, flags, generation });
+    dp.set_backend(
+        id,
+        Backend {
+            addr_be,
+            family: FAMILY_V4,
+            flags,
+            generation,
+        },
+    );
 }
 
 /// Publishes a table in which every slot holds `id`, the way the agent does: table number
@@ -61,7 +75,12 @@ fn publish(dp: &mut Dataplane, proto: u8, table: u32, id: u32) {
     dp.set_table(table, &vec![id; RING as usize]);
     dp.set_vip(
         VipKey::v4(VIP.octets(), 0, proto),
-        VipValue { vip_id: VIP_ID, table, prev_table: NO_TABLE, flags: 0 },
+        VipValue {
+            vip_id: VIP_ID,
+            table,
+            prev_table: NO_TABLE,
+            flags: 0,
+        },
     );
 }
 
@@ -92,7 +111,10 @@ fn landed(dp: &Dataplane, frame: &[u8]) -> u32 {
         XDP_PASS if r.output == frame => LOCAL,
         XDP_REDIRECT => {
             let dst = Ipv4Addr::new(r.output[30], r.output[31], r.output[32], r.output[33]);
-            [A, B].into_iter().find(|&id| backend_addr(id) == dst).unwrap_or_else(|| panic!("sent to {dst}"))
+            [A, B]
+                .into_iter()
+                .find(|&id| backend_addr(id) == dst)
+                .unwrap_or_else(|| panic!("sent to {dst}"))
         }
         XDP_DROP => panic!("dropped"),
         a => panic!("unexpected action {a}"),
@@ -128,7 +150,11 @@ fn tracked_tcp_flow_keeps_its_backend_when_the_table_changes() {
         // new handshake go to B.
         publish(&mut dp, PROTO_TCP, 1, B);
         let before = dp.stats();
-        assert_eq!(landed(&dp, &tcp(40000, TCP_ACK)), A, "established flow must keep its backend");
+        assert_eq!(
+            landed(&dp, &tcp(40000, TCP_ACK)),
+            A,
+            "established flow must keep its backend"
+        );
         assert_eq!(delta(&before, &dp.stats(), c::CONN_HIT), 1);
         assert_eq!(landed(&dp, &tcp(40001, TCP_ACK)), B);
         assert_eq!(landed(&dp, &tcp(40002, TCP_SYN)), B);
@@ -139,17 +165,33 @@ fn tracked_tcp_flow_keeps_its_backend_when_the_table_changes() {
         assert_eq!(landed(&dp, &tcp(40010, TCP_ACK)), A);
         publish(&mut dp, PROTO_TCP, 1, B);
         assert_eq!(landed(&dp, &tcp(40010, TCP_ACK)), A, "tracked");
-        assert_eq!(landed(&dp, &tcp(40010, TCP_SYN)), B, "a SYN follows the table");
-        assert_eq!(landed(&dp, &tcp(40010, TCP_ACK)), B, "reused tuple must not follow the old entry");
+        assert_eq!(
+            landed(&dp, &tcp(40010, TCP_SYN)),
+            B,
+            "a SYN follows the table"
+        );
+        assert_eq!(
+            landed(&dp, &tcp(40010, TCP_ACK)),
+            B,
+            "reused tuple must not follow the old entry"
+        );
 
         // Draining to "no table at all" keeps established flows too.
         dp.set_vip(
             VipKey::v4(VIP.octets(), 0, PROTO_TCP),
-            VipValue { vip_id: VIP_ID, table: NO_TABLE, prev_table: 1, flags: 0 },
+            VipValue {
+                vip_id: VIP_ID,
+                table: NO_TABLE,
+                prev_table: 1,
+                flags: 0,
+            },
         );
         assert_eq!(landed(&dp, &tcp(40000, TCP_ACK)), A);
         let r = dp.run(&tcp(40003, TCP_SYN), None).expect("test_run");
-        assert_eq!(r.action, XDP_DROP, "a new flow to a VIP without table is dropped");
+        assert_eq!(
+            r.action, XDP_DROP,
+            "a new flow to a VIP without table is dropped"
+        );
     });
 }
 
@@ -179,7 +221,15 @@ fn rst_creates_no_entry_and_stale_entries_are_ignored() {
         assert_eq!(landed(&dp, &tcp(41001, TCP_ACK)), B);
 
         // A freed id (family 0) is stale as well.
-        dp.set_backend(B, Backend { addr_be: [0; 16], family: 0, flags: 0, generation: 0 });
+        dp.set_backend(
+            B,
+            Backend {
+                addr_be: [0; 16],
+                family: 0,
+                flags: 0,
+                generation: 0,
+            },
+        );
         assert_eq!(landed(&dp, &tcp(41001, TCP_ACK)), A);
     });
 }
@@ -195,10 +245,18 @@ fn udp_entries_age_out_after_the_configured_idle_time() {
         publish(&mut dp, PROTO_UDP, 0, A);
         assert_eq!(landed(&dp, &udp(5000)), A);
         publish(&mut dp, PROTO_UDP, 1, B);
-        assert_eq!(landed(&dp, &udp(5000)), A, "a live UDP flow keeps its backend");
+        assert_eq!(
+            landed(&dp, &udp(5000)),
+            A,
+            "a live UDP flow keeps its backend"
+        );
         std::thread::sleep(Duration::from_millis(1300));
         let before = dp.stats();
-        assert_eq!(landed(&dp, &udp(5000)), B, "an idle UDP flow is picked afresh");
+        assert_eq!(
+            landed(&dp, &udp(5000)),
+            B,
+            "an idle UDP flow is picked afresh"
+        );
         assert_eq!(delta(&before, &dp.stats(), c::CONN_STALE), 1);
     });
 }
@@ -219,7 +277,11 @@ fn insertion_limit_caps_new_entries_per_cpu_per_second() {
         set.set(0).expect("cpu 0");
         nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set).expect("pin to cpu 0");
         for port in 0..10 {
-            assert_eq!(landed(&dp, &udp(6000 + port)), LOCAL, "flows still follow the table");
+            assert_eq!(
+                landed(&dp, &udp(6000 + port)),
+                LOCAL,
+                "flows still follow the table"
+            );
         }
         let after = dp.stats();
         let inserted = delta(&before, &after, c::CONN_INSERT);

@@ -16,17 +16,23 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use anycast_common::{
-    AddrKey, BACKEND_F_LOCAL, Backend, CFG_F_HAS_SRC_V4, CFG_F_HAS_SRC_V6, DataplaneConfig, ENCAP_GUE, ENCAP_IPIP,
-    FAMILY_V4, FAMILY_V6, GUE_DEFAULT_PORT, NO_TABLE, PROTO_TCP, PROTO_UDP, VipKey, VipValue, counter as c, hash,
+    AddrKey, BACKEND_F_LOCAL, Backend, CFG_F_HAS_SRC_V4, CFG_F_HAS_SRC_V6, DataplaneConfig,
+    ENCAP_GUE, ENCAP_IPIP, FAMILY_V4, FAMILY_V6, GUE_DEFAULT_PORT, NO_TABLE, PROTO_TCP, PROTO_UDP,
+    VipKey, VipValue, counter as c, hash,
 };
 use anycast_tests::fixture::{
-    Dataplane, Expect, Fixture, Output, Sizes, Traffic, XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX, fixture_netns, net,
+    Dataplane, Expect, Fixture, Output, Sizes, Traffic, XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX,
+    fixture_netns, net,
 };
 use anycast_tests::packet::{self as p, Gue, Outer, V4, V6};
 
 const SEED: u32 = 0x5eed_1234;
 const RING: u32 = 13;
-const SIZES: Sizes = Sizes { max_vips: 32, ring_size: RING, max_backends: 16 };
+const SIZES: Sizes = Sizes {
+    max_vips: 32,
+    ring_size: RING,
+    max_backends: 16,
+};
 
 const CLIENT_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 100, 7);
 const CLIENT_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x100, 0, 0, 0, 0, 0, 7);
@@ -60,7 +66,11 @@ fn backends() -> Vec<(u32, IpAddr, bool)> {
 }
 
 fn backend_addr(id: u32) -> IpAddr {
-    backends().into_iter().find(|b| b.0 == id).expect("backend id").1
+    backends()
+        .into_iter()
+        .find(|b| b.0 == id)
+        .expect("backend id")
+        .1
 }
 
 /// A VIP: id (= table, = VIP_STATS index), address, port (0 = any), protocol, and the ring
@@ -97,25 +107,139 @@ fn vips() -> Vec<Vip> {
     let a4 = |s: &str| IpAddr::V4(v4(s));
     let a6 = |s: &str| IpAddr::V6(v6(s));
     vec![
-        Vip { id: V_TCP4, addr: a4("203.0.113.10"), port: 80, proto: PROTO_TCP, ring: Some(|_| 1) },
-        Vip { id: V_UDP4, addr: a4("203.0.113.10"), port: 53, proto: PROTO_UDP, ring: Some(|_| 1) },
-        Vip { id: V_TCP6, addr: a6("2001:db8::10"), port: 80, proto: PROTO_TCP, ring: Some(|_| 2) },
-        Vip { id: V_6TO4, addr: a6("2001:db8::11"), port: 80, proto: PROTO_TCP, ring: Some(|_| 1) },
-        Vip { id: V_4TO6, addr: a4("203.0.113.11"), port: 80, proto: PROTO_TCP, ring: Some(|_| 2) },
-        Vip { id: V_LOCAL4, addr: a4("203.0.113.12"), port: 80, proto: PROTO_TCP, ring: Some(|_| 0) },
-        Vip { id: V_ANYPORT, addr: a4("203.0.113.20"), port: 0, proto: PROTO_TCP, ring: Some(|_| 1) },
-        Vip { id: V_EXACT443, addr: a4("203.0.113.20"), port: 443, proto: PROTO_TCP, ring: Some(|_| 3) },
-        Vip { id: V_EMPTY, addr: a4("203.0.113.13"), port: 80, proto: PROTO_TCP, ring: None },
-        Vip { id: V_UNRES4, addr: a4("203.0.113.14"), port: 80, proto: PROTO_TCP, ring: Some(|_| 4) },
-        Vip { id: V_MTU4, addr: a4("203.0.113.15"), port: 80, proto: PROTO_TCP, ring: Some(|_| 5) },
-        Vip { id: V_UNRES6, addr: a6("2001:db8::12"), port: 80, proto: PROTO_TCP, ring: Some(|_| 6) },
-        Vip { id: V_MTU6, addr: a6("2001:db8::13"), port: 80, proto: PROTO_TCP, ring: Some(|_| 7) },
-        Vip { id: V_MIXED, addr: a4("203.0.113.16"), port: 80, proto: PROTO_TCP, ring: Some(mixed_ring) },
-        Vip { id: V_BLACKHOLE, addr: a4("203.0.113.17"), port: 80, proto: PROTO_TCP, ring: Some(|_| 8) },
-        Vip { id: V_UDP6, addr: a6("2001:db8::14"), port: 53, proto: PROTO_UDP, ring: Some(|_| 2) },
-        Vip { id: V_UDP4TO6, addr: a4("203.0.113.18"), port: 0, proto: PROTO_UDP, ring: Some(|_| 2) },
-        Vip { id: V_LOCAL6, addr: a6("2001:db8::15"), port: 80, proto: PROTO_TCP, ring: Some(|_| 9) },
-        Vip { id: V_UDP6TO4, addr: a6("2001:db8::16"), port: 53, proto: PROTO_UDP, ring: Some(|_| 1) },
+        Vip {
+            id: V_TCP4,
+            addr: a4("203.0.113.10"),
+            port: 80,
+            proto: PROTO_TCP,
+            ring: Some(|_| 1),
+        },
+        Vip {
+            id: V_UDP4,
+            addr: a4("203.0.113.10"),
+            port: 53,
+            proto: PROTO_UDP,
+            ring: Some(|_| 1),
+        },
+        Vip {
+            id: V_TCP6,
+            addr: a6("2001:db8::10"),
+            port: 80,
+            proto: PROTO_TCP,
+            ring: Some(|_| 2),
+        },
+        Vip {
+            id: V_6TO4,
+            addr: a6("2001:db8::11"),
+            port: 80,
+            proto: PROTO_TCP,
+            ring: Some(|_| 1),
+        },
+        Vip {
+            id: V_4TO6,
+            addr: a4("203.0.113.11"),
+            port: 80,
+            proto: PROTO_TCP,
+            ring: Some(|_| 2),
+        },
+        Vip {
+            id: V_LOCAL4,
+            addr: a4("203.0.113.12"),
+            port: 80,
+            proto: PROTO_TCP,
+            ring: Some(|_| 0),
+        },
+        Vip {
+            id: V_ANYPORT,
+            addr: a4("203.0.113.20"),
+            port: 0,
+            proto: PROTO_TCP,
+            ring: Some(|_| 1),
+        },
+        Vip {
+            id: V_EXACT443,
+            addr: a4("203.0.113.20"),
+            port: 443,
+            proto: PROTO_TCP,
+            ring: Some(|_| 3),
+        },
+        Vip {
+            id: V_EMPTY,
+            addr: a4("203.0.113.13"),
+            port: 80,
+            proto: PROTO_TCP,
+            ring: None,
+        },
+        Vip {
+            id: V_UNRES4,
+            addr: a4("203.0.113.14"),
+            port: 80,
+            proto: PROTO_TCP,
+            ring: Some(|_| 4),
+        },
+        Vip {
+            id: V_MTU4,
+            addr: a4("203.0.113.15"),
+            port: 80,
+            proto: PROTO_TCP,
+            ring: Some(|_| 5),
+        },
+        Vip {
+            id: V_UNRES6,
+            addr: a6("2001:db8::12"),
+            port: 80,
+            proto: PROTO_TCP,
+            ring: Some(|_| 6),
+        },
+        Vip {
+            id: V_MTU6,
+            addr: a6("2001:db8::13"),
+            port: 80,
+            proto: PROTO_TCP,
+            ring: Some(|_| 7),
+        },
+        Vip {
+            id: V_MIXED,
+            addr: a4("203.0.113.16"),
+            port: 80,
+            proto: PROTO_TCP,
+            ring: Some(mixed_ring),
+        },
+        Vip {
+            id: V_BLACKHOLE,
+            addr: a4("203.0.113.17"),
+            port: 80,
+            proto: PROTO_TCP,
+            ring: Some(|_| 8),
+        },
+        Vip {
+            id: V_UDP6,
+            addr: a6("2001:db8::14"),
+            port: 53,
+            proto: PROTO_UDP,
+            ring: Some(|_| 2),
+        },
+        Vip {
+            id: V_UDP4TO6,
+            addr: a4("203.0.113.18"),
+            port: 0,
+            proto: PROTO_UDP,
+            ring: Some(|_| 2),
+        },
+        Vip {
+            id: V_LOCAL6,
+            addr: a6("2001:db8::15"),
+            port: 80,
+            proto: PROTO_TCP,
+            ring: Some(|_| 9),
+        },
+        Vip {
+            id: V_UDP6TO4,
+            addr: a6("2001:db8::16"),
+            port: 53,
+            proto: PROTO_UDP,
+            ring: Some(|_| 1),
+        },
     ]
 }
 
@@ -171,7 +295,15 @@ fn setup(dp: &mut Dataplane) {
             }
             IpAddr::V6(a) => (a.octets(), FAMILY_V6),
         };
-        dp.set_backend(id, Backend { addr_be, family, flags: if local { BACKEND_F_LOCAL } else { 0 }, generation: 1 });
+        dp.set_backend(
+            id,
+            Backend {
+                addr_be,
+                family,
+                flags: if local { BACKEND_F_LOCAL } else { 0 },
+                generation: 1,
+            },
+        );
     }
     for v in vips() {
         let key = match v.addr {
@@ -186,7 +318,15 @@ fn setup(dp: &mut Dataplane) {
             }
             None => NO_TABLE,
         };
-        dp.set_vip(key, VipValue { vip_id: v.id, table, prev_table: NO_TABLE, flags: 0 });
+        dp.set_vip(
+            key,
+            VipValue {
+                vip_id: v.id,
+                table,
+                prev_table: NO_TABLE,
+                flags: 0,
+            },
+        );
     }
     dp.add_local(AddrKey::v4(net::EDGE_V4.octets()));
     dp.add_local(AddrKey::v6(net::EDGE_V6.octets()));
@@ -213,19 +353,38 @@ enum Leaves {
 }
 
 /// Expected result of a VIP packet encapsulated to the backend the contract picks.
-fn encap_fixture(name: &str, cfg: DataplaneConfig, vip_id: u32, input: Vec<u8>, leaves: Leaves) -> Fixture {
+fn encap_fixture(
+    name: &str,
+    cfg: DataplaneConfig,
+    vip_id: u32,
+    input: Vec<u8>,
+    leaves: Leaves,
+) -> Fixture {
     let backend = chosen_backend(vip_id, &input);
     let inner = &input[p::l3_offset(&input)..];
     let h = p::flow_hash(SEED, inner);
     let outer = match backend_addr(backend) {
-        IpAddr::V4(dst) => Outer::V4 { src: net::EDGE_V4, dst },
-        IpAddr::V6(dst) => Outer::V6 { src: net::EDGE_V6, dst, flow_label: hash::flow_label(h) },
+        IpAddr::V4(dst) => Outer::V4 {
+            src: net::EDGE_V4,
+            dst,
+        },
+        IpAddr::V6(dst) => Outer::V6 {
+            src: net::EDGE_V6,
+            dst,
+            flow_label: hash::flow_label(h),
+        },
     };
     let is_gue = cfg.encap == ENCAP_GUE;
-    let g = is_gue.then(|| Gue { src_port: hash::gue_source_port(h), dst_port: u16::from_be(cfg.gue_port_be) });
+    let g = is_gue.then(|| Gue {
+        src_port: hash::gue_source_port(h),
+        dst_port: u16::from_be(cfg.gue_port_be),
+    });
     let (dmac, smac) = match leaves {
         Leaves::Redirect | Leaves::Tx => (net::GW_MAC, net::DEV_MAC),
-        Leaves::NoNeigh => (input[0..6].try_into().expect("6"), input[6..12].try_into().expect("6")),
+        Leaves::NoNeigh => (
+            input[0..6].try_into().expect("6"),
+            input[6..12].try_into().expect("6"),
+        ),
     };
     let out = p::encapsulated(&input, outer, g, dmac, smac);
     let cross = (inner[0] >> 4 == 4) != matches!(outer, Outer::V4 { .. });
@@ -259,8 +418,16 @@ fn encap_fixture(name: &str, cfg: DataplaneConfig, vip_id: u32, input: Vec<u8>, 
             action,
             output: Output::Bytes(out),
             counters,
-            vip: Some(Traffic { id: vip_id, packets: 1, bytes: len }),
-            backend: Ok(Some(Traffic { id: backend, packets: 1, bytes: len })),
+            vip: Some(Traffic {
+                id: vip_id,
+                packets: 1,
+                bytes: len,
+            }),
+            backend: Ok(Some(Traffic {
+                id: backend,
+                packets: 1,
+                bytes: len,
+            })),
         },
         input,
     }
@@ -294,8 +461,16 @@ fn local_fixture(name: &str, vip_id: u32, input: Vec<u8>) -> Fixture {
             action: XDP_PASS,
             output: Output::Unchanged,
             counters: vec![c::LOCAL],
-            vip: Some(Traffic { id: vip_id, packets: 1, bytes: len }),
-            backend: Ok(Some(Traffic { id: backend, packets: 1, bytes: len })),
+            vip: Some(Traffic {
+                id: vip_id,
+                packets: 1,
+                bytes: len,
+            }),
+            backend: Ok(Some(Traffic {
+                id: backend,
+                packets: 1,
+                bytes: len,
+            })),
         },
         input,
     }
@@ -319,7 +494,11 @@ fn vip_drop(
             action: XDP_DROP,
             output: Output::Ignored,
             counters: vec![counter],
-            vip: Some(Traffic { id: vip_id, packets: 1, bytes: len }),
+            vip: Some(Traffic {
+                id: vip_id,
+                packets: 1,
+                bytes: len,
+            }),
             backend: if backend_checked { Ok(None) } else { Err(()) },
         },
         input,
@@ -369,13 +548,17 @@ fn payload(n: usize) -> Vec<u8> {
 }
 
 fn tcp4(dst: Ipv4Addr, dport: u16) -> Vec<u8> {
-    V4::new(CLIENT_V4, dst).tos(0x2a).tcp(40000, dport, &payload(32))
+    V4::new(CLIENT_V4, dst)
+        .tos(0x2a)
+        .tcp(40000, dport, &payload(32))
 }
 fn udp4(dst: Ipv4Addr, dport: u16) -> Vec<u8> {
     V4::new(CLIENT_V4, dst).udp(40001, dport, &payload(24))
 }
 fn tcp6(dst: Ipv6Addr, dport: u16) -> Vec<u8> {
-    V6::new(CLIENT_V6, dst).traffic_class(0x2a).tcp(40002, dport, &payload(32))
+    V6::new(CLIENT_V6, dst)
+        .traffic_class(0x2a)
+        .tcp(40002, dport, &payload(32))
 }
 fn udp6(dst: Ipv6Addr, dport: u16) -> Vec<u8> {
     V6::new(CLIENT_V6, dst).udp(40003, dport, &payload(24))
@@ -410,59 +593,157 @@ fn set_u16(mut b: Vec<u8>, at: usize, v: u16) -> Vec<u8> {
     b
 }
 
-#[expect(clippy::vec_init_then_push, reason = "the table reads as a list of rows with comments between groups")]
+#[expect(
+    clippy::vec_init_then_push,
+    reason = "the table reads as a list of rows with comments between groups"
+)]
 fn fixtures() -> Vec<Fixture> {
     let f = p::frame;
     let mut t = Vec::new();
 
     // --- not for us: untouched ---
-    t.push(untouched("non_vip_tcp_v4_passes_untouched", f(None, &tcp4(v4("203.0.113.99"), 80)), c::PASS));
-    t.push(untouched("non_vip_tcp_v6_passes_untouched", f(None, &tcp6(v6("2001:db8::99"), 80)), c::PASS));
-    t.push(untouched("non_vip_udp_v4_passes_untouched", f(None, &udp4(v4("203.0.113.99"), 53)), c::PASS));
-    t.push(untouched("arp_passes_untouched", p::arp_request(CLIENT_V4, net::EDGE_V4), c::PASS));
-    t.push(untouched("vip_address_other_port_passes", f(None, &tcp4(vip4(V_TCP4), 81)), c::PASS));
+    t.push(untouched(
+        "non_vip_tcp_v4_passes_untouched",
+        f(None, &tcp4(v4("203.0.113.99"), 80)),
+        c::PASS,
+    ));
+    t.push(untouched(
+        "non_vip_tcp_v6_passes_untouched",
+        f(None, &tcp6(v6("2001:db8::99"), 80)),
+        c::PASS,
+    ));
+    t.push(untouched(
+        "non_vip_udp_v4_passes_untouched",
+        f(None, &udp4(v4("203.0.113.99"), 53)),
+        c::PASS,
+    ));
+    t.push(untouched(
+        "arp_passes_untouched",
+        p::arp_request(CLIENT_V4, net::EDGE_V4),
+        c::PASS,
+    ));
+    t.push(untouched(
+        "vip_address_other_port_passes",
+        f(None, &tcp4(vip4(V_TCP4), 81)),
+        c::PASS,
+    ));
     t.push(untouched(
         "vip_address_other_protocol_passes",
-        f(None, &V4::new(CLIENT_V4, vip4(V_TCP4)).udp(1, 80, &payload(8))),
+        f(
+            None,
+            &V4::new(CLIENT_V4, vip4(V_TCP4)).udp(1, 80, &payload(8)),
+        ),
         c::PASS,
     ));
     t.push(untouched(
         "vip_address_icmp_passes",
-        f(None, &V4::new(CLIENT_V4, vip4(V_TCP4)).raw(1, &[8, 0, 0xf7, 0xfe, 0, 1, 0, 0])),
+        f(
+            None,
+            &V4::new(CLIENT_V4, vip4(V_TCP4)).raw(1, &[8, 0, 0xf7, 0xfe, 0, 1, 0, 0]),
+        ),
         c::PASS,
     ));
-    t.push(untouched("vlan_non_vip_passes_with_tag", f(Some(100), &tcp4(v4("203.0.113.99"), 80)), c::PASS));
-    t.push(untouched("tcp_to_local_address_passes", f(None, &tcp4(net::EDGE_V4, 22)), c::PASS));
-    t.push(untouched("udp_to_local_address_other_port_passes", f(None, &udp4(net::EDGE_V4, 53)), c::PASS));
+    t.push(untouched(
+        "vlan_non_vip_passes_with_tag",
+        f(Some(100), &tcp4(v4("203.0.113.99"), 80)),
+        c::PASS,
+    ));
+    t.push(untouched(
+        "tcp_to_local_address_passes",
+        f(None, &tcp4(net::EDGE_V4, 22)),
+        c::PASS,
+    ));
+    t.push(untouched(
+        "udp_to_local_address_other_port_passes",
+        f(None, &udp4(net::EDGE_V4, 53)),
+        c::PASS,
+    ));
     t.push(untouched(
         "ipip_to_non_local_address_passes",
-        f(None, &p::ipip_v4(ALLOWED_V4, v4("198.18.9.9"), &tcp4(vip4(V_TCP4), 80))),
+        f(
+            None,
+            &p::ipip_v4(ALLOWED_V4, v4("198.18.9.9"), &tcp4(vip4(V_TCP4), 80)),
+        ),
         c::PASS,
     ));
 
     // --- local backend ---
-    t.push(local_fixture("local_vip_v4_passes_untouched", V_LOCAL4, f(None, &tcp4(vip4(V_LOCAL4), 80))));
-    t.push(local_fixture("local_vip_v6_passes_untouched", V_LOCAL6, f(None, &tcp6(vip6(V_LOCAL6), 80))));
+    t.push(local_fixture(
+        "local_vip_v4_passes_untouched",
+        V_LOCAL4,
+        f(None, &tcp4(vip4(V_LOCAL4), 80)),
+    ));
+    t.push(local_fixture(
+        "local_vip_v6_passes_untouched",
+        V_LOCAL6,
+        f(None, &tcp6(vip6(V_LOCAL6), 80)),
+    ));
 
     // --- IPIP, every family pair ---
-    t.push(encap_fixture("ipip_4in4_tcp", ipip(), V_TCP4, f(None, &tcp4(vip4(V_TCP4), 80)), Leaves::Redirect));
-    t.push(encap_fixture("ipip_4in4_udp", ipip(), V_UDP4, f(None, &udp4(vip4(V_UDP4), 53)), Leaves::Redirect));
-    t.push(encap_fixture("ipip_6in6_tcp", ipip(), V_TCP6, f(None, &tcp6(vip6(V_TCP6), 80)), Leaves::Redirect));
-    t.push(encap_fixture("ipip_6in6_udp", ipip(), V_UDP6, f(None, &udp6(vip6(V_UDP6), 53)), Leaves::Redirect));
-    t.push(encap_fixture("ipip_6in4_tcp", ipip(), V_6TO4, f(None, &tcp6(vip6(V_6TO4), 80)), Leaves::Redirect));
-    t.push(encap_fixture("ipip_4in6_tcp", ipip(), V_4TO6, f(None, &tcp4(vip4(V_4TO6), 80)), Leaves::Redirect));
+    t.push(encap_fixture(
+        "ipip_4in4_tcp",
+        ipip(),
+        V_TCP4,
+        f(None, &tcp4(vip4(V_TCP4), 80)),
+        Leaves::Redirect,
+    ));
+    t.push(encap_fixture(
+        "ipip_4in4_udp",
+        ipip(),
+        V_UDP4,
+        f(None, &udp4(vip4(V_UDP4), 53)),
+        Leaves::Redirect,
+    ));
+    t.push(encap_fixture(
+        "ipip_6in6_tcp",
+        ipip(),
+        V_TCP6,
+        f(None, &tcp6(vip6(V_TCP6), 80)),
+        Leaves::Redirect,
+    ));
+    t.push(encap_fixture(
+        "ipip_6in6_udp",
+        ipip(),
+        V_UDP6,
+        f(None, &udp6(vip6(V_UDP6), 53)),
+        Leaves::Redirect,
+    ));
+    t.push(encap_fixture(
+        "ipip_6in4_tcp",
+        ipip(),
+        V_6TO4,
+        f(None, &tcp6(vip6(V_6TO4), 80)),
+        Leaves::Redirect,
+    ));
+    t.push(encap_fixture(
+        "ipip_4in6_tcp",
+        ipip(),
+        V_4TO6,
+        f(None, &tcp4(vip4(V_4TO6), 80)),
+        Leaves::Redirect,
+    ));
     t.push(encap_fixture(
         "ipip_4in4_copies_tos",
         ipip(),
         V_TCP4,
-        f(None, &V4::new(CLIENT_V4, vip4(V_TCP4)).tos(0xb9).tcp(40100, 80, &payload(10))),
+        f(
+            None,
+            &V4::new(CLIENT_V4, vip4(V_TCP4))
+                .tos(0xb9)
+                .tcp(40100, 80, &payload(10)),
+        ),
         Leaves::Redirect,
     ));
     t.push(encap_fixture(
         "ipip_6in6_copies_traffic_class",
         ipip(),
         V_TCP6,
-        f(None, &V6::new(CLIENT_V6, vip6(V_TCP6)).traffic_class(0xb9).tcp(40100, 80, &payload(10))),
+        f(
+            None,
+            &V6::new(CLIENT_V6, vip6(V_TCP6))
+                .traffic_class(0xb9)
+                .tcp(40100, 80, &payload(10)),
+        ),
         Leaves::Redirect,
     ));
     t.push(encap_fixture(
@@ -482,7 +763,10 @@ fn fixtures() -> Vec<Fixture> {
     // Several source ports through a ring of two backends: the slot must be hash % ring_size.
     let mut seen = [false; 2];
     for sport in 41000u16..41040 {
-        let input = f(None, &V4::new(CLIENT_V4, vip4(V_MIXED)).tcp(sport, 80, &payload(4)));
+        let input = f(
+            None,
+            &V4::new(CLIENT_V4, vip4(V_MIXED)).tcp(sport, 80, &payload(4)),
+        );
         let b = chosen_backend(V_MIXED, &input);
         let i = usize::from(b == 3);
         if !seen[i] {
@@ -496,7 +780,10 @@ fn fixtures() -> Vec<Fixture> {
             ));
         }
     }
-    assert!(seen[0] && seen[1], "source ports should reach both backends of the mixed ring");
+    assert!(
+        seen[0] && seen[1],
+        "source ports should reach both backends of the mixed ring"
+    );
 
     // --- VLAN ---
     t.push(encap_fixture(
@@ -519,14 +806,24 @@ fn fixtures() -> Vec<Fixture> {
         "ipv4_options_vip_encapsulated_options_preserved",
         ipip(),
         V_TCP4,
-        f(None, &V4::new(CLIENT_V4, vip4(V_TCP4)).options(&[1, 1, 1, 1]).tcp(40200, 80, &payload(20))),
+        f(
+            None,
+            &V4::new(CLIENT_V4, vip4(V_TCP4))
+                .options(&[1, 1, 1, 1])
+                .tcp(40200, 80, &payload(20)),
+        ),
         Leaves::Redirect,
     ));
     t.push(encap_fixture(
         "ipv4_options_vip_gue_options_preserved",
         gue(),
         V_TCP4,
-        f(None, &V4::new(CLIENT_V4, vip4(V_TCP4)).options(&[1, 1, 1, 1]).tcp(40201, 80, &payload(20))),
+        f(
+            None,
+            &V4::new(CLIENT_V4, vip4(V_TCP4))
+                .options(&[1, 1, 1, 1])
+                .tcp(40201, 80, &payload(20)),
+        ),
         Leaves::Redirect,
     ));
     // A minimum-size frame: 54 bytes of headers padded to 60; the padding stays after the inner packet.
@@ -534,47 +831,110 @@ fn fixtures() -> Vec<Fixture> {
         "ethernet_padding_stays_after_inner_packet",
         ipip(),
         V_TCP4,
-        p::pad_to(f(None, &V4::new(CLIENT_V4, vip4(V_TCP4)).tcp(40300, 80, &[])), 60),
+        p::pad_to(
+            f(None, &V4::new(CLIENT_V4, vip4(V_TCP4)).tcp(40300, 80, &[])),
+            60,
+        ),
         Leaves::Redirect,
     ));
     t.push(encap_fixture(
         "ethernet_padding_stays_after_inner_packet_gue",
         gue(),
         V_TCP4,
-        p::pad_to(f(None, &V4::new(CLIENT_V4, vip4(V_TCP4)).tcp(40301, 80, &[])), 60),
+        p::pad_to(
+            f(None, &V4::new(CLIENT_V4, vip4(V_TCP4)).tcp(40301, 80, &[])),
+            60,
+        ),
         Leaves::Redirect,
     ));
 
     // --- GUE ---
-    t.push(encap_fixture("gue_4in4_tcp", gue(), V_TCP4, f(None, &tcp4(vip4(V_TCP4), 80)), Leaves::Redirect));
-    t.push(encap_fixture("gue_4in4_udp", gue(), V_UDP4, f(None, &udp4(vip4(V_UDP4), 53)), Leaves::Redirect));
-    t.push(encap_fixture("gue_6in6_tcp", gue(), V_TCP6, f(None, &tcp6(vip6(V_TCP6), 80)), Leaves::Redirect));
-    t.push(encap_fixture("gue_6in6_udp", gue(), V_UDP6, f(None, &udp6(vip6(V_UDP6), 53)), Leaves::Redirect));
-    t.push(encap_fixture("gue_6in4_udp", gue(), V_UDP6TO4, f(None, &udp6(vip6(V_UDP6TO4), 53)), Leaves::Redirect));
-    t.push(encap_fixture("gue_6in4_tcp", gue(), V_6TO4, f(None, &tcp6(vip6(V_6TO4), 80)), Leaves::Redirect));
-    t.push(encap_fixture("gue_4in6_tcp", gue(), V_4TO6, f(None, &tcp4(vip4(V_4TO6), 80)), Leaves::Redirect));
+    t.push(encap_fixture(
+        "gue_4in4_tcp",
+        gue(),
+        V_TCP4,
+        f(None, &tcp4(vip4(V_TCP4), 80)),
+        Leaves::Redirect,
+    ));
+    t.push(encap_fixture(
+        "gue_4in4_udp",
+        gue(),
+        V_UDP4,
+        f(None, &udp4(vip4(V_UDP4), 53)),
+        Leaves::Redirect,
+    ));
+    t.push(encap_fixture(
+        "gue_6in6_tcp",
+        gue(),
+        V_TCP6,
+        f(None, &tcp6(vip6(V_TCP6), 80)),
+        Leaves::Redirect,
+    ));
+    t.push(encap_fixture(
+        "gue_6in6_udp",
+        gue(),
+        V_UDP6,
+        f(None, &udp6(vip6(V_UDP6), 53)),
+        Leaves::Redirect,
+    ));
+    t.push(encap_fixture(
+        "gue_6in4_udp",
+        gue(),
+        V_UDP6TO4,
+        f(None, &udp6(vip6(V_UDP6TO4), 53)),
+        Leaves::Redirect,
+    ));
+    t.push(encap_fixture(
+        "gue_6in4_tcp",
+        gue(),
+        V_6TO4,
+        f(None, &tcp6(vip6(V_6TO4), 80)),
+        Leaves::Redirect,
+    ));
+    t.push(encap_fixture(
+        "gue_4in6_tcp",
+        gue(),
+        V_4TO6,
+        f(None, &tcp4(vip4(V_4TO6), 80)),
+        Leaves::Redirect,
+    ));
     t.push(encap_fixture(
         "gue_4in4_inner_udp_without_checksum_outer_checksum_zero",
         gue(),
         V_UDP4,
-        f(None, &V4::new(CLIENT_V4, vip4(V_UDP4)).udp_no_checksum(40400, 53, &payload(24))),
+        f(
+            None,
+            &V4::new(CLIENT_V4, vip4(V_UDP4)).udp_no_checksum(40400, 53, &payload(24)),
+        ),
         Leaves::Redirect,
     ));
     t.push(encap_fixture(
         "gue_4in6_inner_udp_without_checksum_outer_checksum_zero",
         gue(),
         V_UDP4TO6,
-        f(None, &V4::new(CLIENT_V4, vip4(V_UDP4TO6)).udp_no_checksum(40401, 5353, &payload(24))),
+        f(
+            None,
+            &V4::new(CLIENT_V4, vip4(V_UDP4TO6)).udp_no_checksum(40401, 5353, &payload(24)),
+        ),
         Leaves::Redirect,
     ));
     t.push(encap_fixture(
         "gue_4in6_inner_udp_with_checksum",
         gue(),
         V_UDP4TO6,
-        f(None, &V4::new(CLIENT_V4, vip4(V_UDP4TO6)).udp(40402, 5353, &payload(25))),
+        f(
+            None,
+            &V4::new(CLIENT_V4, vip4(V_UDP4TO6)).udp(40402, 5353, &payload(25)),
+        ),
         Leaves::Redirect,
     ));
-    t.push(encap_fixture("gue_vlan_tag_removed", gue(), V_UDP6, f(Some(7), &udp6(vip6(V_UDP6), 53)), Leaves::Redirect));
+    t.push(encap_fixture(
+        "gue_vlan_tag_removed",
+        gue(),
+        V_UDP6,
+        f(Some(7), &udp6(vip6(V_UDP6), 53)),
+        Leaves::Redirect,
+    ));
     let mut gue_port = gue();
     gue_port.gue_port_be = 7777u16.to_be();
     t.push(encap_fixture(
@@ -631,7 +991,9 @@ fn fixtures() -> Vec<Fixture> {
         Leaves::NoNeigh,
     ));
     // Outer = 20 + inner: inner 1280 fits a 1300 route exactly, 1281 does not.
-    let sized4 = |inner_len: usize| V4::new(CLIENT_V4, vip4(V_MTU4)).tcp(40500, 80, &payload(inner_len - 40));
+    let sized4 = |inner_len: usize| {
+        V4::new(CLIENT_V4, vip4(V_MTU4)).tcp(40500, 80, &payload(inner_len - 40))
+    };
     t.push(encap_fixture(
         "small_mtu_route_exact_fit_v4",
         ipip(),
@@ -639,8 +1001,17 @@ fn fixtures() -> Vec<Fixture> {
         f(None, &sized4(net::SMALL_MTU - 20)),
         Leaves::Redirect,
     ));
-    t.push(vip_drop("oversize_v4_dropped", ipip(), V_MTU4, f(None, &sized4(net::SMALL_MTU - 19)), c::OVERSIZE, false));
-    let sized6 = |inner_len: usize| V6::new(CLIENT_V6, vip6(V_MTU6)).tcp(40501, 80, &payload(inner_len - 60));
+    t.push(vip_drop(
+        "oversize_v4_dropped",
+        ipip(),
+        V_MTU4,
+        f(None, &sized4(net::SMALL_MTU - 19)),
+        c::OVERSIZE,
+        false,
+    ));
+    let sized6 = |inner_len: usize| {
+        V6::new(CLIENT_V6, vip6(V_MTU6)).tcp(40501, 80, &payload(inner_len - 60))
+    };
     t.push(encap_fixture(
         "small_mtu_route_exact_fit_v6",
         ipip(),
@@ -648,7 +1019,14 @@ fn fixtures() -> Vec<Fixture> {
         f(None, &sized6(net::SMALL_MTU - 40)),
         Leaves::Redirect,
     ));
-    t.push(vip_drop("oversize_v6_dropped", ipip(), V_MTU6, f(None, &sized6(net::SMALL_MTU - 39)), c::OVERSIZE, false));
+    t.push(vip_drop(
+        "oversize_v6_dropped",
+        ipip(),
+        V_MTU6,
+        f(None, &sized6(net::SMALL_MTU - 39)),
+        c::OVERSIZE,
+        false,
+    ));
     t.push(vip_drop(
         "fib_blackhole_dropped",
         ipip(),
@@ -703,17 +1081,32 @@ fn fixtures() -> Vec<Fixture> {
     // --- fragments and IPv6 extension headers ---
     t.push(untouched(
         "ipv4_first_fragment_vip_passes",
-        f(None, &V4::new(CLIENT_V4, vip4(V_TCP4)).fragment(true, 0).tcp(40600, 80, &payload(40))),
+        f(
+            None,
+            &V4::new(CLIENT_V4, vip4(V_TCP4))
+                .fragment(true, 0)
+                .tcp(40600, 80, &payload(40)),
+        ),
         c::FRAGMENT,
     ));
     t.push(untouched(
         "ipv4_later_fragment_vip_passes",
-        f(None, &V4::new(CLIENT_V4, vip4(V_TCP4)).fragment(false, 100).raw(PROTO_TCP, &payload(40))),
+        f(
+            None,
+            &V4::new(CLIENT_V4, vip4(V_TCP4))
+                .fragment(false, 100)
+                .raw(PROTO_TCP, &payload(40)),
+        ),
         c::FRAGMENT,
     ));
     t.push(untouched(
         "ipv4_middle_fragment_non_vip_passes",
-        f(None, &V4::new(CLIENT_V4, v4("203.0.113.99")).fragment(true, 7).raw(PROTO_UDP, &payload(40))),
+        f(
+            None,
+            &V4::new(CLIENT_V4, v4("203.0.113.99"))
+                .fragment(true, 7)
+                .raw(PROTO_UDP, &payload(40)),
+        ),
         c::FRAGMENT,
     ));
     let tcp_seg = V6::new(CLIENT_V6, vip6(V_TCP6)).tcp(40700, 80, &payload(16))[40..].to_vec();
@@ -735,7 +1128,10 @@ fn fixtures() -> Vec<Fixture> {
     dst_opts.extend_from_slice(&tcp_seg);
     t.push(untouched(
         "ipv6_destination_options_non_vip_passes",
-        f(None, &V6::new(CLIENT_V6, v6("2001:db8::99")).raw(60, &dst_opts)),
+        f(
+            None,
+            &V6::new(CLIENT_V6, v6("2001:db8::99")).raw(60, &dst_opts),
+        ),
         c::IPV6_EXT,
     ));
 
@@ -751,11 +1147,31 @@ fn fixtures() -> Vec<Fixture> {
         config: ipip(),
         expect: Expect::KernelRejects(libc::EINVAL),
     });
-    t.push(untouched("ethernet_header_only_ipv4_ethertype", cut(vip_tcp4.clone(), 14), c::PARSE_ERROR));
-    t.push(untouched("ethernet_header_only_ipv6_ethertype", cut(vip_tcp6.clone(), 14), c::PARSE_ERROR));
-    t.push(untouched("vlan_tag_truncated", cut(f(Some(100), &tcp4(vip4(V_TCP4), 80)), 16), c::PARSE_ERROR));
-    t.push(untouched("vlan_then_ipv4_truncated", cut(f(Some(100), &tcp4(vip4(V_TCP4), 80)), 18 + 10), c::PARSE_ERROR));
-    t.push(untouched("ipv4_header_truncated_vip", cut(vip_tcp4.clone(), 14 + 19), c::PARSE_ERROR));
+    t.push(untouched(
+        "ethernet_header_only_ipv4_ethertype",
+        cut(vip_tcp4.clone(), 14),
+        c::PARSE_ERROR,
+    ));
+    t.push(untouched(
+        "ethernet_header_only_ipv6_ethertype",
+        cut(vip_tcp6.clone(), 14),
+        c::PARSE_ERROR,
+    ));
+    t.push(untouched(
+        "vlan_tag_truncated",
+        cut(f(Some(100), &tcp4(vip4(V_TCP4), 80)), 16),
+        c::PARSE_ERROR,
+    ));
+    t.push(untouched(
+        "vlan_then_ipv4_truncated",
+        cut(f(Some(100), &tcp4(vip4(V_TCP4), 80)), 18 + 10),
+        c::PARSE_ERROR,
+    ));
+    t.push(untouched(
+        "ipv4_header_truncated_vip",
+        cut(vip_tcp4.clone(), 14 + 19),
+        c::PARSE_ERROR,
+    ));
     t.push(untouched(
         "ipv4_header_truncated_non_vip",
         cut(f(None, &tcp4(v4("203.0.113.99"), 80)), 14 + 12),
@@ -763,12 +1179,24 @@ fn fixtures() -> Vec<Fixture> {
     ));
     t.push(untouched(
         "ipv4_options_truncated_vip",
-        cut(f(None, &V4::new(CLIENT_V4, vip4(V_TCP4)).options(&[1, 1, 1, 1]).tcp(1, 80, &[])), 14 + 22),
+        cut(
+            f(
+                None,
+                &V4::new(CLIENT_V4, vip4(V_TCP4))
+                    .options(&[1, 1, 1, 1])
+                    .tcp(1, 80, &[]),
+            ),
+            14 + 22,
+        ),
         c::PARSE_ERROR,
     ));
     let mut ihl4 = tcp4(vip4(V_TCP4), 80);
     ihl4[0] = 0x44;
-    t.push(untouched("ipv4_ihl_below_5_vip", f(None, &ihl4), c::PARSE_ERROR));
+    t.push(untouched(
+        "ipv4_ihl_below_5_vip",
+        f(None, &ihl4),
+        c::PARSE_ERROR,
+    ));
     t.push(untouched(
         "ipv4_total_length_below_header_vip",
         f(None, &set_u16(tcp4(vip4(V_TCP4), 80), 2, 16)),
@@ -779,14 +1207,26 @@ fn fixtures() -> Vec<Fixture> {
         cut(vip_tcp4.clone(), vip_tcp4.len() - 4),
         c::PARSE_ERROR,
     ));
-    t.push(untouched("ipv6_header_truncated_vip", cut(vip_tcp6.clone(), 14 + 39), c::PARSE_ERROR));
-    t.push(untouched("ipv6_payload_length_zero_vip", f(None, &set_u16(tcp6(vip6(V_TCP6), 80), 4, 0)), c::PARSE_ERROR));
+    t.push(untouched(
+        "ipv6_header_truncated_vip",
+        cut(vip_tcp6.clone(), 14 + 39),
+        c::PARSE_ERROR,
+    ));
+    t.push(untouched(
+        "ipv6_payload_length_zero_vip",
+        f(None, &set_u16(tcp6(vip6(V_TCP6), 80), 4, 0)),
+        c::PARSE_ERROR,
+    ));
     t.push(untouched(
         "ipv6_frame_shorter_than_payload_length_vip",
         cut(vip_tcp6.clone(), vip_tcp6.len() - 4),
         c::PARSE_ERROR,
     ));
-    t.push(untouched("tcp_ports_truncated_vip_v4", f(None, &short_l4_v4(vip4(V_TCP4), PROTO_TCP, 3)), c::PARSE_ERROR));
+    t.push(untouched(
+        "tcp_ports_truncated_vip_v4",
+        f(None, &short_l4_v4(vip4(V_TCP4), PROTO_TCP, 3)),
+        c::PARSE_ERROR,
+    ));
     t.push(untouched(
         "tcp_header_truncated_after_ports_vip_v4",
         f(None, &short_l4_v4(vip4(V_TCP4), PROTO_TCP, 12)),
@@ -797,13 +1237,21 @@ fn fixtures() -> Vec<Fixture> {
         f(None, &short_l4_v4(v4("203.0.113.99"), PROTO_TCP, 12)),
         c::PARSE_ERROR,
     ));
-    t.push(untouched("udp_header_truncated_vip_v4", f(None, &short_l4_v4(vip4(V_UDP4), PROTO_UDP, 6)), c::PARSE_ERROR));
+    t.push(untouched(
+        "udp_header_truncated_vip_v4",
+        f(None, &short_l4_v4(vip4(V_UDP4), PROTO_UDP, 6)),
+        c::PARSE_ERROR,
+    ));
     t.push(untouched(
         "tcp_header_truncated_vip_v6",
         f(None, &short_l4_v6(vip6(V_TCP6), PROTO_TCP, 12)),
         c::PARSE_ERROR,
     ));
-    t.push(untouched("udp_header_truncated_vip_v6", f(None, &short_l4_v6(vip6(V_UDP6), PROTO_UDP, 6)), c::PARSE_ERROR));
+    t.push(untouched(
+        "udp_header_truncated_vip_v6",
+        f(None, &short_l4_v6(vip6(V_UDP6), PROTO_UDP, 6)),
+        c::PARSE_ERROR,
+    ));
     t.push(untouched(
         "vlan_tcp_header_truncated_vip_v4",
         f(Some(5), &short_l4_v4(vip4(V_TCP4), PROTO_TCP, 12)),
@@ -813,29 +1261,91 @@ fn fixtures() -> Vec<Fixture> {
     // --- decapsulation ---
     let in4 = tcp4(vip4(V_TCP4), 80);
     let in6 = tcp6(vip6(V_TCP6), 80);
-    let gue_udp4 = |src: Ipv4Addr, body: &[u8]| V4::new(src, net::EDGE_V4).udp(50000, GUE_DEFAULT_PORT, body);
-    let gue_udp6 = |src: Ipv6Addr, body: &[u8]| V6::new(src, net::EDGE_V6).udp(50001, GUE_DEFAULT_PORT, body);
-    t.push(decap_fixture("decap_ipip_4in4_allowed", f(None, &p::ipip_v4(ALLOWED_V4, net::EDGE_V4, &in4)), &in4));
-    t.push(decap_fixture("decap_ipip_6in4_allowed", f(None, &p::ipip_v4(ALLOWED_V4, net::EDGE_V4, &in6)), &in6));
-    t.push(decap_fixture("decap_ipip_6in6_allowed", f(None, &p::ipip_v6(ALLOWED_V6, net::EDGE_V6, &in6)), &in6));
-    t.push(decap_fixture("decap_ipip_4in6_allowed", f(None, &p::ipip_v6(ALLOWED_V6, net::EDGE_V6, &in4)), &in4));
-    t.push(decap_fixture("decap_gue_v4_outer_allowed", f(None, &gue_udp4(ALLOWED_V4, &p::gue_v0(&in4, 0))), &in4));
-    t.push(decap_fixture("decap_gue_v6_outer_allowed", f(None, &gue_udp6(ALLOWED_V6, &p::gue_v0(&in6, 0))), &in6));
-    t.push(decap_fixture("decap_gue_6in4_allowed", f(None, &gue_udp4(ALLOWED_V4, &p::gue_v0(&in6, 0))), &in6));
-    t.push(decap_fixture("decap_gue_4in6_allowed", f(None, &gue_udp6(ALLOWED_V6, &p::gue_v0(&in4, 0))), &in4));
+    let gue_udp4 =
+        |src: Ipv4Addr, body: &[u8]| V4::new(src, net::EDGE_V4).udp(50000, GUE_DEFAULT_PORT, body);
+    let gue_udp6 =
+        |src: Ipv6Addr, body: &[u8]| V6::new(src, net::EDGE_V6).udp(50001, GUE_DEFAULT_PORT, body);
+    t.push(decap_fixture(
+        "decap_ipip_4in4_allowed",
+        f(None, &p::ipip_v4(ALLOWED_V4, net::EDGE_V4, &in4)),
+        &in4,
+    ));
+    t.push(decap_fixture(
+        "decap_ipip_6in4_allowed",
+        f(None, &p::ipip_v4(ALLOWED_V4, net::EDGE_V4, &in6)),
+        &in6,
+    ));
+    t.push(decap_fixture(
+        "decap_ipip_6in6_allowed",
+        f(None, &p::ipip_v6(ALLOWED_V6, net::EDGE_V6, &in6)),
+        &in6,
+    ));
+    t.push(decap_fixture(
+        "decap_ipip_4in6_allowed",
+        f(None, &p::ipip_v6(ALLOWED_V6, net::EDGE_V6, &in4)),
+        &in4,
+    ));
+    t.push(decap_fixture(
+        "decap_gue_v4_outer_allowed",
+        f(None, &gue_udp4(ALLOWED_V4, &p::gue_v0(&in4, 0))),
+        &in4,
+    ));
+    t.push(decap_fixture(
+        "decap_gue_v6_outer_allowed",
+        f(None, &gue_udp6(ALLOWED_V6, &p::gue_v0(&in6, 0))),
+        &in6,
+    ));
+    t.push(decap_fixture(
+        "decap_gue_6in4_allowed",
+        f(None, &gue_udp4(ALLOWED_V4, &p::gue_v0(&in6, 0))),
+        &in6,
+    ));
+    t.push(decap_fixture(
+        "decap_gue_4in6_allowed",
+        f(None, &gue_udp6(ALLOWED_V6, &p::gue_v0(&in4, 0))),
+        &in4,
+    ));
     t.push(decap_fixture(
         "decap_gue_with_option_words_allowed",
         f(None, &gue_udp4(ALLOWED_V4, &p::gue_v0(&in4, 1))),
         &in4,
     ));
-    t.push(decap_fixture("decap_gue_variant1_v4_inner_allowed", f(None, &gue_udp4(ALLOWED_V4, &in4)), &in4));
-    t.push(decap_fixture("decap_gue_variant1_v6_inner_allowed", f(None, &gue_udp6(ALLOWED_V6, &in6)), &in6));
-    t.push(decap_fixture("decap_vlan_tag_kept", f(Some(200), &p::ipip_v4(ALLOWED_V4, net::EDGE_V4, &in6)), &in6));
-    t.push(decap_fixture("decap_gue_vlan_tag_kept", f(Some(201), &gue_udp6(ALLOWED_V6, &p::gue_v0(&in4, 0))), &in4));
-    t.push(decap_refused("decap_ipip_v4_refused", f(None, &p::ipip_v4(REFUSED_V4, net::EDGE_V4, &in4))));
-    t.push(decap_refused("decap_ipip_v6_refused", f(None, &p::ipip_v6(REFUSED_V6, net::EDGE_V6, &in6))));
-    t.push(decap_refused("decap_gue_v4_refused", f(None, &gue_udp4(REFUSED_V4, &p::gue_v0(&in4, 0)))));
-    t.push(decap_refused("decap_gue_v6_refused", f(None, &gue_udp6(REFUSED_V6, &p::gue_v0(&in6, 0)))));
+    t.push(decap_fixture(
+        "decap_gue_variant1_v4_inner_allowed",
+        f(None, &gue_udp4(ALLOWED_V4, &in4)),
+        &in4,
+    ));
+    t.push(decap_fixture(
+        "decap_gue_variant1_v6_inner_allowed",
+        f(None, &gue_udp6(ALLOWED_V6, &in6)),
+        &in6,
+    ));
+    t.push(decap_fixture(
+        "decap_vlan_tag_kept",
+        f(Some(200), &p::ipip_v4(ALLOWED_V4, net::EDGE_V4, &in6)),
+        &in6,
+    ));
+    t.push(decap_fixture(
+        "decap_gue_vlan_tag_kept",
+        f(Some(201), &gue_udp6(ALLOWED_V6, &p::gue_v0(&in4, 0))),
+        &in4,
+    ));
+    t.push(decap_refused(
+        "decap_ipip_v4_refused",
+        f(None, &p::ipip_v4(REFUSED_V4, net::EDGE_V4, &in4)),
+    ));
+    t.push(decap_refused(
+        "decap_ipip_v6_refused",
+        f(None, &p::ipip_v6(REFUSED_V6, net::EDGE_V6, &in6)),
+    ));
+    t.push(decap_refused(
+        "decap_gue_v4_refused",
+        f(None, &gue_udp4(REFUSED_V4, &p::gue_v0(&in4, 0))),
+    ));
+    t.push(decap_refused(
+        "decap_gue_v6_refused",
+        f(None, &gue_udp6(REFUSED_V6, &p::gue_v0(&in6, 0))),
+    ));
     t
 }
 
@@ -858,7 +1368,12 @@ fn fixture_table() {
         fixtures.len(),
         failures
             .iter()
-            .map(|f| f.lines().next().unwrap_or("").trim_start_matches("fixture ").trim_end_matches(':'))
+            .map(|f| f
+                .lines()
+                .next()
+                .unwrap_or("")
+                .trim_start_matches("fixture ")
+                .trim_end_matches(':'))
             .collect::<Vec<_>>()
             .join(", "),
         failures.join("\n\n")
@@ -871,12 +1386,30 @@ fn fixture_table() {
 #[test]
 fn expected_outputs_are_well_formed() {
     for f in fixtures() {
-        if let Expect::Run { output: Output::Bytes(b), .. } = &f.expect {
+        if let Expect::Run {
+            output: Output::Bytes(b),
+            ..
+        } = &f.expect
+        {
             let parsed = etherparse::SlicedPacket::from_ethernet(b);
-            assert!(parsed.is_ok(), "{}: expected output does not parse: {:?}", f.name, parsed.err());
-            if let Ok(etherparse::SlicedPacket { net: Some(etherparse::NetSlice::Ipv4(ip)), .. }) = parsed {
+            assert!(
+                parsed.is_ok(),
+                "{}: expected output does not parse: {:?}",
+                f.name,
+                parsed.err()
+            );
+            if let Ok(etherparse::SlicedPacket {
+                net: Some(etherparse::NetSlice::Ipv4(ip)),
+                ..
+            }) = parsed
+            {
                 let h = ip.header().to_header();
-                assert_eq!(h.header_checksum, h.calc_header_checksum(), "{}: outer IPv4 checksum", f.name);
+                assert_eq!(
+                    h.header_checksum,
+                    h.calc_header_checksum(),
+                    "{}: outer IPv4 checksum",
+                    f.name
+                );
             }
         }
     }
@@ -888,17 +1421,34 @@ fn expected_outputs_are_well_formed() {
 fn packet_flow_hash_matches_model_flow_hash() {
     use anycast::model::Flow;
     let cases = [
-        ("tcp 198.18.100.7:40000 203.0.113.10:80", tcp4(vip4(V_TCP4), 80)),
-        ("udp 198.18.100.7:40001 203.0.113.10:53", udp4(vip4(V_UDP4), 53)),
-        ("tcp [fd00:100::7]:40002 [2001:db8::10]:80", tcp6(vip6(V_TCP6), 80)),
-        ("udp [fd00:100::7]:40003 [2001:db8::14]:53", udp6(vip6(V_UDP6), 53)),
+        (
+            "tcp 198.18.100.7:40000 203.0.113.10:80",
+            tcp4(vip4(V_TCP4), 80),
+        ),
+        (
+            "udp 198.18.100.7:40001 203.0.113.10:53",
+            udp4(vip4(V_UDP4), 53),
+        ),
+        (
+            "tcp [fd00:100::7]:40002 [2001:db8::10]:80",
+            tcp6(vip6(V_TCP6), 80),
+        ),
+        (
+            "udp [fd00:100::7]:40003 [2001:db8::14]:53",
+            udp6(vip6(V_UDP6), 53),
+        ),
     ];
     for (flow, ip) in cases {
         let f: Flow = flow.parse().expect("flow");
         assert_eq!(p::flow_hash(SEED, &ip), f.hash(SEED), "{flow}");
     }
     // IPv4 options move the transport header; the hash still reads the ports after them.
-    let with_opts = V4::new(CLIENT_V4, vip4(V_TCP4)).options(&[1, 1, 1, 1]).tcp(40000, 80, &payload(32));
-    let f: Flow = "tcp 198.18.100.7:40000 203.0.113.10:80".parse().expect("flow");
+    let with_opts =
+        V4::new(CLIENT_V4, vip4(V_TCP4))
+            .options(&[1, 1, 1, 1])
+            .tcp(40000, 80, &payload(32));
+    let f: Flow = "tcp 198.18.100.7:40000 203.0.113.10:80"
+        .parse()
+        .expect("flow");
     assert_eq!(p::flow_hash(SEED, &with_opts), f.hash(SEED));
 }

@@ -110,17 +110,30 @@ impl Rng {
 /// and sometimes for an exact one), some to a VIP address with another port or protocol.
 fn random_flow(rng: &mut Rng, config: &Config) -> Flow {
     let v = &config.vips[rng.below(config.vips.len() as u64) as usize];
-    let mut dport = if v.port == 0 || rng.below(10) == 0 { 1 + rng.below(65535) as u16 } else { v.port };
+    let mut dport = if v.port == 0 || rng.below(10) == 0 {
+        1 + rng.below(65535) as u16
+    } else {
+        v.port
+    };
     let mut protocol = v.protocol;
     if rng.below(20) == 0 {
-        protocol = if protocol == Protocol::Tcp { Protocol::Udp } else { Protocol::Tcp };
+        protocol = if protocol == Protocol::Tcp {
+            Protocol::Udp
+        } else {
+            Protocol::Tcp
+        };
         dport = 1 + rng.below(65535) as u16;
     }
     let sport = 1 + rng.below(65535) as u16;
     let src = match v.address {
         IpAddr::V4(_) => {
             let r = rng.next() as u32;
-            IpAddr::V4(Ipv4Addr::new(198, 18, 128 | (r >> 24) as u8 & 0x7f, (r >> 8) as u8))
+            IpAddr::V4(Ipv4Addr::new(
+                198,
+                18,
+                128 | (r >> 24) as u8 & 0x7f,
+                (r >> 8) as u8,
+            ))
         }
         IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::new(
             0xfd00,
@@ -133,16 +146,28 @@ fn random_flow(rng: &mut Rng, config: &Config) -> Flow {
             rng.next() as u16,
         )),
     };
-    Flow { protocol, src: SocketAddr::new(src, sport), dst: SocketAddr::new(v.address, dport) }
+    Flow {
+        protocol,
+        src: SocketAddr::new(src, sport),
+        dst: SocketAddr::new(v.address, dport),
+    }
 }
 
 fn packet_of(flow: &Flow, payload_len: usize) -> Vec<u8> {
     let payload = vec![0x5a; payload_len];
     let ip = match (flow.src.ip(), flow.dst.ip(), flow.protocol) {
-        (IpAddr::V4(s), IpAddr::V4(d), Protocol::Tcp) => V4::new(s, d).tcp(flow.src.port(), flow.dst.port(), &payload),
-        (IpAddr::V4(s), IpAddr::V4(d), Protocol::Udp) => V4::new(s, d).udp(flow.src.port(), flow.dst.port(), &payload),
-        (IpAddr::V6(s), IpAddr::V6(d), Protocol::Tcp) => V6::new(s, d).tcp(flow.src.port(), flow.dst.port(), &payload),
-        (IpAddr::V6(s), IpAddr::V6(d), Protocol::Udp) => V6::new(s, d).udp(flow.src.port(), flow.dst.port(), &payload),
+        (IpAddr::V4(s), IpAddr::V4(d), Protocol::Tcp) => {
+            V4::new(s, d).tcp(flow.src.port(), flow.dst.port(), &payload)
+        }
+        (IpAddr::V4(s), IpAddr::V4(d), Protocol::Udp) => {
+            V4::new(s, d).udp(flow.src.port(), flow.dst.port(), &payload)
+        }
+        (IpAddr::V6(s), IpAddr::V6(d), Protocol::Tcp) => {
+            V6::new(s, d).tcp(flow.src.port(), flow.dst.port(), &payload)
+        }
+        (IpAddr::V6(s), IpAddr::V6(d), Protocol::Udp) => {
+            V6::new(s, d).udp(flow.src.port(), flow.dst.port(), &payload)
+        }
         _ => unreachable!("flows are single-family"),
     };
     p::frame(None, &ip)
@@ -151,8 +176,12 @@ fn packet_of(flow: &Flow, payload_len: usize) -> Vec<u8> {
 /// Outer destination address of an encapsulated frame.
 fn outer_dst(frame: &[u8]) -> Option<IpAddr> {
     match u16::from_be_bytes([frame[12], frame[13]]) {
-        p::ETH_P_IP if frame.len() >= 34 => Some(IpAddr::from(<[u8; 4]>::try_from(&frame[30..34]).ok()?)),
-        p::ETH_P_IPV6 if frame.len() >= 54 => Some(IpAddr::from(<[u8; 16]>::try_from(&frame[38..54]).ok()?)),
+        p::ETH_P_IP if frame.len() >= 34 => {
+            Some(IpAddr::from(<[u8; 4]>::try_from(&frame[30..34]).ok()?))
+        }
+        p::ETH_P_IPV6 if frame.len() >= 54 => {
+            Some(IpAddr::from(<[u8; 16]>::try_from(&frame[38..54]).ok()?))
+        }
         _ => None,
     }
 }
@@ -171,8 +200,11 @@ fn kernel_backend_choice_matches_host_model_for_random_flows() {
         let mut dp = Dataplane::from_config(&config);
         dp.apply(&config, &local);
         let backend_before = dp.backend_stats();
-        let tables: Vec<model::VipTable> =
-            config.vips.iter().map(|v| model::vip_table(v, config.agent.ring_size, config.agent.hash_seed)).collect();
+        let tables: Vec<model::VipTable> = config
+            .vips
+            .iter()
+            .map(|v| model::vip_table(v, config.agent.ring_size, config.agent.hash_seed))
+            .collect();
         let mut rng = Rng(0x0dd_ba11_cafe_f00d);
         let mut mismatches = Vec::new();
         let mut per_outcome: BTreeMap<String, usize> = BTreeMap::new();
@@ -186,25 +218,42 @@ fn kernel_backend_choice_matches_host_model_for_random_flows() {
             let flow = random_flow(&mut rng, &config);
             let frame = packet_of(&flow, (i % 7) * 13);
             let decision = match model::match_vip(&config, &flow) {
-                Some(index) => model::decide_with_table(&config, &local, &flow, index, &tables[index]),
+                Some(index) => {
+                    model::decide_with_table(&config, &local, &flow, index, &tables[index])
+                }
                 None => model::decide(&config, &local, &flow),
             };
             if i % 1000 == 0 {
                 // decide_with_table is decide with the table built once; keep them tied.
-                assert_eq!(decision, model::decide(&config, &local, &flow), "decide_with_table != decide");
+                assert_eq!(
+                    decision,
+                    model::decide(&config, &local, &flow),
+                    "decide_with_table != decide"
+                );
             }
             let r = dp.run(&frame, None).expect("test_run");
             let (label, ok) = match &decision.outcome {
-                Outcome::NotAVip => ("not_a_vip".to_string(), r.action == XDP_PASS && r.output == frame),
+                Outcome::NotAVip => (
+                    "not_a_vip".to_string(),
+                    r.action == XDP_PASS && r.output == frame,
+                ),
                 Outcome::NoBackend { .. } => ("no_backend".to_string(), r.action == XDP_DROP),
                 Outcome::Local { backend, .. } => {
-                    *expected_local.entry(dp.backend_id(*backend).expect("backend has an id")).or_default() += 1;
-                    (format!("local {backend}"), r.action == XDP_PASS && r.output == frame)
+                    *expected_local
+                        .entry(dp.backend_id(*backend).expect("backend has an id"))
+                        .or_default() += 1;
+                    (
+                        format!("local {backend}"),
+                        r.action == XDP_PASS && r.output == frame,
+                    )
                 }
-                Outcome::Encap { backend, .. } => {
-                    (format!("encap {backend}"), r.action == XDP_REDIRECT && outer_dst(&r.output) == Some(*backend))
+                Outcome::Encap { backend, .. } => (
+                    format!("encap {backend}"),
+                    r.action == XDP_REDIRECT && outer_dst(&r.output) == Some(*backend),
+                ),
+                Outcome::NoTunnelSource { .. } => {
+                    ("no_tunnel_source".to_string(), r.action == XDP_DROP)
                 }
-                Outcome::NoTunnelSource { .. } => ("no_tunnel_source".to_string(), r.action == XDP_DROP),
             };
             *per_outcome.entry(label).or_default() += 1;
             if !ok && mismatches.len() < 20 {
@@ -220,7 +269,9 @@ fn kernel_backend_choice_matches_host_model_for_random_flows() {
         for (id, n) in &expected_local {
             let got = backend_after[*id as usize].packets - backend_before[*id as usize].packets;
             if got != *n {
-                mismatches.push(format!("BACKEND_STATS[{id}] (local): model {n} packets, kernel {got}"));
+                mismatches.push(format!(
+                    "BACKEND_STATS[{id}] (local): model {n} packets, kernel {got}"
+                ));
             }
         }
         (mismatches, per_outcome)
@@ -233,10 +284,25 @@ fn kernel_backend_choice_matches_host_model_for_random_flows() {
         mismatches.join("\n")
     );
     // The flows exercised every kind of outcome and many backends (not a vacuous pass).
-    for kind in
-        ["not_a_vip", "no_backend", "local 198.18.0.1", "local fd00:18::1", "encap fd00:1::1", "encap 198.19.1.7"]
-    {
-        assert!(per_outcome.get(kind).copied().unwrap_or(0) > 10, "too few flows with outcome {kind}: {per_outcome:?}");
+    for kind in [
+        "not_a_vip",
+        "no_backend",
+        "local 198.18.0.1",
+        "local fd00:18::1",
+        "encap fd00:1::1",
+        "encap 198.19.1.7",
+    ] {
+        assert!(
+            per_outcome.get(kind).copied().unwrap_or(0) > 10,
+            "too few flows with outcome {kind}: {per_outcome:?}"
+        );
     }
-    assert!(per_outcome.keys().filter(|k| k.starts_with("encap")).count() >= 12, "{per_outcome:?}");
+    assert!(
+        per_outcome
+            .keys()
+            .filter(|k| k.starts_with("encap"))
+            .count()
+            >= 12,
+        "{per_outcome:?}"
+    );
 }

@@ -30,10 +30,15 @@ fn start(test: &str, opts: Options) -> Option<(std::sync::MutexGuard<'static, ()
     if !anycast_tests::privileged(test) {
         return None;
     }
-    let guard = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let guard = SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let t = Instant::now();
     let lab = BgpLab::start(opts).unwrap_or_else(|e| panic!("{test}: starting the BGP lab: {e}"));
-    eprintln!("{test}: lab up, both edges announced, in {:.2} s", t.elapsed().as_secs_f64());
+    eprintln!(
+        "{test}: lab up, both edges announced, in {:.2} s",
+        t.elapsed().as_secs_f64()
+    );
     Some((guard, lab))
 }
 
@@ -94,7 +99,10 @@ fn ecmp_spreads_clients_over_both_edges_and_flows_land_on_the_lookup_backend() {
                 .iter()
                 .map(|s| live_lookup(s, "tcp", local, target))
                 .collect();
-            assert_eq!(predicted[0], predicted[1], "the edges disagree about {local}");
+            assert_eq!(
+                predicted[0], predicted[1],
+                "the edges disagree about {local}"
+            );
             assert_eq!(
                 name, predicted[0],
                 "{local} -> {target} answered by {name}, `anycast lookup` says {}",
@@ -132,13 +140,19 @@ fn drain_edge_withdraws_within_a_second_and_no_connection_breaks() {
     wait_streaming(&ll, n);
     std::thread::sleep(Duration::from_millis(500));
     let e1_before = bgp.vip_packets(EDGE1);
-    assert!(e1_before > 0, "edge1 carries no VIP traffic before the drain");
+    assert!(
+        e1_before > 0,
+        "edge1 carries no VIP traffic before the drain"
+    );
 
     let t0 = Instant::now();
     let (drain_out, withdraw) = std::thread::scope(|s| {
         let watch = s.spawn(|| bgp.wait_nexthops(VIP_V4, &[EDGE2_V4], Duration::from_secs(5)));
         let out = bgp
-            .anycast(EDGE1, &["drain-edge", "--timeout", "10", "--quiet-ms", "1000"])
+            .anycast(
+                EDGE1,
+                &["drain-edge", "--timeout", "10", "--quiet-ms", "1000"],
+            )
             .unwrap();
         (out, watch.join().expect("watcher"))
     });
@@ -154,15 +168,25 @@ fn drain_edge_withdraws_within_a_second_and_no_connection_breaks() {
     assert!(stdout.contains("VIP traffic stopped"), "{stdout}");
     // Timings are printed above; the assertion only tells an explicit withdrawal from the 3 s
     // hold timer (9 s in the lab) running out.
-    assert!(withdraw < Duration::from_millis(2500), "withdrawal took {withdraw:?}");
+    assert!(
+        withdraw < Duration::from_millis(2500),
+        "withdrawal took {withdraw:?}"
+    );
     bgp.wait_nexthops(VIP_V6, &[EDGE2_V6], Duration::from_secs(3))
         .unwrap();
     for (vip, announced, reason) in bgp.announcements(EDGE1) {
-        assert!(!announced && reason.contains("drain-edge"), "{vip}: {announced} {reason}");
+        assert!(
+            !announced && reason.contains("drain-edge"),
+            "{vip}: {announced} {reason}"
+        );
     }
     let e1_drained = bgp.vip_packets(EDGE1);
     std::thread::sleep(Duration::from_millis(500));
-    assert_eq!(bgp.vip_packets(EDGE1), e1_drained, "edge1 still gets VIP packets after the drain");
+    assert_eq!(
+        bgp.vip_packets(EDGE1),
+        e1_drained,
+        "edge1 still gets VIP packets after the drain"
+    );
 
     let report = ll.wait();
     eprintln!(
@@ -179,10 +203,17 @@ fn drain_edge_withdraws_within_a_second_and_no_connection_breaks() {
 
     let t = Instant::now();
     let out = bgp.anycast(EDGE1, &["undrain-edge"]).unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     bgp.wait_nexthops(VIP_V4, &[EDGE1_V4, EDGE2_V4], Duration::from_secs(5))
         .unwrap();
-    eprintln!("undrain-edge: ECMP over both edges again after {:.0} ms", t.elapsed().as_secs_f64() * 1e3);
+    eprintln!(
+        "undrain-edge: ECMP over both edges again after {:.0} ms",
+        t.elapsed().as_secs_f64() * 1e3
+    );
 }
 
 #[test]
@@ -207,7 +238,10 @@ fn dead_edge_is_routed_around_within_bfd_time_and_other_backends_connections_sur
         failover.as_secs_f64() * 1e3
     );
     // Detection (1 s) plus BIRD's processing; only tells BFD from the 9 s hold timer.
-    assert!(failover < Duration::from_millis(2500), "failover took {failover:?}");
+    assert!(
+        failover < Duration::from_millis(2500),
+        "failover took {failover:?}"
+    );
 
     let report = ll.wait();
     let (to_dead, others): (Vec<_>, Vec<_>) =
@@ -234,15 +268,11 @@ fn dead_edge_is_routed_around_within_bfd_time_and_other_backends_connections_sur
 
 #[test]
 fn vip_with_all_backends_unhealthy_is_withdrawn_from_that_edge_and_announced_on_recovery() {
-    let Some((_serial, mut bgp)) = start(
-        "all_unhealthy",
-        Options {
-            edge1_health: true,
-        },
-    ) else {
+    let Some((_serial, mut bgp)) = start("all_unhealthy", Options { edge1_health: true }) else {
         return;
     };
-    let metric = |value: u8| format!("anycast_vip_announced{{vip=\"{VIP_V4}:{TCP_PORT}/tcp\"}} {value}");
+    let metric =
+        |value: u8| format!("anycast_vip_announced{{vip=\"{VIP_V4}:{TCP_PORT}/tcp\"}} {value}");
     let metrics = |b: &BgpLab| {
         b.lab
             .exec_ok(EDGE1, &["curl", "-s", "http://127.0.0.1:9742/metrics"])
@@ -254,8 +284,16 @@ fn vip_with_all_backends_unhealthy_is_withdrawn_from_that_edge_and_announced_on_
     let t = Instant::now();
     // The agent's own view first: the router alone could also lose edge1 to a BFD flap.
     let deadline = t + Duration::from_secs(30);
-    while bgp.announcements(EDGE1).iter().any(|(_, announced, _)| *announced) {
-        assert!(Instant::now() < deadline, "edge1 still announces: {:?}", bgp.announcements(EDGE1));
+    while bgp
+        .announcements(EDGE1)
+        .iter()
+        .any(|(_, announced, _)| *announced)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "edge1 still announces: {:?}",
+            bgp.announcements(EDGE1)
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     // Each health transition republishes the VIP's table (65537 slots; slow in debug builds):
@@ -282,7 +320,11 @@ fn vip_with_all_backends_unhealthy_is_withdrawn_from_that_edge_and_announced_on_
         .lab
         .tcp_flows(CLIENT, vip_v4_tcp(), 20, Duration::from_secs(20))
         .unwrap();
-    assert_eq!(tally.answered(), 20, "the VIP must still be served (by edge2):\n{tally}");
+    assert_eq!(
+        tally.answered(),
+        20,
+        "the VIP must still be served (by edge2):\n{tally}"
+    );
 
     bgp.restart_health_servers().unwrap();
     let t = Instant::now();
@@ -294,5 +336,8 @@ fn vip_with_all_backends_unhealthy_is_withdrawn_from_that_edge_and_announced_on_
     );
     assert!(metrics(&bgp).contains(&metric(1)));
     let log = bgp.edge_log(EDGE1);
-    assert!(log.contains("VIP withdrawn") && log.contains("VIP announced"), "{log}");
+    assert!(
+        log.contains("VIP withdrawn") && log.contains("VIP announced"),
+        "{log}"
+    );
 }

@@ -71,7 +71,9 @@ const HOSTS: [&str; 4] = [
 static SERIAL: Mutex<()> = Mutex::new(());
 
 fn serial() -> MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 fn backend_addrs(name: &str) -> (&'static str, &'static str) {
@@ -171,7 +173,11 @@ fn api_json(lab: &Lab, ns: &str, command: &str) -> serde_json::Value {
 
 fn counters(lab: &Lab, ns: &str) -> BTreeMap<String, u64> {
     let v = api_json(lab, ns, "stats");
-    let c = if v["counters"].is_object() { &v["counters"] } else { &v["result"]["counters"] };
+    let c = if v["counters"].is_object() {
+        &v["counters"]
+    } else {
+        &v["result"]["counters"]
+    };
     c.as_object()
         .unwrap_or_else(|| panic!("{ns}: stats without counters: {v}"))
         .iter()
@@ -206,7 +212,11 @@ fn get(c: &Counters, ns: &str, name: &str) -> u64 {
 /// Every VIP's table fingerprint on the agent in `ns`, by VIP.
 fn fingerprints(lab: &Lab, ns: &str) -> BTreeMap<String, String> {
     let v = api_json(lab, ns, "status");
-    let s = if v["vips"].is_array() { &v } else { &v["result"] };
+    let s = if v["vips"].is_array() {
+        &v
+    } else {
+        &v["result"]
+    };
     s["vips"]
         .as_array()
         .unwrap_or_else(|| panic!("{ns}: status without vips: {v}"))
@@ -224,7 +234,10 @@ fn fingerprints(lab: &Lab, ns: &str) -> BTreeMap<String, String> {
 fn wait_tables_changed(lab: &Lab, before: &BTreeMap<String, String>, what: &str) {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let (e1, e2) = (fingerprints(lab, reference::EDGE1), fingerprints(lab, reference::EDGE2));
+        let (e1, e2) = (
+            fingerprints(lab, reference::EDGE1),
+            fingerprints(lab, reference::EDGE2),
+        );
         if e1 == e2 && &e1 != before {
             return;
         }
@@ -312,7 +325,10 @@ fn start_conns(lab: &Lab) -> Running {
             if s.phase != "connecting" {
                 break;
             }
-            assert!(Instant::now() < deadline, "{what}: still connecting after 40 s:\n{s}");
+            assert!(
+                Instant::now() < deadline,
+                "{what}: still connecting after 40 s:\n{s}"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -324,13 +340,22 @@ impl Running {
     fn broken_now(&self) -> Vec<(usize, String)> {
         [self.v4.snapshot(), self.v6.snapshot()]
             .iter()
-            .flat_map(|r| r.conns.iter().filter(|c| broken_so_far(c)).map(|c| (c.id, c.backend.clone())).collect::<Vec<_>>())
+            .flat_map(|r| {
+                r.conns
+                    .iter()
+                    .filter(|c| broken_so_far(c))
+                    .map(|c| (c.id, c.backend.clone()))
+                    .collect::<Vec<_>>()
+            })
             .collect()
     }
 
     fn assert_streaming(&self, what: &str) {
         for s in [self.v4.snapshot(), self.v6.snapshot()] {
-            assert_eq!(s.phase, "streaming", "{what}: the connections stopped streaming before the changes were over:\n{s}");
+            assert_eq!(
+                s.phase, "streaming",
+                "{what}: the connections stopped streaming before the changes were over:\n{s}"
+            );
         }
     }
 
@@ -367,7 +392,12 @@ impl Outcome {
         let resets: u64 = self.reports.iter().map(ConnsReport::resets).sum();
         let stalls: u64 = self.reports.iter().map(ConnsReport::stalls).sum();
         let lost: u64 = self.reports.iter().map(ConnsReport::lost).sum();
-        let gap = self.reports.iter().map(ConnsReport::max_gap).max().unwrap_or_default();
+        let gap = self
+            .reports
+            .iter()
+            .map(ConnsReport::max_gap)
+            .max()
+            .unwrap_or_default();
         let mut s = String::new();
         let _ = writeln!(
             s,
@@ -381,12 +411,23 @@ impl Outcome {
         for r in &self.reports {
             let _ = write!(s, "{r}");
         }
-        let _ = writeln!(s, "{:<9} {}", "counters", COUNTERS.iter().map(|c| format!("{c:>14}")).collect::<String>());
+        let _ = writeln!(
+            s,
+            "{:<9} {}",
+            "counters",
+            COUNTERS
+                .iter()
+                .map(|c| format!("{c:>14}"))
+                .collect::<String>()
+        );
         for ns in HOSTS {
             let _ = writeln!(
                 s,
                 "{ns:<9} {}",
-                COUNTERS.iter().map(|c| format!("{:>14}", get(&self.counters, ns, c))).collect::<String>()
+                COUNTERS
+                    .iter()
+                    .map(|c| format!("{:>14}", get(&self.counters, ns, c)))
+                    .collect::<String>()
             );
         }
         let _ = writeln!(
@@ -396,20 +437,47 @@ impl Outcome {
             lab::conns::human_bytes(bytes),
             self.broken().len(),
             gap.as_millis(),
-            HOSTS.iter().map(|h| get(&self.counters, h, "conn_hit")).sum::<u64>(),
-            HOSTS.iter().map(|h| get(&self.counters, h, "conn_miss")).sum::<u64>(),
-            HOSTS.iter().map(|h| get(&self.counters, h, "conn_insert")).sum::<u64>(),
-            HOSTS.iter().map(|h| get(&self.counters, h, "conn_stale")).sum::<u64>(),
-            HOSTS.iter().map(|h| get(&self.counters, h, "hint_sent")).sum::<u64>(),
-            HOSTS.iter().map(|h| get(&self.counters, h, "second_chance")).sum::<u64>(),
+            HOSTS
+                .iter()
+                .map(|h| get(&self.counters, h, "conn_hit"))
+                .sum::<u64>(),
+            HOSTS
+                .iter()
+                .map(|h| get(&self.counters, h, "conn_miss"))
+                .sum::<u64>(),
+            HOSTS
+                .iter()
+                .map(|h| get(&self.counters, h, "conn_insert"))
+                .sum::<u64>(),
+            HOSTS
+                .iter()
+                .map(|h| get(&self.counters, h, "conn_stale"))
+                .sum::<u64>(),
+            HOSTS
+                .iter()
+                .map(|h| get(&self.counters, h, "hint_sent"))
+                .sum::<u64>(),
+            HOSTS
+                .iter()
+                .map(|h| get(&self.counters, h, "second_chance"))
+                .sum::<u64>(),
         );
         s
     }
 
     fn assert_all_established(&self) {
         for r in &self.reports {
-            assert_eq!(r.established(), r.requested, "{}: not all established:\n{r}", self.scenario);
-            assert!(r.conns.iter().all(|c| c.sent > 0), "{}: a connection sent nothing:\n{r}", self.scenario);
+            assert_eq!(
+                r.established(),
+                r.requested,
+                "{}: not all established:\n{r}",
+                self.scenario
+            );
+            assert!(
+                r.conns.iter().all(|c| c.sent > 0),
+                "{}: a connection sent nothing:\n{r}",
+                self.scenario
+            );
         }
     }
 
@@ -463,17 +531,30 @@ fn long_lived_connections_survive_six_route_flips_between_edges() {
     let lab = start_lab(&THREE);
     let o = run_scenario(&lab, "(a) 6 route flips, 1 s apart", |_| {
         for i in 0..6 {
-            let edge = if i % 2 == 0 { reference::EDGE2 } else { reference::EDGE1 };
+            let edge = if i % 2 == 0 {
+                reference::EDGE2
+            } else {
+                reference::EDGE1
+            };
             reference::route_vips_to(&lab, edge).expect("moving the route");
             std::thread::sleep(Duration::from_secs(1));
         }
     });
     o.assert_none_broken();
     for edge in [reference::EDGE1, reference::EDGE2] {
-        assert!(get(&o.counters, edge, "conn_hit") > 0, "{edge} tracked nothing:\n{}", o.summary());
+        assert!(
+            get(&o.counters, edge, "conn_hit") > 0,
+            "{edge} tracked nothing:\n{}",
+            o.summary()
+        );
     }
     // Same tables on both edges and no table change: nothing to give a second chance to.
-    assert_eq!(get(&o.counters, reference::EDGE2, "hint_sent"), 0, "{}", o.summary());
+    assert_eq!(
+        get(&o.counters, reference::EDGE2, "hint_sent"),
+        0,
+        "{}",
+        o.summary()
+    );
 }
 
 #[test]
@@ -485,12 +566,24 @@ fn long_lived_connections_survive_adding_a_backend() {
     let lab = start_lab(&WITHOUT_BACKEND2);
     let o = run_scenario(&lab, "(b) backend2 added", |_| set_backends(&lab, &THREE));
     o.assert_none_broken();
-    assert!(get(&o.counters, reference::EDGE1, "conn_hit") > 0, "{}", o.summary());
+    assert!(
+        get(&o.counters, reference::EDGE1, "conn_hit") > 0,
+        "{}",
+        o.summary()
+    );
     // New connections do land on the added backend.
     let tally = lab
-        .tcp_flows(reference::CLIENT, reference::vip_v4_tcp(), 30, Duration::from_secs(30))
+        .tcp_flows(
+            reference::CLIENT,
+            reference::vip_v4_tcp(),
+            30,
+            Duration::from_secs(30),
+        )
         .expect("client");
-    assert!(tally.per_backend.get("backend2").copied().unwrap_or(0) > 0, "no new flow on backend2:\n{tally}");
+    assert!(
+        tally.per_backend.get("backend2").copied().unwrap_or(0) > 0,
+        "no new flow on backend2:\n{tally}"
+    );
 }
 
 #[test]
@@ -506,13 +599,30 @@ fn long_lived_connections_survive_draining_a_backend() {
     });
     o.assert_none_broken();
     let on_b2 = o.conns().filter(|c| c.backend == "backend2").count();
-    assert!(on_b2 > 0, "no connection on the drained backend:\n{}", o.summary());
-    assert!(get(&o.counters, reference::EDGE1, "conn_hit") > 0, "{}", o.summary());
+    assert!(
+        on_b2 > 0,
+        "no connection on the drained backend:\n{}",
+        o.summary()
+    );
+    assert!(
+        get(&o.counters, reference::EDGE1, "conn_hit") > 0,
+        "{}",
+        o.summary()
+    );
     // Drained: no new connection goes there.
     let tally = lab
-        .tcp_flows(reference::CLIENT, reference::vip_v4_tcp(), 30, Duration::from_secs(30))
+        .tcp_flows(
+            reference::CLIENT,
+            reference::vip_v4_tcp(),
+            30,
+            Duration::from_secs(30),
+        )
         .expect("client");
-    assert_eq!(tally.per_backend.get("backend2"), None, "new flows on the drained backend:\n{tally}");
+    assert_eq!(
+        tally.per_backend.get("backend2"),
+        None,
+        "new flows on the drained backend:\n{tally}"
+    );
 }
 
 #[test]
@@ -542,7 +652,11 @@ fn removing_a_backend_ends_only_its_own_connections() {
         broken.len(),
         broken.iter().filter(|c| c.backend == "backend2").count()
     );
-    assert!(!on_b2.is_empty(), "no connection on backend2:\n{}", o.summary());
+    assert!(
+        !on_b2.is_empty(),
+        "no connection on backend2:\n{}",
+        o.summary()
+    );
     let others: Vec<&&ConnReport> = broken.iter().filter(|c| c.backend != "backend2").collect();
     assert!(
         others.is_empty(),
@@ -563,12 +677,18 @@ fn removing_a_backend_ends_only_its_own_connections() {
         "(d): not every backend2 connection ended once its id was released:\n{}",
         o.summary()
     );
-    assert!(get(&o.counters, reference::EDGE1, "conn_stale") > 0, "{}", o.summary());
+    assert!(
+        get(&o.counters, reference::EDGE1, "conn_stale") > 0,
+        "{}",
+        o.summary()
+    );
 }
 
 #[test]
 fn long_lived_connections_survive_a_backend_change_with_a_route_flip() {
-    if !anycast_tests::privileged("long_lived_connections_survive_a_backend_change_with_a_route_flip") {
+    if !anycast_tests::privileged(
+        "long_lived_connections_survive_a_backend_change_with_a_route_flip",
+    ) {
         return;
     }
     let _serial = serial();
@@ -582,8 +702,15 @@ fn long_lived_connections_survive_a_backend_change_with_a_route_flip() {
     o.assert_none_broken();
     // edge2 never saw these flows: it named the previous owner of each flow whose slot moved, and
     // the new owners (which had no socket for them) passed them on.
-    assert!(get(&o.counters, reference::EDGE2, "hint_sent") > 0, "{}", o.summary());
-    let chances: u64 = HOSTS.iter().map(|h| get(&o.counters, h, "second_chance")).sum();
+    assert!(
+        get(&o.counters, reference::EDGE2, "hint_sent") > 0,
+        "{}",
+        o.summary()
+    );
+    let chances: u64 = HOSTS
+        .iter()
+        .map(|h| get(&o.counters, h, "second_chance"))
+        .sum();
     assert!(chances > 0, "no second chance given:\n{}", o.summary());
 }
 
@@ -594,18 +721,33 @@ fn long_lived_connections_survive_a_drain_with_a_route_flip() {
     }
     let _serial = serial();
     let lab = start_lab(&THREE);
-    let o = run_scenario(&lab, "(e') backend2 drained + route to edge2 and back", |_| {
-        drain_on_both_edges(&lab, reference::BACKEND2_V4);
-        drain_on_both_edges(&lab, reference::BACKEND2_V6);
-        reference::route_vips_to(&lab, reference::EDGE2).expect("route to edge2");
-        std::thread::sleep(Duration::from_secs(2));
-        reference::route_vips_to(&lab, reference::EDGE1).expect("route back to edge1");
-    });
+    let o = run_scenario(
+        &lab,
+        "(e') backend2 drained + route to edge2 and back",
+        |_| {
+            drain_on_both_edges(&lab, reference::BACKEND2_V4);
+            drain_on_both_edges(&lab, reference::BACKEND2_V6);
+            reference::route_vips_to(&lab, reference::EDGE2).expect("route to edge2");
+            std::thread::sleep(Duration::from_secs(2));
+            reference::route_vips_to(&lab, reference::EDGE1).expect("route back to edge1");
+        },
+    );
     o.assert_none_broken();
-    assert!(o.conns().any(|c| c.backend == "backend2"), "no connection on backend2:\n{}", o.summary());
+    assert!(
+        o.conns().any(|c| c.backend == "backend2"),
+        "no connection on backend2:\n{}",
+        o.summary()
+    );
     // The drained backend's flows reached edge2's new owners with a hint and were passed back.
-    assert!(get(&o.counters, reference::EDGE2, "hint_sent") > 0, "{}", o.summary());
-    let chances: u64 = HOSTS.iter().map(|h| get(&o.counters, h, "second_chance")).sum();
+    assert!(
+        get(&o.counters, reference::EDGE2, "hint_sent") > 0,
+        "{}",
+        o.summary()
+    );
+    let chances: u64 = HOSTS
+        .iter()
+        .map(|h| get(&o.counters, h, "second_chance"))
+        .sum();
     assert!(chances > 0, "no second chance given:\n{}", o.summary());
 }
 
@@ -613,7 +755,8 @@ fn long_lived_connections_survive_a_drain_with_a_route_flip() {
 /// their agents' status and through `anycast lookup --config`; a different config does not.
 #[test]
 fn edges_with_the_same_config_report_identical_table_fingerprints() {
-    if !anycast_tests::privileged("edges_with_the_same_config_report_identical_table_fingerprints") {
+    if !anycast_tests::privileged("edges_with_the_same_config_report_identical_table_fingerprints")
+    {
         return;
     }
     let _serial = serial();
@@ -636,7 +779,10 @@ fn edges_with_the_same_config_report_identical_table_fingerprints() {
             "203.0.113.10:80",
         ]);
         let fp = e1["203.0.113.10:80/tcp"].clone();
-        assert!(out.contains(&fp), "{edge}: lookup --config does not show the agent's fingerprint {fp}: {out}");
+        assert!(
+            out.contains(&fp),
+            "{edge}: lookup --config does not show the agent's fingerprint {fp}: {out}"
+        );
         out
     };
     lookup(reference::EDGE1);
@@ -666,13 +812,20 @@ fn edges_with_the_same_config_report_identical_table_fingerprints() {
         if e2 != e1 {
             break e2;
         }
-        assert!(Instant::now() < deadline, "edge2 did not reload within 10 s");
+        assert!(
+            Instant::now() < deadline,
+            "edge2 did not reload within 10 s"
+        );
         std::thread::sleep(Duration::from_millis(50));
     };
     println!("edge2 reweighted {e2:?}");
     assert_eq!(e2.len(), 4);
     for (vip, fp) in &e1 {
-        assert_ne!(e2.get(vip), Some(fp), "{vip}: a different table with the same fingerprint");
+        assert_ne!(
+            e2.get(vip),
+            Some(fp),
+            "{vip}: a different table with the same fingerprint"
+        );
     }
     let out1 = lookup(reference::EDGE1);
     let path = lab.agent_config_path(reference::EDGE2);

@@ -605,8 +605,14 @@ fn the_agent_sigkilled_restarted_and_upgraded_under_long_lived_connections_break
         if start.elapsed() > Duration::from_secs(10) {
             let pid = ops.edge_pid();
             let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-            let sig: Vec<&str> = status.lines().filter(|l| l.starts_with("Sig") || l.starts_with("ShdPnd")).collect();
-            println!("OPS WARNING: agent {pid} still running {:?} after SIGTERM; {sig:?}; sending SIGKILL", start.elapsed());
+            let sig: Vec<&str> = status
+                .lines()
+                .filter(|l| l.starts_with("Sig") || l.starts_with("ShdPnd"))
+                .collect();
+            println!(
+                "OPS WARNING: agent {pid} still running {:?} after SIGTERM; {sig:?}; sending SIGKILL",
+                start.elapsed()
+            );
             ops.signal(nix::sys::signal::Signal::SIGKILL);
             stopped = false;
             std::thread::sleep(Duration::from_millis(500));

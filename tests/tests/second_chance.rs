@@ -8,14 +8,18 @@ use std::net::{Ipv4Addr, SocketAddrV4, TcpListener};
 
 use anycast_common::{
     AddrKey, BACKEND_F_LOCAL, Backend, CFG_F_HAS_SRC_V4, DataplaneConfig, ENCAP_GUE, ENCAP_IPIP,
-    FAMILY_V4, GUE_DEFAULT_PORT, GUE_HINT_MAGIC, NO_TABLE, PROTO_IPIP, PROTO_TCP, PROTO_UDP, VipKey,
-    VipValue, counter as c,
+    FAMILY_V4, GUE_DEFAULT_PORT, GUE_HINT_MAGIC, NO_TABLE, PROTO_IPIP, PROTO_TCP, PROTO_UDP,
+    VipKey, VipValue, counter as c,
 };
 use anycast_tests::fixture::{Dataplane, Sizes, XDP_PASS, XDP_REDIRECT, fixture_netns, net};
 use anycast_tests::packet::{self as p, V4};
 
 const RING: u32 = 13;
-const SIZES: Sizes = Sizes { max_vips: 4, ring_size: RING, max_backends: 8 };
+const SIZES: Sizes = Sizes {
+    max_vips: 4,
+    ring_size: RING,
+    max_backends: 8,
+};
 const CLIENT: Ipv4Addr = Ipv4Addr::new(198, 18, 100, 7);
 const VIP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
 const A: u32 = 0;
@@ -51,7 +55,15 @@ fn setup(dp: &mut Dataplane, encap: u8) {
         let mut addr_be = [0u8; 16];
         addr_be[..4].copy_from_slice(&addr(id).octets());
         let flags = if id == LOCAL { BACKEND_F_LOCAL } else { 0 };
-        dp.set_backend(id, Backend { addr_be, family: FAMILY_V4, flags, generation: 1 });
+        dp.set_backend(
+            id,
+            Backend {
+                addr_be,
+                family: FAMILY_V4,
+                flags,
+                generation: 1,
+            },
+        );
     }
     dp.set_config(&config(encap));
     dp.add_local(AddrKey::v4(net::EDGE_V4.octets()));
@@ -62,7 +74,15 @@ fn setup(dp: &mut Dataplane, encap: u8) {
 fn changed(dp: &mut Dataplane, proto: u8, old: u32, new: u32) {
     dp.set_table(0, &vec![old; RING as usize]);
     dp.set_table(1, &vec![new; RING as usize]);
-    dp.set_vip(VipKey::v4(VIP.octets(), 0, proto), VipValue { vip_id: 0, table: 1, prev_table: 0, flags: 0 });
+    dp.set_vip(
+        VipKey::v4(VIP.octets(), 0, proto),
+        VipValue {
+            vip_id: 0,
+            table: 1,
+            prev_table: 0,
+            flags: 0,
+        },
+    );
 }
 
 fn tcp_segment(sport: u16, flags: u8) -> Vec<u8> {
@@ -101,20 +121,37 @@ fn edge_names_the_previous_owner_for_unknown_mid_flow_packets() {
         changed(&mut dp, PROTO_TCP, A, B);
 
         let before = dp.stats();
-        let r = dp.run(&p::frame(None, &tcp(CLIENT, 40000, TCP_ACK)), None).expect("run");
+        let r = dp
+            .run(&p::frame(None, &tcp(CLIENT, 40000, TCP_ACK)), None)
+            .expect("run");
         assert_eq!(r.action, XDP_REDIRECT);
-        assert_eq!(outer(&r.output), (addr(B), 2, Some(addr(A))), "to the new owner, hint = old owner");
+        assert_eq!(
+            outer(&r.output),
+            (addr(B), 2, Some(addr(A))),
+            "to the new owner, hint = old owner"
+        );
         let after = dp.stats();
-        assert_eq!(after[c::HINT_SENT as usize] - before[c::HINT_SENT as usize], 1);
-        assert_eq!(dp.conn_count(), 0, "a hinted flow is not tracked (the hint must ride every packet)");
+        assert_eq!(
+            after[c::HINT_SENT as usize] - before[c::HINT_SENT as usize],
+            1
+        );
+        assert_eq!(
+            dp.conn_count(),
+            0,
+            "a hinted flow is not tracked (the hint must ride every packet)"
+        );
 
         // A new connection belongs to the new table: no hint on its SYN.
-        let r = dp.run(&p::frame(None, &tcp(CLIENT, 40001, TCP_SYN)), None).expect("run");
+        let r = dp
+            .run(&p::frame(None, &tcp(CLIENT, 40001, TCP_SYN)), None)
+            .expect("run");
         assert_eq!(outer(&r.output), (addr(B), 0, None));
 
         // Same owner in both tables: no hint, and the flow is tracked as usual.
         changed(&mut dp, PROTO_TCP, B, B);
-        let r = dp.run(&p::frame(None, &tcp(CLIENT, 40002, TCP_ACK)), None).expect("run");
+        let r = dp
+            .run(&p::frame(None, &tcp(CLIENT, 40002, TCP_ACK)), None)
+            .expect("run");
         assert_eq!(outer(&r.output), (addr(B), 0, None));
         assert_eq!(dp.conn_count(), 1);
 
@@ -122,7 +159,9 @@ fn edge_names_the_previous_owner_for_unknown_mid_flow_packets() {
         dp.clear_conns();
         dp.set_config(&config(ENCAP_IPIP));
         changed(&mut dp, PROTO_TCP, A, B);
-        let r = dp.run(&p::frame(None, &tcp(CLIENT, 40003, TCP_ACK)), None).expect("run");
+        let r = dp
+            .run(&p::frame(None, &tcp(CLIENT, 40003, TCP_ACK)), None)
+            .expect("run");
         assert_eq!(r.output[23], PROTO_IPIP);
     });
 }
@@ -139,9 +178,12 @@ fn receiver_without_a_socket_forwards_once_to_the_hinted_owner() {
     ns.ip(&format!("addr add {CLIENT}/32 dev lo"));
     ns.enter(|| {
         let listener = TcpListener::bind(SocketAddrV4::new(VIP, 80)).expect("listen on the VIP");
-        let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
-        sock.bind(&SocketAddrV4::new(CLIENT, 41000).into()).expect("bind client port");
-        sock.connect(&SocketAddrV4::new(VIP, 80).into()).expect("connect");
+        let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+            .expect("socket");
+        sock.bind(&SocketAddrV4::new(CLIENT, 41000).into())
+            .expect("bind client port");
+        sock.connect(&SocketAddrV4::new(VIP, 80).into())
+            .expect("connect");
         let (mut accepted, _) = listener.accept().expect("accept");
         accepted.set_nonblocking(true).expect("nonblocking");
         let _ = accepted.read(&mut [0u8; 1]);
@@ -151,26 +193,53 @@ fn receiver_without_a_socket_forwards_once_to_the_hinted_owner() {
         // A tunnelled packet from edge 198.19.5.1 to this host, naming A as previous owner.
         let tunnelled = |sport: u16, flags: u8| {
             let inner = tcp(CLIENT, sport, flags);
-            let mut gue = vec![2, 4, 0, 0, GUE_HINT_MAGIC[0], GUE_HINT_MAGIC[1], FAMILY_V4, 0];
+            let mut gue = vec![
+                2,
+                4,
+                0,
+                0,
+                GUE_HINT_MAGIC[0],
+                GUE_HINT_MAGIC[1],
+                FAMILY_V4,
+                0,
+            ];
             gue.extend_from_slice(&addr(A).octets());
             gue.extend_from_slice(&inner);
-            p::frame(None, &V4::new(Ipv4Addr::new(198, 19, 5, 1), net::EDGE_V4).udp(50000, GUE_DEFAULT_PORT, &gue))
+            p::frame(
+                None,
+                &V4::new(Ipv4Addr::new(198, 19, 5, 1), net::EDGE_V4).udp(
+                    50000,
+                    GUE_DEFAULT_PORT,
+                    &gue,
+                ),
+            )
         };
 
         // No socket holds 41001 (only the listener matches): sent on to A, without a hint.
         let before = dp.stats();
         let r = dp.run(&tunnelled(41001, TCP_ACK), None).expect("run");
         assert_eq!(r.action, XDP_REDIRECT);
-        assert_eq!(outer(&r.output), (addr(A), 0, None), "second chance goes to the hinted owner, hint removed");
+        assert_eq!(
+            outer(&r.output),
+            (addr(A), 0, None),
+            "second chance goes to the hinted owner, hint removed"
+        );
         // The inner packet travels unchanged.
         assert_eq!(&r.output[46..], &tcp(CLIENT, 41001, TCP_ACK)[..]);
         let after = dp.stats();
-        assert_eq!(after[c::SECOND_CHANCE as usize] - before[c::SECOND_CHANCE as usize], 1);
+        assert_eq!(
+            after[c::SECOND_CHANCE as usize] - before[c::SECOND_CHANCE as usize],
+            1
+        );
 
         // The established flow is delivered here.
         let r = dp.run(&tunnelled(41000, TCP_ACK), None).expect("run");
         assert_eq!(r.action, XDP_PASS);
-        assert_eq!(&r.output[14..], &tcp(CLIENT, 41000, TCP_ACK)[..], "decapsulated");
+        assert_eq!(
+            &r.output[14..],
+            &tcp(CLIENT, 41000, TCP_ACK)[..],
+            "decapsulated"
+        );
 
         // A SYN is a new connection for this host: delivered, never forwarded.
         let r = dp.run(&tunnelled(41002, TCP_SYN), None).expect("run");
@@ -180,7 +249,11 @@ fn receiver_without_a_socket_forwards_once_to_the_hinted_owner() {
         // here, the same packet without a hint is simply decapsulated.
         let plain = p::frame(
             None,
-            &V4::new(Ipv4Addr::new(198, 19, 5, 1), net::EDGE_V4).udp(50000, GUE_DEFAULT_PORT, &p::gue_v0(&tcp(CLIENT, 41001, TCP_ACK), 0)),
+            &V4::new(Ipv4Addr::new(198, 19, 5, 1), net::EDGE_V4).udp(
+                50000,
+                GUE_DEFAULT_PORT,
+                &p::gue_v0(&tcp(CLIENT, 41001, TCP_ACK), 0),
+            ),
         );
         let r = dp.run(&plain, None).expect("run");
         assert_eq!(r.action, XDP_PASS);
@@ -190,7 +263,9 @@ fn receiver_without_a_socket_forwards_once_to_the_hinted_owner() {
 
 #[test]
 fn edge_that_is_the_new_owner_without_the_socket_sends_to_the_previous_owner() {
-    if !anycast_tests::privileged("edge_that_is_the_new_owner_without_the_socket_sends_to_the_previous_owner") {
+    if !anycast_tests::privileged(
+        "edge_that_is_the_new_owner_without_the_socket_sends_to_the_previous_owner",
+    ) {
         return;
     }
     fixture_netns().enter(|| {
@@ -200,14 +275,36 @@ fn edge_that_is_the_new_owner_without_the_socket_sends_to_the_previous_owner() {
         let frame = p::frame(None, &tcp(CLIENT, 42000, TCP_ACK));
         let before = dp.stats();
         let r = dp.run(&frame, None).expect("run");
-        assert_eq!(r.action, XDP_REDIRECT, "no local socket: to the previous owner");
-        assert_eq!(Ipv4Addr::new(r.output[30], r.output[31], r.output[32], r.output[33]), addr(A));
-        assert_eq!(dp.stats()[c::SECOND_CHANCE as usize] - before[c::SECOND_CHANCE as usize], 1);
+        assert_eq!(
+            r.action, XDP_REDIRECT,
+            "no local socket: to the previous owner"
+        );
+        assert_eq!(
+            Ipv4Addr::new(r.output[30], r.output[31], r.output[32], r.output[33]),
+            addr(A)
+        );
+        assert_eq!(
+            dp.stats()[c::SECOND_CHANCE as usize] - before[c::SECOND_CHANCE as usize],
+            1
+        );
         // A SYN stays here.
-        let r = dp.run(&p::frame(None, &tcp(CLIENT, 42001, TCP_SYN)), None).expect("run");
-        assert_eq!((r.action, r.output.len()), (XDP_PASS, p::frame(None, &tcp(CLIENT, 42001, TCP_SYN)).len()));
+        let r = dp
+            .run(&p::frame(None, &tcp(CLIENT, 42001, TCP_SYN)), None)
+            .expect("run");
+        assert_eq!(
+            (r.action, r.output.len()),
+            (XDP_PASS, p::frame(None, &tcp(CLIENT, 42001, TCP_SYN)).len())
+        );
         // Without a table change there is no second chance.
-        dp.set_vip(VipKey::v4(VIP.octets(), 0, PROTO_TCP), VipValue { vip_id: 0, table: 1, prev_table: NO_TABLE, flags: 0 });
+        dp.set_vip(
+            VipKey::v4(VIP.octets(), 0, PROTO_TCP),
+            VipValue {
+                vip_id: 0,
+                table: 1,
+                prev_table: NO_TABLE,
+                flags: 0,
+            },
+        );
         let r = dp.run(&frame, None).expect("run");
         assert_eq!(r.action, XDP_PASS);
     });

@@ -20,7 +20,9 @@ use std::time::{Duration, Instant};
 
 use anycast::config::{Config, Encapsulation};
 use anycast::maglev::{self, MaglevBackend};
-use anycast_tests::fixture::{Dataplane, XDP_PASS, XDP_TX, action_name, fixture_netns, ifindex, net};
+use anycast_tests::fixture::{
+    Dataplane, XDP_PASS, XDP_TX, action_name, fixture_netns, ifindex, net,
+};
 use anycast_tests::packet::{self as p, V4, V6};
 
 const RUNS: usize = 5;
@@ -96,28 +98,78 @@ fn paths() -> Vec<Path> {
     let client4 = Ipv4Addr::new(198, 18, 100, 7);
     let client6: Ipv6Addr = "fd00:100::7".parse().expect("v6");
     let body = [0x5au8; 64];
-    let tcp4 = |dst: &str| p::frame(None, &V4::new(client4, dst.parse().expect("v4")).tcp(40000, 80, &body));
-    let tcp6 = |dst: &str| p::frame(None, &V6::new(client6, dst.parse().expect("v6")).tcp(40000, 80, &body));
+    let tcp4 = |dst: &str| {
+        p::frame(
+            None,
+            &V4::new(client4, dst.parse().expect("v4")).tcp(40000, 80, &body),
+        )
+    };
+    let tcp6 = |dst: &str| {
+        p::frame(
+            None,
+            &V6::new(client6, dst.parse().expect("v6")).tcp(40000, 80, &body),
+        )
+    };
     let inner = V4::new(client4, "203.0.113.10".parse().expect("v4")).tcp(40000, 80, &body);
     let tunnel_src = Ipv4Addr::new(198, 18, 5, 1);
     let decap_ipip = p::frame(None, &p::ipip_v4(tunnel_src, net::EDGE_V4, &inner));
     let decap_gue = p::frame(
         None,
-        &V4::new(tunnel_src, net::EDGE_V4).udp(50000, anycast_common::GUE_DEFAULT_PORT, &p::gue_v0(&inner, 0)),
+        &V4::new(tunnel_src, net::EDGE_V4).udp(
+            50000,
+            anycast_common::GUE_DEFAULT_PORT,
+            &p::gue_v0(&inner, 0),
+        ),
     );
     use Encapsulation::{Gue, Ipip};
     use Method::{Loop, Repeat};
-    let path = |name, encap, frame, action, method| Path { name, encap, frame, action, method };
+    let path = |name, encap, frame, action, method| Path {
+        name,
+        encap,
+        frame,
+        action,
+        method,
+    };
     vec![
-        path("non-VIP pass (IPv4 TCP)", Ipip, tcp4("203.0.113.99"), XDP_PASS, Repeat),
-        path("non-VIP pass (IPv4 TCP), repeat=1 loop", Ipip, tcp4("203.0.113.99"), XDP_PASS, Loop),
-        path("local VIP (IPv4 TCP)", Ipip, tcp4("203.0.113.12"), XDP_PASS, Repeat),
+        path(
+            "non-VIP pass (IPv4 TCP)",
+            Ipip,
+            tcp4("203.0.113.99"),
+            XDP_PASS,
+            Repeat,
+        ),
+        path(
+            "non-VIP pass (IPv4 TCP), repeat=1 loop",
+            Ipip,
+            tcp4("203.0.113.99"),
+            XDP_PASS,
+            Loop,
+        ),
+        path(
+            "local VIP (IPv4 TCP)",
+            Ipip,
+            tcp4("203.0.113.12"),
+            XDP_PASS,
+            Repeat,
+        ),
         path("IPIP 4in4", Ipip, tcp4("203.0.113.10"), XDP_TX, Loop),
         path("IPIP 6in6", Ipip, tcp6("2001:db8::10"), XDP_TX, Loop),
         path("IPIP 6in4", Ipip, tcp6("2001:db8::11"), XDP_TX, Loop),
         path("IPIP 4in6", Ipip, tcp4("203.0.113.11"), XDP_TX, Loop),
-        path("GUE IPv4 outer (4in4)", Gue, tcp4("203.0.113.10"), XDP_TX, Loop),
-        path("GUE IPv6 outer (6in6)", Gue, tcp6("2001:db8::10"), XDP_TX, Loop),
+        path(
+            "GUE IPv4 outer (4in4)",
+            Gue,
+            tcp4("203.0.113.10"),
+            XDP_TX,
+            Loop,
+        ),
+        path(
+            "GUE IPv6 outer (6in6)",
+            Gue,
+            tcp6("2001:db8::10"),
+            XDP_TX,
+            Loop,
+        ),
         path("decap IPIP (4in4)", Ipip, decap_ipip, XDP_PASS, Loop),
         path("decap GUE (4in4)", Ipip, decap_gue, XDP_PASS, Loop),
     ]
@@ -156,29 +208,48 @@ fn main() {
             for _ in 0..RUNS {
                 let ns_per_packet = match path.method {
                     Method::Repeat => {
-                        let r = dp.run_repeat(&path.frame, Some(ingress), REPEAT).expect("test_run");
+                        let r = dp
+                            .run_repeat(&path.frame, Some(ingress), REPEAT)
+                            .expect("test_run");
                         r.duration.as_secs_f64() * 1e9
                     }
                     Method::Loop => {
                         let mut total = Duration::ZERO;
                         for _ in 0..LOOP {
-                            total += dp.run(&path.frame, Some(ingress)).expect("test_run").duration;
+                            total += dp
+                                .run(&path.frame, Some(ingress))
+                                .expect("test_run")
+                                .duration;
                         }
                         total.as_secs_f64() * 1e9 / f64::from(LOOP)
                     }
                 };
                 samples.push(ns_per_packet);
             }
-            rows.push((path.name, action_name(path.action), path.method, path.frame.len(), median(samples)));
+            rows.push((
+                path.name,
+                action_name(path.action),
+                path.method,
+                path.frame.len(),
+                median(samples),
+            ));
         }
         rows
     });
 
-    let pass_repeat = rows.iter().find(|r| r.2 == Method::Repeat).map_or(0.0, |r| r.4);
-    let pass_loop = rows.iter().find(|r| r.2 == Method::Loop && r.1 == action_name(XDP_PASS)).map_or(0.0, |r| r.4);
+    let pass_repeat = rows
+        .iter()
+        .find(|r| r.2 == Method::Repeat)
+        .map_or(0.0, |r| r.4);
+    let pass_loop = rows
+        .iter()
+        .find(|r| r.2 == Method::Loop && r.1 == action_name(XDP_PASS))
+        .map_or(0.0, |r| r.4);
     let overhead = pass_loop - pass_repeat;
     println!("## XDP paths (BPF_PROG_TEST_RUN, median of {RUNS} runs)\n");
-    println!("| path | action | frame bytes | method | ns/packet (measured) | ns/packet (less timing overhead) |");
+    println!(
+        "| path | action | frame bytes | method | ns/packet (measured) | ns/packet (less timing overhead) |"
+    );
     println!("|---|---|---:|---|---:|---:|");
     for (name, action, method, len, ns_pp) in &rows {
         let (m, net) = match method {
