@@ -1193,13 +1193,20 @@ fn tail(s: &str, lines: usize) -> String {
 ///                          +-- r-b2 == b2-r  backend2 (decap-only agent, server "backend2")
 /// ```
 ///
-/// The router routes the VIPs to one edge ([`reference::route_vips_to`] stands in for BGP). An
+/// The router routes the VIPs to one edge ([`reference::route_vips_to`] stands in for BGP; the
+/// BGP lab, `crate::lab_bgp`, drops that route and lets BIRD install an ECMP one). An
 /// edge encapsulates VIP packets (IPIP) towards the Maglev-chosen backend and sends them back
 /// out of its only interface (XDP_TX) to the router, which forwards them; the router's edge-facing
 /// veths therefore carry `anycast_pass`. Backends decapsulate in their own XDP program (the lab
 /// kernel has no IPIP module) and reply to the client directly through the router. Both edges
 /// get the same VIPs, backends, ring size and hash seed, so a flow maps to the same backend
 /// whichever edge it reaches.
+///
+/// Every host that receives tunnelled packets can also give a second chance (docs/dataplane.md):
+/// it encapsulates a packet once more, to the flow's previous owner, and sends it back out of
+/// its only interface (XDP_TX). So the router's backend-facing veths carry `anycast_pass` too,
+/// and the backends forward IP (the kernel's FIB helper refuses lookups on an interface that does
+/// not forward, and the packet would be dropped as `fib_fail`).
 pub mod reference {
     use super::*;
 
@@ -1400,9 +1407,10 @@ pub mod reference {
             sysctls.push(sysctl(ns, "net.ipv6.conf.all.accept_dad", "0"));
             sysctls.push(sysctl(ns, "net.ipv6.conf.default.accept_dad", "0"));
         }
-        for ns in [ROUTER, EDGE1, EDGE2] {
-            // Edges forward too: packets the XDP program hands to the kernel (neighbour not yet
-            // resolved) are forwarded by the stack.
+        for ns in [ROUTER, EDGE1, EDGE2, BACKEND1, BACKEND2] {
+            // Edges and backends forward too: packets the XDP program hands to the kernel
+            // (neighbour not yet resolved) are forwarded by the stack, and the FIB lookup of a
+            // second chance needs forwarding on the receiving interface.
             sysctls.push(sysctl(ns, "net.ipv4.ip_forward", "1"));
             sysctls.push(sysctl(ns, "net.ipv6.conf.all.forwarding", "1"));
         }
@@ -1472,7 +1480,9 @@ pub mod reference {
         routes.push(route(ROUTER, &format!("{VIP_V4}/32"), EDGE1_V4));
         routes.push(route(ROUTER, &format!("{VIP_V6}/128"), EDGE1_V6));
 
-        let xdp_pass = ["r-e1", "r-e2"]
+        // Edges transmit encapsulated packets with XDP_TX, and so do backends giving a second
+        // chance: the router's ends of their veths need a native XDP program.
+        let xdp_pass = ["r-e1", "r-e2", "r-b1", "r-b2"]
             .iter()
             .map(|i| XdpPass {
                 ns: ROUTER.to_owned(),

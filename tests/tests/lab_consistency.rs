@@ -25,11 +25,8 @@
 //! over the scenario, from `anycast stats` on every agent) and asserts the ones that prove the
 //! mechanism worked.
 //!
-//! Additions to the reference topology, made here from its data: a backend that forwards a
-//! second chance sends it back out of its only interface (XDP_TX), so the router's backend-facing
-//! veths need `anycast_pass` like its edge-facing ones, and backends need IP forwarding on (the
-//! FIB helper refuses lookups on an interface that does not forward). The backends' agents already
-//! decapsulate GUE and have a `tunnel_source`; their default route reaches every other host.
+//! Second chance from a backend host needs what the reference topology gives every lab: IP
+//! forwarding on the backends, `anycast_pass` on the router's backend-facing veths.
 //!
 //! The lab tests of this file take a lock so that they run one at a time: each runs four agents
 //! and 240 connections, and the test machines have two cores.
@@ -40,8 +37,7 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use anycast_tests::lab::{
-    self, ConnReport, ConnsOptions, ConnsReport, Lab, LongLived, Sysctl, Topology, VipSpec,
-    XdpPass, reference,
+    self, ConnReport, ConnsOptions, ConnsReport, Lab, LongLived, Topology, VipSpec, reference,
 };
 
 /// Connections per VIP family: 120 to the IPv4 VIP and 120 to the IPv6 VIP.
@@ -108,8 +104,7 @@ fn vips(backends: &[(&str, u32)]) -> Vec<VipSpec> {
     v
 }
 
-/// The reference topology with GUE, the edges serving `backends`, and what second chance from a
-/// backend host needs (see the module documentation).
+/// The reference topology with GUE and the edges serving `backends`.
 fn topology(backends: &[(&str, u32)]) -> Topology {
     let mut t = reference::topology_with(&reference::Options {
         encapsulation: ENCAPSULATION.to_owned(),
@@ -118,21 +113,6 @@ fn topology(backends: &[(&str, u32)]) -> Topology {
     for a in &mut t.agents {
         if a.ns == reference::EDGE1 || a.ns == reference::EDGE2 {
             a.vips = vips(backends);
-        }
-    }
-    for i in ["r-b1", "r-b2"] {
-        t.xdp_pass.push(XdpPass {
-            ns: reference::ROUTER.to_owned(),
-            interface: i.to_owned(),
-        });
-    }
-    for ns in [reference::BACKEND1, reference::BACKEND2] {
-        for key in ["net.ipv4.ip_forward", "net.ipv6.conf.all.forwarding"] {
-            t.sysctls.push(Sysctl {
-                ns: ns.to_owned(),
-                key: key.to_owned(),
-                value: "1".to_owned(),
-            });
         }
     }
     t
