@@ -268,7 +268,13 @@ fn dead_edge_is_routed_around_within_bfd_time_and_other_backends_connections_sur
 
 #[test]
 fn vip_with_all_backends_unhealthy_is_withdrawn_from_that_edge_and_announced_on_recovery() {
-    let Some((_serial, mut bgp)) = start("all_unhealthy", Options { edge1_health: true }) else {
+    let Some((_serial, mut bgp)) = start(
+        "all_unhealthy",
+        Options {
+            edge1_health: true,
+            ..Options::default()
+        },
+    ) else {
         return;
     };
     let metric =
@@ -280,7 +286,8 @@ fn vip_with_all_backends_unhealthy_is_withdrawn_from_that_edge_and_announced_on_
     };
     assert!(metrics(&bgp).contains(&metric(1)), "{}", metrics(&bgp));
 
-    bgp.stop_health_servers();
+    bgp.stop_health_servers()
+        .unwrap_or_else(|e| panic!("stopping the health-check servers: {e}"));
     let t = Instant::now();
     // The agent's own view first: the router alone could also lose edge1 to a BFD flap.
     let deadline = t + Duration::from_secs(30);
