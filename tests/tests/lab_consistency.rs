@@ -16,8 +16,9 @@
 //!   with it, the pinned dataplane stays attached); then a new agent, which adopts the dataplane
 //!   and announces again.
 //!
-//! The time from the edge's command until the router's route for both VIPs has changed is
-//! printed per change and summarised per scenario (withdraw and announce, maximum).
+//! The time from the edge's command until the router's routes for both VIPs have changed
+//! (polled every 10 ms) is printed per change. Not asserted: speed belongs to benchmarks, and a
+//! 2-core machine busy with builds starves BIRD and the agents for seconds.
 //!
 //! | scenario | change while the connections stream | target |
 //! |---|---|---|
@@ -86,11 +87,13 @@ const HOSTS: [&str; 4] = [
     reference::BACKEND1,
     reference::BACKEND2,
 ];
-/// How long the router may take to apply an edge's route change: far above the measured tens of
-/// milliseconds (BENCHMARKS.md), only there to bound the wait. A new agent's announcement also
-/// waits for its BGP session (the router retries every 2 s).
-const WITHDRAW_LIMIT: Duration = Duration::from_secs(10);
+/// How long to wait for the router to apply an edge's route change: far above the tens of
+/// milliseconds measured on a quiet machine (BENCHMARKS.md), only there to bound the wait (a
+/// 2-core machine busy with builds starves BIRD and the agents for seconds). A new agent first
+/// loads and verifies the program (seconds of CPU) and opens its BGP sessions.
+const WITHDRAW_LIMIT: Duration = Duration::from_secs(30);
 const ANNOUNCE_LIMIT: Duration = Duration::from_secs(30);
+const NEW_AGENT_LIMIT: Duration = Duration::from_secs(90);
 
 const THREE: [(&str, u32); 3] = [("edge1", 1), ("backend1", 1), ("backend2", 1)];
 const WITHOUT_BACKEND2: [(&str, u32); 2] = [("edge1", 1), ("backend1", 1)];
@@ -312,8 +315,18 @@ fn broken_so_far(c: &ConnReport) -> bool {
 /// A route change an edge made, and how long the router took to apply it (both VIPs).
 struct RouteChange {
     what: String,
-    withdrawal: bool,
+    kind: Change,
     took: Duration,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Change {
+    /// `drain-edge`, or the agent stopped: the router must drop the edge.
+    Withdraw,
+    /// `undrain-edge`: the router must take the edge back.
+    Announce,
+    /// A new agent: the router must take the edge back once it has started and announced.
+    NewAgent,
 }
 
 /// What a scenario's change can do, and what it did.
@@ -355,16 +368,12 @@ fn wait_routes(bgp: &BgpLab, edges: &[&str], since: Instant, limit: Duration) ->
 }
 
 impl Ctx<'_> {
-    fn record(&mut self, what: String, withdrawal: bool, took: Duration) {
+    fn record(&mut self, what: String, kind: Change, took: Duration) {
         println!(
             "route: {what}: the router followed in {} ms",
             took.as_millis()
         );
-        self.routes.push(RouteChange {
-            what,
-            withdrawal,
-            took,
-        });
+        self.routes.push(RouteChange { what, kind, took });
     }
 
     /// `anycast drain-edge` on `edge`: the router must route both VIPs to the other edge only,
@@ -377,7 +386,7 @@ impl Ctx<'_> {
             let out = cli(
                 bgp,
                 edge,
-                &["drain-edge", "--timeout", "10", "--quiet-ms", "500"],
+                &["drain-edge", "--timeout", "30", "--quiet-ms", "500"],
             );
             (
                 out,
@@ -390,7 +399,7 @@ impl Ctx<'_> {
             out.contains("VIP traffic stopped"),
             "{edge}: drain-edge: {out}"
         );
-        self.record(format!("{edge} drain-edge"), true, took);
+        self.record(format!("{edge} drain-edge"), Change::Withdraw, took);
     }
 
     /// `anycast undrain-edge` on `edge`: the router must spread over both edges again.
@@ -398,7 +407,7 @@ impl Ctx<'_> {
         let t0 = Instant::now();
         cli(self.bgp, edge, &["undrain-edge"]);
         let took = wait_routes(self.bgp, &EDGES, t0, ANNOUNCE_LIMIT);
-        self.record(format!("{edge} undrain-edge"), false, took);
+        self.record(format!("{edge} undrain-edge"), Change::Announce, took);
     }
 
     /// SIGTERM to `edge`'s agent: it withdraws before it exits.
@@ -408,7 +417,11 @@ impl Ctx<'_> {
             .stop_edge(edge)
             .unwrap_or_else(|e| panic!("stopping {edge}'s agent: {e}"));
         let took = wait_routes(self.bgp, &[other_edge(edge)], t0, WITHDRAW_LIMIT);
-        self.record(format!("{edge} agent stopped (SIGTERM)"), true, took);
+        self.record(
+            format!("{edge} agent stopped (SIGTERM)"),
+            Change::Withdraw,
+            took,
+        );
     }
 
     /// A new agent on `edge`: it adopts the pinned dataplane and announces again.
@@ -417,8 +430,8 @@ impl Ctx<'_> {
         self.bgp
             .start_edge(edge)
             .unwrap_or_else(|e| panic!("starting {edge}'s agent again: {e}"));
-        let took = wait_routes(self.bgp, &EDGES, t0, ANNOUNCE_LIMIT);
-        self.record(format!("{edge} new agent"), false, took);
+        let took = wait_routes(self.bgp, &EDGES, t0, NEW_AGENT_LIMIT);
+        self.record(format!("{edge} new agent"), Change::NewAgent, took);
     }
 
     /// Withdraws `edge` for `dwell` (its connections stream through the other edge), then
@@ -533,13 +546,19 @@ impl Outcome {
             .sum()
     }
 
-    /// The slowest withdrawal or announcement, as the router applied it.
-    fn slowest(&self, withdrawal: bool) -> Option<Duration> {
-        self.routes
+    /// The times the router took to apply the route changes of one kind, in order (ms).
+    fn times(&self, kind: Change) -> String {
+        let t: Vec<String> = self
+            .routes
             .iter()
-            .filter(|r| r.withdrawal == withdrawal)
-            .map(|r| r.took)
-            .max()
+            .filter(|r| r.kind == kind)
+            .map(|r| r.took.as_millis().to_string())
+            .collect();
+        if t.is_empty() {
+            "-".to_owned()
+        } else {
+            t.join(", ")
+        }
     }
 
     fn summary(&self) -> String {
@@ -555,8 +574,6 @@ impl Outcome {
             .map(ConnsReport::max_gap)
             .max()
             .unwrap_or_default();
-        let ms =
-            |d: Option<Duration>| d.map_or("-".to_owned(), |d| format!("{} ms", d.as_millis()));
         let mut s = String::new();
         let _ = writeln!(
             s,
@@ -600,13 +617,14 @@ impl Outcome {
         // The BENCHMARKS.md row.
         let _ = writeln!(
             s,
-            "| {} | {conns} | {} | {} | {resets} | {stalls} | {lost} | {} ms | {} / {} | {} | {} / {} | {} | {} | {} |",
+            "| {} | {conns} | {} | {} | {resets} | {stalls} | {lost} | {} ms | {} | {} | {} | {} | {} / {} | {} | {} | {} |",
             self.scenario,
             lab::conns::human_bytes(bytes),
             self.broken().len(),
             gap.as_millis(),
-            ms(self.slowest(true)),
-            ms(self.slowest(false)),
+            self.times(Change::Withdraw),
+            self.times(Change::Announce),
+            self.times(Change::NewAgent),
             self.count(&HOSTS, "conn_hit"),
             self.count(&HOSTS, "conn_miss"),
             self.count(&HOSTS, "conn_insert"),
