@@ -56,7 +56,12 @@ fn sysctl(ns: &str, key: &str, value: &str) -> Sysctl {
 /// The reference topology without the router's hand-set VIP routes and without the edge agents
 /// (started by [`BgpLab::start`] with a `[bgp]` section).
 pub fn topology(opts: &Options) -> Topology {
-    let mut t = reference::topology();
+    topology_with(opts, &reference::Options::default())
+}
+
+/// [`topology`] on the reference topology with other weights or encapsulation.
+pub fn topology_with(opts: &Options, variant: &reference::Options) -> Topology {
+    let mut t = reference::topology_with(variant);
     t.routes
         .retain(|r| !(r.ns == ROUTER && (r.dst.starts_with(VIP_V4) || r.dst.starts_with(VIP_V6))));
     t.agents.retain(|a| !EDGES.contains(&a.ns.as_str()));
@@ -117,6 +122,8 @@ pub fn router_bird_config() -> String {
 pub struct BgpLab {
     pub lab: Lab,
     pub opts: Options,
+    /// Weights and encapsulation of the reference topology underneath.
+    variant: reference::Options,
     bin: String,
     generation: u32,
     health_generation: u32,
@@ -126,13 +133,20 @@ impl BgpLab {
     /// Builds the lab, starts the router's BIRD, backends, servers and both edge agents, and
     /// waits (bounded) until the router has an ECMP route over both edges for both VIPs.
     pub fn start(opts: Options) -> Result<BgpLab> {
-        let lab = Lab::build(&topology(&opts))?;
+        Self::start_with(opts, reference::Options::default())
+    }
+
+    /// [`BgpLab::start`] on the reference topology with other weights or encapsulation (the
+    /// edges' and backends' agents use `variant.encapsulation`).
+    pub fn start_with(opts: Options, variant: reference::Options) -> Result<BgpLab> {
+        let lab = Lab::build(&topology_with(&opts, &variant))?;
         let bin = find_binary("anycast", "ANYCAST_BIN")?
             .to_string_lossy()
             .into_owned();
         let mut b = BgpLab {
             lab,
             opts,
+            variant,
             bin,
             generation: 0,
             health_generation: 0,
@@ -172,7 +186,7 @@ impl BgpLab {
 
     /// `edge`'s agent config: the lab's, plus `[vip.health]` on edge1 when asked, plus `[bgp]`.
     pub fn edge_config(&self, edge: &str) -> Result<String> {
-        let spec = reference::topology()
+        let spec = reference::topology_with(&self.variant)
             .agents
             .into_iter()
             .find(|a| a.ns == edge)
