@@ -439,18 +439,18 @@ fn indented(text: &str) -> Vec<String> {
         .collect()
 }
 
-/// The router's VIP route in a line: `203.0.113.10 via edge1 + edge2`.
+/// The router's VIP route in a few words: `via edge1 + edge2`.
 fn route_line(bgp: &BgpLab) -> String {
     match bgp.nexthops(VIP_V4) {
-        Ok(hops) if hops.is_empty() => format!("{VIP_V4}: no route"),
+        Ok(hops) if hops.is_empty() => "no route".to_owned(),
         Ok(hops) => format!(
-            "{VIP_V4} via {}",
+            "via {}",
             hops.iter()
                 .map(|h| edge_of_addr(h))
                 .collect::<Vec<_>>()
                 .join(" + ")
         ),
-        Err(e) => format!("{VIP_V4}: {e}"),
+        Err(e) => e.to_string(),
     }
 }
 
@@ -673,7 +673,7 @@ fn run(a: &Args) -> lab::Result<bool> {
         let mut pending: Option<std::thread::ScopedJoinHandle<'_, Event>> = None;
         let mut route = route_line(&bgp);
         let mut next_tick = Instant::now();
-        for p in 0..4 {
+        'phases: for p in 0..4 {
             if p > 0 {
                 if let Some(h) = pending.take() {
                     let e = h
@@ -701,7 +701,8 @@ fn run(a: &Args) -> lab::Result<bool> {
             let end = Instant::now() + Duration::from_secs(a.seconds);
             while Instant::now() < end {
                 if traffic.is_finished() {
-                    break;
+                    // It stops only when told to, or on an error (returned below).
+                    break 'phases;
                 }
                 if pending.as_ref().is_some_and(|h| h.is_finished()) {
                     let e = pending
@@ -896,7 +897,7 @@ fn run_event(bgp: &BgpLab, title: String, action: Action, taken: impl FnOnce()) 
         lines.insert(
             0,
             format!(
-                "   router: {} after {:.0} ms",
+                "   router: {VIP_V4} {} after {:.0} ms",
                 route_line(bgp),
                 c.duration_since(at).as_secs_f64() * 1e3
             ),
@@ -957,7 +958,7 @@ fn render(
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "t = {:>5.1} s   phase {}/4: {:<14} router: {route}",
+        "t = {:>5.1} s   phase {}/4: {:<14} router: {VIP_V4} {route}",
         t.as_secs_f64(),
         phase + 1,
         titles[phase]
@@ -1017,7 +1018,7 @@ fn progress_line(
 ) -> String {
     let count = |f: &dyn Fn(&Flow) -> bool| flows.iter().filter(|x| f(x)).count();
     format!(
-        "t={:>5.1}s {title:<13} | route {route} | VIP pkt/s edge1 {:>5.0} edge2 {:>5.0} | short flows {:>4}: via edge1 {:>4} edge2 {:>4}, on predicted backend {:>4}, failed {} | long-lived {}/{} live, {} resets",
+        "t={:>5.1}s {title:<13} | router {route:<17} | VIP pkt/s edge1 {:>5.0} edge2 {:>5.0} | short flows {:>4} (edge1 {:>4}, edge2 {:>4}), {:>4} on predicted backend, {} failed | long-lived {}/{} live, {} resets",
         t.as_secs_f64(),
         rate[0],
         rate[1],
@@ -1270,16 +1271,16 @@ fn summarize(
     );
     if dead.is_empty() {
         println!(
-            "  -       0 long-lived connections had their backend on {} itself ({} serves no backend here; `--fail edge1` shows that case). The design cannot keep such connections: their server is gone",
+            "  -       long-lived connections whose backend was on {} itself: 0 ({} serves no backend in this lab; `--fail edge1` shows that case). The design does not keep those: their server is gone with the edge",
             a.fail, a.fail
         );
     } else {
         println!(
-            "  -       {} long-lived connections had their backend on {} itself: they end with it, as the design says (their server is gone): {} clean, {} bytes lost",
-            dead.len(),
+            "  -       long-lived connections whose backend was on {} itself: {}. They end with it, as the design says (their server is gone): {} clean, {} lost",
             a.fail,
+            dead.len(),
             dead.iter().filter(|c| c.is_clean()).count(),
-            dead.iter().map(|c| c.lost()).sum::<u64>()
+            lab::conns::human_bytes(dead.iter().map(|c| c.lost()).sum::<u64>())
         );
     }
 
