@@ -22,7 +22,7 @@ use anycast_tests::lab::ConnsOptions;
 use anycast_tests::lab::reference::*;
 use anycast_tests::lab_bgp::{BgpLab, Options, live_lookup};
 
-/// One BGP lab at a time: BFD at 100 ms x 3 and the timing assertions need CPU, and four labs
+/// One BGP lab at a time: BFD at 200 ms x 5 and the timing assertions need CPU, and four labs
 /// (eleven agents, six BIRDs, debug builds) on a 2-core machine make BFD flap.
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
