@@ -519,8 +519,7 @@ fn the_agents_reader_prints_a_record_as_a_json_line_with_target_level_and_class(
             .json()
             .finish();
         tracing::subscriber::with_default(subscriber, || reader.drain());
-        let text = String::from_utf8(out.0.lock().unwrap().clone()).expect("utf-8");
-        text
+        String::from_utf8(out.0.lock().unwrap().clone()).expect("utf-8")
     });
     let lines: Vec<serde_json::Value> = out
         .lines()
