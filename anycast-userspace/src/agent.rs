@@ -167,8 +167,8 @@ pub async fn run(opts: AgentOptions) -> Result<(), AgentError> {
     let log_level = crate::program_log::program_level();
     if log_level == 0 {
         info!(
-            target = crate::program_log::TARGET,
-            "program log lines off (the log filter rejects them): the program does not write them"
+            "program log lines off: the log filter rejects {}, so the program does not write them",
+            crate::program_log::TARGET
         );
     }
     let mut dp =
