@@ -6,7 +6,7 @@ use anycast_common::{
 use aya_ebpf::programs::XdpContext;
 
 use crate::{
-    Verdict, chance, encap, maps,
+    Verdict, chance, encap, log, maps,
     packet::{addr_bytes, ptr_at, u8_at, word_at},
     parse::{Ip, TCP_LEN, UDP_LEN},
     track,
@@ -75,12 +75,18 @@ pub fn steer_vip(ctx: &XdpContext, ip: &Ip, cfg: &DataplaneConfig) -> Verdict {
         return Verdict::drop(counter::NO_BACKEND);
     }
     let Some(backend) = maps::BACKENDS.get(backend_id) else {
+        // Only a table id can be missing: a tracked one was looked up by `pick`.
+        log::table_inconsistent(vip.vip_id, vip.table, backend_id);
         return Verdict::drop(counter::INTERNAL_ERROR);
     };
     let hint = if prev == NO_BACKEND {
         None
     } else {
-        maps::BACKENDS.get(prev)
+        let h = maps::BACKENDS.get(prev);
+        if h.is_none() && prev == track::PREV_INSERT_LIMITED {
+            log::conn_insert_limited();
+        }
+        h
     };
 
     let Some(sc) = encap::scratch() else {

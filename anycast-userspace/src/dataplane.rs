@@ -1001,17 +1001,22 @@ impl Dataplane {
         Self::load_object(crate::EBPF_OBJECT, Geometry::of(config))
     }
 
+    /// Loads `object` with every log level of the program on (see [`crate::program_log`]).
     pub fn load_object(object: &[u8], geometry: Geometry) -> Result<Self, DataplaneError> {
-        Self::load_object_adopting(object, geometry, &[])
+        Self::load_object_adopting(object, geometry, &[], crate::program_log::ALL_LEVELS)
     }
 
     /// Like [`Dataplane::load_object`], but the maps named in `adopt` are not created: the
     /// pinned maps at the given paths are used instead (their layout checked beforehand, see
     /// [`crate::pins`]). Publishing state is not learnt here: see [`Dataplane::adopt_maps`].
+    /// `log_level` is the program's aya-log level (`AYA_LOG_LEVEL`, read-only once loaded: the
+    /// verifier drops the log calls above it; 0 = none, see
+    /// [`crate::program_log::program_level`]).
     pub fn load_object_adopting(
         object: &[u8],
         geometry: Geometry,
         adopt: &[(String, PathBuf)],
+        log_level: u8,
     ) -> Result<Self, DataplaneError> {
         assert!(geometry.ring_size <= MAX_RING_SIZE);
         let mut loader = aya::EbpfLoader::new();
@@ -1019,6 +1024,7 @@ impl Dataplane {
             loader.map_pin_path(name.as_str(), path.as_path());
         }
         let ebpf = loader
+            .override_global(aya_log::LEVEL, &log_level, true)
             .map_max_entries(map_names::RINGS, geometry.ring_entries())
             .map_max_entries(map_names::VIPS, geometry.max_vips)
             .map_max_entries(map_names::VIP_STATS, geometry.max_vips)

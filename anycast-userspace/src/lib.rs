@@ -18,6 +18,7 @@ pub mod maglev;
 pub mod metrics;
 pub mod model;
 pub mod pins;
+pub mod program_log;
 pub mod stats;
 
 /// The compiled XDP object.
