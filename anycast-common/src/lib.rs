@@ -156,6 +156,11 @@ const _: () = assert!(size_of::<Backend>() == 20);
 /// `DataplaneConfig::flags`.
 pub const CFG_F_HAS_SRC_V4: u8 = 1;
 pub const CFG_F_HAS_SRC_V6: u8 = 2;
+/// No VIP uses port 0 (every port): a packet whose exact (address, port, protocol) is not a VIP
+/// is not one, and the program skips the second, port-0 `VIPS` lookup. Set only when known
+/// (a zeroed or older config does the lookup), cleared before a port-0 VIP is written and set
+/// after the last one is removed, so the program never skips a port-0 VIP that exists.
+pub const CFG_F_NO_PORT0_VIPS: u8 = 4;
 
 /// The single entry of the `CONFIG` array: per-host settings the program needs on the VIP path.
 #[repr(C)]

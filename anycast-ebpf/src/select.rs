@@ -1,7 +1,8 @@
 //! VIP match and backend selection.
 
 use anycast_common::{
-    BACKEND_F_LOCAL, DataplaneConfig, NO_BACKEND, PROTO_TCP, PROTO_UDP, VipKey, counter,
+    BACKEND_F_LOCAL, CFG_F_NO_PORT0_VIPS, DataplaneConfig, NO_BACKEND, PROTO_TCP, PROTO_UDP,
+    VipKey, counter,
 };
 use aya_ebpf::programs::XdpContext;
 
@@ -45,6 +46,11 @@ pub fn steer_vip(ctx: &XdpContext, ip: &Ip, cfg: &DataplaneConfig) -> Verdict {
     let vip = match unsafe { maps::VIPS.get(&key) } {
         Some(v) => *v,
         None => {
+            // Most TCP/UDP packets an edge sees on a non-VIP address end here with one lookup
+            // instead of two when the config has no port-0 VIP.
+            if cfg.flags & CFG_F_NO_PORT0_VIPS != 0 {
+                return Verdict::pass(counter::PASS);
+            }
             key.port_be = 0;
             match unsafe { maps::VIPS.get(&key) } {
                 Some(v) => *v,

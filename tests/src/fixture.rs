@@ -357,6 +357,13 @@ impl Dataplane {
             .unwrap_or_else(|| panic!("no map {name} in the object"))
     }
 
+    /// What `CONFIG` holds.
+    pub fn config(&self) -> DataplaneConfig {
+        let a: Array<_, DataplaneConfig> =
+            Array::try_from(self.map(map_names::CONFIG)).expect("CONFIG");
+        a.get(&0, 0).expect("read CONFIG")
+    }
+
     pub fn set_config(&mut self, cfg: &DataplaneConfig) {
         let mut a: Array<_, DataplaneConfig> =
             Array::try_from(self.map_mut(map_names::CONFIG)).expect("CONFIG");
