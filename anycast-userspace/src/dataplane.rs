@@ -40,6 +40,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
+use std::os::fd::AsFd as _;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -722,6 +723,22 @@ pub fn snapshot(ebpf: &aya::Ebpf, geometry: Geometry) -> Result<MapSnapshot, Dat
     let a: Array<_, u32> = Array::try_from(map(name)?).map_err(map_err(name, "opening"))?;
     let m = geometry.ring_size;
     for t in snap.table_numbers() {
+        let fd = aya::maps::IterableMap::map(&a).fd().as_fd();
+        match crate::batch::lookup(fd, t * m, m) {
+            Ok(Some(ids)) => {
+                snap.tables.insert(t, ids);
+                continue;
+            }
+            Ok(None) => {} // a kernel without batch lookups: one entry at a time
+            Err(io_error) => {
+                return Err(map_err(name, format!("reading table {t}"))(
+                    aya::maps::MapError::SyscallError(aya::sys::SyscallError {
+                        call: "bpf_map_lookup_batch",
+                        io_error,
+                    }),
+                ));
+            }
+        }
         let mut ids = Vec::with_capacity(m as usize);
         for s in 0..m {
             let i = t * m + s;
@@ -960,6 +977,20 @@ impl MapWriter for AyaMaps<'_> {
         let name = map_names::RINGS;
         let mut a: Array<_, u32> =
             Array::try_from(map_mut(self.ebpf, name)?).map_err(map_err(name, "opening"))?;
+        let (keys, values): (Vec<u32>, Vec<u32>) = entries.iter().copied().unzip();
+        let fd = aya::maps::IterableMap::map(&a).fd().as_fd();
+        match crate::batch::update(fd, &keys, &values) {
+            Ok(true) => return Ok(()),
+            Ok(false) => {} // a kernel without batch updates: one entry at a time
+            Err(io_error) => {
+                return Err(map_err(name, format!("writing {} entries", entries.len()))(
+                    aya::maps::MapError::SyscallError(aya::sys::SyscallError {
+                        call: "bpf_map_update_batch",
+                        io_error,
+                    }),
+                ));
+            }
+        }
         for &(i, id) in entries {
             a.set(i, id, 0)
                 .map_err(map_err(name, format!("writing entry {i}")))?;

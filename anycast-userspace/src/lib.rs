@@ -8,6 +8,7 @@
 pub mod agent;
 pub mod announce;
 pub mod api;
+pub mod batch;
 pub mod cli;
 pub mod config;
 pub mod control;

@@ -75,6 +75,37 @@ fn load_apply_pin_and_read_stats() {
         assert_eq!((b.family, b.addr_be), (want.family, want.addr));
     }
 
+    // Every slot of every VIP's table (written in one batch), element by element; then the
+    // same tables read back in one batch each, as an agent adopting pinned maps does.
+    let mut written = std::collections::BTreeMap::new();
+    for (i, vip) in config.vips.iter().enumerate() {
+        let key = vip_key(vip.address, vip.port, vip.protocol.number());
+        let v = vips.get(&key, 0).unwrap();
+        let t = vip_table(&config.vips[i], 1009, 42);
+        let ids: Vec<u32> = (0..1009u32)
+            .map(|s| rings.get(&(v.table * 1009 + s), 0).unwrap())
+            .collect();
+        for (s, id) in ids.iter().enumerate() {
+            let b = backends.get(id, 0).unwrap();
+            let want = t.backends[t.slots[s] as usize];
+            assert_eq!(
+                (b.family, b.addr_be),
+                (want.family, want.addr),
+                "VIP {i} slot {s}"
+            );
+        }
+        written.insert(v.table, ids);
+    }
+    assert!(
+        written.keys().any(|&t| t > 0),
+        "a table away from index 0 is read back too"
+    );
+    drop((rings, vips, backends));
+    let snap = dp.adopt_maps().expect("reading the maps back");
+    for (t, ids) in &written {
+        assert_eq!(snap.tables.get(t), Some(ids), "table {t} read back");
+    }
+
     let stats = dp.read_stats().unwrap();
     assert_eq!(
         stats.counters.len(),

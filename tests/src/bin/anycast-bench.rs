@@ -284,4 +284,61 @@ fn main() {
         println!("| {n} | {:.2} |", median(samples));
     }
     println!("\n(weights 1..3, cycling; IPv4 backends)");
+
+    table_io(&config);
+}
+
+/// Writing and reading one 65,537-slot table of `RINGS`: element by element (one `bpf(2)` call
+/// per slot) against the batch commands the agent uses (`anycast::batch`).
+fn table_io(config: &Config) {
+    use std::os::fd::AsFd as _;
+    let mut dp = anycast::dataplane::Dataplane::load(config).expect("loading the object");
+    let m = config.agent.ring_size;
+    let keys: Vec<u32> = (0..m).collect();
+    let values: Vec<u32> = (0..m).map(|i| i % 7).collect();
+    let mut rings: aya::maps::Array<_, u32> = aya::maps::Array::try_from(
+        dp.ebpf_mut()
+            .map_mut(anycast_common::map_names::RINGS)
+            .expect("RINGS"),
+    )
+    .expect("RINGS is an array");
+    let mut rows: Vec<(&str, Vec<f64>)> = vec![
+        ("write, element by element", Vec::new()),
+        ("write, BPF_MAP_UPDATE_BATCH", Vec::new()),
+        ("read, element by element", Vec::new()),
+        ("read, BPF_MAP_LOOKUP_BATCH", Vec::new()),
+    ];
+    for _ in 0..MAGLEV_RUNS {
+        let t = Instant::now();
+        for (&k, &v) in keys.iter().zip(&values) {
+            rings.set(k, v, 0).expect("write");
+        }
+        rows[0].1.push(t.elapsed().as_secs_f64() * 1e3);
+        let fd = aya::maps::IterableMap::map(&rings).fd().as_fd();
+        let t = Instant::now();
+        assert!(anycast::batch::update(fd, &keys, &values).expect("batch write"));
+        rows[1].1.push(t.elapsed().as_secs_f64() * 1e3);
+        let t = Instant::now();
+        let read: Vec<u32> = keys
+            .iter()
+            .map(|k| rings.get(k, 0).expect("read"))
+            .collect();
+        rows[2].1.push(t.elapsed().as_secs_f64() * 1e3);
+        assert_eq!(read, values);
+        let fd = aya::maps::IterableMap::map(&rings).fd().as_fd();
+        let t = Instant::now();
+        let read = anycast::batch::lookup(fd, m, m)
+            .expect("batch read")
+            .expect("supported");
+        rows[3].1.push(t.elapsed().as_secs_f64() * 1e3);
+        assert_eq!(read.len(), m as usize);
+    }
+    println!(
+        "\n## Table writes and reads (one table of M = {m} slots, median of {MAGLEV_RUNS} runs)\n"
+    );
+    println!("| operation | time (ms) |");
+    println!("|---|---:|");
+    for (name, samples) in rows {
+        println!("| {name} | {:.2} |", median(samples));
+    }
 }
