@@ -21,6 +21,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use aya::programs::XdpMode;
+use nix::sys::signal::{SigHandler, SigSet, Signal};
 use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 use tracing::{error, info, warn};
@@ -53,7 +54,7 @@ pub enum AgentError {
         #[source]
         source: Box<PinError>,
     },
-    #[error("waiting for signals")]
+    #[error("setting up signal handling")]
     Signal(#[source] std::io::Error),
     #[error(transparent)]
     Start(#[from] ReloadError),
@@ -140,12 +141,60 @@ fn check_forwarding() {
     }
 }
 
+/// Signals the agent acts on (tokio installs their handlers), and SIGCHLD, which a managed BIRD's
+/// exit must raise for tokio to reap it.
+const AGENT_SIGNALS: [Signal; 4] = [
+    Signal::SIGTERM,
+    Signal::SIGINT,
+    Signal::SIGHUP,
+    Signal::SIGCHLD,
+];
+
+/// Takes back the signal state a parent may have left: an empty signal mask in the calling
+/// thread and the default disposition for [`AGENT_SIGNALS`]. Both survive fork and exec: std's
+/// `Command` keeps the parent's mask in the child (its source says so), shells start background
+/// jobs with SIGINT ignored, and build tools and supervisors block SIGINT/SIGTERM while they
+/// wait for a child. An agent started with SIGTERM blocked has tokio's handler installed and
+/// never runs it: the kernel keeps the signal pending (`ShdPnd` in /proc/PID/status) for as long
+/// as every thread blocks it, so the agent ignores SIGTERM. Call it before any thread exists
+/// (before the runtime), so that every thread inherits the empty mask.
+pub fn reset_inherited_signal_state() -> Result<(), AgentError> {
+    let err = |e: nix::Error| AgentError::Signal(std::io::Error::from(e));
+    for sig in AGENT_SIGNALS {
+        // SAFETY: SIG_DFL installs no handler code; tokio installs its own handlers later.
+        unsafe { nix::sys::signal::signal(sig, SigHandler::SigDfl) }.map_err(err)?;
+    }
+    SigSet::empty().thread_set_mask().map_err(err)
+}
+
+/// The agent's signal streams (tokio handlers, installed once, at start).
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> Result<Self, AgentError> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Self {
+            term: signal(SignalKind::terminate()).map_err(AgentError::Signal)?,
+            int: signal(SignalKind::interrupt()).map_err(AgentError::Signal)?,
+            hup: signal(SignalKind::hangup()).map_err(AgentError::Signal)?,
+        })
+    }
+}
+
 /// How long the config file must be quiet before a change is reloaded: editors write a file in
 /// several steps (truncate, write, rename).
 const RELOAD_DEBOUNCE: Duration = Duration::from_millis(300);
 
 /// Runs the agent until SIGINT/SIGTERM.
 pub async fn run(opts: AgentOptions) -> Result<(), AgentError> {
+    // Handlers first: a SIGTERM that arrives while the program loads (the verifier takes
+    // seconds) is held until the start is complete and then stops the agent cleanly, instead of
+    // killing it between two pinning steps.
+    let signals = Signals::new()?;
     let config = Config::load(&opts.config)?;
     for w in config.warnings() {
         warn!("{w}");
@@ -198,7 +247,16 @@ pub async fn run(opts: AgentOptions) -> Result<(), AgentError> {
     );
 
     let state_path = config.agent.state_file.clone();
-    let result = attach_and_serve(&mut ctl, &config, mode, &layout, &plan, &state_path).await;
+    let result = attach_and_serve(
+        &mut ctl,
+        &config,
+        mode,
+        &layout,
+        &plan,
+        &state_path,
+        signals,
+    )
+    .await;
     // The program, its links and the maps stay pinned: the dataplane keeps forwarding.
     drop(ctl);
     if let Some(p) = config.agent.api_socket.as_deref() {
@@ -340,6 +398,7 @@ async fn attach_and_serve(
     layout: &PinLayout,
     plan: &AdoptPlan,
     state_path: &Path,
+    mut signals: Signals,
 ) -> Result<(), AgentError> {
     let previous = StateFile::read(state_path).ok();
     layout.create_dirs()?;
@@ -456,10 +515,6 @@ async fn attach_and_serve(
     let (file_tx, mut file_rx) = mpsc::unbounded_channel();
     let _watcher = watch_config(ctl.config_path(), file_tx);
 
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).map_err(AgentError::Signal)?;
-    let mut int = signal(SignalKind::interrupt()).map_err(AgentError::Signal)?;
-    let mut hup = signal(SignalKind::hangup()).map_err(AgentError::Signal)?;
     let mut file_changed: Option<tokio::time::Instant> = None;
     let which = loop {
         let debounce = async {
@@ -469,9 +524,9 @@ async fn attach_and_serve(
             }
         };
         tokio::select! {
-            _ = term.recv() => break "SIGTERM",
-            _ = int.recv() => break "SIGINT",
-            _ = hup.recv() => {
+            _ = signals.term.recv() => break "SIGTERM",
+            _ = signals.int.recv() => break "SIGINT",
+            _ = signals.hup.recv() => {
                 file_changed = None;
                 reload(ctl, "SIGHUP");
                 checks.reconcile(ctl, &health_tx);
@@ -509,4 +564,37 @@ async fn attach_and_serve(
         "shutting down; the dataplane stays attached with its last tables (`anycast detach` removes it)"
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The state a careless parent leaves: the agent's signals blocked (inherited mask) and
+    /// SIGHUP ignored (inherited disposition). Run on a thread of its own: the mask is per thread.
+    #[test]
+    fn an_inherited_blocked_mask_and_ignored_signals_are_reset() {
+        std::thread::spawn(|| {
+            let mut blocked = SigSet::empty();
+            for sig in AGENT_SIGNALS {
+                blocked.add(sig);
+            }
+            blocked.thread_block().unwrap();
+            // SAFETY: SIG_IGN installs no handler code.
+            unsafe { nix::sys::signal::signal(Signal::SIGHUP, SigHandler::SigIgn) }.unwrap();
+
+            reset_inherited_signal_state().unwrap();
+
+            let mask = SigSet::thread_get_mask().unwrap();
+            for sig in AGENT_SIGNALS {
+                assert!(!mask.contains(sig), "{sig} still blocked");
+            }
+            // SAFETY: reading back and restoring the default disposition.
+            let previous =
+                unsafe { nix::sys::signal::signal(Signal::SIGHUP, SigHandler::SigDfl) }.unwrap();
+            assert_eq!(previous, SigHandler::SigDfl, "SIGHUP still ignored");
+        })
+        .join()
+        .unwrap();
+    }
 }
