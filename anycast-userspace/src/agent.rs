@@ -225,7 +225,26 @@ pub async fn run(opts: AgentOptions) -> Result<(), AgentError> {
     } else if !plan.adopt.is_empty() {
         info!(maps = plan.adopt.len(), "adopting pinned counters");
     }
-    let (mut ctl, report) = Controller::start(dp, opts.config.clone(), config.clone(), local)?;
+    let previous = previous_state(&config);
+    let (mut ctl, report, restored) = Controller::start_restoring(
+        dp,
+        opts.config.clone(),
+        config.clone(),
+        local,
+        previous.as_ref().map(|p| &p.runtime),
+    )?;
+    if previous.is_some() {
+        info!(
+            state_file = %config.agent.state_file.display(),
+            overrides = restored.overrides,
+            health_verdicts = restored.verdicts,
+            edge_drained = restored.edge_drained,
+            "runtime state of the previous agent restored (applied before the first tables)"
+        );
+    }
+    for d in &restored.dropped {
+        warn!("runtime state of the previous agent dropped: {d}");
+    }
     for v in &report.vips {
         info!(
             vip = %v.label,
@@ -246,14 +265,13 @@ pub async fn run(opts: AgentOptions) -> Result<(), AgentError> {
         "maps written"
     );
 
-    let state_path = config.agent.state_file.clone();
     let result = attach_and_serve(
         &mut ctl,
         &config,
         mode,
         &layout,
         &plan,
-        &state_path,
+        previous.as_ref(),
         signals,
     )
     .await;
@@ -263,6 +281,36 @@ pub async fn run(opts: AgentOptions) -> Result<(), AgentError> {
         let _ = std::fs::remove_file(p);
     }
     result
+}
+
+/// The state file the previous agent of this `pin_path` left, if it can be used. A missing file
+/// is a first start. A file that cannot be read or parsed, or that describes another pin path,
+/// is ignored with a warning: the agent starts from its config alone (no overrides, backends
+/// pending their first check), as on a first start, and overwrites the file. Refusing to start
+/// would leave the host without a working agent over a file that only ever holds derived state
+/// and operator conveniences.
+pub fn previous_state(config: &Config) -> Option<StateFile> {
+    let path = &config.agent.state_file;
+    match StateFile::read_if_present(path) {
+        Ok(None) => None,
+        Ok(Some(s)) if s.pin_path == config.agent.pin_path => Some(s),
+        Ok(Some(s)) => {
+            warn!(
+                state_file = %path.display(),
+                "the state file describes the dataplane pinned at {}, not {}: its runtime overrides and health verdicts are not restored",
+                s.pin_path.display(),
+                config.agent.pin_path.display()
+            );
+            None
+        }
+        Err(e) => {
+            warn!(
+                error = %error_chain(&e),
+                "state file ignored: starting without the previous agent's runtime overrides and health verdicts (it will be rewritten)"
+            );
+            None
+        }
+    }
 }
 
 /// What `anycast detach` removed.
@@ -397,10 +445,10 @@ async fn attach_and_serve(
     mode: XdpModeSetting,
     layout: &PinLayout,
     plan: &AdoptPlan,
-    state_path: &Path,
+    previous: Option<&StateFile>,
     mut signals: Signals,
 ) -> Result<(), AgentError> {
-    let previous = StateFile::read(state_path).ok();
+    let state_path = config.agent.state_file.as_path();
     layout.create_dirs()?;
     let started = std::time::Instant::now();
     let mut attached = Vec::new();
@@ -410,7 +458,6 @@ async fn attach_and_serve(
         let used = match how {
             Attached::New => used.to_owned(),
             Attached::Replaced => previous
-                .as_ref()
                 .and_then(|p| p.attached.iter().find(|(i, _)| i == iface))
                 .map_or_else(|| used.to_owned(), |(_, m)| m.clone()),
         };
@@ -455,6 +502,7 @@ async fn attach_and_serve(
             .iter()
             .map(|a| (a.name.clone(), a.mode.clone()))
             .collect(),
+        runtime: ctl.runtime_state(),
     };
     state.write(state_path)?;
     ctl.keep_state_file(state_path.to_owned(), state);

@@ -233,7 +233,7 @@ pub fn render_status(v: &serde_json::Value) -> String {
         );
     }
     if let Some(o) = v["overrides"].as_array().filter(|o| !o.is_empty()) {
-        s.push_str("runtime overrides (until cleared; a restart forgets them):\n");
+        s.push_str("runtime overrides (kept across agent restarts, until cleared or the config drops their backend):\n");
         for e in o {
             let scope = if e["vip"].is_null() {
                 "every VIP".to_string()

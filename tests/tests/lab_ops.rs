@@ -314,6 +314,22 @@ fn with_health(config: &str) -> String {
     out
 }
 
+/// A log with the terminal colour sequences tracing puts around field names taken out.
+fn without_colours(log: &str) -> String {
+    let mut out = String::with_capacity(log.len());
+    let mut rest = log;
+    while let Some(i) = rest.find("\x1b[") {
+        out.push_str(&rest[..i]);
+        rest = &rest[i + 2..];
+        let end = rest
+            .find(|c: char| c.is_ascii_alphabetic())
+            .map_or(rest.len(), |e| e + 1);
+        rest = &rest[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
 fn metric(text: &str, name: &str, label: &str) -> u64 {
     text.lines()
         .filter(|l| l.starts_with(name) && l.contains(label))
@@ -681,4 +697,131 @@ fn the_agent_sigkilled_restarted_and_upgraded_under_long_lived_connections_break
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(!ops.xdp_attached(), "detach left the program attached");
+}
+
+#[test]
+fn overrides_and_health_verdicts_survive_an_agent_restart_without_a_table_write() {
+    if !anycast_tests::privileged(
+        "overrides_and_health_verdicts_survive_an_agent_restart_without_a_table_write",
+    ) {
+        return;
+    }
+    let mut ops = Ops::start();
+    let vip = format!("{}:80/tcp", reference::VIP_V4);
+    let ok = |out: std::process::Output, what: &str| {
+        assert!(
+            out.status.success(),
+            "{what}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    ok(
+        ops.cli(&["drain", reference::BACKEND1_V4, "--vip", &vip]),
+        "anycast drain",
+    );
+    ok(
+        ops.cli(&["set-weight", reference::EDGE1_V4, "1", "--vip", &vip]),
+        "anycast set-weight",
+    );
+    // backend2's health-check server dies (its VIP server keeps running): unhealthy everywhere.
+    assert_eq!(
+        ops.lab
+            .signal("health-backend2", nix::sys::signal::Signal::SIGKILL),
+        1
+    );
+    let unhealthy = |s: &serde_json::Value| {
+        s["vips"].as_array().is_some_and(|v| {
+            v.iter().all(|v| {
+                v["backends"].as_array().is_some_and(|b| {
+                    b.iter().any(|b| {
+                        b["address"].as_str().is_some_and(|a| {
+                            a == reference::BACKEND2_V4 || a == reference::BACKEND2_V6
+                        }) && b["health"] == "unhealthy"
+                    })
+                })
+            })
+        })
+    };
+    let (_, before) = ops.wait_for(Duration::from_secs(10), "backend2 unhealthy", unhealthy);
+    let state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&ops.state).expect("state file"))
+            .expect("state file JSON");
+    println!("state file runtime section: {}", state["runtime"]);
+    assert_eq!(
+        state["runtime"]["overrides"].as_array().map(Vec::len),
+        Some(2)
+    );
+
+    ops.signal(nix::sys::signal::Signal::SIGKILL);
+    std::thread::sleep(Duration::from_millis(300));
+    let (restart, after) = ops.restart_agent(&before["program"]["id"]);
+    println!("OPS restart with runtime state: new agent serving in {restart:?}");
+    let log = without_colours(&ops.agent_log());
+    for l in log.lines().filter(|l| {
+        ["restored", "dropped", "maps written"]
+            .iter()
+            .any(|k| l.contains(k))
+    }) {
+        println!("  restarted agent: {l}");
+    }
+    assert!(
+        log.contains("runtime state of the previous agent restored") && log.contains("overrides=2"),
+        "{log}"
+    );
+    assert!(
+        log.contains("maps written backends=0 ring_entries=0"),
+        "the restarted agent rewrote tables:\n{log}"
+    );
+    assert!(!log.contains("VIP table changed"), "{log}");
+    assert_eq!(
+        Ops::fingerprints(&after),
+        Ops::fingerprints(&before),
+        "the adopted tables changed"
+    );
+    assert!(unhealthy(&after), "health verdicts not restored: {after}");
+    let b = |s: &serde_json::Value, addr: &str| {
+        vip_v4_tcp(s)["backends"]
+            .as_array()
+            .and_then(|b| b.iter().find(|b| b["address"] == addr).cloned())
+            .unwrap_or_else(|| panic!("no backend {addr} in {s}"))
+    };
+    let b1 = b(&after, reference::BACKEND1_V4);
+    assert!(b1["drained"] == true && b1["slots"] == 0, "{b1}");
+    assert_eq!(b(&after, reference::EDGE1_V4)["weight_override"], 1);
+    let tally = ops
+        .lab
+        .tcp_flows(reference::CLIENT, reference::vip_v4_tcp(), FLOWS, BUDGET)
+        .expect("client");
+    println!("new flows after the restart (backend1 drained, backend2 unhealthy):\n{tally}");
+    assert_eq!(tally.failed(), 0, "{tally}");
+    assert_eq!(
+        tally.per_backend.keys().collect::<Vec<_>>(),
+        ["edge1"],
+        "{tally}"
+    );
+
+    // Undrain through the CLI on the new agent: backend1 takes flows again.
+    ok(
+        ops.cli(&["undrain", reference::BACKEND1_V4, "--vip", &vip]),
+        "anycast undrain",
+    );
+    let st = ops.status().expect("status");
+    let b1 = b(&st, reference::BACKEND1_V4);
+    assert!(
+        b1["drained"] == false && b1["slots"].as_u64() > Some(0),
+        "{b1}"
+    );
+    assert_ne!(
+        vip_v4_tcp(&st)["fingerprint"],
+        vip_v4_tcp(&after)["fingerprint"]
+    );
+    let tally = ops
+        .lab
+        .tcp_flows(reference::CLIENT, reference::vip_v4_tcp(), FLOWS, BUDGET)
+        .expect("client");
+    println!("new flows after the undrain:\n{tally}");
+    assert_eq!(tally.failed(), 0, "{tally}");
+    assert!(tally.per_backend.contains_key("backend1"), "{tally}");
+    assert!(!tally.per_backend.contains_key("backend2"), "{tally}");
 }
