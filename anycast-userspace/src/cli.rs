@@ -105,8 +105,8 @@ pub enum Command {
         api: ApiArgs,
     },
     /// Withdraw every VIP of this edge from BGP (`[bgp]`), wait until BIRD has withdrawn them
-    /// and the VIP traffic has stopped (or --timeout), and report. Lasts until `undrain-edge` or
-    /// a restart of the agent.
+    /// and the VIP traffic has stopped (or --timeout), and report. Lasts until `undrain-edge`,
+    /// across agent restarts.
     DrainEdge {
         /// Give up waiting after this many seconds (the VIPs stay withdrawn).
         #[arg(long, default_value_t = 30)]

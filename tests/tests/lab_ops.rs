@@ -1,8 +1,8 @@
 //! Operations on the reference topology (issue 5, item 7): a backend dying mid-traffic, a broken
 //! config pushed, a drain through the CLI, metrics against the traffic sent, the agent SIGKILLed
-//! and restarted, and a program upgrade, the last two under long-lived connections. The VIPs are
-//! routed to edge1, whose agent is the one operated on. Measured numbers are printed (run with
-//! `--nocapture` to see them).
+//! and restarted, and a program upgrade, the last two under long-lived connections; runtime
+//! overrides and health verdicts across a restart. The VIPs are routed to edge1, whose agent is
+//! the one operated on. Measured numbers are printed (run with `--nocapture` to see them).
 
 use std::io::{Read as _, Write as _};
 use std::net::TcpStream;
