@@ -203,6 +203,22 @@ pub async fn run(opts: AgentOptions) -> Result<(), AgentError> {
     config.check_local(&local)?;
     let mode = opts.xdp_mode.unwrap_or(config.agent.xdp_mode);
 
+    match pins::ensure_bpffs(&config.agent.pin_path)? {
+        pins::Bpffs::Present { .. } => {}
+        pins::Bpffs::Mounted {
+            dir,
+            private_namespace,
+        } => {
+            info!(dir = %dir.display(), "bpffs was not mounted at agent.pin_path's parent: mounted it there");
+            if private_namespace {
+                warn!(
+                    dir = %dir.display(),
+                    "that bpffs is in a mount namespace of the agent's own (not PID 1's): the pins, and with them the attached program, go when the namespace does (when the agent exits, if nothing else holds it); mount bpffs at {} on the host to keep the dataplane across restarts",
+                    dir.display()
+                );
+            }
+        }
+    }
     let layout = PinLayout::new(&config.agent.pin_path);
     let geometry = Geometry::of(&config);
     let plan = pins::plan(
