@@ -20,6 +20,7 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use anycast_common::map_names;
 use aya::programs::XdpMode;
 use nix::sys::signal::{SigHandler, SigSet, Signal};
 use tokio::sync::mpsc;
@@ -226,7 +227,13 @@ pub async fn run(opts: AgentOptions) -> Result<(), AgentError> {
         &pins::object_layouts(crate::EBPF_OBJECT, geometry)?,
     )?;
     for (name, why) in &plan.replaced {
-        warn!(map = %name, "pinned map replaced by a new one (its contents are lost): {why}");
+        if name == map_names::CONNS && plan.migrate_conns.is_some() {
+            info!(map = %name, "pinned map replaced by a new one, its entries to be copied over: {why}");
+        } else if name == map_names::CONNS {
+            warn!(map = %name, "pinned map replaced by a new one: tracked connections are lost (those whose table slot is unchanged keep their backend; second chance rescues others while the previous table lasts): {why}");
+        } else {
+            warn!(map = %name, "pinned map replaced by a new one (its contents are lost): {why}");
+        }
     }
     let mut dp = Dataplane::load_object_adopting(crate::EBPF_OBJECT, geometry, &plan.adopt)?;
     if plan.adopts_state() {
@@ -236,7 +243,7 @@ pub async fn run(opts: AgentOptions) -> Result<(), AgentError> {
             maps = plan.adopt.len(),
             vips = snap.vips.len(),
             backends = snap.backends.len(),
-            "adopting the pinned dataplane: tables, counters and connection tracking carry over"
+            "adopting the pinned dataplane: tables and counters carry over"
         );
     } else if !plan.adopt.is_empty() {
         info!(maps = plan.adopt.len(), "adopting pinned counters");
@@ -260,6 +267,12 @@ pub async fn run(opts: AgentOptions) -> Result<(), AgentError> {
     }
     for d in &restored.dropped {
         warn!("runtime state of the previous agent dropped: {d}");
+    }
+    if plan.adopted(map_names::CONNS) {
+        info!("connection tracking carries over (pinned CONNS map reused)");
+    }
+    if let Some(m) = &plan.migrate_conns {
+        migrate_conns(&mut ctl, m);
     }
     for v in &report.vips {
         info!(
@@ -297,6 +310,30 @@ pub async fn run(opts: AgentOptions) -> Result<(), AgentError> {
         let _ = std::fs::remove_file(p);
     }
     result
+}
+
+/// Copies the tracked connections of the old `CONNS` into the new one, before the new program
+/// (and with it the new map) goes live. A failure loses them, as a replaced map would: logged,
+/// not fatal.
+fn migrate_conns(ctl: &mut Controller<Dataplane>, m: &pins::ConnsMigration) {
+    let started = std::time::Instant::now();
+    match crate::migrate::migrate_into(ctl.sink_mut(), m) {
+        Ok(r) => info!(
+            capacity_from = m.from.max_entries,
+            capacity_to = m.to.max_entries,
+            found = r.found,
+            copied = r.copied,
+            stale = r.stale,
+            backend_gone = r.backend_gone,
+            no_room = r.no_room,
+            "connection tracking carried over into the new CONNS map in {:.1} ms",
+            started.elapsed().as_secs_f64() * 1e3
+        ),
+        Err(e) => warn!(
+            error = %error_chain(&e),
+            "connection tracking not carried over: tracked connections are lost (those whose table slot is unchanged keep their backend)"
+        ),
+    }
 }
 
 /// The state file the previous agent of this `pin_path` left, if it can be used. A missing file

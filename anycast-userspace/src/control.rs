@@ -375,7 +375,7 @@ fn now() -> u64 {
 /// A reason for a field to need a restart; checked on every reload.
 fn restart_only(old: &Config, new: &Config) -> Result<(), ReloadError> {
     let (a, b) = (&old.agent, &new.agent);
-    let checks: [(&'static str, String, String, &'static str); 9] = [
+    let checks: [(&'static str, String, String, &'static str); 10] = [
         (
             "agent.interfaces",
             format!("{:?}", a.interfaces),
@@ -404,6 +404,12 @@ fn restart_only(old: &Config, new: &Config) -> Result<(), ReloadError> {
             "agent.max_backends",
             a.max_backends.to_string(),
             b.max_backends.to_string(),
+            "the maps are sized at load time",
+        ),
+        (
+            "agent.conntrack_size",
+            a.conntrack_size.to_string(),
+            b.conntrack_size.to_string(),
             "the maps are sized at load time",
         ),
         (
@@ -1610,6 +1616,16 @@ weight = 1
             ),
             "{e}"
         );
+        let e = reload(
+            &mut c,
+            &CFG.replace("max_vips = 4", "max_vips = 4\nconntrack_size = 4096"),
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("agent.conntrack_size: changed from 262144 to 4096"),
+            "{e}"
+        );
         let e = reload(&mut c, &CFG.replace("[\"eth0\"]", "[\"eth1\"]")).unwrap_err();
         assert!(
             e.to_string().starts_with("agent.interfaces: changed from"),
@@ -1631,7 +1647,7 @@ weight = 1
         let s = c.status();
         let last = s.last_reload.unwrap();
         assert!(!last.ok && last.message.contains("invalid TOML"));
-        assert_eq!(s.reloads_error, 5);
+        assert_eq!(s.reloads_error, 6);
         assert_eq!(c.config(), &Config::parse(CFG).unwrap());
     }
 
