@@ -648,7 +648,8 @@ fn the_agent_sigkilled_restarted_and_upgraded_under_long_lived_connections_break
     assert!(log.contains("replaced in the pinned link"), "{log}");
 
     // (f) Upgrade: a clean stop leaves the dataplane; the next agent loads its program and swaps
-    // it into the pinned link, keeping maps and tracked connections.
+    // it into the pinned link, keeping the tables. Its config doubles conntrack_size, so the
+    // connection-tracking map is new and the tracked connections are copied into it.
     std::thread::sleep(Duration::from_millis(500));
     let took = ops.stop_with_sigterm();
     println!("OPS agent stopped {took:?} after SIGTERM");
@@ -656,12 +657,34 @@ fn the_agent_sigkilled_restarted_and_upgraded_under_long_lived_connections_break
         ops.xdp_attached(),
         "SIGTERM must leave the dataplane attached"
     );
+    let text = std::fs::read_to_string(&ops.config).unwrap();
+    assert!(text.contains("conntrack_size = 16384"), "{text}");
+    std::fs::write(
+        &ops.config,
+        text.replace("conntrack_size = 16384", "conntrack_size = 32768"),
+    )
+    .unwrap();
     let (upgrade, upgraded) = ops.restart_agent(&after["program"]["id"]);
     println!(
         "OPS upgrade (SIGTERM, new agent, program swapped in the pinned link): {upgrade:?} (program {} -> {})",
         after["program"]["id"], upgraded["program"]["id"]
     );
     assert_eq!(Ops::fingerprints(&upgraded), Ops::fingerprints(&before));
+    let log = without_colours(&ops.agent_log());
+    let carried = log
+        .lines()
+        .find(|l| l.contains("connection tracking carried over into the new CONNS map"))
+        .unwrap_or_else(|| panic!("no connection-tracking copy logged:\n{log}"));
+    println!("  upgraded agent: {carried}");
+    let copied: usize = carried
+        .split_once("copied=")
+        .and_then(|(_, r)| r.split(' ').next()?.parse().ok())
+        .expect("copied=N");
+    assert!(
+        copied >= CONNS,
+        "{CONNS} long-lived connections are tracked, {copied} entries copied"
+    );
+    assert!(log.contains("maps written backends=0 ring_entries=0"), "{log}");
 
     let r = conns.wait();
     println!("long-lived connections across SIGKILL + restart + upgrade:\n{r}");
