@@ -19,7 +19,7 @@
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anycast_common::{Backend, ConnKey, ConnValue, map_names};
 use aya::maps::{Array, HashMap, Map, MapData, MapError};
@@ -116,7 +116,7 @@ pub fn translate(
             },
         ));
     }
-    keep.sort_by(|a, b| b.1.last_seen_ns.cmp(&a.1.last_seen_ns));
+    keep.sort_by_key(|e| std::cmp::Reverse(e.1.last_seen_ns));
     if keep.len() > room {
         report.no_room = keep.len() - room;
         keep.truncate(room);
@@ -235,12 +235,12 @@ pub fn migrate_into(
     })
 }
 
-fn backends_map_value_size(map: &Map, path: &PathBuf) -> Result<u32, MigrateError> {
+fn backends_map_value_size(map: &Map, path: &Path) -> Result<u32, MigrateError> {
     let data: &MapData = match map {
         Map::Array(d) => d,
         _ => {
             return Err(MigrateError::BackendsLayout {
-                path: path.clone(),
+                path: path.to_owned(),
                 value_size: 0,
             });
         }
@@ -248,7 +248,7 @@ fn backends_map_value_size(map: &Map, path: &PathBuf) -> Result<u32, MigrateErro
     data.info()
         .map(|i| i.value_size())
         .map_err(|source| MigrateError::Pinned {
-            path: path.clone(),
+            path: path.to_owned(),
             source,
         })
 }

@@ -258,14 +258,11 @@ fn mount_point_type(mountinfo: &str, dir: &Path) -> Option<String> {
     };
     use std::os::unix::ffi::OsStrExt as _;
     let want = dir.as_os_str().as_bytes();
-    mountinfo
-        .lines()
-        .filter_map(|l| {
-            let (mount, fs) = l.split_once(" - ")?;
-            let point = mount.split(' ').nth(4)?;
-            (unescape(point) == want).then(|| fs.split(' ').next().unwrap_or("?").to_owned())
-        })
-        .last()
+    mountinfo.lines().rev().find_map(|l| {
+        let (mount, fs) = l.split_once(" - ")?;
+        let point = mount.split(' ').nth(4)?;
+        (unescape(point) == want).then(|| fs.split(' ').next().unwrap_or("?").to_owned())
+    })
 }
 
 /// What the kernel fixes about a map when it is created.

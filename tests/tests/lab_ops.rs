@@ -122,13 +122,12 @@ impl Ops {
     }
 
     fn cli(&self, args: &[&str]) -> std::process::Output {
-        let out = Command::new(&self.bin)
+        Command::new(&self.bin)
             .args(args)
             .arg("--socket")
             .arg(&self.socket)
             .output()
-            .expect("running anycast");
-        out
+            .expect("running anycast")
     }
 
     fn status(&self) -> Option<serde_json::Value> {
@@ -684,7 +683,10 @@ fn the_agent_sigkilled_restarted_and_upgraded_under_long_lived_connections_break
         copied >= CONNS,
         "{CONNS} long-lived connections are tracked, {copied} entries copied"
     );
-    assert!(log.contains("maps written backends=0 ring_entries=0"), "{log}");
+    assert!(
+        log.contains("maps written backends=0 ring_entries=0"),
+        "{log}"
+    );
 
     let r = conns.wait();
     println!("long-lived connections across SIGKILL + restart + upgrade:\n{r}");
