@@ -671,6 +671,38 @@ async fn attach_and_serve(
 mod tests {
     use super::*;
 
+    #[test]
+    fn an_unusable_state_file_is_ignored_and_a_good_one_used() {
+        let dir = std::env::temp_dir().join(format!("anycast-prev-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("state.json");
+        let config = Config::parse(&format!(
+            "[agent]\ninterfaces = [\"eth0\"]\nhash_seed = 42\npin_path = \"/sys/fs/bpf/x\"\nstate_file = {:?}\n",
+            path.display().to_string()
+        ))
+        .unwrap();
+        assert_eq!(previous_state(&config), None, "no file: a first start");
+        std::fs::write(&path, "{\"pin_path\": tru").unwrap();
+        assert_eq!(previous_state(&config), None, "corrupt: ignored");
+        let mut s = StateFile {
+            pin_path: "/sys/fs/bpf/other".into(),
+            pid: 1,
+            ring_size: 65537,
+            ids: crate::dataplane::IdMap::default(),
+            attached: vec![],
+            runtime: crate::control::RuntimeState {
+                edge_drained: true,
+                ..Default::default()
+            },
+        };
+        s.write(&path).unwrap();
+        assert_eq!(previous_state(&config), None, "another pin path: ignored");
+        s.pin_path = "/sys/fs/bpf/x".into();
+        s.write(&path).unwrap();
+        assert_eq!(previous_state(&config), Some(s));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
     /// The state a careless parent leaves: the agent's signals blocked (inherited mask) and
     /// SIGHUP ignored (inherited disposition). Run on a thread of its own: the mask is per thread.
     #[test]
