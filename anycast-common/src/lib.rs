@@ -61,6 +61,9 @@ pub mod map_names {
     pub const BACKEND_STATS: &str = "BACKEND_STATS";
     pub const CONNS: &str = "CONNS";
     pub const CONN_GUARD: &str = "CONN_GUARD";
+    pub const LOG_RATE: &str = "LOG_RATE";
+    /// aya-log's ring buffer of log records (defined by `aya-log-ebpf`, read by `aya-log`).
+    pub const AYA_LOGS: &str = "AYA_LOGS";
 }
 
 /// Name of the XDP program inside the object.
@@ -153,6 +156,11 @@ const _: () = assert!(size_of::<Backend>() == 20);
 /// `DataplaneConfig::flags`.
 pub const CFG_F_HAS_SRC_V4: u8 = 1;
 pub const CFG_F_HAS_SRC_V6: u8 = 2;
+/// No VIP uses port 0 (every port): a packet whose exact (address, port, protocol) is not a VIP
+/// is not one, and the program skips the second, port-0 `VIPS` lookup. Set only when known
+/// (a zeroed or older config does the lookup), cleared before a port-0 VIP is written and set
+/// after the last one is removed, so the program never skips a port-0 VIP that exists.
+pub const CFG_F_NO_PORT0_VIPS: u8 = 4;
 
 /// The single entry of the `CONFIG` array: per-host settings the program needs on the VIP path.
 #[repr(C)]
@@ -210,6 +218,48 @@ pub struct ConnGuard {
     pub inserts: u64,
 }
 const _: () = assert!(size_of::<ConnGuard>() == 16);
+
+/// Per-CPU state of one log event class (`LOG_RATE`, one entry per [`event`] class): when its
+/// last line was written, and how many events were not written since.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LogRate {
+    pub last_ns: u64,
+    pub suppressed: u64,
+}
+const _: () = assert!(size_of::<LogRate>() == 16);
+
+/// The program writes at most one log line per event class per CPU in this interval; the
+/// events in between are only counted (in `STATS`, and as `suppressed=` on the next line).
+pub const LOG_INTERVAL_NS: u64 = 1_000_000_000;
+
+/// Classes of the rare anomalies the program logs (aya-log), indexes of `LOG_RATE`. Each is
+/// already counted in `STATS`; the line adds what a counter cannot carry (addresses, return
+/// codes, lengths). The class name is the log record's target.
+pub mod event {
+    /// A live table names a backend id beyond `BACKENDS` (counted `internal_error`).
+    pub const TABLE_INCONSISTENT: u32 = 0;
+    /// `bpf_fib_lookup` found no usable route to a backend (counted `fib_fail`).
+    pub const FIB_FAIL: u32 = 1;
+    /// An encapsulated packet does not fit the route MTU (counted `oversize`).
+    pub const OVERSIZE: u32 = 2;
+    /// A tunnel packet to this host from a source outside `decap_allow` (counted
+    /// `decap_refused`).
+    pub const DECAP_REFUSED: u32 = 3;
+    /// The per-CPU connection-tracking insertion limit was reached (counted
+    /// `conn_insert_limited`).
+    pub const CONN_INSERT_LIMITED: u32 = 4;
+    pub const COUNT: u32 = 5;
+
+    /// Names, indexed by class: the target of each log record.
+    pub const NAMES: [&str; COUNT as usize] = [
+        "table_inconsistent",
+        "fib_fail",
+        "oversize",
+        "decap_refused",
+        "conn_insert_limited",
+    ];
+}
 
 /// Key of the `LOCAL_ADDRS` hash map: addresses of this host that accept tunnelled packets.
 #[repr(C, align(4))]
@@ -355,4 +405,5 @@ mod pod {
     unsafe impl aya::Pod for ConnKey {}
     unsafe impl aya::Pod for ConnValue {}
     unsafe impl aya::Pod for ConnGuard {}
+    unsafe impl aya::Pod for LogRate {}
 }

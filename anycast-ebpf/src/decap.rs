@@ -20,7 +20,7 @@ use aya_ebpf::{
 };
 
 use crate::{
-    Verdict, chance, encap, maps,
+    Verdict, chance, encap, log, maps,
     packet::{addr_bytes, bytes_at, u8_at, u16_be_at, word_at, write_at},
     parse,
     parse::{ETH_LEN, ETH_P_IP, ETH_P_IPV6, Ip, UDP_LEN, VLAN_LEN},
@@ -65,6 +65,7 @@ fn source_allowed(ip: &Ip) -> bool {
 #[inline(never)]
 pub fn decapsulate(ctx: &XdpContext, ip: &Ip, cfg: &DataplaneConfig) -> Verdict {
     if !source_allowed(ip) {
+        log::decap_refused(ip);
         return Verdict::drop(counter::DECAP_REFUSED);
     }
     let Some(sc) = encap::scratch() else {

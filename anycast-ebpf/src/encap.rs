@@ -30,7 +30,7 @@ use aya_ebpf::{
 use crate::{
     Verdict,
     csum::{add_addr, add32, be16, finish, fold, pair},
-    maps,
+    log, maps,
     packet::{addr_words, ptr_at, u16_be_at, word_at, write_word},
     parse::{ETH_LEN, ETH_P_IP, ETH_P_IPV6, IPV4_LEN, IPV6_LEN, Ip, UDP_LEN},
 };
@@ -202,10 +202,16 @@ pub fn encapsulate(ctx: &XdpContext, ip: &Ip, cfg: &DataplaneConfig) -> Verdict 
     let resolved = match rc as u32 {
         BPF_FIB_LKUP_RET_SUCCESS => true,
         BPF_FIB_LKUP_RET_NO_NEIGH => false,
-        BPF_FIB_LKUP_RET_FRAG_NEEDED => return Verdict::drop(counter::OVERSIZE),
+        BPF_FIB_LKUP_RET_FRAG_NEEDED => {
+            log::oversize(ip.ip_len, outer_len);
+            return Verdict::drop(counter::OVERSIZE);
+        }
         // Blackhole, unreachable, prohibit, forwarding disabled on the ingress device, helper
         // errors: nowhere to send it.
-        _ => return Verdict::drop(counter::FIB_FAIL),
+        _ => {
+            log::fib_fail(rc);
+            return Verdict::drop(counter::FIB_FAIL);
+        }
     };
 
     let inner = if gue { inner_sum(ctx, ip) } else { None };

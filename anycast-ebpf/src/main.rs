@@ -9,6 +9,7 @@ mod chance;
 mod csum;
 mod decap;
 mod encap;
+mod log;
 mod maps;
 mod packet;
 mod parse;

@@ -4,8 +4,8 @@
 
 use anycast_common::{
     AddrKey, Backend, ConnGuard, ConnKey, ConnValue, DEFAULT_CONNTRACK_SIZE, DEFAULT_MAX_BACKENDS,
-    DEFAULT_MAX_VIPS, DEFAULT_RING_SIZE, DataplaneConfig, MAX_DECAP_PREFIXES, MAX_LOCAL_ADDRS,
-    TABLES_PER_VIP, TrafficStats, VipKey, VipValue, counter,
+    DEFAULT_MAX_VIPS, DEFAULT_RING_SIZE, DataplaneConfig, LogRate, MAX_DECAP_PREFIXES,
+    MAX_LOCAL_ADDRS, TABLES_PER_VIP, TrafficStats, VipKey, VipValue, counter, event,
 };
 use aya_ebpf::{
     bindings::BPF_F_NO_COMMON_LRU,
@@ -62,6 +62,11 @@ pub static SCRATCH: PerCpuArray<crate::encap::Scratch> = PerCpuArray::with_max_e
 
 #[map]
 pub static CONN_GUARD: PerCpuArray<ConnGuard> = PerCpuArray::with_max_entries(1, 0);
+
+/// Rate limit of the log lines (`crate::log`): per CPU, one entry per event class. The log
+/// records themselves go to aya-log's `AYA_LOGS` ring buffer, defined by `aya-log-ebpf`.
+#[map]
+pub static LOG_RATE: PerCpuArray<LogRate> = PerCpuArray::with_max_entries(event::COUNT, 0);
 
 /// Adds one to a global outcome counter. Per-CPU, so a plain add: no atomics on the packet path.
 #[inline(always)]

@@ -1,12 +1,13 @@
 //! VIP match and backend selection.
 
 use anycast_common::{
-    BACKEND_F_LOCAL, DataplaneConfig, NO_BACKEND, PROTO_TCP, PROTO_UDP, VipKey, counter,
+    BACKEND_F_LOCAL, CFG_F_NO_PORT0_VIPS, DataplaneConfig, NO_BACKEND, PROTO_TCP, PROTO_UDP,
+    VipKey, counter,
 };
 use aya_ebpf::programs::XdpContext;
 
 use crate::{
-    Verdict, chance, encap, maps,
+    Verdict, chance, encap, log, maps,
     packet::{addr_bytes, ptr_at, u8_at, word_at},
     parse::{Ip, TCP_LEN, UDP_LEN},
     track,
@@ -45,6 +46,11 @@ pub fn steer_vip(ctx: &XdpContext, ip: &Ip, cfg: &DataplaneConfig) -> Verdict {
     let vip = match unsafe { maps::VIPS.get(&key) } {
         Some(v) => *v,
         None => {
+            // Most TCP/UDP packets an edge sees on a non-VIP address end here with one lookup
+            // instead of two when the config has no port-0 VIP.
+            if cfg.flags & CFG_F_NO_PORT0_VIPS != 0 {
+                return Verdict::pass(counter::PASS);
+            }
             key.port_be = 0;
             match unsafe { maps::VIPS.get(&key) } {
                 Some(v) => *v,
@@ -75,12 +81,18 @@ pub fn steer_vip(ctx: &XdpContext, ip: &Ip, cfg: &DataplaneConfig) -> Verdict {
         return Verdict::drop(counter::NO_BACKEND);
     }
     let Some(backend) = maps::BACKENDS.get(backend_id) else {
+        // Only a table id can be missing: a tracked one was looked up by `pick`.
+        log::table_inconsistent(vip.vip_id, vip.table, backend_id);
         return Verdict::drop(counter::INTERNAL_ERROR);
     };
     let hint = if prev == NO_BACKEND {
         None
     } else {
-        maps::BACKENDS.get(prev)
+        let h = maps::BACKENDS.get(prev);
+        if h.is_none() && prev == track::PREV_INSERT_LIMITED {
+            log::conn_insert_limited();
+        }
+        h
     };
 
     let Some(sc) = encap::scratch() else {

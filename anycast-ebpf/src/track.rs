@@ -30,6 +30,11 @@ const NS_PER_S: u64 = 1_000_000_000;
 /// entry's cache line between CPUs for nothing.
 const REFRESH_NS: u64 = NS_PER_S;
 
+/// Value of [`pick`]'s `prev` when the insertion limit refused this flow's entry. Never a
+/// backend id (`agent.max_backends` is at most 2^20), so a caller that looks it up in `BACKENDS`
+/// finds nothing, and only then needs to tell it apart: no instruction on the other paths.
+pub const PREV_INSERT_LIMITED: u32 = NO_BACKEND - 1;
+
 /// Result of [`pick`]: the backend id in the low 32 bits, the flow hash in the high 32.
 /// `NO_BACKEND` as the id: the VIP has no backend for this flow.
 #[inline(always)]
@@ -44,7 +49,8 @@ pub const fn split(r: u64) -> (u32, u32) {
 /// It takes no context: LLVM would otherwise pass it packet pointers in a form the verifier
 /// refuses. The caller passes the first transport word (ports) in the low half of
 /// `ports_flags` and the TCP flags byte above it. `prev` receives the previous owner of the flow
-/// when a second chance may be needed (see `chance`), else `NO_BACKEND`.
+/// when a second chance may be needed (see `chance`), [`PREV_INSERT_LIMITED`] when the flow was
+/// not tracked because of the insertion limit, else `NO_BACKEND`.
 #[inline(never)]
 pub fn pick(
     ip: &Ip,
@@ -156,6 +162,9 @@ pub fn pick(
             }
         } else {
             maps::count(counter::CONN_INSERT_LIMITED);
+            // The caller logs it: a log subprogram called from here would push the deepest call
+            // chain (steer -> steer_vip -> pick) past the 512-byte BPF stack.
+            *prev = PREV_INSERT_LIMITED;
         }
     }
     with_hash | backend_id as u64

@@ -34,6 +34,7 @@ use crate::dataplane::{Dataplane, DataplaneError, Geometry};
 use crate::health::{self, HealthEvent};
 use crate::host::{self, HostError};
 use crate::pins::{self, AdoptPlan, Attached, PinError, PinLayout};
+use crate::program_log::ProgramLog;
 use crate::stats::StateFile;
 
 #[derive(Debug, thiserror::Error)]
@@ -235,7 +236,15 @@ pub async fn run(opts: AgentOptions) -> Result<(), AgentError> {
             warn!(map = %name, "pinned map replaced by a new one (its contents are lost): {why}");
         }
     }
-    let mut dp = Dataplane::load_object_adopting(crate::EBPF_OBJECT, geometry, &plan.adopt)?;
+    let log_level = crate::program_log::program_level();
+    if log_level == 0 {
+        info!(
+            "program log lines off: the log filter rejects {}, so the program does not write them",
+            crate::program_log::TARGET
+        );
+    }
+    let mut dp =
+        Dataplane::load_object_adopting(crate::EBPF_OBJECT, geometry, &plan.adopt, log_level)?;
     if plan.adopts_state() {
         let snap = dp.adopt_maps()?;
         info!(
@@ -608,6 +617,20 @@ async fn attach_and_serve(
         }
     }
     drop(calls_tx);
+    match id.map(ProgramLog::open) {
+        Some(Ok(logs)) => tasks.push(
+            tokio::spawn(async move {
+                if let Err(e) = logs.forward().await {
+                    error!(error = %error_chain(&e), "program log lines no longer read");
+                }
+            })
+            .abort_handle(),
+        ),
+        Some(Err(e)) => {
+            error!(error = %error_chain(&e), "program log lines not read")
+        }
+        None => error!("program log lines not read: the loaded program's id is unknown"),
+    }
 
     let (health_tx, mut health_rx) = mpsc::unbounded_channel();
     let mut checks = HealthChecks::default();

@@ -28,7 +28,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
 use tokio::net::UnixStream;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tracing::{error, info, warn};
 
 use crate::config::ConfigError;
@@ -308,7 +308,15 @@ fn prefix_of(address: IpAddr) -> String {
 /// the edge learns nothing and the blackhole routes that carry the prefixes never reach its own
 /// routing table. Every edge exports the same attributes (origin IGP, its AS, no MED), which is
 /// what lets routers merge them into one ECMP route.
-pub fn bird_config(m: &ManagedBird, addresses: &BTreeSet<IpAddr>) -> String {
+///
+/// `enabled` are the prefixes BIRD announces right now: they are written without `disabled`, so
+/// that a live `configure` with this config keeps them running (BIRD restarts a protocol whose
+/// configured `disabled` differs from its state, which would withdraw it).
+pub fn bird_config(
+    m: &ManagedBird,
+    addresses: &BTreeSet<IpAddr>,
+    enabled: &BTreeSet<IpAddr>,
+) -> String {
     use std::fmt::Write as _;
     let mut s = String::new();
     let _ = writeln!(
@@ -330,8 +338,13 @@ pub fn bird_config(m: &ManagedBird, addresses: &BTreeSet<IpAddr>) -> String {
         let family = if a.is_ipv4() { "ipv4" } else { "ipv6" };
         let _ = writeln!(
             s,
-            "protocol static {} {{\n  disabled;\n  {family};\n  route {} blackhole;\n}}",
+            "protocol static {} {{\n{}  {family};\n  route {} blackhole;\n}}",
             protocol_name(*a),
+            if enabled.contains(a) {
+                ""
+            } else {
+                "  disabled;\n"
+            },
             prefix_of(*a)
         );
     }
@@ -478,6 +491,19 @@ pub struct PrefixState {
     pub since: u64,
 }
 
+impl PrefixState {
+    fn new(address: IpAddr) -> Self {
+        Self {
+            prefix: prefix_of(address),
+            protocol: protocol_name(address),
+            announced: false,
+            wanted: false,
+            reason: "starting".into(),
+            since: now(),
+        }
+    }
+}
+
 /// The announcer's state, shared with the controller for `anycast status` and metrics.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct AnnounceStatus {
@@ -492,10 +518,78 @@ pub struct AnnounceStatus {
     pub prefixes: BTreeMap<IpAddr, PrefixState>,
 }
 
+/// Whether a `[bgp]` change can be applied to a running announcer ([`Handle::reconfigure`]):
+/// `Err((field, old, new, why))` names what needs a restart. The mode, a managed BIRD's binary and run
+/// directory, and an external BIRD's socket identify the BIRD the agent talks to; everything else
+/// (AS, router id, neighbours, timers, BFD, `min_healthy_backends`) and the VIP address set
+/// change live.
+pub fn live_change(
+    old: &BgpConfig,
+    new: &BgpConfig,
+) -> Result<(), (&'static str, String, String, &'static str)> {
+    let path = |p: &Path| p.display().to_string();
+    match (&old.mode, &new.mode) {
+        (BgpMode::Managed(a), BgpMode::Managed(b)) => {
+            if a.bird_binary != b.bird_binary {
+                return Err((
+                    "bgp.bird_binary",
+                    path(&a.bird_binary),
+                    path(&b.bird_binary),
+                    "the managed BIRD is started with the agent",
+                ));
+            }
+            if a.run_dir != b.run_dir {
+                return Err((
+                    "bgp.run_dir",
+                    path(&a.run_dir),
+                    path(&b.run_dir),
+                    "the managed BIRD's config and control socket live there",
+                ));
+            }
+            Ok(())
+        }
+        (BgpMode::External { bird_socket: a }, BgpMode::External { bird_socket: b }) => {
+            if a == b {
+                Ok(())
+            } else {
+                Err((
+                    "bgp.bird_socket",
+                    path(a),
+                    path(b),
+                    "the external BIRD the agent drives is chosen at start",
+                ))
+            }
+        }
+        (a, b) => {
+            let describe = |m: &BgpMode| match m {
+                BgpMode::Managed(_) => "unset (managed BIRD)".to_owned(),
+                BgpMode::External { bird_socket } => {
+                    format!("{} (external BIRD)", path(bird_socket))
+                }
+            };
+            Err((
+                "bgp.bird_socket",
+                describe(a),
+                describe(b),
+                "switching between a managed and an external BIRD is done at start",
+            ))
+        }
+    }
+}
+
+/// A live change for the announcer's task.
+#[derive(Debug)]
+struct Reconfig {
+    /// The new managed BIRD settings (None: external mode).
+    managed: Option<ManagedBird>,
+    addresses: BTreeSet<IpAddr>,
+}
+
 /// The controller's side of the announcer: feeds it the policy's input, reads its state.
 pub struct Handle {
     cfg: BgpConfig,
     tx: watch::Sender<Desired>,
+    reconfig: mpsc::UnboundedSender<Reconfig>,
     shared: Arc<Mutex<AnnounceStatus>>,
     edge_drained: bool,
     task: Option<tokio::task::JoinHandle<()>>,
@@ -518,6 +612,28 @@ impl Handle {
 
     pub fn set_edge_drained(&mut self, drained: bool) {
         self.edge_drained = drained;
+    }
+
+    /// Applies a changed `[bgp]` section and/or VIP address set without restarting BIRD, once
+    /// [`live_change`] allowed it. Prefixes that leave the set are withdrawn first; a managed
+    /// BIRD gets a new config (announced prefixes kept enabled in it) and `configure`; BGP
+    /// sessions whose settings changed are restarted by BIRD, the others are untouched. The
+    /// caller then hands the policy its new input ([`Handle::update`]), which announces new
+    /// prefixes once their tables are written.
+    pub fn reconfigure(&mut self, cfg: BgpConfig, addresses: &BTreeSet<IpAddr>) {
+        self.shared
+            .lock()
+            .expect("announce state")
+            .min_healthy_backends = cfg.min_healthy_backends;
+        let managed = match &cfg.mode {
+            BgpMode::Managed(m) => Some(m.clone()),
+            BgpMode::External { .. } => None,
+        };
+        self.cfg = cfg;
+        let _ = self.reconfig.send(Reconfig {
+            managed,
+            addresses: addresses.clone(),
+        });
     }
 
     /// Recomputes the policy from `status` and hands it to the task if it changed.
@@ -684,30 +800,30 @@ pub fn start(cfg: BgpConfig, addresses: &BTreeSet<IpAddr>) -> Result<Handle, Bir
         min_healthy_backends: cfg.min_healthy_backends,
         prefixes: addresses
             .iter()
-            .map(|a| {
-                (
-                    *a,
-                    PrefixState {
-                        prefix: prefix_of(*a),
-                        protocol: protocol_name(*a),
-                        announced: false,
-                        wanted: false,
-                        reason: "starting".into(),
-                        since: now(),
-                    },
-                )
-            })
+            .map(|a| (*a, PrefixState::new(*a)))
             .collect(),
     }));
-    let bird = match &cfg.mode {
-        BgpMode::Managed(m) => Some(spawn_bird(m, addresses)?),
-        BgpMode::External { .. } => None,
+    let (bird, managed) = match &cfg.mode {
+        BgpMode::Managed(m) => (Some(spawn_bird(m, addresses)?), Some(m.clone())),
+        BgpMode::External { .. } => (None, None),
     };
     let (tx, rx) = watch::channel(Desired::default());
-    let task = tokio::spawn(run(socket, rx, shared.clone(), bird));
+    let (reconfig, reconfig_rx) = mpsc::unbounded_channel();
+    let task = tokio::spawn(run(
+        Task {
+            socket,
+            shared: shared.clone(),
+            managed,
+            addresses: addresses.clone(),
+        },
+        rx,
+        reconfig_rx,
+        bird,
+    ));
     Ok(Handle {
         cfg,
         tx,
+        reconfig,
         shared,
         edge_drained: false,
         task: Some(task),
@@ -730,7 +846,7 @@ fn spawn_bird(
         .map_err(io("creating", &m.run_dir))?;
     let conf = m.run_dir.join("bird.conf");
     let sock = m.run_dir.join("bird.ctl");
-    std::fs::write(&conf, bird_config(m, addresses)).map_err(io("writing", &conf))?;
+    write_bird_config(m, addresses, &BTreeSet::new())?;
     // A socket left by a BIRD that was killed: BIRD refuses to start over a live one only.
     let _ = std::fs::remove_file(&sock);
     let mut cmd = tokio::process::Command::new(&m.bird_binary);
@@ -772,17 +888,143 @@ fn spawn_bird(
     Ok(child)
 }
 
-async fn run(
+/// Writes a managed BIRD's config (temporary file + rename: BIRD never reads half a file).
+fn write_bird_config(
+    m: &ManagedBird,
+    addresses: &BTreeSet<IpAddr>,
+    enabled: &BTreeSet<IpAddr>,
+) -> Result<PathBuf, BirdError> {
+    let conf = m.run_dir.join("bird.conf");
+    let tmp = m.run_dir.join("bird.conf.tmp");
+    let io = |what, path: &Path| {
+        let path = path.to_owned();
+        move |source| BirdError::Io { what, path, source }
+    };
+    std::fs::write(&tmp, bird_config(m, addresses, enabled)).map_err(io("writing", &tmp))?;
+    std::fs::rename(&tmp, &conf).map_err(io("renaming into place", &conf))?;
+    Ok(conf)
+}
+
+/// The announcer task's fixed context and what a reconfiguration changes.
+struct Task {
     socket: PathBuf,
-    mut rx: watch::Receiver<Desired>,
     shared: Arc<Mutex<AnnounceStatus>>,
+    managed: Option<ManagedBird>,
+    addresses: BTreeSet<IpAddr>,
+}
+
+impl Task {
+    fn set_announced(&self, addr: IpAddr, announced: bool, reason: &str) {
+        let mut s = self.shared.lock().expect("announce state");
+        if let Some(p) = s.prefixes.get_mut(&addr)
+            && p.announced != announced
+        {
+            p.announced = announced;
+            p.since = now();
+            if announced {
+                info!(prefix = %p.prefix, protocol = %p.protocol, reason, "VIP announced");
+            } else {
+                warn!(prefix = %p.prefix, protocol = %p.protocol, reason, "VIP withdrawn");
+            }
+        }
+    }
+
+    /// Applies a live change: withdraws prefixes that leave the set, rewrites a managed BIRD's
+    /// config and has BIRD load it. `Err` = the BIRD connection failed (reconnect and retry the
+    /// config load); a refused command or config is logged and not retried.
+    async fn reconfigure(
+        &mut self,
+        r: Reconfig,
+        client: &mut Option<BirdClient>,
+        applied: &mut BTreeMap<IpAddr, bool>,
+        pending_configure: &mut bool,
+    ) {
+        let gone: Vec<IpAddr> = self.addresses.difference(&r.addresses).copied().collect();
+        let added: Vec<IpAddr> = r.addresses.difference(&self.addresses).copied().collect();
+        for addr in &gone {
+            if applied.get(addr) == Some(&true)
+                && let Some(c) = client.as_mut()
+            {
+                let cmd = format!("disable {}", protocol_name(*addr));
+                if let Err(e) = c.command(&cmd).await {
+                    error!(prefix = %prefix_of(*addr), command = %cmd, error = %crate::control::error_chain(&e), "BIRD command failed");
+                    if !matches!(e, BirdError::Refused { .. }) {
+                        *client = None;
+                    }
+                }
+            }
+            self.set_announced(*addr, false, "VIP address removed from the config");
+            applied.remove(addr);
+        }
+        {
+            let mut s = self.shared.lock().expect("announce state");
+            for addr in &gone {
+                s.prefixes.remove(addr);
+            }
+            for addr in &added {
+                s.prefixes.insert(*addr, PrefixState::new(*addr));
+            }
+        }
+        let bird_changed = self.managed != r.managed;
+        self.addresses = r.addresses;
+        self.managed = r.managed;
+        info!(
+            added = added.len(),
+            removed = gone.len(),
+            bird_config_changed = bird_changed,
+            "BGP configuration changed"
+        );
+        if self.managed.is_some() && (bird_changed || !added.is_empty() || !gone.is_empty()) {
+            *pending_configure = true;
+        }
+    }
+
+    /// Writes a managed BIRD's config from the current state and has BIRD load it.
+    async fn load_config(
+        &self,
+        c: &mut BirdClient,
+        applied: &BTreeMap<IpAddr, bool>,
+    ) -> Result<(), BirdError> {
+        let Some(m) = &self.managed else {
+            return Ok(());
+        };
+        let enabled: BTreeSet<IpAddr> = applied
+            .iter()
+            .filter(|(_, on)| **on)
+            .map(|(a, _)| *a)
+            .collect();
+        let conf = write_bird_config(m, &self.addresses, &enabled)?;
+        let reply = c.command("configure").await?;
+        info!(config = %conf.display(), reply = %reply.join(" | "), "managed BIRD reconfigured");
+        Ok(())
+    }
+}
+
+async fn run(
+    mut t: Task,
+    mut rx: watch::Receiver<Desired>,
+    mut reconfig: mpsc::UnboundedReceiver<Reconfig>,
     mut bird: Option<tokio::process::Child>,
 ) {
+    let socket = t.socket.clone();
+    let shared = t.shared.clone();
     let mut client: Option<BirdClient> = None;
     // What BIRD has, as far as we know; `None` = unknown (new connection): send everything.
     let mut applied: BTreeMap<IpAddr, bool> = BTreeMap::new();
     let mut last_error = String::new();
+    // A managed BIRD's config was rewritten and BIRD has not loaded it yet.
+    let mut pending_configure = false;
+    // A live change received while waiting, applied at the top of the loop (before the policy,
+    // so a new prefix's protocol exists before it is enabled).
+    let mut queued: Vec<Reconfig> = Vec::new();
     loop {
+        while let Ok(r) = reconfig.try_recv() {
+            queued.push(r);
+        }
+        for r in queued.drain(..) {
+            t.reconfigure(r, &mut client, &mut applied, &mut pending_configure)
+                .await;
+        }
         if let Some(child) = &mut bird
             && let Ok(Some(st)) = child.try_wait()
         {
@@ -800,8 +1042,9 @@ async fn run(
             if rx.borrow().last {
                 return;
             }
-            if rx.changed().await.is_err() {
-                return;
+            tokio::select! {
+                r = rx.changed() => if r.is_err() { return },
+                Some(r) = reconfig.recv() => queued.push(r),
             }
             continue;
         }
@@ -827,6 +1070,7 @@ async fn run(
                     }
                     tokio::select! {
                         r = rx.changed() => if r.is_err() { break },
+                        Some(r) = reconfig.recv() => queued.push(r),
                         () = tokio::time::sleep(Duration::from_millis(100)) => {}
                     }
                     continue;
@@ -834,8 +1078,32 @@ async fn run(
             }
         }
         let c = client.as_mut().expect("connected above");
+        if pending_configure && !want.last {
+            match t.load_config(c, &applied).await {
+                Ok(()) => pending_configure = false,
+                Err(
+                    e @ (BirdError::Refused { .. }
+                    | BirdError::Io {
+                        what: "writing" | "renaming into place",
+                        ..
+                    }),
+                ) => {
+                    error!(error = %crate::control::error_chain(&e), "the managed BIRD did not take its new config; it keeps the previous one");
+                    pending_configure = false;
+                }
+                Err(e) => {
+                    warn!(error = %crate::control::error_chain(&e), "reconfiguring BIRD; reconnecting");
+                    client = None;
+                    continue;
+                }
+            }
+        }
+        let c = client.as_mut().expect("connected above");
         let mut failed = false;
         for (addr, w) in &want.prefixes {
+            if !t.addresses.contains(addr) {
+                continue; // the policy's input is older than the last reconfiguration
+            }
             {
                 let mut s = shared.lock().expect("announce state");
                 if let Some(p) = s.prefixes.get_mut(addr) {
@@ -851,18 +1119,7 @@ async fn run(
             match c.command(&cmd).await {
                 Ok(_) => {
                     applied.insert(*addr, w.announce);
-                    let mut s = shared.lock().expect("announce state");
-                    if let Some(p) = s.prefixes.get_mut(addr)
-                        && p.announced != w.announce
-                    {
-                        p.announced = w.announce;
-                        p.since = now();
-                        if w.announce {
-                            info!(prefix = %p.prefix, protocol = %proto, reason = %w.reason, "VIP announced");
-                        } else {
-                            warn!(prefix = %p.prefix, protocol = %proto, reason = %w.reason, "VIP withdrawn");
-                        }
-                    }
+                    t.set_announced(*addr, w.announce, &w.reason);
                 }
                 Err(e) => {
                     error!(prefix = %prefix_of(*addr), command = %cmd, error = %crate::control::error_chain(&e), "BIRD command failed");
@@ -884,6 +1141,7 @@ async fn run(
         }
         tokio::select! {
             r = rx.changed() => if r.is_err() { break },
+            Some(r) = reconfig.recv() => queued.push(r),
             // Notices a dead BIRD child and reconnects after BIRD restarts.
             () = tokio::time::sleep(Duration::from_secs(1)) => {
                 if let Some(c) = client.as_mut()
@@ -1063,7 +1321,7 @@ mod tests {
             .iter()
             .map(|a| a.parse().unwrap())
             .collect();
-        let c = bird_config(m, &addrs);
+        let c = bird_config(m, &addrs, &BTreeSet::new());
         assert!(c.contains("protocol static anycast_vip_203_0_113_10 {\n  disabled;\n  ipv4;\n  route 203.0.113.10/32 blackhole;"), "{c}");
         assert!(c.contains("route 2001:db8::10/128 blackhole;"));
         assert!(c.contains("neighbor 198.18.2.1 as 65000;"));
@@ -1077,6 +1335,72 @@ mod tests {
         assert!(
             !c.contains("protocol kernel"),
             "the edge must not install its blackholes"
+        );
+    }
+    #[test]
+    fn announced_prefixes_stay_enabled_in_a_rewritten_config() {
+        let cfg = validate(
+            raw("local_as = 65001\nrouter_id = \"198.18.2.2\"\nneighbors = [{ address = \"198.18.2.1\", as = 65000 }]"),
+            None,
+        )
+        .unwrap();
+        let BgpMode::Managed(m) = &cfg.mode else {
+            panic!()
+        };
+        let a: IpAddr = "203.0.113.10".parse().unwrap();
+        let b: IpAddr = "203.0.113.20".parse().unwrap();
+        let c = bird_config(m, &[a, b].into(), &[a].into());
+        assert!(
+            c.contains("protocol static anycast_vip_203_0_113_10 {\n  ipv4;"),
+            "{c}"
+        );
+        assert!(
+            c.contains("protocol static anycast_vip_203_0_113_20 {\n  disabled;\n  ipv4;"),
+            "{c}"
+        );
+    }
+
+    #[test]
+    fn live_changes_are_everything_but_which_bird() {
+        let managed = |extra: &str| {
+            validate(
+                raw(&format!("local_as = 65001\nrouter_id = \"198.18.2.2\"\nneighbors = [{{ address = \"198.18.2.1\", as = 65000 }}]\n{extra}")),
+                None,
+            )
+            .unwrap()
+        };
+        let external =
+            |sock: &str| validate(raw(&format!("bird_socket = {sock:?}")), None).unwrap();
+        let base = managed("");
+        assert_eq!(
+            live_change(
+                &base,
+                &managed("hold_time = 30\nbfd = false\nmin_healthy_backends = 2")
+            ),
+            Ok(())
+        );
+        assert_eq!(
+            live_change(&base, &managed("bird_binary = \"/opt/bird\""))
+                .unwrap_err()
+                .0,
+            "bgp.bird_binary"
+        );
+        assert_eq!(
+            live_change(&base, &managed("run_dir = \"/tmp/x\""))
+                .unwrap_err()
+                .0,
+            "bgp.run_dir"
+        );
+        assert_eq!(
+            live_change(&base, &external("/run/bird.ctl"))
+                .unwrap_err()
+                .0,
+            "bgp.bird_socket"
+        );
+        assert_eq!(live_change(&external("/a"), &external("/a")), Ok(()));
+        assert_eq!(
+            live_change(&external("/a"), &external("/b")).unwrap_err().0,
+            "bgp.bird_socket"
         );
     }
 }

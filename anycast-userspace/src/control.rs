@@ -447,23 +447,28 @@ fn restart_only(old: &Config, new: &Config) -> Result<(), ReloadError> {
             });
         }
     }
-    // The announcer's BIRD config and prefixes are fixed at start (crate::announce).
-    if old.bgp != new.bgp {
-        return Err(ReloadError::NeedsRestart {
-            field: "bgp",
-            old: format!("{:?}", old.bgp),
-            new: format!("{:?}", new.bgp),
-            why: "the BGP announcer (and a managed BIRD's config) is set up at start",
-        });
-    }
-    let addrs = |c: &Config| -> BTreeSet<IpAddr> { c.vips.iter().map(|v| v.address).collect() };
-    if new.bgp.is_some() && addrs(old) != addrs(new) {
-        return Err(ReloadError::NeedsRestart {
-            field: "vip.address",
-            old: format!("{:?}", addrs(old)),
-            new: format!("{:?}", addrs(new)),
-            why: "with [bgp], the set of announced VIP addresses is fixed at start",
-        });
+    // The announcer and its BIRD are started (or not) at start; what they say changes live
+    // (crate::announce::live_change), the VIP address set included.
+    match (&old.bgp, &new.bgp) {
+        (None, None) => {}
+        (Some(a), Some(b)) => {
+            if let Err((field, old, new, why)) = crate::announce::live_change(a, b) {
+                return Err(ReloadError::NeedsRestart {
+                    field,
+                    old,
+                    new,
+                    why,
+                });
+            }
+        }
+        (a, b) => {
+            return Err(ReloadError::NeedsRestart {
+                field: "bgp",
+                old: if a.is_some() { "present" } else { "absent" }.into(),
+                new: if b.is_some() { "present" } else { "absent" }.into(),
+                why: "the BGP announcer (and a managed BIRD) is started or not at start",
+            });
+        }
     }
     Ok(())
 }
@@ -750,6 +755,19 @@ impl<S: Sink> Controller<S> {
         self.announce.take()
     }
 
+    /// Hands the announcer `self.base`'s `[bgp]` and VIP addresses if they differ from `old`'s
+    /// (checked by [`restart_only`] to be live changes).
+    fn reconfigure_announcer(&mut self, old: &Config) {
+        let addrs = |c: &Config| -> BTreeSet<IpAddr> { c.vips.iter().map(|v| v.address).collect() };
+        let (Some(a), Some(bgp)) = (self.announce.as_mut(), self.base.bgp.as_ref()) else {
+            return;
+        };
+        let new_addrs = addrs(&self.base);
+        if old.bgp.as_ref() != Some(bgp) || addrs(old) != new_addrs {
+            a.reconfigure(bgp.clone(), &new_addrs);
+        }
+    }
+
     /// Hands the announcement policy its current input (cheap when nothing changed).
     pub fn sync_announce(&self) {
         if let Some(a) = &self.announce {
@@ -927,6 +945,9 @@ impl<S: Sink> Controller<S> {
         );
         let known = self.checks();
         self.health.retain(|k, _| known.contains_key(k));
+        // Before publishing: a new prefix's BIRD protocol must exist when the policy, fed by
+        // the publication, wants it announced.
+        self.reconfigure_announcer(&old_base);
         let old_overrides = self.overrides.clone();
         let dropped = self.prune_overrides();
         match self.publish(trigger) {
@@ -939,8 +960,9 @@ impl<S: Sink> Controller<S> {
             Err(e) => {
                 // Converge back to what was running; the publisher writes a VIP only after
                 // its table, so whatever was half-written is not live.
-                self.base = old_base;
+                let failed = std::mem::replace(&mut self.base, old_base);
                 self.local = old_local;
+                self.reconfigure_announcer(&failed);
                 self.overrides = old_overrides;
                 if let Err(e2) = self.publish("rollback") {
                     error!(error = %error_chain(&e2), "restoring the previous state");

@@ -44,8 +44,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anycast_common::{
-    AddrKey, BACKEND_F_LOCAL, Backend, CFG_F_HAS_SRC_V4, CFG_F_HAS_SRC_V6, DataplaneConfig,
-    ENCAP_GUE, ENCAP_IPIP, NO_TABLE, PROGRAM_NAME, TABLES_PER_VIP, VipKey, VipValue, map_names,
+    AddrKey, BACKEND_F_LOCAL, Backend, CFG_F_HAS_SRC_V4, CFG_F_HAS_SRC_V6, CFG_F_NO_PORT0_VIPS,
+    DataplaneConfig, ENCAP_GUE, ENCAP_IPIP, NO_TABLE, PROGRAM_NAME, TABLES_PER_VIP, VipKey,
+    VipValue, map_names,
 };
 use aya::maps::lpm_trie::{Key as LpmKey, LpmTrie};
 use aya::maps::{Array, HashMap as BpfHashMap, Map};
@@ -193,6 +194,9 @@ impl DesiredState {
         }
         if a.tunnel_source_v6.is_some() {
             flags |= CFG_F_HAS_SRC_V6;
+        }
+        if config.vips.iter().all(|v| v.port != 0) {
+            flags |= CFG_F_NO_PORT0_VIPS;
         }
         let dp_config = DataplaneConfig {
             tunnel_src_v4_be: a.tunnel_source.map(|s| s.octets()).unwrap_or_default(),
@@ -446,9 +450,19 @@ impl Publisher {
         }
         let mut report = ApplyReport::default();
 
-        if self.config != Some(desired.config) {
-            maps.set_config(&desired.config)?;
-            self.config = Some(desired.config);
+        // The "no port-0 VIP" promise holds in the maps only while it holds for both the old and
+        // the new VIP set: it is withdrawn here, before a port-0 VIP is written, and given at the
+        // end, after the last one is removed.
+        let mut early = desired.config;
+        if self
+            .config
+            .is_none_or(|c| c.flags & CFG_F_NO_PORT0_VIPS == 0)
+        {
+            early.flags &= !CFG_F_NO_PORT0_VIPS;
+        }
+        if self.config != Some(early) {
+            maps.set_config(&early)?;
+            self.config = Some(early);
         }
 
         // Backends: ids for new addresses first, so that tables can refer to them.
@@ -627,6 +641,10 @@ impl Publisher {
             self.backends_written.remove(&id);
             self.generations.remove(&id);
             self.free_backend_ids.insert(id);
+        }
+        if self.config != Some(desired.config) {
+            maps.set_config(&desired.config)?;
+            self.config = Some(desired.config);
         }
         Ok(report)
     }
@@ -1001,17 +1019,22 @@ impl Dataplane {
         Self::load_object(crate::EBPF_OBJECT, Geometry::of(config))
     }
 
+    /// Loads `object` with every log level of the program on (see [`crate::program_log`]).
     pub fn load_object(object: &[u8], geometry: Geometry) -> Result<Self, DataplaneError> {
-        Self::load_object_adopting(object, geometry, &[])
+        Self::load_object_adopting(object, geometry, &[], crate::program_log::ALL_LEVELS)
     }
 
     /// Like [`Dataplane::load_object`], but the maps named in `adopt` are not created: the
     /// pinned maps at the given paths are used instead (their layout checked beforehand, see
     /// [`crate::pins`]). Publishing state is not learnt here: see [`Dataplane::adopt_maps`].
+    /// `log_level` is the program's aya-log level (`AYA_LOG_LEVEL`, read-only once loaded: the
+    /// verifier drops the log calls above it; 0 = none, see
+    /// [`crate::program_log::program_level`]).
     pub fn load_object_adopting(
         object: &[u8],
         geometry: Geometry,
         adopt: &[(String, PathBuf)],
+        log_level: u8,
     ) -> Result<Self, DataplaneError> {
         assert!(geometry.ring_size <= MAX_RING_SIZE);
         let mut loader = aya::EbpfLoader::new();
@@ -1019,6 +1042,7 @@ impl Dataplane {
             loader.map_pin_path(name.as_str(), path.as_path());
         }
         let ebpf = loader
+            .override_global(aya_log::LEVEL, &log_level, true)
             .map_max_entries(map_names::RINGS, geometry.ring_entries())
             .map_max_entries(map_names::VIPS, geometry.max_vips)
             .map_max_entries(map_names::VIP_STATS, geometry.max_vips)
@@ -1200,6 +1224,41 @@ weight = 0
         j.iter()
             .position(|o| matches!(o, MapOp::SetVip(..)))
             .unwrap()
+    }
+
+    #[test]
+    fn no_port0_promise_is_withdrawn_before_a_port0_vip_and_given_after_the_last_one_left() {
+        let without = CFG.replace("port = 0\n", "port = 5353\n");
+        let local_addrs = ["198.18.10.2", "198.18.1.2"];
+        let (c0, local, mut p, mut m) = setup(&without, &local_addrs);
+        let c1 = Config::parse(CFG).unwrap();
+        p.apply(&mut m, &DesiredState::new(&c0, &local).unwrap())
+            .unwrap();
+        let promise = |m: &MemoryMaps| m.config.unwrap().flags & CFG_F_NO_PORT0_VIPS != 0;
+        assert!(promise(&m), "no port-0 VIP configured");
+        let pos = |j: &[MapOp], f: &dyn Fn(&MapOp) -> bool| j.iter().position(f).unwrap();
+        let port0 =
+            |o: &MapOp| matches!(o, MapOp::SetVip(k, _) | MapOp::RemoveVip(k) if k.port_be == 0);
+
+        m.journal.clear();
+        p.apply(&mut m, &DesiredState::new(&c1, &local).unwrap())
+            .unwrap();
+        assert!(!promise(&m));
+        let config_at = pos(&m.journal, &|o| matches!(o, MapOp::Config));
+        assert!(config_at < pos(&m.journal, &port0), "{:?}", m.journal);
+
+        m.journal.clear();
+        p.apply(&mut m, &DesiredState::new(&c0, &local).unwrap())
+            .unwrap();
+        assert!(promise(&m));
+        let config_at = pos(&m.journal, &|o| matches!(o, MapOp::Config));
+        assert!(pos(&m.journal, &port0) < config_at, "{:?}", m.journal);
+
+        // Unchanged: nothing written.
+        m.journal.clear();
+        p.apply(&mut m, &DesiredState::new(&c0, &local).unwrap())
+            .unwrap();
+        assert!(!m.journal.iter().any(|o| matches!(o, MapOp::Config)));
     }
 
     #[test]

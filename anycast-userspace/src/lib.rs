@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod migrate;
 pub mod model;
 pub mod pins;
+pub mod program_log;
 pub mod stats;
 
 /// The compiled XDP object.

@@ -16,8 +16,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use anycast_common::{
-    AddrKey, Backend, ConnKey, ConnValue, DataplaneConfig, TABLES_PER_VIP, TrafficStats, VipKey,
-    VipValue, counter, map_names,
+    AddrKey, Backend, ConnKey, ConnValue, DataplaneConfig, LogRate, TABLES_PER_VIP, TrafficStats,
+    VipKey, VipValue, counter, map_names,
 };
 use aya::maps::lpm_trie::Key;
 use aya::maps::{Array, HashMap, LpmTrie, PerCpuArray};
@@ -275,20 +275,31 @@ pub struct RunResult {
 impl Dataplane {
     /// Loads the program with the given map sizes (maps empty).
     pub fn load(sizes: Sizes) -> Self {
+        Self::load_with_log_level(sizes, anycast::program_log::ALL_LEVELS)
+    }
+
+    /// Loads the program with the given map sizes and aya-log level (`AYA_LOG_LEVEL`: 0 none,
+    /// 1 error .. 5 trace).
+    pub fn load_with_log_level(sizes: Sizes, log_level: u8) -> Self {
         let geometry = anycast::dataplane::Geometry {
             ring_size: sizes.ring_size,
             max_vips: sizes.max_vips,
             max_backends: sizes.max_backends,
             conntrack_size: anycast_common::DEFAULT_CONNTRACK_SIZE,
         };
-        let inner = anycast::dataplane::Dataplane::load_object(anycast::EBPF_OBJECT, geometry)
-            .unwrap_or_else(|e| {
-                panic!(
-                    "loading {}: {}",
-                    anycast_common::PROGRAM_NAME,
-                    error_chain(&e)
-                )
-            });
+        let inner = anycast::dataplane::Dataplane::load_object_adopting(
+            anycast::EBPF_OBJECT,
+            geometry,
+            &[],
+            log_level,
+        )
+        .unwrap_or_else(|e| {
+            panic!(
+                "loading {}: {}",
+                anycast_common::PROGRAM_NAME,
+                error_chain(&e)
+            )
+        });
         Self { inner, sizes }
     }
 
@@ -344,6 +355,13 @@ impl Dataplane {
             .ebpf()
             .map(name)
             .unwrap_or_else(|| panic!("no map {name} in the object"))
+    }
+
+    /// What `CONFIG` holds.
+    pub fn config(&self) -> DataplaneConfig {
+        let a: Array<_, DataplaneConfig> =
+            Array::try_from(self.map(map_names::CONFIG)).expect("CONFIG");
+        a.get(&0, 0).expect("read CONFIG")
     }
 
     pub fn set_config(&mut self, cfg: &DataplaneConfig) {
@@ -417,6 +435,41 @@ impl Dataplane {
             LpmTrie::try_from(self.map_mut(map_names::DECAP_ALLOW_V6)).expect("DECAP_ALLOW_V6");
         t.insert(&Key::new(len, prefix.octets()), 1, 0)
             .expect("write DECAP_ALLOW_V6");
+    }
+
+    /// The kernel's id of the loaded `anycast_steer` program.
+    pub fn program_id(&mut self) -> u32 {
+        self.program_mut()
+            .info()
+            .unwrap_or_else(|e| panic!("program info: {e}"))
+            .id()
+    }
+
+    /// The log rate limit of event class `class` (`anycast_common::event`), one entry per CPU.
+    pub fn log_rate(&self, class: u32) -> Vec<LogRate> {
+        let a: PerCpuArray<_, LogRate> =
+            PerCpuArray::try_from(self.map(map_names::LOG_RATE)).expect("LOG_RATE");
+        a.get(&class, 0)
+            .expect("read LOG_RATE")
+            .iter()
+            .copied()
+            .collect()
+    }
+
+    /// Forgets when each event class was last logged (the next event of every class is logged).
+    pub fn reset_log_rate(&mut self) {
+        let cpus = aya::util::nr_cpus().expect("number of CPUs");
+        let mut a: PerCpuArray<_, LogRate> =
+            PerCpuArray::try_from(self.map_mut(map_names::LOG_RATE)).expect("LOG_RATE");
+        for class in 0..anycast_common::event::COUNT {
+            a.set(
+                class,
+                aya::maps::PerCpuValues::try_from(vec![LogRate::default(); cpus])
+                    .expect("per-CPU values"),
+                0,
+            )
+            .expect("write LOG_RATE");
+        }
     }
 
     /// Global counters summed over CPUs, indexed by `anycast_common::counter`.

@@ -579,6 +579,55 @@ impl Lab {
         n
     }
 
+    /// Sends `signal` to the background processes started under `name` and waits (at most
+    /// `timeout`) until each has exited; they are then forgotten, so [`Lab::check_alive`] does not
+    /// report them and the name can be spawned again. Returns their exit statuses. The handle is
+    /// the process itself: [`Lab::spawn`] runs `nsenter --net=... -- CMD`, which enters the
+    /// namespace and execs CMD in the same process.
+    pub fn stop(
+        &mut self,
+        name: &str,
+        signal: nix::sys::signal::Signal,
+        timeout: Duration,
+    ) -> Result<Vec<std::process::ExitStatus>> {
+        let (mut stopping, keep): (Vec<Background>, Vec<Background>) =
+            std::mem::take(&mut self.background)
+                .into_iter()
+                .partition(|b| b.name == name);
+        self.background = keep;
+        if stopping.is_empty() {
+            return Err(LabError::Setup(format!(
+                "no background process named {name}"
+            )));
+        }
+        let deadline = Instant::now() + timeout;
+        let mut statuses = Vec::new();
+        for b in &mut stopping {
+            let pid = nix::unistd::Pid::from_raw(b.child.id() as i32);
+            let _ = nix::sys::signal::kill(pid, signal);
+            loop {
+                match b.child.try_wait() {
+                    Ok(Some(status)) => {
+                        statuses.push(status);
+                        break;
+                    }
+                    Ok(None) if Instant::now() < deadline => {
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                    Ok(None) => {
+                        let _ = b.child.kill();
+                        let _ = b.child.wait();
+                        return Err(LabError::Setup(format!(
+                            "{name} (pid {pid}) did not exit within {timeout:?} of {signal}"
+                        )));
+                    }
+                    Err(e) => return Err(io_err(format!("waiting for {name}"))(e)),
+                }
+            }
+        }
+        Ok(statuses)
+    }
+
     /// The log of a background process started with [`Lab::spawn`].
     pub fn log(&self, name: &str) -> String {
         std::fs::read_to_string(self.dir.join(format!("{name}.log"))).unwrap_or_default()
@@ -786,21 +835,8 @@ impl Lab {
         count: usize,
         budget: Duration,
     ) -> Result<FlowTally> {
-        self.in_netns(ns, || {
-            let deadline = Instant::now() + budget;
-            let mut tally = FlowTally::default();
-            for _ in 0..count {
-                if Instant::now() > deadline {
-                    tally.not_sent += 1;
-                    continue;
-                }
-                match tcp_request(target, Duration::from_secs(2)) {
-                    Ok(name) => *tally.per_backend.entry(name).or_default() += 1,
-                    Err(e) => tally.record_failure(e),
-                }
-            }
-            tally
-        })
+        let flows = self.flows(ns, Transport::Tcp, target, count, budget)?;
+        Ok(FlowTally::of(flows, count))
     }
 
     /// Like [`Lab::tcp_flows`] with UDP datagrams, each from a fresh socket (fresh source port).
@@ -811,27 +847,48 @@ impl Lab {
         count: usize,
         budget: Duration,
     ) -> Result<FlowTally> {
+        let flows = self.flows(ns, Transport::Udp, target, count, budget)?;
+        Ok(FlowTally::of(flows, count))
+    }
+
+    /// `count` short flows from `ns` to `target`, one after the other, until `budget` is spent:
+    /// each a TCP request on its own connection or a UDP datagram from its own socket (so its
+    /// own source port, so its own flow).
+    fn flows(
+        &self,
+        ns: &str,
+        transport: Transport,
+        target: SocketAddr,
+        count: usize,
+        budget: Duration,
+    ) -> Result<Vec<FlowResult>> {
         self.in_netns(ns, || {
             let deadline = Instant::now() + budget;
-            let mut tally = FlowTally::default();
-            for i in 0..count {
-                if Instant::now() > deadline {
-                    tally.not_sent += 1;
-                    continue;
-                }
-                match udp_request(
-                    target,
-                    format!("ping {i}").as_bytes(),
-                    Duration::from_secs(1),
-                ) {
-                    Ok(name) => *tally.per_backend.entry(name).or_default() += 1,
-                    Err(e) => tally.record_failure(e),
-                }
-            }
-            tally
+            (0..count)
+                .map_while(|i| {
+                    (Instant::now() < deadline).then(|| match transport {
+                        Transport::Tcp => tcp_request_from(target, Duration::from_secs(2)),
+                        Transport::Udp => udp_request_from(
+                            target,
+                            format!("flow {i}").as_bytes(),
+                            Duration::from_secs(1),
+                        ),
+                    })
+                })
+                .collect()
         })
     }
 }
+
+#[derive(Clone, Copy, Debug)]
+enum Transport {
+    Tcp,
+    Udp,
+}
+
+/// One short flow's outcome: (source address, the name that answered), or what failed (with the
+/// source address if the socket got one).
+type FlowResult = std::result::Result<(SocketAddr, String), (Option<SocketAddr>, std::io::Error)>;
 
 impl Lab {
     /// Starts `opts.conns` long-lived TCP connections from `ns` to `target` (an
@@ -870,27 +927,8 @@ impl Lab {
         count: usize,
         budget: Duration,
     ) -> Result<Vec<FlowRecord>> {
-        self.in_netns(ns, || {
-            let deadline = Instant::now() + budget;
-            (0..count)
-                .map_while(|_| {
-                    (Instant::now() < deadline).then(|| {
-                        match tcp_request_from(target, Duration::from_secs(2)) {
-                            Ok((local, name)) => FlowRecord {
-                                local: Some(local),
-                                target,
-                                answer: Ok(name),
-                            },
-                            Err((local, e)) => FlowRecord {
-                                local,
-                                target,
-                                answer: Err(e.to_string()),
-                            },
-                        }
-                    })
-                })
-                .collect()
-        })
+        let flows = self.flows(ns, Transport::Tcp, target, count, budget)?;
+        Ok(FlowRecord::of(target, flows))
     }
 
     /// Like [`Lab::udp_flows`], but keeps each flow: its source address and who answered.
@@ -901,28 +939,8 @@ impl Lab {
         count: usize,
         budget: Duration,
     ) -> Result<Vec<FlowRecord>> {
-        self.in_netns(ns, || {
-            let deadline = Instant::now() + budget;
-            (0..count)
-                .map_while(|i| {
-                    (Instant::now() < deadline).then(|| {
-                        let payload = format!("flow {i}");
-                        match udp_request_from(target, payload.as_bytes(), Duration::from_secs(1)) {
-                            Ok((local, name)) => FlowRecord {
-                                local: Some(local),
-                                target,
-                                answer: Ok(name),
-                            },
-                            Err((local, e)) => FlowRecord {
-                                local,
-                                target,
-                                answer: Err(e.to_string()),
-                            },
-                        }
-                    })
-                })
-                .collect()
-        })
+        let flows = self.flows(ns, Transport::Udp, target, count, budget)?;
+        Ok(FlowRecord::of(target, flows))
     }
 }
 
@@ -933,6 +951,26 @@ pub struct FlowRecord {
     pub local: Option<SocketAddr>,
     pub target: SocketAddr,
     pub answer: std::result::Result<String, String>,
+}
+
+impl FlowRecord {
+    fn of(target: SocketAddr, flows: Vec<FlowResult>) -> Vec<FlowRecord> {
+        flows
+            .into_iter()
+            .map(|f| match f {
+                Ok((local, name)) => FlowRecord {
+                    local: Some(local),
+                    target,
+                    answer: Ok(name),
+                },
+                Err((local, e)) => FlowRecord {
+                    local,
+                    target,
+                    answer: Err(e.to_string()),
+                },
+            })
+            .collect()
+    }
 }
 
 /// [`tcp_request`] that also tells the connection's source address.
@@ -1061,8 +1099,21 @@ pub struct FlowTally {
 }
 
 impl FlowTally {
-    fn record_failure(&mut self, e: std::io::Error) {
-        *self.failures.entry(format!("{:?}", e.kind())).or_default() += 1;
+    /// The tally of `flows`, out of `count` asked for (the rest were not sent in time).
+    fn of(flows: Vec<FlowResult>, count: usize) -> FlowTally {
+        let mut tally = FlowTally {
+            not_sent: count.saturating_sub(flows.len()),
+            ..FlowTally::default()
+        };
+        for f in flows {
+            match f {
+                Ok((_, name)) => *tally.per_backend.entry(name).or_default() += 1,
+                Err((_, e)) => {
+                    *tally.failures.entry(format!("{:?}", e.kind())).or_default() += 1;
+                }
+            }
+        }
+        tally
     }
 
     pub fn answered(&self) -> usize {
@@ -1102,22 +1153,9 @@ impl std::fmt::Display for FlowTally {
 
 /// One HTTP-ish request to an `anycast-lab-server`; returns the backend's name.
 pub fn tcp_request(target: SocketAddr, timeout: Duration) -> std::io::Result<String> {
-    let mut s = TcpStream::connect_timeout(&target, timeout)?;
-    s.set_read_timeout(Some(timeout))?;
-    s.set_write_timeout(Some(timeout))?;
-    s.write_all(b"GET / HTTP/1.0\r\n\r\n")?;
-    let mut reply = String::new();
-    s.take(4096).read_to_string(&mut reply)?;
-    let body = reply
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b)
-        .ok_or_else(|| {
-            std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                format!("not an HTTP reply: {reply:?}"),
-            )
-        })?;
-    Ok(body.trim().to_owned())
+    tcp_request_from(target, timeout)
+        .map(|(_, name)| name)
+        .map_err(|(_, e)| e)
 }
 
 /// One datagram to an `anycast-lab-server`; returns the backend's name (it echoes the payload
@@ -1216,13 +1254,20 @@ fn tail(s: &str, lines: usize) -> String {
 ///                          +-- r-b2 == b2-r  backend2 (decap-only agent, server "backend2")
 /// ```
 ///
-/// The router routes the VIPs to one edge ([`reference::route_vips_to`] stands in for BGP). An
+/// The router routes the VIPs to one edge ([`reference::route_vips_to`] stands in for BGP; the
+/// BGP lab, `crate::lab_bgp`, drops that route and lets BIRD install an ECMP one). An
 /// edge encapsulates VIP packets (IPIP) towards the Maglev-chosen backend and sends them back
 /// out of its only interface (XDP_TX) to the router, which forwards them; the router's edge-facing
 /// veths therefore carry `anycast_pass`. Backends decapsulate in their own XDP program (the lab
 /// kernel has no IPIP module) and reply to the client directly through the router. Both edges
 /// get the same VIPs, backends, ring size and hash seed, so a flow maps to the same backend
 /// whichever edge it reaches.
+///
+/// Every host that receives tunnelled packets can also give a second chance (docs/dataplane.md):
+/// it encapsulates a packet once more, to the flow's previous owner, and sends it back out of
+/// its only interface (XDP_TX). So the router's backend-facing veths carry `anycast_pass` too,
+/// and the backends forward IP (the kernel's FIB helper refuses lookups on an interface that does
+/// not forward, and the packet would be dropped as `fib_fail`).
 pub mod reference {
     use super::*;
 
@@ -1423,9 +1468,10 @@ pub mod reference {
             sysctls.push(sysctl(ns, "net.ipv6.conf.all.accept_dad", "0"));
             sysctls.push(sysctl(ns, "net.ipv6.conf.default.accept_dad", "0"));
         }
-        for ns in [ROUTER, EDGE1, EDGE2] {
-            // Edges forward too: packets the XDP program hands to the kernel (neighbour not yet
-            // resolved) are forwarded by the stack.
+        for ns in [ROUTER, EDGE1, EDGE2, BACKEND1, BACKEND2] {
+            // Edges and backends forward too: packets the XDP program hands to the kernel
+            // (neighbour not yet resolved) are forwarded by the stack, and the FIB lookup of a
+            // second chance needs forwarding on the receiving interface.
             sysctls.push(sysctl(ns, "net.ipv4.ip_forward", "1"));
             sysctls.push(sysctl(ns, "net.ipv6.conf.all.forwarding", "1"));
         }
@@ -1495,7 +1541,9 @@ pub mod reference {
         routes.push(route(ROUTER, &format!("{VIP_V4}/32"), EDGE1_V4));
         routes.push(route(ROUTER, &format!("{VIP_V6}/128"), EDGE1_V6));
 
-        let xdp_pass = ["r-e1", "r-e2"]
+        // Edges transmit encapsulated packets with XDP_TX, and so do backends giving a second
+        // chance: the router's ends of their veths need a native XDP program.
+        let xdp_pass = ["r-e1", "r-e2", "r-b1", "r-b2"]
             .iter()
             .map(|i| XdpPass {
                 ns: ROUTER.to_owned(),

@@ -1,5 +1,5 @@
 //! The reference lab with BGP instead of hand-set routes: BIRD in the router namespace (ECMP
-//! with `merge paths on`, BFD 100 ms x 3) peering with the two edges, whose agents run a managed
+//! with `merge paths on`, BFD 200 ms x 5) peering with the two edges, whose agents run a managed
 //! BIRD from their `[bgp]` section and announce the VIPs.
 //!
 //! ```text
@@ -15,12 +15,15 @@
 //! [`Lab::spawn`], the edges' as children of their agents with a parent-death signal) dies with
 //! the lab; configs, sockets and logs live in the lab's run directory.
 
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use nix::sys::signal::Signal;
+
 use crate::lab::reference::{self, *};
-use crate::lab::{Lab, LabError, Result, ServerSpec, Sysctl, Topology, find_binary};
+use crate::lab::{Lab, LabError, Result, ServerSpec, Sysctl, Topology, VipSpec, find_binary};
 
 pub const ROUTER_AS: u32 = 65000;
 /// Both edges: identical attributes (AS path, origin, no MED) are what ECMP needs.
@@ -34,6 +37,10 @@ pub struct Options {
     /// Edge1 health-checks its backends (TCP to [`HEALTH_PORT`], every 100 ms, fall 3, rise 2);
     /// servers on that port run on every backend ([`BgpLab::stop_health_servers`]).
     pub edge1_health: bool,
+    /// Encapsulation and weights of the reference topology.
+    pub reference: reference::Options,
+    /// The edges' VIPs, if not the reference ones ([`reference::vips_with`]).
+    pub vips: Option<Vec<VipSpec>>,
 }
 
 /// The router-facing addresses of an edge and of the router's end of its link.
@@ -56,7 +63,7 @@ fn sysctl(ns: &str, key: &str, value: &str) -> Sysctl {
 /// The reference topology without the router's hand-set VIP routes and without the edge agents
 /// (started by [`BgpLab::start`] with a `[bgp]` section).
 pub fn topology(opts: &Options) -> Topology {
-    let mut t = reference::topology();
+    let mut t = reference::topology_with(&opts.reference);
     t.routes
         .retain(|r| !(r.ns == ROUTER && (r.dst.starts_with(VIP_V4) || r.dst.starts_with(VIP_V6))));
     t.agents.retain(|a| !EDGES.contains(&a.ns.as_str()));
@@ -120,6 +127,10 @@ pub struct BgpLab {
     bin: String,
     generation: u32,
     health_generation: u32,
+    /// The process name of each edge's running agent.
+    agents: BTreeMap<String, String>,
+    /// The VIPs each edge's config lists.
+    vips: BTreeMap<String, Vec<VipSpec>>,
 }
 
 impl BgpLab {
@@ -130,12 +141,21 @@ impl BgpLab {
         let bin = find_binary("anycast", "ANYCAST_BIN")?
             .to_string_lossy()
             .into_owned();
+        let vips = opts
+            .vips
+            .clone()
+            .unwrap_or_else(|| reference::vips_with(&opts.reference));
         let mut b = BgpLab {
             lab,
             opts,
             bin,
             generation: 0,
             health_generation: 0,
+            agents: BTreeMap::new(),
+            vips: EDGES
+                .iter()
+                .map(|e| ((*e).to_owned(), vips.clone()))
+                .collect(),
         };
         b.lab.start_dataplane()?;
         let conf = b.lab.dir().join("bird-router.conf");
@@ -170,13 +190,17 @@ impl BgpLab {
         self.lab.dir().join(format!("bird-{edge}"))
     }
 
-    /// `edge`'s agent config: the lab's, plus `[vip.health]` on edge1 when asked, plus `[bgp]`.
+    /// `edge`'s agent config: the lab's with the edge's VIPs, plus `[vip.health]` on edge1 when
+    /// asked, plus `[bgp]`.
     pub fn edge_config(&self, edge: &str) -> Result<String> {
-        let spec = reference::topology()
+        let mut spec = reference::topology_with(&self.opts.reference)
             .agents
             .into_iter()
             .find(|a| a.ns == edge)
             .ok_or_else(|| LabError::Setup(format!("no agent spec for {edge}")))?;
+        if let Some(vips) = self.vips.get(edge) {
+            spec.vips = vips.clone();
+        }
         let mut text = self.lab.agent_config(&spec)?;
         if edge == EDGE1 && self.opts.edge1_health {
             let health = format!(
@@ -219,6 +243,7 @@ impl BgpLab {
             &[&bin, "agent", "--config", &path],
             &[("RUST_LOG", "info")],
         )?;
+        self.agents.insert(edge.to_owned(), name.clone());
         let dev = self
             .lab
             .ifname(if edge == EDGE1 { "e1-r" } else { "e2-r" })?;
@@ -239,6 +264,47 @@ impl BgpLab {
                 )));
             }
             std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Stops `edge`'s agent with SIGTERM (it withdraws every VIP before it exits; its BIRD dies
+    /// with it; the pinned dataplane stays attached) and waits until it has exited.
+    pub fn stop_edge(&mut self, edge: &str) -> Result<()> {
+        let name = self
+            .agents
+            .remove(edge)
+            .ok_or_else(|| LabError::Setup(format!("no agent running in {edge}")))?;
+        let statuses = self
+            .lab
+            .stop(&name, Signal::SIGTERM, Duration::from_secs(10))?;
+        if statuses.iter().all(std::process::ExitStatus::success) {
+            Ok(())
+        } else {
+            Err(LabError::Setup(format!(
+                "{name} exited with {statuses:?} on SIGTERM:\n{}",
+                self.lab.log(&name)
+            )))
+        }
+    }
+
+    /// Gives `edge`'s agent another list of VIPs: rewrites its config (a rename, so the agent's
+    /// file watch never reads half a file) and sends it SIGHUP. The agent applies the difference;
+    /// watch its tables (fingerprints) to know when.
+    pub fn set_edge_vips(&mut self, edge: &str, vips: Vec<VipSpec>) -> Result<()> {
+        self.vips.insert(edge.to_owned(), vips);
+        let path = self.lab.agent_config_path(edge);
+        let tmp = path.with_extension("toml.new");
+        std::fs::write(&tmp, self.edge_config(edge)?)
+            .map_err(|e| LabError::Setup(format!("writing {}: {e}", tmp.display())))?;
+        std::fs::rename(&tmp, &path)
+            .map_err(|e| LabError::Setup(format!("replacing {}: {e}", path.display())))?;
+        let name = self
+            .agents
+            .get(edge)
+            .ok_or_else(|| LabError::Setup(format!("no agent running in {edge}")))?;
+        match self.lab.signal(name, Signal::SIGHUP) {
+            1 => Ok(()),
+            n => Err(LabError::Setup(format!("{n} processes named {name}"))),
         }
     }
 
@@ -347,43 +413,21 @@ impl BgpLab {
             .sum()
     }
 
-    /// Pids of this lab's processes in `ns` whose command line contains `needle`.
-    pub fn pids(&self, ns: &str, needle: &str) -> Vec<i32> {
-        let out = std::process::Command::new("ip")
-            .args(["netns", "pids", &self.lab.ns(ns)])
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-            .unwrap_or_default();
-        out.split_whitespace()
-            .filter_map(|p| p.parse::<i32>().ok())
-            .filter(|p| {
-                std::fs::read(format!("/proc/{p}/cmdline"))
-                    .map(|c| {
-                        String::from_utf8_lossy(&c)
-                            .replace('\0', " ")
-                            .contains(needle)
-                    })
-                    .unwrap_or(false)
-            })
-            .collect()
-    }
-
-    /// Stops the health-check servers of the current generation (edge1's checks then fail).
-    pub fn stop_health_servers(&self) {
+    /// Stops the health-check servers of the current generation (edge1's checks then fail), by
+    /// the lab's process handles ([`Lab::stop`]); waits until each has exited. The test of
+    /// health withdrawal proves the handle is the server: its checks fail only once the servers
+    /// are gone.
+    pub fn stop_health_servers(&mut self) -> Result<()> {
         for s in health_servers(&self.health_generation.to_string()) {
-            // By the handle the lab holds, and by process table as a fallback.
-            let n = self.lab.signal(
+            let statuses = self.lab.stop(
                 &format!("server-{}", s.name),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-            for pid in self.pids(&s.ns, &format!(" {} ", s.name)) {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-            }
-            eprintln!("stopped health server {} ({n} handle(s))", s.name);
+                Signal::SIGKILL,
+                Duration::from_secs(5),
+            )?;
+            let statuses: Vec<String> = statuses.iter().map(ToString::to_string).collect();
+            eprintln!("stopped health server {}: {}", s.name, statuses.join(", "));
         }
+        Ok(())
     }
 
     /// Starts health-check servers again (a new generation, so logs stay apart).

@@ -27,4 +27,5 @@ pub mod lab;
 pub mod lab_bgp;
 
 pub mod fixture;
+pub mod one_vip;
 pub mod packet;

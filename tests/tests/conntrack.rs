@@ -6,97 +6,18 @@ use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use anycast_common::{
-    BACKEND_F_LOCAL, Backend, CFG_F_HAS_SRC_V4, DataplaneConfig, ENCAP_IPIP, FAMILY_V4,
-    GUE_DEFAULT_PORT, NO_TABLE, PROTO_TCP, PROTO_UDP, VipKey, VipValue, counter as c,
+    Backend, ENCAP_IPIP, NO_TABLE, PROTO_TCP, PROTO_UDP, VipKey, VipValue, counter as c,
 };
-use anycast_tests::fixture::{
-    Dataplane, Sizes, XDP_DROP, XDP_PASS, XDP_REDIRECT, fixture_netns, net,
-};
+use anycast_tests::fixture::{Dataplane, XDP_DROP, XDP_PASS, XDP_REDIRECT, fixture_netns};
+use anycast_tests::one_vip::*;
 use anycast_tests::packet::{self as p, V4};
 
-const RING: u32 = 13;
-const SIZES: Sizes = Sizes {
-    max_vips: 4,
-    ring_size: RING,
-    max_backends: 8,
-};
-const CLIENT: Ipv4Addr = Ipv4Addr::new(198, 18, 100, 7);
-const VIP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
-const VIP_ID: u32 = 0;
-/// Backend ids: 0 and 1 are remote (distinguishable by outer destination), 2 is this host.
-const A: u32 = 0;
-const B: u32 = 1;
-const LOCAL: u32 = 2;
-
-const TCP_SYN: u8 = 0x02;
-const TCP_RST: u8 = 0x04;
-const TCP_ACK: u8 = 0x10;
-
-fn backend_addr(id: u32) -> Ipv4Addr {
-    match id {
-        A => net::v4(net::BACKENDS_V4, 10),
-        B => net::v4(net::BACKENDS_V4, 11),
-        _ => net::EDGE_V4,
-    }
-}
-
-fn config(udp_timeout_s: u32, insert_limit: u32) -> DataplaneConfig {
-    DataplaneConfig {
-        tunnel_src_v4_be: net::EDGE_V4.octets(),
-        tunnel_src_v6_be: [0; 16],
-        ring_size: RING,
-        hash_seed: 7,
-        gue_port_be: GUE_DEFAULT_PORT.to_be(),
-        encap: ENCAP_IPIP,
-        flags: CFG_F_HAS_SRC_V4,
-        conn_udp_timeout_s: udp_timeout_s,
-        conn_insert_limit: insert_limit,
-    }
-}
-
-fn set_backend(dp: &mut Dataplane, id: u32, generation: u16) {
-    let mut addr_be = [0u8; 16];
-    addr_be[..4].copy_from_slice(&backend_addr(id).octets());
-    let flags = if id == LOCAL { BACKEND_F_LOCAL } else { 0 };
-    dp.set_backend(
-        id,
-        Backend {
-            addr_be,
-            family: FAMILY_V4,
-            flags,
-            generation,
-        },
-    );
-}
-
-/// Publishes a table in which every slot holds `id`, the way the agent does: table number
-/// `table`, then the VIP value pointing at it.
-fn publish(dp: &mut Dataplane, proto: u8, table: u32, id: u32) {
-    dp.set_table(table, &vec![id; RING as usize]);
-    dp.set_vip(
-        VipKey::v4(VIP.octets(), 0, proto),
-        VipValue {
-            vip_id: VIP_ID,
-            table,
-            prev_table: NO_TABLE,
-            flags: 0,
-        },
-    );
-}
-
-fn setup(dp: &mut Dataplane, cfg: &DataplaneConfig) {
-    for (id, generation) in [(A, 1), (B, 1), (LOCAL, 1)] {
-        set_backend(dp, id, generation);
-    }
-    dp.set_config(cfg);
+fn config(udp_timeout_s: u32, insert_limit: u32) -> anycast_common::DataplaneConfig {
+    anycast_tests::one_vip::config(ENCAP_IPIP, udp_timeout_s, insert_limit)
 }
 
 fn tcp(sport: u16, flags: u8) -> Vec<u8> {
-    let mut t = Vec::with_capacity(20);
-    t.extend_from_slice(&sport.to_be_bytes());
-    t.extend_from_slice(&80u16.to_be_bytes());
-    t.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0, 0x50, flags, 0xff, 0xff, 0, 0, 0, 0]);
-    p::frame(None, &V4::new(CLIENT, VIP).raw(PROTO_TCP, &t))
+    p::frame(None, &tcp_packet(CLIENT, sport, flags))
 }
 
 fn udp(sport: u16) -> Vec<u8> {
@@ -119,10 +40,6 @@ fn landed(dp: &Dataplane, frame: &[u8]) -> u32 {
         XDP_DROP => panic!("dropped"),
         a => panic!("unexpected action {a}"),
     }
-}
-
-fn delta(before: &[u64], after: &[u64], counter: u32) -> u64 {
-    after[counter as usize] - before[counter as usize]
 }
 
 #[test]

@@ -81,8 +81,13 @@ fn start(layout: &PinLayout, text: &str) -> (Dataplane, AdoptPlan, Config) {
         &pins::object_layouts(anycast::EBPF_OBJECT, geometry).expect("object layouts"),
     )
     .expect("plan");
-    let mut dp = Dataplane::load_object_adopting(anycast::EBPF_OBJECT, geometry, &plan.adopt)
-        .expect("loading the object");
+    let mut dp = Dataplane::load_object_adopting(
+        anycast::EBPF_OBJECT,
+        geometry,
+        &plan.adopt,
+        anycast::program_log::ALL_LEVELS,
+    )
+    .expect("loading the object");
     if plan.adopts_state() {
         dp.adopt_maps().expect("adopting");
     }

@@ -200,11 +200,14 @@ fn kernel_backend_choice_matches_host_model_for_random_flows() {
         let mut dp = Dataplane::from_config(&config);
         dp.apply(&config, &local);
         let backend_before = dp.backend_stats();
-        let tables: Vec<model::VipTable> = config
-            .vips
-            .iter()
-            .map(|v| model::vip_table(v, config.agent.ring_size, config.agent.hash_seed))
-            .collect();
+        let tables_of = |config: &Config| -> Vec<model::VipTable> {
+            config
+                .vips
+                .iter()
+                .map(|v| model::vip_table(v, config.agent.ring_size, config.agent.hash_seed))
+                .collect()
+        };
+        let mut tables = tables_of(&config);
         let mut rng = Rng(0x0dd_ba11_cafe_f00d);
         let mut mismatches = Vec::new();
         let mut per_outcome: BTreeMap<String, usize> = BTreeMap::new();
@@ -214,6 +217,19 @@ fn kernel_backend_choice_matches_host_model_for_random_flows() {
                 // Second half through GUE: the choice must not depend on the encapsulation.
                 config.agent.encapsulation = anycast::config::Encapsulation::Gue;
                 dp.apply(&config, &local);
+            }
+            if i == FLOWS * 3 / 4 {
+                // Last quarter without port-0 VIPs: the agent promises the program there are
+                // none (CFG_F_NO_PORT0_VIPS) and it skips the second VIPS lookup; the other
+                // VIPs' addresses with other ports must still be "not a VIP".
+                config.vips.retain(|v| v.port != 0);
+                tables = tables_of(&config);
+                dp.apply(&config, &local);
+                assert_ne!(
+                    dp.config().flags & anycast_common::CFG_F_NO_PORT0_VIPS,
+                    0,
+                    "no port-0 VIP: the promise is given"
+                );
             }
             let flow = random_flow(&mut rng, &config);
             let frame = packet_of(&flow, (i % 7) * 13);

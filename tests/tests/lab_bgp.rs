@@ -8,9 +8,9 @@
 //!   established connection breaks: they move to edge2 and keep their backend.
 //! - (b) An edge that dies without its link going down (black-holed) is routed around within the
 //!   BFD detection time (200 ms x 5 in the lab: generous, so that a loaded CI machine does not
-//!   flap sessions). Expectation: every connection whose backend is not the
-//!   dead edge survives (it moves to edge2, same Maglev table, same backend); connections whose
-//!   backend *is* the dead edge (edge1 is also a backend here) cannot survive.
+//!   flap sessions). Expectation, asserted: every connection whose backend is not the dead edge
+//!   survives (it moves to edge2, same Maglev table, same backend); every connection whose
+//!   backend *is* the dead edge (edge1 is also a backend here) ends with it (bytes lost).
 //! - (c) A VIP whose backends all fail their health checks on edge1 is withdrawn from edge1 (and
 //!   only there), and announced again when they recover.
 //!
@@ -22,7 +22,7 @@ use anycast_tests::lab::ConnsOptions;
 use anycast_tests::lab::reference::*;
 use anycast_tests::lab_bgp::{BgpLab, Options, live_lookup};
 
-/// One BGP lab at a time: BFD at 100 ms x 3 and the timing assertions need CPU, and four labs
+/// One BGP lab at a time: BFD at 200 ms x 5 and the timing assertions need CPU, and four labs
 /// (eleven agents, six BIRDs, debug builds) on a 2-core machine make BFD flap.
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
@@ -246,29 +246,54 @@ fn dead_edge_is_routed_around_within_bfd_time_and_other_backends_connections_sur
     let report = ll.wait();
     let (to_dead, others): (Vec<_>, Vec<_>) =
         report.conns.iter().partition(|c| c.backend == "edge1");
+    let clean = |cs: &[&anycast_tests::lab::ConnReport]| cs.iter().filter(|c| c.is_clean()).count();
     eprintln!(
-        "dead edge: {} connections to backends that live: {} clean (longest gap {:?}); {} to the dead edge's own server",
+        "dead edge: {n} connections; to live backends {} ({} clean, {} reset, {} B lost); to the dead edge's own server {} ({} clean, {} stalled, {} B lost); longest gap {:?}",
         others.len(),
-        others.iter().filter(|c| c.is_clean()).count(),
+        clean(&others),
+        others.iter().filter(|c| c.resets > 0).count(),
+        others.iter().map(|c| c.lost()).sum::<u64>(),
+        to_dead.len(),
+        clean(&to_dead),
+        to_dead.iter().filter(|c| c.stalls > 0).count(),
+        to_dead.iter().map(|c| c.lost()).sum::<u64>(),
         report.max_gap(),
-        to_dead.len()
     );
-    assert!(!others.is_empty());
+    assert_eq!(
+        report.established(),
+        n,
+        "not every connection was established:\n{report}"
+    );
+    // The expectation. A connection to a live backend survives: the router moves it to edge2,
+    // whose Maglev table is the same, so it keeps its backend (the packets lost during the BFD
+    // detection time are retransmitted). A connection whose backend is the dead edge itself
+    // cannot survive: its server is cut off with the edge (no packet reaches it, no reply
+    // leaves it), whichever edge the client's packets enter.
+    assert!(
+        !others.is_empty() && !to_dead.is_empty(),
+        "the test needs connections on both kinds of backend: {:?}",
+        report.per_backend()
+    );
     for c in &others {
         assert!(c.is_clean(), "a connection to a live backend broke: {c:?}");
     }
-    // Connections whose backend is edge1's own server are not covered by the expectation: a
-    // real dead host takes them with it; this black hole (neighbour entries) is reported only.
-    eprintln!(
-        "dead edge: connections to edge1's own server: {} clean of {}",
-        to_dead.iter().filter(|c| c.is_clean()).count(),
-        to_dead.len()
-    );
+    for c in &to_dead {
+        assert!(
+            !c.is_clean() && c.lost() > 0,
+            "a connection to the dead edge's server kept going: {c:?}"
+        );
+    }
 }
 
 #[test]
 fn vip_with_all_backends_unhealthy_is_withdrawn_from_that_edge_and_announced_on_recovery() {
-    let Some((_serial, mut bgp)) = start("all_unhealthy", Options { edge1_health: true }) else {
+    let Some((_serial, mut bgp)) = start(
+        "all_unhealthy",
+        Options {
+            edge1_health: true,
+            ..Options::default()
+        },
+    ) else {
         return;
     };
     let metric =
@@ -280,7 +305,8 @@ fn vip_with_all_backends_unhealthy_is_withdrawn_from_that_edge_and_announced_on_
     };
     assert!(metrics(&bgp).contains(&metric(1)), "{}", metrics(&bgp));
 
-    bgp.stop_health_servers();
+    bgp.stop_health_servers()
+        .unwrap_or_else(|e| panic!("stopping the health-check servers: {e}"));
     let t = Instant::now();
     // The agent's own view first: the router alone could also lose edge1 to a BFD flap.
     let deadline = t + Duration::from_secs(30);

@@ -7,94 +7,32 @@ use std::io::Read;
 use std::net::{Ipv4Addr, SocketAddrV4, TcpListener};
 
 use anycast_common::{
-    AddrKey, BACKEND_F_LOCAL, Backend, CFG_F_HAS_SRC_V4, DataplaneConfig, ENCAP_GUE, ENCAP_IPIP,
-    FAMILY_V4, GUE_DEFAULT_PORT, GUE_HINT_MAGIC, NO_TABLE, PROTO_IPIP, PROTO_TCP, PROTO_UDP,
-    VipKey, VipValue, counter as c,
+    AddrKey, ENCAP_GUE, ENCAP_IPIP, FAMILY_V4, GUE_HINT_MAGIC, PROTO_IPIP, PROTO_TCP, PROTO_UDP,
+    counter as c,
 };
-use anycast_tests::fixture::{Dataplane, Sizes, XDP_PASS, XDP_REDIRECT, fixture_netns, net};
+use anycast_tests::fixture::{Dataplane, XDP_PASS, XDP_REDIRECT, fixture_netns, net};
+use anycast_tests::one_vip::{self as one, A, B, CLIENT, LOCAL, SIZES, TCP_ACK, TCP_SYN, VIP};
 use anycast_tests::packet::{self as p, V4};
 
-const RING: u32 = 13;
-const SIZES: Sizes = Sizes {
-    max_vips: 4,
-    ring_size: RING,
-    max_backends: 8,
-};
-const CLIENT: Ipv4Addr = Ipv4Addr::new(198, 18, 100, 7);
-const VIP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
-const A: u32 = 0;
-const B: u32 = 1;
-const LOCAL: u32 = 2;
-const TCP_SYN: u8 = 0x02;
-const TCP_ACK: u8 = 0x10;
-
 fn addr(id: u32) -> Ipv4Addr {
-    match id {
-        A => net::v4(net::BACKENDS_V4, 10),
-        B => net::v4(net::BACKENDS_V4, 11),
-        _ => net::EDGE_V4,
-    }
+    one::backend_addr(id)
 }
 
-fn config(encap: u8) -> DataplaneConfig {
-    DataplaneConfig {
-        tunnel_src_v4_be: net::EDGE_V4.octets(),
-        tunnel_src_v6_be: [0; 16],
-        ring_size: RING,
-        hash_seed: 7,
-        gue_port_be: GUE_DEFAULT_PORT.to_be(),
-        encap,
-        flags: CFG_F_HAS_SRC_V4,
-        conn_udp_timeout_s: 30,
-        conn_insert_limit: 0,
-    }
-}
-
+/// The three backends, `encap`, this host's address, and decapsulation from 198.19.0.0/16.
 fn setup(dp: &mut Dataplane, encap: u8) {
-    for id in [A, B, LOCAL] {
-        let mut addr_be = [0u8; 16];
-        addr_be[..4].copy_from_slice(&addr(id).octets());
-        let flags = if id == LOCAL { BACKEND_F_LOCAL } else { 0 };
-        dp.set_backend(
-            id,
-            Backend {
-                addr_be,
-                family: FAMILY_V4,
-                flags,
-                generation: 1,
-            },
-        );
-    }
-    dp.set_config(&config(encap));
+    one::setup(dp, &one::config(encap, 30, 0));
     dp.add_local(AddrKey::v4(net::EDGE_V4.octets()));
     dp.allow_v4(Ipv4Addr::new(198, 19, 0, 0), 16);
 }
 
 /// The VIP's table moved from `old` to `new` (every slot): live table 1, previous table 0.
 fn changed(dp: &mut Dataplane, proto: u8, old: u32, new: u32) {
-    dp.set_table(0, &vec![old; RING as usize]);
-    dp.set_table(1, &vec![new; RING as usize]);
-    dp.set_vip(
-        VipKey::v4(VIP.octets(), 0, proto),
-        VipValue {
-            vip_id: 0,
-            table: 1,
-            prev_table: 0,
-            flags: 0,
-        },
-    );
-}
-
-fn tcp_segment(sport: u16, flags: u8) -> Vec<u8> {
-    let mut t = Vec::with_capacity(20);
-    t.extend_from_slice(&sport.to_be_bytes());
-    t.extend_from_slice(&80u16.to_be_bytes());
-    t.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0, 0x50, flags, 0xff, 0xff, 0, 0, 0, 0]);
-    t
+    dp.set_table(0, &vec![old; one::RING as usize]);
+    one::publish_change(dp, proto, 1, new, 0);
 }
 
 fn tcp(src: Ipv4Addr, sport: u16, flags: u8) -> Vec<u8> {
-    V4::new(src, VIP).raw(PROTO_TCP, &tcp_segment(sport, flags))
+    one::tcp_packet(src, sport, flags)
 }
 
 /// Outer IPv4 destination and GUE header length (words) of an encapsulated frame.
@@ -157,7 +95,7 @@ fn edge_names_the_previous_owner_for_unknown_mid_flow_packets() {
 
         // IPIP cannot carry a hint: plain encapsulation.
         dp.clear_conns();
-        dp.set_config(&config(ENCAP_IPIP));
+        dp.set_config(&one::config(ENCAP_IPIP, 30, 0));
         changed(&mut dp, PROTO_TCP, A, B);
         let r = dp
             .run(&p::frame(None, &tcp(CLIENT, 40003, TCP_ACK)), None)
@@ -209,7 +147,7 @@ fn receiver_without_a_socket_forwards_once_to_the_hinted_owner() {
                 None,
                 &V4::new(Ipv4Addr::new(198, 19, 5, 1), net::EDGE_V4).udp(
                     50000,
-                    GUE_DEFAULT_PORT,
+                    anycast_common::GUE_DEFAULT_PORT,
                     &gue,
                 ),
             )
@@ -251,7 +189,7 @@ fn receiver_without_a_socket_forwards_once_to_the_hinted_owner() {
             None,
             &V4::new(Ipv4Addr::new(198, 19, 5, 1), net::EDGE_V4).udp(
                 50000,
-                GUE_DEFAULT_PORT,
+                anycast_common::GUE_DEFAULT_PORT,
                 &p::gue_v0(&tcp(CLIENT, 41001, TCP_ACK), 0),
             ),
         );
@@ -296,15 +234,7 @@ fn edge_that_is_the_new_owner_without_the_socket_sends_to_the_previous_owner() {
             (XDP_PASS, p::frame(None, &tcp(CLIENT, 42001, TCP_SYN)).len())
         );
         // Without a table change there is no second chance.
-        dp.set_vip(
-            VipKey::v4(VIP.octets(), 0, PROTO_TCP),
-            VipValue {
-                vip_id: 0,
-                table: 1,
-                prev_table: NO_TABLE,
-                flags: 0,
-            },
-        );
+        one::publish(&mut dp, PROTO_TCP, 1, LOCAL);
         let r = dp.run(&frame, None).expect("run");
         assert_eq!(r.action, XDP_PASS);
     });

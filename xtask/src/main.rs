@@ -38,9 +38,11 @@ enum Command {
         args: Vec<String>,
     },
     /// setup, `cargo build --release`, then the lab demo (`anycast-demo`): the reference topology
-    /// in network namespaces, agents on two edges, long-lived and short TCP connections to a VIP
-    /// in a live view, the route moved from edge1 to edge2 mid-stream. Needs root. Arguments
-    /// after `--` go to the demo: `--seconds S`, `--conns N`, `--flows N`, `--encapsulation gue`.
+    /// in network namespaces with BGP (the router's BIRD does ECMP and BFD, both edges' agents
+    /// announce the VIP), long-lived and short TCP connections to the VIP in a live view while
+    /// edge1 is drained, undrained, and edge2 fails hard. Needs root. Arguments after `--` go to
+    /// the demo: `--seconds S`, `--conns N`, `--flows N`, `--encapsulation ipip|gue`,
+    /// `--fail edge1|edge2`.
     Demo {
         #[arg(last = true)]
         args: Vec<String>,

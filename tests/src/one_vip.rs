@@ -1,0 +1,120 @@
+//! A small dataplane for BPF_PROG_TEST_RUN tests of per-flow behaviour (connection tracking,
+//! second chance): one IPv4 VIP, port 0 (every port), a 13-slot ring, and three backends, `A` and
+//! `B` remote (told apart by the outer destination of an encapsulated frame) and `LOCAL`, this
+//! host. Tables are uniform (every slot one backend), so where a flow lands depends only on
+//! which table the program used, never on its hash.
+
+use std::net::Ipv4Addr;
+
+use anycast_common::{
+    BACKEND_F_LOCAL, Backend, CFG_F_HAS_SRC_V4, DataplaneConfig, FAMILY_V4, GUE_DEFAULT_PORT,
+    NO_TABLE, PROTO_TCP, VipKey, VipValue,
+};
+
+use crate::fixture::{Dataplane, Sizes, net};
+use crate::packet::V4;
+
+pub const RING: u32 = 13;
+pub const SIZES: Sizes = Sizes {
+    max_vips: 4,
+    ring_size: RING,
+    max_backends: 8,
+};
+pub const CLIENT: Ipv4Addr = Ipv4Addr::new(198, 18, 100, 7);
+pub const VIP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
+pub const VIP_ID: u32 = 0;
+/// Backend ids.
+pub const A: u32 = 0;
+pub const B: u32 = 1;
+pub const LOCAL: u32 = 2;
+
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
+pub const TCP_ACK: u8 = 0x10;
+
+/// A backend's address: two in the backends' range, `LOCAL` is the edge itself.
+pub fn backend_addr(id: u32) -> Ipv4Addr {
+    match id {
+        A => net::v4(net::BACKENDS_V4, 10),
+        B => net::v4(net::BACKENDS_V4, 11),
+        _ => net::EDGE_V4,
+    }
+}
+
+/// The edge's dataplane config: tunnels from the edge's address, hash seed 7.
+pub fn config(encap: u8, udp_timeout_s: u32, insert_limit: u32) -> DataplaneConfig {
+    DataplaneConfig {
+        tunnel_src_v4_be: net::EDGE_V4.octets(),
+        tunnel_src_v6_be: [0; 16],
+        ring_size: RING,
+        hash_seed: 7,
+        gue_port_be: GUE_DEFAULT_PORT.to_be(),
+        encap,
+        flags: CFG_F_HAS_SRC_V4,
+        conn_udp_timeout_s: udp_timeout_s,
+        conn_insert_limit: insert_limit,
+    }
+}
+
+pub fn set_backend(dp: &mut Dataplane, id: u32, generation: u16) {
+    let mut addr_be = [0u8; 16];
+    addr_be[..4].copy_from_slice(&backend_addr(id).octets());
+    let flags = if id == LOCAL { BACKEND_F_LOCAL } else { 0 };
+    dp.set_backend(
+        id,
+        Backend {
+            addr_be,
+            family: FAMILY_V4,
+            flags,
+            generation,
+        },
+    );
+}
+
+/// The three backends (generation 1) and `cfg`.
+pub fn setup(dp: &mut Dataplane, cfg: &DataplaneConfig) {
+    for id in [A, B, LOCAL] {
+        set_backend(dp, id, 1);
+    }
+    dp.set_config(cfg);
+}
+
+/// Publishes a table in which every slot holds `id`, the way the agent does: table number
+/// `table`, then the VIP value pointing at it (no previous table).
+pub fn publish(dp: &mut Dataplane, proto: u8, table: u32, id: u32) {
+    publish_change(dp, proto, table, id, NO_TABLE);
+}
+
+/// [`publish`] with `prev_table` named as the VIP's previous table (second chance).
+pub fn publish_change(dp: &mut Dataplane, proto: u8, table: u32, id: u32, prev_table: u32) {
+    dp.set_table(table, &vec![id; RING as usize]);
+    dp.set_vip(
+        VipKey::v4(VIP.octets(), 0, proto),
+        VipValue {
+            vip_id: VIP_ID,
+            table,
+            prev_table,
+            flags: 0,
+        },
+    );
+}
+
+/// A 20-byte TCP header from `sport` to port 80 with `flags` (checksum left zero: the program
+/// does not verify it).
+pub fn tcp_segment(sport: u16, flags: u8) -> Vec<u8> {
+    let mut t = Vec::with_capacity(20);
+    t.extend_from_slice(&sport.to_be_bytes());
+    t.extend_from_slice(&80u16.to_be_bytes());
+    t.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0, 0x50, flags, 0xff, 0xff, 0, 0, 0, 0]);
+    t
+}
+
+/// An IPv4 packet (no Ethernet header) from `src` to the VIP carrying [`tcp_segment`].
+pub fn tcp_packet(src: Ipv4Addr, sport: u16, flags: u8) -> Vec<u8> {
+    V4::new(src, VIP).raw(PROTO_TCP, &tcp_segment(sport, flags))
+}
+
+/// How much `counter` grew between two [`Dataplane::stats`] snapshots.
+pub fn delta(before: &[u64], after: &[u64], counter: u32) -> u64 {
+    after[counter as usize] - before[counter as usize]
+}
