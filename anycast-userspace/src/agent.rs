@@ -20,7 +20,9 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use anycast_common::map_names;
 use aya::programs::XdpMode;
+use nix::sys::signal::{SigHandler, SigSet, Signal};
 use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 use tracing::{error, info, warn};
@@ -54,7 +56,7 @@ pub enum AgentError {
         #[source]
         source: Box<PinError>,
     },
-    #[error("waiting for signals")]
+    #[error("setting up signal handling")]
     Signal(#[source] std::io::Error),
     #[error(transparent)]
     Start(#[from] ReloadError),
@@ -141,12 +143,60 @@ fn check_forwarding() {
     }
 }
 
+/// Signals the agent acts on (tokio installs their handlers), and SIGCHLD, which a managed BIRD's
+/// exit must raise for tokio to reap it.
+const AGENT_SIGNALS: [Signal; 4] = [
+    Signal::SIGTERM,
+    Signal::SIGINT,
+    Signal::SIGHUP,
+    Signal::SIGCHLD,
+];
+
+/// Takes back the signal state a parent may have left: an empty signal mask in the calling
+/// thread and the default disposition for [`AGENT_SIGNALS`]. Both survive fork and exec: std's
+/// `Command` keeps the parent's mask in the child (its source says so), shells start background
+/// jobs with SIGINT ignored, and build tools and supervisors block SIGINT/SIGTERM while they
+/// wait for a child. An agent started with SIGTERM blocked has tokio's handler installed and
+/// never runs it: the kernel keeps the signal pending (`ShdPnd` in /proc/PID/status) for as long
+/// as every thread blocks it, so the agent ignores SIGTERM. Call it before any thread exists
+/// (before the runtime), so that every thread inherits the empty mask.
+pub fn reset_inherited_signal_state() -> Result<(), AgentError> {
+    let err = |e: nix::Error| AgentError::Signal(std::io::Error::from(e));
+    for sig in AGENT_SIGNALS {
+        // SAFETY: SIG_DFL installs no handler code; tokio installs its own handlers later.
+        unsafe { nix::sys::signal::signal(sig, SigHandler::SigDfl) }.map_err(err)?;
+    }
+    SigSet::empty().thread_set_mask().map_err(err)
+}
+
+/// The agent's signal streams (tokio handlers, installed once, at start).
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> Result<Self, AgentError> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Self {
+            term: signal(SignalKind::terminate()).map_err(AgentError::Signal)?,
+            int: signal(SignalKind::interrupt()).map_err(AgentError::Signal)?,
+            hup: signal(SignalKind::hangup()).map_err(AgentError::Signal)?,
+        })
+    }
+}
+
 /// How long the config file must be quiet before a change is reloaded: editors write a file in
 /// several steps (truncate, write, rename).
 const RELOAD_DEBOUNCE: Duration = Duration::from_millis(300);
 
 /// Runs the agent until SIGINT/SIGTERM.
 pub async fn run(opts: AgentOptions) -> Result<(), AgentError> {
+    // Handlers first: a SIGTERM that arrives while the program loads (the verifier takes
+    // seconds) is held until the start is complete and then stops the agent cleanly, instead of
+    // killing it between two pinning steps.
+    let signals = Signals::new()?;
     let config = Config::load(&opts.config)?;
     for w in config.warnings() {
         warn!("{w}");
@@ -155,6 +205,22 @@ pub async fn run(opts: AgentOptions) -> Result<(), AgentError> {
     config.check_local(&local)?;
     let mode = opts.xdp_mode.unwrap_or(config.agent.xdp_mode);
 
+    match pins::ensure_bpffs(&config.agent.pin_path)? {
+        pins::Bpffs::Present { .. } => {}
+        pins::Bpffs::Mounted {
+            dir,
+            private_namespace,
+        } => {
+            info!(dir = %dir.display(), "bpffs was not mounted at agent.pin_path's parent: mounted it there");
+            if private_namespace {
+                warn!(
+                    dir = %dir.display(),
+                    "that bpffs is in a mount namespace of the agent's own (not PID 1's): the pins, and with them the attached program, go when the namespace does (when the agent exits, if nothing else holds it); mount bpffs at {} on the host to keep the dataplane across restarts",
+                    dir.display()
+                );
+            }
+        }
+    }
     let layout = PinLayout::new(&config.agent.pin_path);
     let geometry = Geometry::of(&config);
     let plan = pins::plan(
@@ -162,7 +228,13 @@ pub async fn run(opts: AgentOptions) -> Result<(), AgentError> {
         &pins::object_layouts(crate::EBPF_OBJECT, geometry)?,
     )?;
     for (name, why) in &plan.replaced {
-        warn!(map = %name, "pinned map replaced by a new one (its contents are lost): {why}");
+        if name == map_names::CONNS && plan.migrate_conns.is_some() {
+            info!(map = %name, "pinned map replaced by a new one, its entries to be copied over: {why}");
+        } else if name == map_names::CONNS {
+            warn!(map = %name, "pinned map replaced by a new one: tracked connections are lost (those whose table slot is unchanged keep their backend; second chance rescues others while the previous table lasts): {why}");
+        } else {
+            warn!(map = %name, "pinned map replaced by a new one (its contents are lost): {why}");
+        }
     }
     let log_level = crate::program_log::program_level();
     if log_level == 0 {
@@ -180,12 +252,37 @@ pub async fn run(opts: AgentOptions) -> Result<(), AgentError> {
             maps = plan.adopt.len(),
             vips = snap.vips.len(),
             backends = snap.backends.len(),
-            "adopting the pinned dataplane: tables, counters and connection tracking carry over"
+            "adopting the pinned dataplane: tables and counters carry over"
         );
     } else if !plan.adopt.is_empty() {
         info!(maps = plan.adopt.len(), "adopting pinned counters");
     }
-    let (mut ctl, report) = Controller::start(dp, opts.config.clone(), config.clone(), local)?;
+    let previous = previous_state(&config);
+    let (mut ctl, report, restored) = Controller::start_restoring(
+        dp,
+        opts.config.clone(),
+        config.clone(),
+        local,
+        previous.as_ref().map(|p| &p.runtime),
+    )?;
+    if previous.is_some() {
+        info!(
+            state_file = %config.agent.state_file.display(),
+            overrides = restored.overrides,
+            health_verdicts = restored.verdicts,
+            edge_drained = restored.edge_drained,
+            "runtime state of the previous agent restored (applied before the first tables)"
+        );
+    }
+    for d in &restored.dropped {
+        warn!("runtime state of the previous agent dropped: {d}");
+    }
+    if plan.adopted(map_names::CONNS) {
+        info!("connection tracking carries over (pinned CONNS map reused)");
+    }
+    if let Some(m) = &plan.migrate_conns {
+        migrate_conns(&mut ctl, m);
+    }
     for v in &report.vips {
         info!(
             vip = %v.label,
@@ -206,14 +303,76 @@ pub async fn run(opts: AgentOptions) -> Result<(), AgentError> {
         "maps written"
     );
 
-    let state_path = config.agent.state_file.clone();
-    let result = attach_and_serve(&mut ctl, &config, mode, &layout, &plan, &state_path).await;
+    let result = attach_and_serve(
+        &mut ctl,
+        &config,
+        mode,
+        &layout,
+        &plan,
+        previous.as_ref(),
+        signals,
+    )
+    .await;
     // The program, its links and the maps stay pinned: the dataplane keeps forwarding.
     drop(ctl);
     if let Some(p) = config.agent.api_socket.as_deref() {
         let _ = std::fs::remove_file(p);
     }
     result
+}
+
+/// Copies the tracked connections of the old `CONNS` into the new one, before the new program
+/// (and with it the new map) goes live. A failure loses them, as a replaced map would: logged,
+/// not fatal.
+fn migrate_conns(ctl: &mut Controller<Dataplane>, m: &pins::ConnsMigration) {
+    let started = std::time::Instant::now();
+    match crate::migrate::migrate_into(ctl.sink_mut(), m) {
+        Ok(r) => info!(
+            capacity_from = m.from.max_entries,
+            capacity_to = m.to.max_entries,
+            found = r.found,
+            copied = r.copied,
+            stale = r.stale,
+            backend_gone = r.backend_gone,
+            no_room = r.no_room,
+            "connection tracking carried over into the new CONNS map in {:.1} ms",
+            started.elapsed().as_secs_f64() * 1e3
+        ),
+        Err(e) => warn!(
+            error = %error_chain(&e),
+            "connection tracking not carried over: tracked connections are lost (those whose table slot is unchanged keep their backend)"
+        ),
+    }
+}
+
+/// The state file the previous agent of this `pin_path` left, if it can be used. A missing file
+/// is a first start. A file that cannot be read or parsed, or that describes another pin path,
+/// is ignored with a warning: the agent starts from its config alone (no overrides, backends
+/// pending their first check), as on a first start, and overwrites the file. Refusing to start
+/// would leave the host without a working agent over a file that only ever holds derived state
+/// and operator conveniences.
+pub fn previous_state(config: &Config) -> Option<StateFile> {
+    let path = &config.agent.state_file;
+    match StateFile::read_if_present(path) {
+        Ok(None) => None,
+        Ok(Some(s)) if s.pin_path == config.agent.pin_path => Some(s),
+        Ok(Some(s)) => {
+            warn!(
+                state_file = %path.display(),
+                "the state file describes the dataplane pinned at {}, not {}: its runtime overrides and health verdicts are not restored",
+                s.pin_path.display(),
+                config.agent.pin_path.display()
+            );
+            None
+        }
+        Err(e) => {
+            warn!(
+                error = %error_chain(&e),
+                "state file ignored: starting without the previous agent's runtime overrides and health verdicts (it will be rewritten)"
+            );
+            None
+        }
+    }
 }
 
 /// What `anycast detach` removed.
@@ -348,9 +507,10 @@ async fn attach_and_serve(
     mode: XdpModeSetting,
     layout: &PinLayout,
     plan: &AdoptPlan,
-    state_path: &Path,
+    previous: Option<&StateFile>,
+    mut signals: Signals,
 ) -> Result<(), AgentError> {
-    let previous = StateFile::read(state_path).ok();
+    let state_path = config.agent.state_file.as_path();
     layout.create_dirs()?;
     let started = std::time::Instant::now();
     let mut attached = Vec::new();
@@ -360,7 +520,6 @@ async fn attach_and_serve(
         let used = match how {
             Attached::New => used.to_owned(),
             Attached::Replaced => previous
-                .as_ref()
                 .and_then(|p| p.attached.iter().find(|(i, _)| i == iface))
                 .map_or_else(|| used.to_owned(), |(_, m)| m.clone()),
         };
@@ -405,6 +564,7 @@ async fn attach_and_serve(
             .iter()
             .map(|a| (a.name.clone(), a.mode.clone()))
             .collect(),
+        runtime: ctl.runtime_state(),
     };
     state.write(state_path)?;
     ctl.keep_state_file(state_path.to_owned(), state);
@@ -479,10 +639,6 @@ async fn attach_and_serve(
     let (file_tx, mut file_rx) = mpsc::unbounded_channel();
     let _watcher = watch_config(ctl.config_path(), file_tx);
 
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).map_err(AgentError::Signal)?;
-    let mut int = signal(SignalKind::interrupt()).map_err(AgentError::Signal)?;
-    let mut hup = signal(SignalKind::hangup()).map_err(AgentError::Signal)?;
     let mut file_changed: Option<tokio::time::Instant> = None;
     let which = loop {
         let debounce = async {
@@ -492,9 +648,9 @@ async fn attach_and_serve(
             }
         };
         tokio::select! {
-            _ = term.recv() => break "SIGTERM",
-            _ = int.recv() => break "SIGINT",
-            _ = hup.recv() => {
+            _ = signals.term.recv() => break "SIGTERM",
+            _ = signals.int.recv() => break "SIGINT",
+            _ = signals.hup.recv() => {
                 file_changed = None;
                 reload(ctl, "SIGHUP");
                 checks.reconcile(ctl, &health_tx);
@@ -532,4 +688,69 @@ async fn attach_and_serve(
         "shutting down; the dataplane stays attached with its last tables (`anycast detach` removes it)"
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unusable_state_file_is_ignored_and_a_good_one_used() {
+        let dir = std::env::temp_dir().join(format!("anycast-prev-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("state.json");
+        let config = Config::parse(&format!(
+            "[agent]\ninterfaces = [\"eth0\"]\nhash_seed = 42\npin_path = \"/sys/fs/bpf/x\"\nstate_file = {:?}\n",
+            path.display().to_string()
+        ))
+        .unwrap();
+        assert_eq!(previous_state(&config), None, "no file: a first start");
+        std::fs::write(&path, "{\"pin_path\": tru").unwrap();
+        assert_eq!(previous_state(&config), None, "corrupt: ignored");
+        let mut s = StateFile {
+            pin_path: "/sys/fs/bpf/other".into(),
+            pid: 1,
+            ring_size: 65537,
+            ids: crate::dataplane::IdMap::default(),
+            attached: vec![],
+            runtime: crate::control::RuntimeState {
+                edge_drained: true,
+                ..Default::default()
+            },
+        };
+        s.write(&path).unwrap();
+        assert_eq!(previous_state(&config), None, "another pin path: ignored");
+        s.pin_path = "/sys/fs/bpf/x".into();
+        s.write(&path).unwrap();
+        assert_eq!(previous_state(&config), Some(s));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// The state a careless parent leaves: the agent's signals blocked (inherited mask) and
+    /// SIGHUP ignored (inherited disposition). Run on a thread of its own: the mask is per thread.
+    #[test]
+    fn an_inherited_blocked_mask_and_ignored_signals_are_reset() {
+        std::thread::spawn(|| {
+            let mut blocked = SigSet::empty();
+            for sig in AGENT_SIGNALS {
+                blocked.add(sig);
+            }
+            blocked.thread_block().unwrap();
+            // SAFETY: SIG_IGN installs no handler code.
+            unsafe { nix::sys::signal::signal(Signal::SIGHUP, SigHandler::SigIgn) }.unwrap();
+
+            reset_inherited_signal_state().unwrap();
+
+            let mask = SigSet::thread_get_mask().unwrap();
+            for sig in AGENT_SIGNALS {
+                assert!(!mask.contains(sig), "{sig} still blocked");
+            }
+            // SAFETY: reading back and restoring the default disposition.
+            let previous =
+                unsafe { nix::sys::signal::signal(Signal::SIGHUP, SigHandler::SigDfl) }.unwrap();
+            assert_eq!(previous, SigHandler::SigDfl, "SIGHUP still ignored");
+        })
+        .join()
+        .unwrap();
+    }
 }

@@ -105,8 +105,8 @@ pub enum Command {
         api: ApiArgs,
     },
     /// Withdraw every VIP of this edge from BGP (`[bgp]`), wait until BIRD has withdrawn them
-    /// and the VIP traffic has stopped (or --timeout), and report. Lasts until `undrain-edge` or
-    /// a restart of the agent.
+    /// and the VIP traffic has stopped (or --timeout), and report. Lasts until `undrain-edge`,
+    /// across agent restarts.
     DrainEdge {
         /// Give up waiting after this many seconds (the VIPs stay withdrawn).
         #[arg(long, default_value_t = 30)]
@@ -233,7 +233,7 @@ pub fn render_status(v: &serde_json::Value) -> String {
         );
     }
     if let Some(o) = v["overrides"].as_array().filter(|o| !o.is_empty()) {
-        s.push_str("runtime overrides (until cleared; a restart forgets them):\n");
+        s.push_str("runtime overrides (kept across agent restarts, until cleared or the config drops their backend):\n");
         for e in o {
             let scope = if e["vip"].is_null() {
                 "every VIP".to_string()

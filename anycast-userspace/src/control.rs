@@ -141,8 +141,9 @@ impl Serialize for VipId {
     }
 }
 
-/// Runtime overrides on top of the config file. They survive reloads until cleared and are
-/// forgotten by a restart. `None` as the VIP means every VIP the backend serves.
+/// Runtime overrides on top of the config file. They survive reloads and agent restarts (kept in
+/// the state file, [`RuntimeState`]) until cleared, or until the config no longer lists their
+/// backend. `None` as the VIP means every VIP the backend serves.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Overrides {
     drained: BTreeSet<(Option<VipId>, IpAddr)>,
@@ -197,6 +198,49 @@ pub struct OverrideEntry {
     pub backend: IpAddr,
     pub drained: bool,
     pub weight: Option<u32>,
+}
+
+/// What the state file keeps of the controller, so that an agent that starts after another
+/// (restart, upgrade, crash) continues from where it was (README "Runtime overrides"): the
+/// runtime overrides, the last health verdicts (the starting point that the checks then confirm
+/// or overturn) and whether the edge is drained from BGP. VIPs are named by their label.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RuntimeState {
+    #[serde(default)]
+    pub overrides: Vec<SavedOverride>,
+    #[serde(default)]
+    pub health: Vec<SavedVerdict>,
+    #[serde(default)]
+    pub edge_drained: bool,
+}
+
+/// One drain or one weight override (`vip` absent: every VIP).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SavedOverride {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vip: Option<String>,
+    pub backend: IpAddr,
+    #[serde(default)]
+    pub drained: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight: Option<u32>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SavedVerdict {
+    pub vip: String,
+    pub backend: IpAddr,
+    pub healthy: bool,
+}
+
+/// What [`Controller::start_restoring`] took over from a [`RuntimeState`], and what it dropped.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Restored {
+    pub overrides: usize,
+    pub verdicts: usize,
+    pub edge_drained: bool,
+    /// One line per entry the config no longer has a place for.
+    pub dropped: Vec<String>,
 }
 
 /// Health of the checked backends: `(vip, backend) -> healthy`. Unchecked backends are absent.
@@ -331,7 +375,7 @@ fn now() -> u64 {
 /// A reason for a field to need a restart; checked on every reload.
 fn restart_only(old: &Config, new: &Config) -> Result<(), ReloadError> {
     let (a, b) = (&old.agent, &new.agent);
-    let checks: [(&'static str, String, String, &'static str); 9] = [
+    let checks: [(&'static str, String, String, &'static str); 10] = [
         (
             "agent.interfaces",
             format!("{:?}", a.interfaces),
@@ -360,6 +404,12 @@ fn restart_only(old: &Config, new: &Config) -> Result<(), ReloadError> {
             "agent.max_backends",
             a.max_backends.to_string(),
             b.max_backends.to_string(),
+            "the maps are sized at load time",
+        ),
+        (
+            "agent.conntrack_size",
+            a.conntrack_size.to_string(),
+            b.conntrack_size.to_string(),
             "the maps are sized at load time",
         ),
         (
@@ -454,6 +504,8 @@ pub struct Controller<S: Sink> {
     state_file: Option<(PathBuf, StateFile)>,
     /// The BGP announcer, with `[bgp]` ([`crate::announce`]).
     announce: Option<crate::announce::Handle>,
+    /// An edge drain restored from the state file, for the announcer when it is set.
+    edge_drained: bool,
 }
 
 impl<S: Sink> Controller<S> {
@@ -465,6 +517,21 @@ impl<S: Sink> Controller<S> {
         config: Config,
         local: BTreeSet<IpAddr>,
     ) -> Result<(Self, ApplyReport), ReloadError> {
+        Self::start_restoring(sink, config_path, config, local, None)
+            .map(|(c, report, _)| (c, report))
+    }
+
+    /// Like [`Controller::start`], with the overrides and health verdicts of `saved` (a previous
+    /// agent's) applied before the first tables are computed: an unchanged config then yields the
+    /// tables the previous agent left in the maps, and an adopting sink writes nothing. Entries
+    /// the config has no place for any more are dropped and listed in [`Restored::dropped`].
+    pub fn start_restoring(
+        sink: S,
+        config_path: PathBuf,
+        config: Config,
+        local: BTreeSet<IpAddr>,
+        saved: Option<&RuntimeState>,
+    ) -> Result<(Self, ApplyReport, Restored), ReloadError> {
         config.check_local(&local)?;
         let mut c = Self {
             sink,
@@ -481,20 +548,152 @@ impl<S: Sink> Controller<S> {
             program: ProgramInfo::default(),
             state_file: None,
             announce: None,
+            edge_drained: false,
         };
-        let desired = DesiredState::new(&c.effective, &c.local)?;
+        let restored = saved.map(|s| c.restore(s)).unwrap_or_default();
+        let (effective, desired) = c.desired()?;
         let report = c
             .sink
             .apply_state(&desired)
             .map_err(|e| ReloadError::Apply(Box::new(e)))?;
-        c.tables = c
-            .effective
-            .vips
+        c.tables = tables_of(&effective, &desired);
+        c.effective = effective;
+        Ok((c, report, restored))
+    }
+
+    /// Takes over what `saved` holds that the config still has a place for.
+    fn restore(&mut self, saved: &RuntimeState) -> Restored {
+        let mut r = Restored {
+            edge_drained: saved.edge_drained,
+            ..Restored::default()
+        };
+        self.edge_drained = saved.edge_drained;
+        for o in &saved.overrides {
+            let what = match (o.drained, o.weight) {
+                (true, None) => "drain".to_string(),
+                (false, Some(w)) => format!("weight {w}"),
+                _ => {
+                    r.dropped.push(format!(
+                        "override of {} (neither a drain nor a weight)",
+                        o.backend
+                    ));
+                    continue;
+                }
+            };
+            let target = self.target(o.vip.as_deref(), &o.backend.to_string());
+            match (target, o.weight) {
+                (Err(why), _) => r.dropped.push(format!("{what} of {}: {why}", o.backend)),
+                (Ok(_), Some(w)) if w > MAX_WEIGHT => r.dropped.push(format!(
+                    "{what} of {}: out of range 0..={MAX_WEIGHT}",
+                    o.backend
+                )),
+                (Ok(key), Some(w)) => {
+                    self.overrides.weights.insert(key, w);
+                    r.overrides += 1;
+                }
+                (Ok(key), None) => {
+                    self.overrides.drained.insert(key);
+                    r.overrides += 1;
+                }
+            }
+        }
+        let checks = self.checks();
+        for v in &saved.health {
+            let key = self
+                .resolve_vip(&v.vip)
+                .ok()
+                .map(|vip| (vip, v.backend))
+                .filter(|k| checks.contains_key(k));
+            match key {
+                Some(k) => {
+                    self.health.insert(k, v.healthy);
+                    r.verdicts += 1;
+                }
+                None => r.dropped.push(format!(
+                    "health verdict of {} for VIP {}: no longer checked",
+                    v.backend, v.vip
+                )),
+            }
+        }
+        r
+    }
+
+    /// What the state file keeps ([`RuntimeState`]).
+    pub fn runtime_state(&self) -> RuntimeState {
+        let vip = |v: Option<VipId>| v.map(|v| v.to_string());
+        let mut overrides: Vec<SavedOverride> = self
+            .overrides
+            .drained
             .iter()
-            .zip(&desired.vips)
-            .map(|(v, d)| (VipId::of(v), d.table.clone()))
+            .map(|(v, b)| SavedOverride {
+                vip: vip(*v),
+                backend: *b,
+                drained: true,
+                weight: None,
+            })
             .collect();
-        Ok((c, report))
+        overrides.extend(
+            self.overrides
+                .weights
+                .iter()
+                .map(|((v, b), w)| SavedOverride {
+                    vip: vip(*v),
+                    backend: *b,
+                    drained: false,
+                    weight: Some(*w),
+                }),
+        );
+        RuntimeState {
+            overrides,
+            health: self
+                .health
+                .iter()
+                .map(|((v, b), healthy)| SavedVerdict {
+                    vip: v.to_string(),
+                    backend: *b,
+                    healthy: *healthy,
+                })
+                .collect(),
+            edge_drained: self
+                .announce
+                .as_ref()
+                .map_or(self.edge_drained, crate::announce::Handle::edge_drained),
+        }
+    }
+
+    /// Drops the overrides whose backend the config no longer lists (for their VIP, or at all);
+    /// returns one line per dropped override.
+    fn prune_overrides(&mut self) -> Vec<String> {
+        let mut dropped = Vec::new();
+        let keys: Vec<(Option<VipId>, IpAddr, Option<u32>)> = self
+            .overrides
+            .drained
+            .iter()
+            .map(|(v, b)| (*v, *b, None))
+            .chain(
+                self.overrides
+                    .weights
+                    .iter()
+                    .map(|((v, b), w)| (*v, *b, Some(*w))),
+            )
+            .collect();
+        for (vip, backend, weight) in keys {
+            let name = vip.map(|v| v.to_string());
+            if let Err(why) = self.target(name.as_deref(), &backend.to_string()) {
+                let what = match weight {
+                    Some(w) => {
+                        self.overrides.weights.remove(&(vip, backend));
+                        format!("weight {w}")
+                    }
+                    None => {
+                        self.overrides.drained.remove(&(vip, backend));
+                        "drain".to_string()
+                    }
+                };
+                dropped.push(format!("{what} of {backend} for {}: {why}", scope(vip)));
+            }
+        }
+        dropped
     }
 
     pub fn sink(&self) -> &S {
@@ -541,7 +740,13 @@ impl<S: Sink> Controller<S> {
         (self.reloads_ok, self.reloads_error)
     }
 
-    pub fn set_announcer(&mut self, announcer: crate::announce::Handle) {
+    pub fn set_announcer(&mut self, mut announcer: crate::announce::Handle) {
+        if self.edge_drained {
+            info!(
+                "edge drain restored from the state file: every VIP stays withdrawn until `anycast undrain-edge`"
+            );
+            announcer.set_edge_drained(true);
+        }
         self.announce = Some(announcer);
         self.sync_announce();
     }
@@ -581,10 +786,14 @@ impl<S: Sink> Controller<S> {
         self.write_state_file();
     }
 
+    /// Rewrites the state file (temporary file, then rename): after every publication and every
+    /// change of an override, a health verdict or the edge drain.
     fn write_state_file(&mut self) {
         let ids = self.sink.id_map();
+        let runtime = self.runtime_state();
         if let Some((path, s)) = &mut self.state_file {
             s.ids = ids;
+            s.runtime = runtime;
             if let Err(e) = s.write(path) {
                 warn!(error = %error_chain(&e), "writing the state file");
             }
@@ -612,7 +821,8 @@ impl<S: Sink> Controller<S> {
     }
 
     /// Writes the effective state and logs one line per changed VIP.
-    fn publish(&mut self, why: &str) -> Result<Vec<VipChange>, DataplaneError> {
+    /// The effective config and the dataplane's desired state: config, overrides, health.
+    fn desired(&self) -> Result<(Config, DesiredState), ConfigError> {
         let effective = effective_config(&self.base, &self.overrides);
         let mut desired = DesiredState::new(&effective, &self.local)?;
         let a = &effective.agent;
@@ -626,13 +836,13 @@ impl<S: Sink> Controller<S> {
             );
             d.table = with_health(full, v, &self.health, a.ring_size, a.hash_seed);
         }
+        Ok((effective, desired))
+    }
+
+    fn publish(&mut self, why: &str) -> Result<Vec<VipChange>, DataplaneError> {
+        let (effective, desired) = self.desired()?;
         self.sink.apply_state(&desired)?;
-        let tables: BTreeMap<VipId, VipTable> = effective
-            .vips
-            .iter()
-            .zip(&desired.vips)
-            .map(|(v, d)| (VipId::of(v), d.table.clone()))
-            .collect();
+        let tables = tables_of(&effective, &desired);
         let changes = diff(&self.effective, &self.tables, &effective, &tables);
         for c in &changes {
             let list = |v: &[IpAddr]| {
@@ -738,14 +948,22 @@ impl<S: Sink> Controller<S> {
         // Before publishing: a new prefix's BIRD protocol must exist when the policy, fed by
         // the publication, wants it announced.
         self.reconfigure_announcer(&old_base);
+        let old_overrides = self.overrides.clone();
+        let dropped = self.prune_overrides();
         match self.publish(trigger) {
-            Ok(changes) => Ok(changes),
+            Ok(changes) => {
+                for d in dropped {
+                    warn!(trigger, "runtime override dropped: {d}");
+                }
+                Ok(changes)
+            }
             Err(e) => {
                 // Converge back to what was running; the publisher writes a VIP only after
                 // its table, so whatever was half-written is not live.
                 let failed = std::mem::replace(&mut self.base, old_base);
                 self.local = old_local;
                 self.reconfigure_announcer(&failed);
+                self.overrides = old_overrides;
                 if let Err(e2) = self.publish("rollback") {
                     error!(error = %error_chain(&e2), "restoring the previous state");
                 }
@@ -766,6 +984,7 @@ impl<S: Sink> Controller<S> {
                 info!(vip = %vip, backend = %backend, "backend healthy (first check)");
                 // No table changes, but a pending backend does not count for announcement.
                 self.sync_announce();
+                self.write_state_file();
             }
             return;
         }
@@ -978,7 +1197,9 @@ impl<S: Sink> Controller<S> {
         if was != drained {
             info!("{msg}");
         }
+        self.edge_drained = drained;
         self.sync_announce();
+        self.write_state_file();
         Ok(serde_json::json!({ "message": msg, "edge_drained": drained }))
     }
 
@@ -1093,6 +1314,15 @@ impl<S: Sink> Controller<S> {
             bgp,
         }
     }
+}
+
+fn tables_of(effective: &Config, desired: &DesiredState) -> BTreeMap<VipId, VipTable> {
+    effective
+        .vips
+        .iter()
+        .zip(&desired.vips)
+        .map(|(v, d)| (VipId::of(v), d.table.clone()))
+        .collect()
 }
 
 fn scope(vip: Option<VipId>) -> String {
@@ -1408,6 +1638,16 @@ weight = 1
             ),
             "{e}"
         );
+        let e = reload(
+            &mut c,
+            &CFG.replace("max_vips = 4", "max_vips = 4\nconntrack_size = 4096"),
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("agent.conntrack_size: changed from 262144 to 4096"),
+            "{e}"
+        );
         let e = reload(&mut c, &CFG.replace("[\"eth0\"]", "[\"eth1\"]")).unwrap_err();
         assert!(
             e.to_string().starts_with("agent.interfaces: changed from"),
@@ -1429,7 +1669,7 @@ weight = 1
         let s = c.status();
         let last = s.last_reload.unwrap();
         assert!(!last.ok && last.message.contains("invalid TOML"));
-        assert_eq!(s.reloads_error, 5);
+        assert_eq!(s.reloads_error, 6);
         assert_eq!(c.config(), &Config::parse(CFG).unwrap());
     }
 
@@ -1526,6 +1766,205 @@ weight = 1
         )
         .unwrap();
         assert_eq!(c.status().vips[1].backends[1].weight_effective, 1);
+    }
+
+    /// A new controller over the maps `c` wrote, as an agent adopting pinned maps sees them.
+    fn adopt_from(
+        c: &mut Controller<MemorySink>,
+        saved: Option<&RuntimeState>,
+    ) -> (Controller<MemorySink>, ApplyReport, Restored) {
+        let config = c.config().clone();
+        let mut maps = std::mem::take(&mut c.sink_mut().maps);
+        let mut sink = MemorySink::new(&config);
+        sink.publisher.adopt(&maps.snapshot(config.agent.ring_size));
+        maps.journal.clear();
+        sink.maps = maps;
+        Controller::start_restoring(
+            sink,
+            "/etc/anycast.toml".into(),
+            config,
+            BTreeSet::new(),
+            saved,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn a_restart_with_the_saved_runtime_state_writes_nothing_and_keeps_overrides_and_health() {
+        let mut c = start(CFG);
+        let (v10, v11) = (vip("203.0.113.10:80/tcp"), vip("203.0.113.11:53/udp"));
+        req(
+            &mut c,
+            r#"{"request":"drain","vip":"203.0.113.10:80/tcp","backend":"198.18.10.2"}"#,
+        )
+        .unwrap();
+        req(
+            &mut c,
+            r#"{"request":"set_weight","backend":"198.18.10.5","weight":3}"#,
+        )
+        .unwrap();
+        c.set_health(v10, ip("198.18.10.3"), false, "test");
+        c.set_health(v10, ip("198.18.10.4"), true, "test");
+        let status = c.status();
+        let tables = (c.table(v10).cloned(), c.table(v11).cloned());
+        // Through JSON, as the state file carries it.
+        let saved: RuntimeState =
+            serde_json::from_str(&serde_json::to_string(&c.runtime_state()).unwrap()).unwrap();
+        assert_eq!(saved, c.runtime_state());
+        assert_eq!((saved.overrides.len(), saved.health.len()), (2, 2));
+
+        let (mut d, report, restored) = adopt_from(&mut c, Some(&saved));
+        assert_eq!(
+            restored,
+            Restored {
+                overrides: 2,
+                verdicts: 2,
+                edge_drained: false,
+                dropped: vec![],
+            }
+        );
+        assert_eq!(
+            (report.backends_written, report.ring_entries_written),
+            (0, 0)
+        );
+        assert!(report.vips.iter().all(|v| !v.changed));
+        assert!(
+            d.sink().maps.journal.is_empty(),
+            "{:?}",
+            d.sink().maps.journal
+        );
+        assert_eq!((d.table(v10).cloned(), d.table(v11).cloned()), tables);
+        let again = d.status();
+        assert_eq!(again.overrides, status.overrides);
+        assert_eq!(again.vips, status.vips);
+        assert_eq!(d.health(v10, ip("198.18.10.3")), Some(false));
+        // The health checks start from the restored verdicts; undrain works as before.
+        req(&mut d, r#"{"request":"undrain","backend":"198.18.10.2"}"#).unwrap();
+        assert!(
+            d.table(v10)
+                .unwrap()
+                .slot_addresses()
+                .any(|a| a == ip("198.18.10.2"))
+        );
+
+        // Without the saved state the new controller puts the drained, the reweighted and the
+        // unhealthy backends back: tables rewritten, flows moved.
+        let mut c = start(CFG);
+        req(
+            &mut c,
+            r#"{"request":"drain","vip":"203.0.113.10:80/tcp","backend":"198.18.10.2"}"#,
+        )
+        .unwrap();
+        let (_, report, _) = adopt_from(&mut c, None);
+        assert!(report.ring_entries_written > 0);
+    }
+
+    #[test]
+    fn saved_state_the_config_has_no_place_for_is_dropped_with_the_reason() {
+        let mut c = start(CFG);
+        let saved = RuntimeState {
+            overrides: vec![
+                SavedOverride {
+                    vip: Some("192.0.2.1:80/tcp".into()),
+                    backend: ip("198.18.10.2"),
+                    drained: true,
+                    weight: None,
+                },
+                SavedOverride {
+                    vip: Some("203.0.113.10:80/tcp".into()),
+                    backend: ip("198.18.10.5"),
+                    drained: true,
+                    weight: None,
+                },
+                SavedOverride {
+                    vip: None,
+                    backend: ip("198.18.99.9"),
+                    drained: false,
+                    weight: Some(2),
+                },
+                SavedOverride {
+                    vip: None,
+                    backend: ip("198.18.10.3"),
+                    drained: false,
+                    weight: Some(70_000),
+                },
+                SavedOverride {
+                    vip: None,
+                    backend: ip("198.18.10.4"),
+                    drained: true,
+                    weight: None,
+                },
+            ],
+            health: vec![
+                SavedVerdict {
+                    vip: "203.0.113.11:53/udp".into(),
+                    backend: ip("198.18.10.2"),
+                    healthy: false,
+                },
+                SavedVerdict {
+                    vip: "203.0.113.10:80/tcp".into(),
+                    backend: ip("198.18.10.3"),
+                    healthy: false,
+                },
+            ],
+            edge_drained: true,
+        };
+        let (d, _, restored) = adopt_from(&mut c, Some(&saved));
+        assert_eq!((restored.overrides, restored.verdicts), (1, 1));
+        assert!(restored.edge_drained);
+        assert_eq!(
+            restored.dropped,
+            vec![
+                "drain of 198.18.10.2: unknown VIP \"192.0.2.1:80/tcp\" (configured: 203.0.113.10:80/tcp, 203.0.113.11:53/udp)",
+                "drain of 198.18.10.5: 198.18.10.5 is not a backend of VIP 203.0.113.10:80/tcp (its backends: 198.18.10.2, 198.18.10.3, 198.18.10.4)",
+                "weight 2 of 198.18.99.9: unknown backend 198.18.99.9: no VIP lists it",
+                "weight 70000 of 198.18.10.3: out of range 0..=65535",
+                "health verdict of 198.18.10.2 for VIP 203.0.113.11:53/udp: no longer checked",
+            ]
+        );
+        assert!(
+            d.overrides()
+                .is_drained(vip("203.0.113.10:80/tcp"), ip("198.18.10.4"))
+        );
+        assert_eq!(
+            d.health(vip("203.0.113.10:80/tcp"), ip("198.18.10.3")),
+            Some(false)
+        );
+        // Kept for an announcer set later.
+        assert!(d.runtime_state().edge_drained);
+    }
+
+    #[test]
+    fn an_override_of_a_backend_the_config_drops_goes_with_it() {
+        let mut c = start(CFG);
+        let v11 = vip("203.0.113.11:53/udp");
+        req(&mut c, r#"{"request":"drain","backend":"198.18.10.5"}"#).unwrap();
+        req(
+            &mut c,
+            r#"{"request":"set_weight","vip":"203.0.113.10:80/tcp","backend":"198.18.10.2","weight":4}"#,
+        )
+        .unwrap();
+        let without = CFG.replacen(
+            "[[vip.backend]]\naddress = \"198.18.10.5\"\nweight = 1\n",
+            "",
+            1,
+        );
+        reload(&mut c, &without).unwrap();
+        assert_eq!(c.status().overrides.len(), 1, "the other override stays");
+        // The backend returns without its old drain.
+        reload(&mut c, CFG).unwrap();
+        assert!(!c.overrides().is_drained(v11, ip("198.18.10.5")));
+        assert!(
+            c.table(v11)
+                .unwrap()
+                .slot_addresses()
+                .any(|a| a == ip("198.18.10.5"))
+        );
+        // A rejected reload drops nothing.
+        req(&mut c, r#"{"request":"drain","backend":"198.18.10.5"}"#).unwrap();
+        let broken = without.replacen("weight = 1", "weight = 70000", 1);
+        reload(&mut c, &broken).unwrap_err();
+        assert!(c.overrides().is_drained(v11, ip("198.18.10.5")));
     }
 
     #[test]

@@ -17,6 +17,7 @@ pub mod health;
 pub mod host;
 pub mod maglev;
 pub mod metrics;
+pub mod migrate;
 pub mod model;
 pub mod pins;
 pub mod program_log;

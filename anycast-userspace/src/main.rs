@@ -12,7 +12,6 @@ use anycast::model::{self, Decision, Flow};
 use anycast::stats::{self, StateFile, Stats};
 use anyhow::{Context as _, anyhow};
 use clap::Parser as _;
-use nix::sys::signal::Signal;
 use tracing_subscriber::EnvFilter;
 
 fn init_logging(format: LogFormat, level: Option<&str>) {
@@ -60,19 +59,8 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Agent {
             config, xdp_mode, ..
         } => {
-            // A daemon must hear its stop and reload signals whatever its parent left behind: a
-            // blocked mask or an ignored disposition is inherited across exec (shells start
-            // background jobs with SIGINT ignored; supervisors may block signals).
-            for sig in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
-                // SAFETY: SIG_DFL installs no handler code; tokio installs its own below.
-                let _ =
-                    unsafe { nix::sys::signal::signal(sig, nix::sys::signal::SigHandler::SigDfl) };
-            }
-            let mut set = nix::sys::signal::SigSet::empty();
-            set.add(Signal::SIGTERM);
-            set.add(Signal::SIGINT);
-            set.add(Signal::SIGHUP);
-            let _ = set.thread_unblock();
+            // Before the runtime exists: every thread it starts inherits the mask.
+            agent::reset_inherited_signal_state().context("resetting the signal state")?;
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()

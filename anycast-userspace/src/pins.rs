@@ -16,12 +16,14 @@
 //! replaces the program pointer atomically: every packet runs the old program or the new one).
 //!
 //! A map whose layout changed (type, key or value size, capacity, flags) cannot be reused. The
-//! maps the publisher writes (tables, backends, VIPs, addresses, config) and the
-//! connection-tracking map refer to one another by backend id, so if any of them changed, the
-//! whole group is created afresh and republished from the config; counters are replaced one by
-//! one. The running program keeps the maps it has until its link is switched, so packets never
-//! see a half-written replacement; what is lost is counters and tracked connections (a tracked
-//! flow whose table slot is unchanged still lands on the same backend).
+//! maps the publisher writes (tables, backends, VIPs, addresses, config) refer to one another by
+//! backend id, so if any of them changed, the whole group is created afresh and republished
+//! from the config (it is all derived from the config). The connection-tracking map is the one
+//! state nothing rebuilds: when it is not reused (its capacity changed, or the group it takes
+//! backend ids from was replaced) its entries are copied into the new one, ids translated by
+//! address ([`crate::migrate`]); only a changed entry layout loses them. Counters are replaced
+//! one by one. The running program keeps the maps it has until its link is switched, so packets
+//! never see a half-written replacement.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -50,6 +52,18 @@ pub enum PinError {
         path: PathBuf,
         #[source]
         source: aya::maps::MapError,
+    },
+    #[error(
+        "{dir} (agent.pin_path's parent) is not on a bpffs, and {why}, so the agent does not mount one there: set agent.pin_path under a bpffs (such as /sys/fs/bpf/anycast), or mount one for it yourself"
+    )]
+    NoBpffs { dir: PathBuf, why: String },
+    #[error(
+        "mounting bpffs at {dir} (agent.pin_path's parent, not on a bpffs) failed: mount it yourself (mount -t bpf bpf {dir}) or set agent.pin_path under a bpffs"
+    )]
+    Mount {
+        dir: PathBuf,
+        #[source]
+        source: std::io::Error,
     },
     #[error("interface {interface}: {what}")]
     Link {
@@ -105,13 +119,150 @@ impl PinLayout {
     pub fn create_dirs(&self) -> Result<(), PinError> {
         for dir in [self.maps_dir(), self.links_dir()] {
             std::fs::create_dir_all(&dir).map_err(|source| PinError::Io {
-                what: "creating the pin directory (is bpffs mounted at /sys/fs/bpf?)",
+                what: "creating the pin directory",
                 path: dir,
                 source,
             })?;
         }
         Ok(())
     }
+}
+
+/// Where the pins' bpffs came from ([`ensure_bpffs`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Bpffs {
+    /// `dir` was on a bpffs already.
+    Present { dir: PathBuf },
+    /// The agent mounted a bpffs at `dir`. `private_namespace`: the agent's mount namespace is
+    /// not the host's (PID 1's), so the mount, and with it the pins, last only as long as that
+    /// namespace.
+    Mounted {
+        dir: PathBuf,
+        private_namespace: bool,
+    },
+}
+
+/// Makes sure `pin_path` can hold pins, as Cilium does with /sys/fs/bpf: when neither it nor
+/// its parent is on a bpffs, mounts one at the parent (created if missing; mode 0700, nosuid,
+/// nodev, noexec, as systemd mounts /sys/fs/bpf). Never over something else: a parent that is
+/// the mount point of another filesystem, or that holds files, is refused (a mount would hide
+/// them).
+pub fn ensure_bpffs(pin_path: &Path) -> Result<Bpffs, PinError> {
+    if is_bpffs(pin_path) {
+        return Ok(Bpffs::Present {
+            dir: pin_path.to_owned(),
+        });
+    }
+    let dir = match pin_path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
+        _ => {
+            return Err(PinError::NoBpffs {
+                dir: pin_path.to_owned(),
+                why: "agent.pin_path has no parent directory to mount one at".into(),
+            });
+        }
+    };
+    std::fs::create_dir_all(&dir).map_err(|source| PinError::Io {
+        what: "creating the parent directory of agent.pin_path",
+        path: dir.clone(),
+        source,
+    })?;
+    if is_bpffs(&dir) {
+        return Ok(Bpffs::Present { dir });
+    }
+    let refuse = |why: String| PinError::NoBpffs {
+        dir: dir.clone(),
+        why,
+    };
+    let canonical = std::fs::canonicalize(&dir).map_err(|source| PinError::Io {
+        what: "resolving",
+        path: dir.clone(),
+        source,
+    })?;
+    if let Some(fstype) = mount_at(&canonical) {
+        return Err(refuse(format!(
+            "it is the mount point of a {fstype} filesystem (a bpffs mounted over it would hide it)"
+        )));
+    }
+    let occupied = std::fs::read_dir(&dir)
+        .map_err(|source| PinError::Io {
+            what: "listing",
+            path: dir.clone(),
+            source,
+        })?
+        .next()
+        .is_some();
+    if occupied {
+        return Err(refuse(
+            "it is not empty (a bpffs mounted over it would hide its files)".into(),
+        ));
+    }
+    use nix::mount::{MsFlags, mount};
+    mount(
+        Some("bpffs"),
+        &dir,
+        Some("bpf"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        Some("mode=0700"),
+    )
+    .map_err(|e| PinError::Mount {
+        dir: dir.clone(),
+        source: e.into(),
+    })?;
+    if !is_bpffs(&dir) {
+        return Err(refuse("mounting one there did not make it one".into()));
+    }
+    let ns = |pid: &str| std::fs::read_link(format!("/proc/{pid}/ns/mnt")).ok();
+    let private_namespace = ns("self").is_none() || ns("self") != ns("1");
+    Ok(Bpffs::Mounted {
+        dir,
+        private_namespace,
+    })
+}
+
+fn is_bpffs(path: &Path) -> bool {
+    nix::sys::statfs::statfs(path)
+        .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::BPF_FS_MAGIC)
+}
+
+/// The filesystem type of the mount whose mount point is `dir` (canonical), if `dir` is one.
+fn mount_at(dir: &Path) -> Option<String> {
+    let table = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    mount_point_type(&table, dir)
+}
+
+/// [`mount_at`] over the text of a `/proc/PID/mountinfo` (proc(5): field 5 is the mount point,
+/// with space, tab, newline and backslash as octal escapes; the type follows the ` - `
+/// separator). The last mount on a path is the visible one.
+fn mount_point_type(mountinfo: &str, dir: &Path) -> Option<String> {
+    let unescape = |s: &str| -> Vec<u8> {
+        let b = s.as_bytes();
+        let mut out = Vec::with_capacity(b.len());
+        let mut i = 0;
+        while i < b.len() {
+            let octal = b
+                .get(i + 1..i + 4)
+                .filter(|d| d.iter().all(|c| (b'0'..=b'7').contains(c)));
+            match (b[i], octal) {
+                (b'\\', Some(d)) => {
+                    out.push(d.iter().fold(0u8, |n, c| n.wrapping_mul(8) + (c - b'0')));
+                    i += 4;
+                }
+                (c, _) => {
+                    out.push(c);
+                    i += 1;
+                }
+            }
+        }
+        out
+    };
+    use std::os::unix::ffi::OsStrExt as _;
+    let want = dir.as_os_str().as_bytes();
+    mountinfo.lines().rev().find_map(|l| {
+        let (mount, fs) = l.split_once(" - ")?;
+        let point = mount.split(' ').nth(4)?;
+        (unescape(point) == want).then(|| fs.split(' ').next().unwrap_or("?").to_owned())
+    })
 }
 
 /// What the kernel fixes about a map when it is created.
@@ -154,6 +305,11 @@ pub fn object_layouts(
     geometry: Geometry,
 ) -> Result<BTreeMap<String, MapLayout>, PinError> {
     let obj = aya_obj::Object::parse(object).map_err(|e| PinError::Object(e.to_string()))?;
+    let cpus = aya::util::nr_cpus().map_err(|(path, source)| PinError::Io {
+        what: "reading the number of possible CPUs from",
+        path: path.into(),
+        source,
+    })?;
     let sized = [
         (map_names::RINGS, geometry.ring_entries()),
         (map_names::VIPS, geometry.max_vips),
@@ -167,10 +323,15 @@ pub fn object_layouts(
         .iter()
         .filter(|(name, _)| !name.starts_with('.'))
         .map(|(name, m)| {
-            let max_entries = sized
+            let mut max_entries = sized
                 .iter()
                 .find(|(n, _)| n == name)
                 .map_or(m.max_entries(), |(_, v)| *v);
+            if m.map_type() == aya_obj::generated::bpf_map_type::BPF_MAP_TYPE_LRU_HASH as u32
+                && m.map_flags() & aya_obj::generated::BPF_F_NO_COMMON_LRU != 0
+            {
+                max_entries = percpu_lru_entries(max_entries, cpus);
+            }
             (
                 name.clone(),
                 MapLayout {
@@ -183,6 +344,18 @@ pub fn object_layouts(
             )
         })
         .collect())
+}
+
+/// The capacity the kernel gives an LRU hash map with per-CPU lists (`BPF_F_NO_COMMON_LRU`)
+/// asked for `requested` entries: a multiple of the number of possible CPUs, so that every CPU
+/// gets the same share (kernel/bpf/hashtab.c, `htab_map_alloc`: rounded up, or down when
+/// rounding up would overflow). Map info reports that capacity, so a pinned map is compared
+/// against it.
+pub fn percpu_lru_entries(requested: u32, cpus: usize) -> u32 {
+    let cpus = u32::try_from(cpus.max(1)).unwrap_or(u32::MAX);
+    requested
+        .checked_next_multiple_of(cpus)
+        .unwrap_or(requested - requested % cpus)
 }
 
 fn pinned_layout(path: &Path) -> Result<MapLayout, PinError> {
@@ -211,6 +384,18 @@ pub struct AdoptPlan {
     pub create: Vec<String>,
     /// Pins not reused, and why.
     pub replaced: Vec<(String, String)>,
+    /// A pinned `CONNS` that is not reused but whose entries fit the new one: they are copied
+    /// into it before the new program is swapped in ([`crate::migrate`]).
+    pub migrate_conns: Option<ConnsMigration>,
+}
+
+/// Where the entries of a pinned `CONNS` come from, and the `BACKENDS` map their ids index.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConnsMigration {
+    pub conns: PathBuf,
+    pub backends: PathBuf,
+    pub from: MapLayout,
+    pub to: MapLayout,
 }
 
 impl AdoptPlan {
@@ -224,54 +409,123 @@ impl AdoptPlan {
     }
 }
 
+/// Whether the entries of a `CONNS` map laid out as `have` can be copied into one laid out as
+/// `want`: same map type, key, value and flags; only the capacity may differ (a changed
+/// `agent.conntrack_size`). A changed key or value means a changed `ConnKey`/`ConnValue`, whose
+/// old bytes this program cannot interpret.
+pub fn conns_migratable(have: &MapLayout, want: &MapLayout) -> Result<(), String> {
+    let mut diffs = Vec::new();
+    if have.map_type != want.map_type {
+        diffs.push("map type");
+    }
+    if have.key_size != want.key_size {
+        diffs.push("key size");
+    }
+    if have.value_size != want.value_size {
+        diffs.push("value size");
+    }
+    if have.flags != want.flags {
+        diffs.push("flags");
+    }
+    if diffs.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "its {} changed, so its entries cannot be carried over",
+            diffs.join(", ")
+        ))
+    }
+}
+
 /// Decides, map by map, what to reuse (module docs for the grouping rule).
 pub fn plan(
     layout: &PinLayout,
     expected: &BTreeMap<String, MapLayout>,
 ) -> Result<AdoptPlan, PinError> {
-    let mut found: BTreeMap<&str, Result<(), String>> = BTreeMap::new();
-    for (name, want) in expected {
+    let mut found: BTreeMap<&str, MapLayout> = BTreeMap::new();
+    for name in expected.keys() {
         let path = layout.map(name);
-        if !path.exists() {
-            continue;
+        if path.exists() {
+            found.insert(name, pinned_layout(&path)?);
         }
-        let have = pinned_layout(&path)?;
-        found.insert(
-            name,
-            if have == *want {
-                Ok(())
-            } else {
-                Err(format!("pinned {have}, this program needs {want}"))
-            },
-        );
     }
+    Ok(plan_from(layout, expected, &found))
+}
+
+/// [`plan`] over the layouts of the maps found pinned.
+fn plan_from(
+    layout: &PinLayout,
+    expected: &BTreeMap<String, MapLayout>,
+    found: &BTreeMap<&str, MapLayout>,
+) -> AdoptPlan {
+    let matches = |name: &str| -> Option<Result<(), String>> {
+        let (have, want) = (found.get(name)?, expected.get(name)?);
+        Some(if have == want {
+            Ok(())
+        } else {
+            Err(format!("pinned {have}, this program needs {want}"))
+        })
+    };
+    // The maps that hold backend ids and the tables. A new CONNS alone does not invalidate
+    // them (its entries are carried over or lost, the ids stay); a new one of these does
+    // invalidate the ids in CONNS, which are then translated through the old BACKENDS.
     let core = &STATE_MAPS[..STATE_MAPS.len() - 1];
     let state_reusable = core
         .iter()
-        .all(|n| !expected.contains_key(*n) || matches!(found.get(n), Some(Ok(()))))
-        && !matches!(found.get(map_names::CONNS), Some(Err(_)));
+        .all(|n| !expected.contains_key(*n) || matches(n) == Some(Ok(())));
     let mut plan = AdoptPlan::default();
     for name in expected.keys() {
-        let in_state = STATE_MAPS.contains(&name.as_str());
-        match found.get(name.as_str()) {
-            Some(Ok(())) if !in_state || state_reusable => {
+        let in_core = core.contains(&name.as_str());
+        match matches(name) {
+            Some(Ok(())) if name == map_names::CONNS && !state_reusable => {
+                plan.replaced.push((
+                    name.clone(),
+                    "the tables and backends it refers to are replaced".into(),
+                ));
+                plan.create.push(name.clone());
+            }
+            Some(Ok(())) if !in_core || state_reusable => {
                 plan.adopt.push((name.clone(), layout.map(name)));
             }
             Some(Ok(())) => {
                 plan.replaced.push((
                     name.clone(),
-                    "the tables and connection-tracking maps are replaced together".into(),
+                    "the maps holding the tables and backend ids are replaced together".into(),
                 ));
                 plan.create.push(name.clone());
             }
             Some(Err(why)) => {
-                plan.replaced.push((name.clone(), why.clone()));
+                plan.replaced.push((name.clone(), why));
                 plan.create.push(name.clone());
             }
             None => plan.create.push(name.clone()),
         }
     }
-    Ok(plan)
+    if !plan.adopted(map_names::CONNS)
+        && let (Some(have), Some(want)) =
+            (found.get(map_names::CONNS), expected.get(map_names::CONNS))
+    {
+        match conns_migratable(have, want) {
+            Ok(()) => {
+                plan.migrate_conns = Some(ConnsMigration {
+                    conns: layout.map(map_names::CONNS),
+                    backends: layout.map(map_names::BACKENDS),
+                    from: *have,
+                    to: *want,
+                });
+            }
+            Err(why) => {
+                if let Some(r) = plan
+                    .replaced
+                    .iter_mut()
+                    .find(|(n, _)| n == map_names::CONNS)
+                {
+                    r.1 = format!("{}; {why}", r.1);
+                }
+            }
+        }
+    }
+    plan
 }
 
 /// Pins the maps `plan` created, replacing pins that were not reused. Called once the program
@@ -411,4 +665,134 @@ pub fn remove_all(layout: &PinLayout) -> Result<Vec<PathBuf>, PinError> {
     }
     let _ = std::fs::remove_dir(layout.root());
     Ok(removed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MOUNTINFO: &str = "\
+22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw
+23 22 0:21 / /sys rw,nosuid,nodev,noexec,relatime shared:2 - sysfs sysfs rw
+24 22 0:22 / /run rw,nosuid,nodev shared:5 - tmpfs tmpfs rw,mode=755
+25 22 0:23 / /srv/with\\040space rw shared:6 - tmpfs none rw
+26 23 0:24 / /sys/fs/bpf rw,nosuid,nodev,noexec,relatime shared:7 - bpf bpf rw,mode=700
+27 26 0:25 / /sys/fs/bpf rw shared:8 - tmpfs none rw
+";
+
+    #[test]
+    fn mount_points_are_found_in_mountinfo_with_their_type() {
+        let at = |p: &str| mount_point_type(MOUNTINFO, Path::new(p));
+        assert_eq!(at("/run").as_deref(), Some("tmpfs"));
+        assert_eq!(at("/srv/with space").as_deref(), Some("tmpfs"));
+        // The last mount on a path is the one in force.
+        assert_eq!(at("/sys/fs/bpf").as_deref(), Some("tmpfs"));
+        assert_eq!(at("/sys/fs"), None);
+        assert_eq!(at("/run/anycast"), None);
+        assert_eq!(at("/srv/with\\040space"), None);
+    }
+
+    fn layouts() -> BTreeMap<String, MapLayout> {
+        let l = |map_type, key_size, value_size, max_entries, flags| MapLayout {
+            map_type,
+            key_size,
+            value_size,
+            max_entries,
+            flags,
+        };
+        [
+            (map_names::VIPS, l(1, 40, 16, 64, 0)),
+            (map_names::RINGS, l(2, 4, 4, 3 * 64 * 1009, 0)),
+            (map_names::BACKENDS, l(2, 4, 24, 4096, 0)),
+            (map_names::CONFIG, l(2, 4, 40, 1, 0)),
+            (map_names::LOCAL_ADDRS, l(1, 20, 1, 64, 0)),
+            (map_names::DECAP_ALLOW_V4, l(11, 8, 1, 64, 1)),
+            (map_names::DECAP_ALLOW_V6, l(11, 20, 1, 64, 1)),
+            (map_names::CONNS, l(9, 40, 16, 262_144, 2)),
+            (map_names::STATS, l(6, 4, 8, 32, 0)),
+        ]
+        .into_iter()
+        .map(|(n, l)| (n.to_string(), l))
+        .collect()
+    }
+
+    fn plan_with(change: impl Fn(&mut BTreeMap<String, MapLayout>)) -> AdoptPlan {
+        let want = layouts();
+        let mut have = want.clone();
+        change(&mut have);
+        let found: BTreeMap<&str, MapLayout> = have.iter().map(|(n, l)| (n.as_str(), *l)).collect();
+        plan_from(&PinLayout::new("/p"), &want, &found)
+    }
+
+    fn names(v: &[String]) -> Vec<&str> {
+        v.iter().map(String::as_str).collect()
+    }
+
+    #[test]
+    fn a_changed_conntrack_size_replaces_conns_alone_and_carries_its_entries_over() {
+        assert_eq!(plan_with(|_| {}).create, Vec::<String>::new());
+        assert_eq!(plan_with(|_| {}).migrate_conns, None);
+        let p = plan_with(|h| h.get_mut(map_names::CONNS).unwrap().max_entries = 16_384);
+        assert_eq!(names(&p.create), [map_names::CONNS]);
+        assert!(p.adopts_state(), "{p:?}");
+        let m = p.migrate_conns.expect("a migration");
+        assert_eq!((m.from.max_entries, m.to.max_entries), (16_384, 262_144));
+        assert_eq!(m.conns, Path::new("/p/maps/CONNS"));
+        assert_eq!(m.backends, Path::new("/p/maps/BACKENDS"));
+    }
+
+    #[test]
+    fn replaced_tables_replace_conns_whose_entries_are_translated_over() {
+        let p = plan_with(|h| h.get_mut(map_names::RINGS).unwrap().max_entries = 3 * 64 * 1013);
+        assert!(!p.adopts_state());
+        let mut created = names(&p.create);
+        created.sort_unstable();
+        let mut core: Vec<&str> = STATE_MAPS.to_vec();
+        core.sort_unstable();
+        assert_eq!(created, core);
+        assert!(p.adopted(map_names::STATS));
+        let why = &p
+            .replaced
+            .iter()
+            .find(|(n, _)| n == map_names::CONNS)
+            .unwrap()
+            .1;
+        assert_eq!(why, "the tables and backends it refers to are replaced");
+        assert!(p.migrate_conns.is_some());
+    }
+
+    #[test]
+    fn a_changed_conntrack_entry_layout_is_not_carried_over_and_says_why() {
+        let p = plan_with(|h| h.get_mut(map_names::CONNS).unwrap().value_size = 24);
+        assert_eq!(p.migrate_conns, None);
+        assert!(p.adopts_state(), "the tables stay: {p:?}");
+        let why = &p
+            .replaced
+            .iter()
+            .find(|(n, _)| n == map_names::CONNS)
+            .unwrap()
+            .1;
+        assert!(
+            why.ends_with("its value size changed, so its entries cannot be carried over"),
+            "{why}"
+        );
+    }
+
+    #[test]
+    fn per_cpu_lru_capacity_is_a_multiple_of_the_cpu_count() {
+        assert_eq!(percpu_lru_entries(1001, 2), 1002);
+        assert_eq!(percpu_lru_entries(262_144, 2), 262_144);
+        assert_eq!(percpu_lru_entries(262_144, 6), 262_146);
+        assert_eq!(percpu_lru_entries(u32::MAX, 2), u32::MAX - 1);
+        assert_eq!(percpu_lru_entries(5, 0), 5);
+    }
+
+    #[test]
+    fn a_pin_path_without_a_parent_is_refused_with_its_reason() {
+        let e = ensure_bpffs(Path::new("anycast")).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "anycast (agent.pin_path's parent) is not on a bpffs, and agent.pin_path has no parent directory to mount one at, so the agent does not mount one there: set agent.pin_path under a bpffs (such as /sys/fs/bpf/anycast), or mount one for it yourself"
+        );
+    }
 }

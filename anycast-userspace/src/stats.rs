@@ -4,14 +4,20 @@
 //! `BACKEND_STATS` hold per-CPU [`TrafficStats`] indexed by VIP id and backend id. The ids mean
 //! nothing on their own, so the agent writes a [`StateFile`] (JSON, default
 //! `/run/anycast/state.json`, `agent.state_file`; bpffs cannot hold regular files) mapping them
-//! back to VIPs and backends:
+//! back to VIPs and backends. It also keeps what the next agent takes over from this one
+//! ([`RuntimeState`]: runtime overrides, last health verdicts, the edge drain):
 //!
 //! ```json
 //! {"pin_path":"/sys/fs/bpf/anycast","pid":1234,"ring_size":65537,
-//!  "ids":{"vips":[[0,"203.0.113.10:80/tcp"]],"backends":[[0,"198.18.10.2",false]]}}
+//!  "ids":{"vips":[[0,"203.0.113.10:80/tcp"]],"backends":[[0,"198.18.10.2",false]]},
+//!  "attached":[["eth0","native"]],
+//!  "runtime":{"overrides":[{"vip":"203.0.113.10:80/tcp","backend":"198.18.10.2","drained":true}],
+//!             "health":[{"vip":"203.0.113.10:80/tcp","backend":"198.18.10.2","healthy":true}],
+//!             "edge_drained":false}}
 //! ```
 
 use std::borrow::Borrow;
+use std::io::Write as _;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
@@ -19,6 +25,7 @@ use anycast_common::{TrafficStats, counter, map_names};
 use aya::maps::{Map, MapData, PerCpuArray};
 use serde::{Deserialize, Serialize};
 
+use crate::control::RuntimeState;
 use crate::dataplane::{DataplaneError, IdMap};
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -31,9 +38,26 @@ pub struct StateFile {
     /// the mode they were made in.
     #[serde(default)]
     pub attached: Vec<(String, String)>,
+    /// Runtime overrides, health verdicts and the edge drain, restored by the next agent.
+    #[serde(default)]
+    pub runtime: RuntimeState,
 }
 
 impl StateFile {
+    /// Like [`StateFile::read`], but `None` when there is no file (no agent ran here yet, or
+    /// `anycast detach` removed it).
+    pub fn read_if_present(path: &Path) -> Result<Option<Self>, DataplaneError> {
+        match Self::read(path) {
+            Ok(s) => Ok(Some(s)),
+            Err(DataplaneError::Io { source, .. })
+                if source.kind() == std::io::ErrorKind::NotFound =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     pub fn read(path: &Path) -> Result<Self, DataplaneError> {
         let text = std::fs::read_to_string(path).map_err(|source| DataplaneError::Io {
             what: "reading agent state file",
@@ -57,9 +81,15 @@ impl StateFile {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(|e| io("creating the directory of", e))?;
         }
-        let tmp = path.with_extension("json.tmp");
+        let mut tmp = path.as_os_str().to_owned();
+        tmp.push(".tmp");
+        let tmp = PathBuf::from(tmp);
         let text = serde_json::to_string_pretty(self).expect("serializable");
-        std::fs::write(&tmp, text).map_err(|e| io("writing", e))?;
+        let mut f =
+            std::fs::File::create(&tmp).map_err(|e| io("creating the temporary file of", e))?;
+        f.write_all(text.as_bytes())
+            .and_then(|()| f.sync_all())
+            .map_err(|e| io("writing", e))?;
         std::fs::rename(&tmp, path).map_err(|e| io("renaming into", e))
     }
 }
@@ -279,11 +309,15 @@ pub fn read_pinned(pin_path: &Path, ids: &IdMap) -> Result<Stats, DataplaneError
 mod tests {
     use super::*;
 
-    #[test]
-    fn state_file_round_trips() {
-        let dir = std::env::temp_dir().join(format!("anycast-state-{}", std::process::id()));
-        let path = dir.join("state.json");
-        let s = StateFile {
+    fn temp_dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("anycast-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir
+    }
+
+    fn sample() -> StateFile {
+        use crate::control::{SavedOverride, SavedVerdict};
+        StateFile {
             pin_path: "/sys/fs/bpf/anycast".into(),
             pid: 1,
             ring_size: 65537,
@@ -292,9 +326,85 @@ mod tests {
                 backends: vec![(3, "198.18.10.2".parse().unwrap(), true)],
             },
             attached: vec![("eth0".into(), "native".into())],
-        };
+            runtime: RuntimeState {
+                overrides: vec![
+                    SavedOverride {
+                        vip: Some("203.0.113.10:80/tcp".into()),
+                        backend: "198.18.10.2".parse().unwrap(),
+                        drained: true,
+                        weight: None,
+                    },
+                    SavedOverride {
+                        vip: None,
+                        backend: "fd00:10::2".parse().unwrap(),
+                        drained: false,
+                        weight: Some(7),
+                    },
+                ],
+                health: vec![SavedVerdict {
+                    vip: "[2001:db8::10]:80/tcp".into(),
+                    backend: "fd00:10::2".parse().unwrap(),
+                    healthy: false,
+                }],
+                edge_drained: true,
+            },
+        }
+    }
+
+    #[test]
+    fn state_file_round_trips_with_its_runtime_state_and_leaves_no_temporary_file() {
+        let dir = temp_dir("state");
+        let path = dir.join("state.json");
+        let s = sample();
         s.write(&path).unwrap();
         assert_eq!(StateFile::read(&path).unwrap(), s);
+        // Rewritten in place (rename over the old file).
+        let mut t = s.clone();
+        t.runtime.overrides.clear();
+        t.write(&path).unwrap();
+        assert_eq!(StateFile::read_if_present(&path).unwrap(), Some(t));
+        let names: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["state.json"]);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_state_file_without_runtime_state_reads_as_none_restored() {
+        // The format of agents before runtime state was kept.
+        let old = r#"{"pin_path":"/sys/fs/bpf/anycast","pid":1234,"ring_size":65537,
+            "ids":{"vips":[[0,"203.0.113.10:80/tcp"]],"backends":[[0,"198.18.10.2",false]]}}"#;
+        let s: StateFile = serde_json::from_str(old).unwrap();
+        assert_eq!(s.runtime, RuntimeState::default());
+        assert!(s.attached.is_empty());
+    }
+
+    #[test]
+    fn a_missing_state_file_is_none_and_a_corrupt_one_an_error_naming_it() {
+        let dir = temp_dir("state-bad");
+        let path = dir.join("state.json");
+        assert_eq!(StateFile::read_if_present(&path).unwrap(), None);
+        std::fs::create_dir_all(&dir).unwrap();
+        let full = serde_json::to_string(&sample()).unwrap();
+        for (what, text) in [
+            ("empty", String::new()),
+            ("truncated", full[..full.len() / 2].to_string()),
+            ("not JSON", "\0\u{1}garbage".to_string()),
+            (
+                "wrong type",
+                full.replace("\"healthy\":false", "\"healthy\":\"no\""),
+            ),
+        ] {
+            std::fs::write(&path, &text).unwrap();
+            let e = StateFile::read_if_present(&path).unwrap_err();
+            let msg = crate::control::error_chain(&e);
+            assert!(
+                msg.starts_with(&format!("parsing agent state file {}", path.display())),
+                "{what}: {msg}"
+            );
+        }
         std::fs::remove_dir_all(dir).unwrap();
     }
 

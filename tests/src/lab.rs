@@ -248,7 +248,8 @@ pub fn clean_prefix(prefix: &str) {
 /// For binaries (the demo): on SIGINT/SIGTERM, delete every live lab of this process and exit
 /// with 130. Call it first thing in `main`, before any thread is spawned: it blocks the signals
 /// in the calling thread (threads spawned later inherit that) and waits for them on a thread of
-/// its own. Child processes start with an empty signal mask (std resets it).
+/// its own. Child processes inherit that mask (std's `Command` does not reset it): the ones a
+/// [`Lab`] starts get an empty one ([`Lab::spawn`]).
 pub fn install_interrupt_cleanup() {
     use nix::sys::signal::{SigSet, Signal};
     let mut set = SigSet::empty();
@@ -272,6 +273,50 @@ pub fn install_interrupt_cleanup() {
         }
         std::process::exit(130);
     });
+}
+
+/// The signal state a [`Lab::spawn_with`] process starts with. Both parts survive exec (nsenter
+/// passes them on to the command it runs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChildSignals {
+    /// An empty mask; SIGINT, SIGTERM and SIGHUP at their default disposition.
+    Default,
+    /// SIGINT, SIGTERM and SIGHUP blocked and ignored: the worst a parent can pass on (a shell's
+    /// background job has SIGINT ignored; a build tool or supervisor may block them while it
+    /// waits). For tests that a daemon takes its signals back.
+    BlockedAndIgnored,
+}
+
+impl ChildSignals {
+    fn apply(self, c: &mut Command) {
+        use std::os::unix::process::CommandExt as _;
+        let hostile = self == ChildSignals::BlockedAndIgnored;
+        // SAFETY: only async-signal-safe calls (sigemptyset, sigaddset, pthread_sigmask,
+        // signal) between fork and exec, on values owned by the closure.
+        unsafe {
+            c.pre_exec(move || {
+                let mut set: libc::sigset_t = std::mem::zeroed();
+                libc::sigemptyset(&mut set);
+                for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+                    if hostile {
+                        libc::sigaddset(&mut set, sig);
+                    }
+                    let handler = if hostile {
+                        libc::SIG_IGN
+                    } else {
+                        libc::SIG_DFL
+                    };
+                    if libc::signal(sig, handler) == libc::SIG_ERR {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                match libc::pthread_sigmask(libc::SIG_SETMASK, &set, std::ptr::null_mut()) {
+                    0 => Ok(()),
+                    e => Err(std::io::Error::from_raw_os_error(e)),
+                }
+            });
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -480,13 +525,28 @@ impl Lab {
     }
 
     /// Starts a background process in `ns`; its stdout and stderr go to `<dir>/<name>.log`. It
-    /// is killed when the lab drops.
+    /// is killed when the lab drops. It starts with an empty signal mask and the default
+    /// dispositions of SIGINT, SIGTERM and SIGHUP, whatever this process has (std's `Command`
+    /// passes the parent's mask on; the demo blocks SIGINT/SIGTERM for its cleanup thread), so the
+    /// SIGTERM the lab stops it with arrives.
     pub fn spawn(
         &mut self,
         ns: &str,
         name: &str,
         args: &[&str],
         env: &[(&str, &str)],
+    ) -> Result<()> {
+        self.spawn_with(ns, name, args, env, ChildSignals::Default)
+    }
+
+    /// Like [`Lab::spawn`], with the signal state the process starts with chosen.
+    pub fn spawn_with(
+        &mut self,
+        ns: &str,
+        name: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+        signals: ChildSignals,
     ) -> Result<()> {
         let log = self.dir.join(format!("{name}.log"));
         let out = File::create(&log).map_err(io_err(format!("creating {}", log.display())))?;
@@ -496,6 +556,7 @@ impl Lab {
         for (k, v) in env {
             c.env(k, v);
         }
+        signals.apply(&mut c);
         let child = c
             .spawn()
             .map_err(io_err(format!("starting {args:?} in {ns}")))?;

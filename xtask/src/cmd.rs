@@ -12,15 +12,15 @@ pub fn cargo() -> Command {
 
 /// Runs a command to completion with inherited stdio; an error when it fails.
 ///
-/// SIGINT and SIGTERM are blocked in xtask while the child runs: a Ctrl-C reaches the child
-/// (same process group) and lets it clean up (the demo deletes its namespaces), while xtask stays
-/// to report how it ended. std resets the signal mask in the child before exec.
+/// A Ctrl-C reaches the child (same process group) and lets it clean up (the demo deletes its
+/// namespaces), while xtask must stay to report how it ended. So SIGINT and SIGTERM get a handler
+/// that does nothing. Not a blocked mask, nor SIG_IGN: both are inherited across fork and exec
+/// (std's `Command` keeps the parent's signal mask), and a blocked SIGTERM reached cargo, the test
+/// binaries and every agent and server the labs started, which then never saw the SIGTERM that
+/// was to stop them. A caught signal's disposition is reset to the default by exec.
 pub fn run(cmd: &mut Command) -> anyhow::Result<()> {
     println!("xtask: running {}", describe(cmd));
-    let mut mask = nix::sys::signal::SigSet::empty();
-    mask.add(nix::sys::signal::Signal::SIGINT);
-    mask.add(nix::sys::signal::Signal::SIGTERM);
-    let _ = mask.thread_block();
+    outlive_interrupts()?;
     let status = cmd
         .stdin(Stdio::inherit())
         .status()
@@ -30,6 +30,28 @@ pub fn run(cmd: &mut Command) -> anyhow::Result<()> {
         bail!("{} failed: {status}", describe(cmd));
     }
     Ok(())
+}
+
+extern "C" fn interrupted(_: nix::libc::c_int) {}
+
+fn outlive_interrupts() -> anyhow::Result<()> {
+    use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
+    // SA_RESTART: the wait for the child goes on after the handler.
+    let action = SigAction::new(
+        SigHandler::Handler(interrupted),
+        SaFlags::SA_RESTART,
+        SigSet::empty(),
+    );
+    let mut set = SigSet::empty();
+    for sig in [Signal::SIGINT, Signal::SIGTERM] {
+        // SAFETY: the handler does nothing, so it is async-signal-safe.
+        unsafe { sigaction(sig, &action) }
+            .with_context(|| format!("installing a {sig} handler"))?;
+        set.add(sig);
+    }
+    // Whatever our own parent blocked is not passed on to the child either.
+    set.thread_unblock()
+        .context("unblocking SIGINT and SIGTERM")
 }
 
 /// Exit code of the last command [`run`] waited for (-1: killed by a signal).
