@@ -213,8 +213,10 @@ fn bgp_settings_and_vip_addresses_change_without_a_restart() {
         let proto = bgp
             .birdc_router("show protocols all edge1_ipv4")
             .unwrap_or_default();
-        let ok = bgp.nexthops(VIP_V4).unwrap_or_default().len() == 2
-            && bgp.nexthops(NEW_VIP).unwrap_or_default().len() == 2
+        // Both of edge1's sessions (IPv4 and IPv6) restart: wait for every prefix.
+        let ok = [VIP_V4, VIP_V6, NEW_VIP]
+            .iter()
+            .all(|v| bgp.nexthops(v).unwrap_or_default().len() == 2)
             && proto.contains("Hold timer:")
             && proto.contains("/6");
         if ok {
