@@ -87,9 +87,11 @@ impl StateFile {
         let text = serde_json::to_string_pretty(self).expect("serializable");
         let mut f =
             std::fs::File::create(&tmp).map_err(|e| io("creating the temporary file of", e))?;
-        f.write_all(text.as_bytes())
-            .and_then(|()| f.sync_all())
-            .map_err(|e| io("writing", e))?;
+        // No fsync: the file describes pinned BPF state, which lives in memory and does not
+        // survive what an fsync protects against (an OS crash or power loss); an agent crash
+        // loses nothing that reached the page cache, and the rename is atomic. An fsync here
+        // could also hold the agent's single thread for seconds on a busy disk (seen: 30 s).
+        f.write_all(text.as_bytes()).map_err(|e| io("writing", e))?;
         std::fs::rename(&tmp, path).map_err(|e| io("renaming into", e))
     }
 }
