@@ -198,6 +198,29 @@ pub struct ConnKey {
 }
 const _: () = assert!(size_of::<ConnKey>() == 40);
 
+impl ConnKey {
+    /// An IPv4 flow's key, as the program builds it from a packet.
+    pub const fn v4(src_be: [u8; 4], sport: u16, dst_be: [u8; 4], dport: u16, proto: u8) -> Self {
+        let mut src = [0u8; 16];
+        let mut dst = [0u8; 16];
+        let mut i = 0;
+        while i < 4 {
+            src[i] = src_be[i];
+            dst[i] = dst_be[i];
+            i += 1;
+        }
+        let (s, d) = (sport.to_be_bytes(), dport.to_be_bytes());
+        Self {
+            src_be: src,
+            dst_be: dst,
+            ports_be: [s[0], s[1], d[0], d[1]],
+            proto,
+            family: FAMILY_V4,
+            _pad: [0; 2],
+        }
+    }
+}
+
 /// Value of the `CONNS` map: the backend a flow was sent to.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -169,7 +169,8 @@ pub struct DesiredState {
     pub vips: Vec<DesiredVip>,
 }
 
-fn addr_key_of(a: IpAddr) -> AddrKey {
+/// The dataplane's (family, 16-byte address) form of `a`.
+pub fn addr_key_of(a: IpAddr) -> AddrKey {
     match a {
         IpAddr::V4(a) => AddrKey::v4(a.octets()),
         IpAddr::V6(a) => AddrKey::v6(a.octets()),

@@ -307,19 +307,7 @@ mod tests {
     use super::*;
 
     fn key(port: u16) -> ConnKey {
-        let mut src_be = [0u8; 16];
-        src_be[..4].copy_from_slice(&[198, 51, 100, 7]);
-        let mut dst_be = [0u8; 16];
-        dst_be[..4].copy_from_slice(&[203, 0, 113, 10]);
-        let p = port.to_be_bytes();
-        ConnKey {
-            src_be,
-            dst_be,
-            ports_be: [p[0], p[1], 0, 80],
-            proto: 6,
-            family: 4,
-            _pad: [0; 2],
-        }
+        ConnKey::v4([198, 51, 100, 7], port, [203, 0, 113, 10], 80, 6)
     }
 
     fn value(backend_id: u32, generation: u16, last_seen_ns: u64) -> ConnValue {

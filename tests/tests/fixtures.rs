@@ -17,8 +17,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use anycast_common::{
     AddrKey, BACKEND_F_LOCAL, Backend, CFG_F_HAS_SRC_V4, CFG_F_HAS_SRC_V6, DataplaneConfig,
-    ENCAP_GUE, ENCAP_IPIP, FAMILY_V4, FAMILY_V6, GUE_DEFAULT_PORT, NO_TABLE, PROTO_TCP, PROTO_UDP,
-    VipKey, VipValue, counter as c, hash,
+    ENCAP_GUE, ENCAP_IPIP, GUE_DEFAULT_PORT, NO_TABLE, PROTO_TCP, PROTO_UDP, VipKey, VipValue,
+    counter as c, hash,
 };
 use anycast_tests::fixture::{
     Dataplane, Expect, Fixture, Output, Sizes, Traffic, XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX,
@@ -287,19 +287,12 @@ fn gue() -> DataplaneConfig {
 
 fn setup(dp: &mut Dataplane) {
     for (id, addr, local) in backends() {
-        let (addr_be, family) = match addr {
-            IpAddr::V4(a) => {
-                let mut b = [0u8; 16];
-                b[..4].copy_from_slice(&a.octets());
-                (b, FAMILY_V4)
-            }
-            IpAddr::V6(a) => (a.octets(), FAMILY_V6),
-        };
+        let a = anycast::dataplane::addr_key_of(addr);
         dp.set_backend(
             id,
             Backend {
-                addr_be,
-                family,
+                addr_be: a.addr_be,
+                family: a.family,
                 flags: if local { BACKEND_F_LOCAL } else { 0 },
                 generation: 1,
             },

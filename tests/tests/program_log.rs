@@ -21,9 +21,8 @@ use std::time::{Duration, Instant};
 
 use anycast::program_log::ProgramLog;
 use anycast_common::{
-    AddrKey, Backend, CFG_F_HAS_SRC_V4, CFG_F_HAS_SRC_V6, DataplaneConfig, ENCAP_IPIP, FAMILY_V4,
-    FAMILY_V6, GUE_DEFAULT_PORT, LOG_INTERVAL_NS, NO_TABLE, PROTO_TCP, VipKey, VipValue, counter,
-    event,
+    AddrKey, Backend, CFG_F_HAS_SRC_V4, CFG_F_HAS_SRC_V6, DataplaneConfig, ENCAP_IPIP,
+    GUE_DEFAULT_PORT, LOG_INTERVAL_NS, NO_TABLE, PROTO_TCP, VipKey, VipValue, counter, event,
 };
 use anycast_tests::fixture::{
     Dataplane, Sizes, XDP_DROP, XDP_PASS, XDP_TX, fixture_netns, ifindex, net,
@@ -86,19 +85,12 @@ fn config(conn_insert_limit: u32) -> DataplaneConfig {
 
 fn setup(dp: &mut Dataplane) {
     for (id, addr) in backends() {
-        let (addr_be, family) = match addr {
-            IpAddr::V4(a) => {
-                let mut b = [0u8; 16];
-                b[..4].copy_from_slice(&a.octets());
-                (b, FAMILY_V4)
-            }
-            IpAddr::V6(a) => (a.octets(), FAMILY_V6),
-        };
+        let a = anycast::dataplane::addr_key_of(addr);
         dp.set_backend(
             id,
             Backend {
-                addr_be,
-                family,
+                addr_be: a.addr_be,
+                family: a.family,
                 flags: 0,
                 generation: 1,
             },

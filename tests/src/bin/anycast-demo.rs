@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 
 use anycast::announce::BgpMode;
 use anycast::control::Request;
-use anycast_common::{ConnKey, ConnValue, FAMILY_V4, PROTO_TCP, map_names};
+use anycast_common::{ConnKey, ConnValue, PROTO_TCP, map_names};
 use anycast_tests::lab::reference::{
     self, BACKEND_NAMES, CLIENT, EDGE1, EDGE1_V4, EDGE2, EDGE2_V4, VIP_V4, VIP_V6,
 };
@@ -351,21 +351,13 @@ impl Tracker {
         let (SocketAddr::V4(l), SocketAddr::V4(t)) = (local, target) else {
             return Via::Unseen;
         };
-        let mut src_be = [0u8; 16];
-        src_be[..4].copy_from_slice(&l.ip().octets());
-        let mut dst_be = [0u8; 16];
-        dst_be[..4].copy_from_slice(&t.ip().octets());
-        let mut ports_be = [0u8; 4];
-        ports_be[..2].copy_from_slice(&l.port().to_be_bytes());
-        ports_be[2..].copy_from_slice(&t.port().to_be_bytes());
-        let key = ConnKey {
-            src_be,
-            dst_be,
-            ports_be,
-            proto: PROTO_TCP,
-            family: FAMILY_V4,
-            _pad: [0; 2],
-        };
+        let key = ConnKey::v4(
+            l.ip().octets(),
+            l.port(),
+            t.ip().octets(),
+            t.port(),
+            PROTO_TCP,
+        );
         let seen: Vec<bool> = self
             .maps
             .iter()
