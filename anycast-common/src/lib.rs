@@ -38,6 +38,16 @@ pub const GUE_HINT_WORDS_V6: u8 = 5;
 /// Default UDP destination port of GUE tunnels (the port Katran and the Linux FOU examples use).
 pub const GUE_DEFAULT_PORT: u16 = 6080;
 
+/// Outer TTL (IPv4) or hop limit (IPv6) of an encapsulated packet from an edge.
+pub const TUNNEL_TTL: u8 = 64;
+/// Outer TTL / hop limit of a packet sent on by a second chance: the mark that bounds second
+/// chance to one hop whatever the encapsulation (IPIP has no room for a flag). Hop counts only
+/// go down, so a receiver that sees more than [`SECOND_CHANCE_TTL_MIN`] knows the packet left
+/// its sender at 255, not at [`TUNNEL_TTL`] (the same reasoning as GTSM, RFC 5082).
+pub const SECOND_CHANCE_TTL: u8 = 255;
+/// See [`SECOND_CHANCE_TTL`]: above this, a tunnelled packet was a second chance already.
+pub const SECOND_CHANCE_TTL_MIN: u8 = TUNNEL_TTL;
+
 /// Default Maglev table size: prime, and > 100 x the backends of a large VIP keeps the imbalance
 /// under 1% (Maglev, NSDI 2016, section 5.3).
 pub const DEFAULT_RING_SIZE: u32 = 65537;
@@ -382,7 +392,14 @@ pub mod counter {
     pub const SECOND_CHANCE: u32 = 23;
     /// Encapsulated with a previous-owner hint in the GUE header (a subset of `encap`).
     pub const HINT_SENT: u32 = 24;
-    pub const COUNT: u32 = 25;
+    /// A second chance (a subset of `second_chance`) whose previous owner this host computed
+    /// from its own tables, for a tunnelled packet that carried no hint (IPIP).
+    pub const SECOND_CHANCE_TABLE: u32 = 25;
+    /// A tunnelled packet that was already a second chance (outer TTL above
+    /// [`SECOND_CHANCE_TTL_MIN`](super::SECOND_CHANCE_TTL_MIN)): delivered here, never sent on
+    /// again (a subset of `decap`).
+    pub const SECOND_CHANCE_LAST_HOP: u32 = 26;
+    pub const COUNT: u32 = 27;
 
     /// Names for display and metrics, indexed by counter.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -411,6 +428,8 @@ pub mod counter {
         "conn_stale",
         "second_chance",
         "hint_sent",
+        "second_chance_table",
+        "second_chance_last_hop",
     ];
 }
 

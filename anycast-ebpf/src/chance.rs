@@ -4,11 +4,17 @@
 //!
 //! When a VIP's table changes, an edge that has no connection-tracking entry for a flow (it never
 //! saw it, e.g. BGP just moved the client to it) picks the new table's backend, which may not be
-//! the one holding the connection. The edge then names the previous table's backend for that slot
-//! in the GUE header (a hint); the receiving host checks for a socket of the flow and, finding
-//! none, forwards the packet to the hinted host without a hint, so there is at most one extra hop
-//! and no loop. IPIP has no room for the hint: second chance needs `encapsulation = "gue"`
-//! (except when the new backend is the edge itself, which checks its own sockets).
+//! the one holding the connection. Under GUE the edge names the previous table's backend for that
+//! slot in the GUE header (a hint); the receiving host checks for a socket of the flow and,
+//! finding none, forwards the packet to the hinted host. IPIP has no room for the hint: the
+//! receiving host computes the previous owner from its own tables (`decap::table_chance`), which
+//! is right when its agent has the edges' VIP tables. An edge that is itself the new owner checks
+//! its own sockets.
+//!
+//! One hop at most: a second chance leaves with outer TTL / hop limit
+//! [`SECOND_CHANCE_TTL`](anycast_common::SECOND_CHANCE_TTL), and a tunnelled packet that arrives
+//! above [`SECOND_CHANCE_TTL_MIN`](anycast_common::SECOND_CHANCE_TTL_MIN) is delivered, never sent
+//! on (`decap`).
 //!
 //! Only TCP: a UDP service's socket is an unconnected one that matches every flow. Bare SYNs
 //! never take the extra hop: a new connection belongs to the new table.

@@ -11,8 +11,9 @@
 //! checksum, which the stack verifies, covers the delivered data.
 
 use anycast_common::{
-    AddrKey, Backend, DataplaneConfig, FAMILY_V4, FAMILY_V6, GUE_HINT_MAGIC, GUE_HINT_WORDS_V4,
-    GUE_HINT_WORDS_V6, PROTO_IPIP, PROTO_IPV6, PROTO_TCP, PROTO_UDP, counter,
+    AddrKey, BACKEND_F_LOCAL, Backend, DataplaneConfig, FAMILY_V4, FAMILY_V6, GUE_HINT_MAGIC,
+    GUE_HINT_WORDS_V4, GUE_HINT_WORDS_V6, NO_BACKEND, NO_TABLE, PROTO_IPIP, PROTO_IPV6, PROTO_TCP,
+    PROTO_UDP, SECOND_CHANCE_TTL_MIN, counter,
     hash::{flow_hash_v4, flow_hash_v6},
 };
 use aya_ebpf::{
@@ -24,7 +25,11 @@ use crate::{
     packet::{addr_bytes, bytes_at, u8_at, u16_be_at, word_at, write_at},
     parse,
     parse::{ETH_LEN, ETH_P_IP, ETH_P_IPV6, Ip, UDP_LEN, VLAN_LEN},
+    select, track,
 };
+
+const TCP_SYN: u8 = 0x02;
+const TCP_ACK: u8 = 0x10;
 
 /// Is this a tunnel packet addressed to this host? Cheap checks first: the protocol (and GUE
 /// port) before the address lookup.
@@ -106,6 +111,12 @@ pub fn decapsulate(ctx: &XdpContext, ip: &Ip, cfg: &DataplaneConfig) -> Verdict 
         }
     };
     let l2 = ip.l2_len;
+    // The outer TTL (IPv4) or hop limit (IPv6): above SECOND_CHANCE_TTL_MIN, the packet left its
+    // sender as a second chance already (see `chance`).
+    let ttl_off = if ip.family == FAMILY_V4 { 8 } else { 7 };
+    let Some(ttl) = u8_at(ctx, l2 + ttl_off) else {
+        return Verdict::drop(counter::PARSE_ERROR);
+    };
     let Some(version) = u8_at(ctx, l2 + strip) else {
         return Verdict::drop(counter::PARSE_ERROR);
     };
@@ -143,10 +154,15 @@ pub fn decapsulate(ctx: &XdpContext, ip: &Ip, cfg: &DataplaneConfig) -> Verdict 
     if unsafe { bpf_xdp_adjust_head(ctx.ctx, strip as i32) } != 0 {
         return Verdict::drop(counter::INTERNAL_ERROR);
     }
+    if ttl > SECOND_CHANCE_TTL_MIN {
+        // Delivered here whatever happens: a second chance takes one hop, never two.
+        maps::count(counter::SECOND_CHANCE_LAST_HOP);
+        return Verdict::pass(counter::DECAP);
+    }
     if hint.family != 0 {
         return second_chance(ctx, cfg, sc);
     }
-    Verdict::pass(counter::DECAP)
+    table_chance(ctx, cfg, sc)
 }
 
 /// Reads a previous-owner hint from GUE private data at `off` (see anycast_common::GUE_HINT_MAGIC).
@@ -176,25 +192,22 @@ fn read_hint(ctx: &XdpContext, off: usize, words: u8, hint: &mut Backend) {
     }
 }
 
-/// The packet, now decapsulated, carried a hint: deliver it if a local socket holds its TCP
-/// flow, else send it once to the hinted previous owner, without a hint (one extra hop at most).
+/// The ports word of the decapsulated packet `inner` if it is a TCP packet that may take a
+/// second chance: anything but a bare SYN (a new connection belongs to this host).
 #[inline(always)]
-fn second_chance(ctx: &XdpContext, cfg: &DataplaneConfig, sc: *mut encap::Scratch) -> Verdict {
-    let Ok(inner) = parse::parse(ctx) else {
-        return Verdict::pass(counter::DECAP);
-    };
+fn mid_flow_tcp(ctx: &XdpContext, inner: &Ip) -> Option<u32> {
     if inner.proto != PROTO_TCP {
-        return Verdict::pass(counter::DECAP);
+        return None;
     }
     let l4 = inner.l4_off();
-    let (Some(ports), Some(flags)) = (word_at(ctx, l4), u8_at(ctx, l4 + 13)) else {
-        return Verdict::pass(counter::DECAP);
-    };
-    // A bare SYN starts a connection here; it never takes the extra hop.
-    if flags & 0x12 == 0x02 || chance::has_socket(ctx, &inner, ports) {
-        return Verdict::pass(counter::DECAP);
-    }
-    let hash = if inner.family == FAMILY_V4 {
+    let ports = word_at(ctx, l4)?;
+    let flags = u8_at(ctx, l4 + 13)?;
+    (flags & (TCP_SYN | TCP_ACK) != TCP_SYN).then_some(ports)
+}
+
+#[inline(always)]
+fn hash_of(cfg: &DataplaneConfig, inner: &Ip, ports: u32) -> u32 {
+    if inner.family == FAMILY_V4 {
         flow_hash_v4(
             cfg.hash_seed,
             inner.src[0],
@@ -204,14 +217,102 @@ fn second_chance(ctx: &XdpContext, cfg: &DataplaneConfig, sc: *mut encap::Scratc
         )
     } else {
         flow_hash_v6(cfg.hash_seed, &inner.src, &inner.dst, ports, inner.proto)
+    }
+}
+
+/// The packet, now decapsulated, carried a hint: deliver it if a local socket holds its TCP
+/// flow, else send it once to the hinted previous owner, without a hint (one extra hop at most).
+#[inline(always)]
+fn second_chance(ctx: &XdpContext, cfg: &DataplaneConfig, sc: *mut encap::Scratch) -> Verdict {
+    let Ok(inner) = parse::parse(ctx) else {
+        return Verdict::pass(counter::DECAP);
     };
+    let Some(ports) = mid_flow_tcp(ctx, &inner) else {
+        return Verdict::pass(counter::DECAP);
+    };
+    if chance::has_socket(ctx, &inner, ports) {
+        return Verdict::pass(counter::DECAP);
+    }
+    let hash = hash_of(cfg, &inner, ports);
     // SAFETY: per-CPU scratch; `tunnel.dst` already holds the hinted owner.
     unsafe {
         (*sc).tunnel.hint.family = 0;
         (*sc).tunnel.hash = hash;
-        (*sc).stat_id = anycast_common::NO_BACKEND;
+        (*sc).stat_id = NO_BACKEND;
         (*sc).outcome = counter::SECOND_CHANCE;
     }
     // The frame now starts with the inner packet: the caller parses it again and encapsulates.
+    Verdict::encapsulate(true)
+}
+
+/// A backend of this host's tables that a second chance can go to: a remote one.
+#[inline(always)]
+fn remote(id: u32) -> Option<&'static Backend> {
+    maps::BACKENDS
+        .get(id)
+        .filter(|b| b.family != 0 && b.flags & BACKEND_F_LOCAL == 0)
+}
+
+/// The packet, now decapsulated, carried no hint (IPIP, or GUE from an edge that saw no table
+/// change for the flow), and it is VIP traffic no local socket holds: this host computes where
+/// the flow lives from its own tables and sends the packet there once. The previous table's
+/// owner of the flow's slot if that is another, remote backend (the flow started before the
+/// last table change; an edge that never saw it sent it to the new owner, this host); else the
+/// live table's owner if that is remote (an edge tracked the flow to this host under an earlier
+/// table that gave it the slot, and the slot has moved on). Right when this host's agent has the
+/// VIP tables the edges have (the same config); with other tables the packet fares no worse
+/// than the reset this host's stack would answer it with.
+///
+/// A BPF subprogram of its own: its VIP key and the inner `Ip` stay off the decapsulation's
+/// frame.
+#[inline(never)]
+fn table_chance(ctx: &XdpContext, cfg: &DataplaneConfig, sc: *mut encap::Scratch) -> Verdict {
+    let Ok(inner) = parse::parse(ctx) else {
+        return Verdict::pass(counter::DECAP);
+    };
+    // Cheap checks first; the socket lookup only for a flow this host does not own.
+    let Some(ports) = mid_flow_tcp(ctx, &inner) else {
+        return Verdict::pass(counter::DECAP);
+    };
+    if cfg.ring_size == 0 {
+        return Verdict::pass(counter::DECAP);
+    }
+    let Some(vip) = select::vip_of(&inner, (ports >> 16) as u16, cfg) else {
+        return Verdict::pass(counter::DECAP);
+    };
+    if vip.table == NO_TABLE {
+        return Verdict::pass(counter::DECAP);
+    }
+    let hash = hash_of(cfg, &inner, ports);
+    let slot = hash % cfg.ring_size;
+    let Some(cur) = track::ring_at(cfg, vip.table, slot) else {
+        return Verdict::pass(counter::DECAP);
+    };
+    let prev = if vip.prev_table == NO_TABLE {
+        cur
+    } else {
+        track::ring_at(cfg, vip.prev_table, slot).unwrap_or(cur)
+    };
+    let target = if prev != cur { remote(prev) } else { None };
+    let (id, owner) = match target {
+        Some(b) => (prev, b),
+        None => match remote(cur) {
+            Some(b) => (cur, b),
+            None => return Verdict::pass(counter::DECAP),
+        },
+    };
+    if chance::has_socket(ctx, &inner, ports) {
+        return Verdict::pass(counter::DECAP);
+    }
+    maps::count(counter::SECOND_CHANCE_TABLE);
+    // SAFETY: per-CPU scratch, ours for this run.
+    unsafe {
+        (*sc).tunnel.dst = *owner;
+        (*sc).tunnel.hint.family = 0;
+        (*sc).tunnel.hash = hash;
+        (*sc).stat_id = id;
+        (*sc).outcome = counter::SECOND_CHANCE;
+        (*sc).frame_len = (ctx.data_end() - ctx.data()) as u64;
+    }
     Verdict::encapsulate(true)
 }

@@ -13,7 +13,7 @@
 use anycast_common::{
     Backend, CFG_F_HAS_SRC_V4, CFG_F_HAS_SRC_V6, DataplaneConfig, ENCAP_GUE, FAMILY_V4, FAMILY_V6,
     GUE_HINT_MAGIC, GUE_HINT_WORDS_V4, GUE_HINT_WORDS_V6, PROTO_IPIP, PROTO_IPV6, PROTO_TCP,
-    PROTO_UDP, counter,
+    PROTO_UDP, SECOND_CHANCE_TTL, TUNNEL_TTL, counter,
     hash::{flow_label, gue_source_port},
 };
 use aya_ebpf::{
@@ -38,7 +38,6 @@ use crate::{
 const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
 const GUE_LEN: usize = 4;
-const TTL: u8 = 64;
 
 /// Sum over the inner packet as a UDP checksum sees it, without reading the payload: a transport
 /// checksum that verifies means pseudo-header + segment sums to 0xffff, so the segment sums to the
@@ -116,6 +115,13 @@ pub fn encapsulate(ctx: &XdpContext, ip: &Ip, cfg: &DataplaneConfig) -> Verdict 
     };
     // SAFETY: per-CPU map value, ours for the duration of this program run.
     let (t, fib) = unsafe { (&(*sc).tunnel, &mut (*sc).fib) };
+    // A second chance leaves marked (see `chance`): its receiver delivers it, never sends it on.
+    // SAFETY: as above.
+    let ttl = if unsafe { (*sc).outcome } == counter::SECOND_CHANCE {
+        SECOND_CHANCE_TTL
+    } else {
+        TUNNEL_TTL
+    };
     let backend = &t.dst;
     let hash = t.hash;
     let outer_v4 = backend.family == FAMILY_V4;
@@ -255,7 +261,7 @@ pub fn encapsulate(ctx: &XdpContext, ip: &Ip, cfg: &DataplaneConfig) -> Verdict 
         let sum = pair(0x45, ip.tos)
             + be16(outer_len as u16)
             + pair(0x40, 0)
-            + pair(TTL, outer_proto)
+            + pair(ttl, outer_proto)
             + add32(add32(0, src_w[0]), dst_w[0]);
         let c = finish(sum);
         // SAFETY: 34 bytes checked above.
@@ -266,7 +272,7 @@ pub fn encapsulate(ctx: &XdpContext, ip: &Ip, cfg: &DataplaneConfig) -> Verdict 
                 ETH_LEN,
                 &[0x45, ip.tos, len_be[0], len_be[1], 0, 0, 0x40, 0],
             );
-            put(p, ETH_LEN + 8, &[TTL, outer_proto, c[0], c[1]]);
+            put(p, ETH_LEN + 8, &[ttl, outer_proto, c[0], c[1]]);
         }
         if write_word(ctx, ETH_LEN + 12, src_w[0]).is_none()
             || write_word(ctx, ETH_LEN + 16, dst_w[0]).is_none()
@@ -294,7 +300,7 @@ pub fn encapsulate(ctx: &XdpContext, ip: &Ip, cfg: &DataplaneConfig) -> Verdict 
                     plen[0],
                     plen[1],
                     outer_proto,
-                    TTL,
+                    ttl,
                 ],
             );
         }

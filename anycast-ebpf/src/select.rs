@@ -2,7 +2,7 @@
 
 use anycast_common::{
     BACKEND_F_LOCAL, CFG_F_NO_PORT0_VIPS, DataplaneConfig, NO_BACKEND, PROTO_TCP, PROTO_UDP,
-    VipKey, counter,
+    VipKey, VipValue, counter,
 };
 use aya_ebpf::programs::XdpContext;
 
@@ -12,6 +12,29 @@ use crate::{
     parse::{Ip, TCP_LEN, UDP_LEN},
     track,
 };
+
+/// The VIP a packet to `ip.dst`, destination port `port_be` (network order), belongs to: the
+/// exact (address, port, protocol) first, then the VIP of every port on that address.
+#[inline(always)]
+pub fn vip_of(ip: &Ip, port_be: u16, cfg: &DataplaneConfig) -> Option<VipValue> {
+    let mut key = VipKey {
+        addr_be: addr_bytes(ip.dst),
+        port_be,
+        proto: ip.proto,
+        family: ip.family,
+    };
+    // SAFETY (both gets): the value is copied out before any other map operation.
+    if let Some(v) = unsafe { maps::VIPS.get(&key) } {
+        return Some(*v);
+    }
+    // Most TCP/UDP packets an edge sees on a non-VIP address end here with one lookup instead
+    // of two when the config has no port-0 VIP.
+    if cfg.flags & CFG_F_NO_PORT0_VIPS != 0 {
+        return None;
+    }
+    key.port_be = 0;
+    unsafe { maps::VIPS.get(&key) }.copied()
+}
 
 /// A BPF subprogram of its own, so that the tunnel path's frames stack on a small caller.
 #[inline(never)]
@@ -35,28 +58,9 @@ pub fn steer_vip(ctx: &XdpContext, ip: &Ip, cfg: &DataplaneConfig) -> Verdict {
         return Verdict::pass(counter::PARSE_ERROR);
     };
 
-    let mut key = VipKey {
-        addr_be: addr_bytes(ip.dst),
-        // The destination port is the high half of the ports word (bytes 2..4 of the header).
-        port_be: (ports >> 16) as u16,
-        proto: ip.proto,
-        family: ip.family,
-    };
-    // SAFETY (both gets): the value is copied out before any other map operation.
-    let vip = match unsafe { maps::VIPS.get(&key) } {
-        Some(v) => *v,
-        None => {
-            // Most TCP/UDP packets an edge sees on a non-VIP address end here with one lookup
-            // instead of two when the config has no port-0 VIP.
-            if cfg.flags & CFG_F_NO_PORT0_VIPS != 0 {
-                return Verdict::pass(counter::PASS);
-            }
-            key.port_be = 0;
-            match unsafe { maps::VIPS.get(&key) } {
-                Some(v) => *v,
-                None => return Verdict::pass(counter::PASS),
-            }
-        }
+    // The destination port is the high half of the ports word (bytes 2..4 of the header).
+    let Some(vip) = vip_of(ip, (ports >> 16) as u16, cfg) else {
+        return Verdict::pass(counter::PASS);
     };
     let frame_len = (ctx.data_end() - ctx.data()) as u64;
     maps::count_traffic(&maps::VIP_STATS, vip.vip_id, frame_len);

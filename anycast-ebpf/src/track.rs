@@ -14,8 +14,8 @@
 //! entry that outlived its backend (id freed, or reused for another backend) is ignored.
 
 use anycast_common::{
-    ConnGuard, ConnKey, ConnValue, DataplaneConfig, FAMILY_V4, NO_BACKEND, NO_TABLE, PROTO_TCP,
-    PROTO_UDP, VipValue, counter,
+    BACKEND_F_LOCAL, ConnGuard, ConnKey, ConnValue, DataplaneConfig, ENCAP_GUE, FAMILY_V4,
+    NO_BACKEND, NO_TABLE, PROTO_TCP, PROTO_UDP, VipValue, counter,
     hash::{flow_hash_v4, flow_hash_v6},
 };
 use aya_ebpf::helpers::generated::bpf_ktime_get_ns;
@@ -126,48 +126,58 @@ pub fn pick(
         return NO_BACKEND as u64;
     }
     let slot = hash % cfg.ring_size;
-    let index = vip.table.wrapping_mul(cfg.ring_size).wrapping_add(slot);
-    let Some(&backend_id) = maps::RINGS.get(index) else {
+    let Some(backend_id) = ring_at(cfg, vip.table, slot) else {
         return NO_BACKEND as u64;
     };
     // A mid-flow TCP packet we hold no state for, on a VIP whose table changed: if the previous
     // table gave this slot to another backend, that one may hold the connection.
     if tcp_mid_flow && vip.prev_table != NO_TABLE {
-        let pindex = vip
-            .prev_table
-            .wrapping_mul(cfg.ring_size)
-            .wrapping_add(slot);
-        if let Some(&p) = maps::RINGS.get(pindex)
+        if let Some(p) = ring_at(cfg, vip.prev_table, slot)
             && p != backend_id
         {
             *prev = p;
         }
     }
-    // Not tracked while a hint is in play: the hint must ride on every packet of the flow until
-    // the flow ends, and an entry would silence it.
-    if insert && *prev == NO_BACKEND {
-        let generation = match maps::BACKENDS.get(backend_id) {
-            Some(b) => b.generation,
+    if insert {
+        let (generation, flags) = match maps::BACKENDS.get(backend_id) {
+            Some(b) => (b.generation, b.flags),
             None => return with_hash | backend_id as u64,
         };
-        if allow_insert(cfg, &mut now) {
-            let value = ConnValue {
-                backend_id,
-                generation,
-                _pad: 0,
-                last_seen_ns: now,
-            };
-            if maps::CONNS.insert(&key, &value, 0).is_ok() {
-                maps::count(counter::CONN_INSERT);
+        // Not tracked only while a hint really carries the flow: a GUE hint, which must ride on
+        // every packet until the flow ends (an entry would silence it), or this host as the new
+        // owner, which checks its own sockets on every packet. Under IPIP nothing carries it:
+        // the flow is tracked to the new owner, which computes the previous owner itself
+        // (`decap::table_chance`).
+        let hinted =
+            *prev != NO_BACKEND && (cfg.encap == ENCAP_GUE || flags & BACKEND_F_LOCAL != 0);
+        if !hinted {
+            if allow_insert(cfg, &mut now) {
+                let value = ConnValue {
+                    backend_id,
+                    generation,
+                    _pad: 0,
+                    last_seen_ns: now,
+                };
+                if maps::CONNS.insert(&key, &value, 0).is_ok() {
+                    maps::count(counter::CONN_INSERT);
+                }
+            } else {
+                maps::count(counter::CONN_INSERT_LIMITED);
+                // The caller logs it: a log subprogram called from here would push the deepest
+                // call chain (steer -> steer_vip -> pick) past the 512-byte BPF stack.
+                *prev = PREV_INSERT_LIMITED;
             }
-        } else {
-            maps::count(counter::CONN_INSERT_LIMITED);
-            // The caller logs it: a log subprogram called from here would push the deepest call
-            // chain (steer -> steer_vip -> pick) past the 512-byte BPF stack.
-            *prev = PREV_INSERT_LIMITED;
         }
     }
     with_hash | backend_id as u64
+}
+
+/// The backend id in `slot` of Maglev table `table` (`slot < ring_size`).
+#[inline(always)]
+pub fn ring_at(cfg: &DataplaneConfig, table: u32, slot: u32) -> Option<u32> {
+    maps::RINGS
+        .get(table.wrapping_mul(cfg.ring_size).wrapping_add(slot))
+        .copied()
 }
 
 /// Per-CPU fixed one-second window on insertions.

@@ -75,7 +75,8 @@ pub enum Command {
         api: ApiArgs,
     },
     /// Stop sending new flows to BACKEND (weight 0), for one VIP or every VIP it serves. A
-    /// runtime override: survives reloads until `undrain`, forgotten by a restart.
+    /// runtime override: kept across reloads and agent restarts (state file) until `undrain`
+    /// or until the config drops the backend.
     Drain {
         backend: String,
         /// ADDR:PORT/PROTO (or ADDR:PORT, ADDR when unambiguous); default: every VIP.
@@ -336,6 +337,20 @@ mod tests {
     #[test]
     fn cli_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    /// The overrides' help says what the agent does with them (README, "Runtime overrides"):
+    /// kept across restarts through the state file.
+    #[test]
+    fn override_help_matches_the_agent() {
+        let mut cmd = Cli::command();
+        let drain = cmd
+            .find_subcommand_mut("drain")
+            .expect("drain subcommand")
+            .render_long_help()
+            .to_string();
+        assert!(drain.contains("agent restarts"), "{drain}");
+        assert!(!drain.contains("forgotten"), "{drain}");
     }
 
     #[test]
