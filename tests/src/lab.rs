@@ -152,8 +152,11 @@ pub struct AgentSpec {
     pub decap_allow: Vec<String>,
     pub ring_size: u32,
     pub hash_seed: u32,
-    /// Empty for decapsulate-only agents (backends).
+    /// Empty for decapsulate-only agents.
     pub vips: Vec<VipSpec>,
+    /// Every VIP health-checks its backends: TCP to this port of each backend's address, every
+    /// 100 ms, down after 3 failures, up after 2 successes.
+    pub health_port: Option<u16>,
 }
 
 /// An `anycast-lab-server` answering with `name` on `addrs` (usually the VIPs on `lo`).
@@ -742,6 +745,12 @@ impl Lab {
                 let _ = writeln!(
                     s,
                     "[[vip.backend]]\naddress = {address:?}\nweight = {weight}"
+                );
+            }
+            if let Some(port) = spec.health_port {
+                let _ = writeln!(
+                    s,
+                    "[vip.health]\nkind = \"tcp\"\nport = {port}\ninterval_ms = 100\ntimeout_ms = 100\nrise = 2\nfall = 3"
                 );
             }
         }
@@ -1444,6 +1453,7 @@ pub mod reference {
             ring_size: RING_SIZE,
             hash_seed: HASH_SEED,
             vips,
+            health_port: None,
         }
     }
 
@@ -1555,12 +1565,15 @@ pub mod reference {
         let agents = vec![
             agent(EDGE1, "e1-r", EDGE1_V4, EDGE1_V6, vips_with(opts), encap),
             agent(EDGE2, "e2-r", EDGE2_V4, EDGE2_V6, vips_with(opts), encap),
+            // The backends' agents have the edges' VIP tables (the same config): they decapsulate,
+            // and compute the previous owner of a flow they have no socket for (second chance
+            // under IPIP).
             agent(
                 BACKEND1,
                 "b1-r",
                 BACKEND1_V4,
                 BACKEND1_V6,
-                Vec::new(),
+                vips_with(opts),
                 encap,
             ),
             agent(
@@ -1568,7 +1581,7 @@ pub mod reference {
                 "b2-r",
                 BACKEND2_V4,
                 BACKEND2_V6,
-                Vec::new(),
+                vips_with(opts),
                 encap,
             ),
         ];

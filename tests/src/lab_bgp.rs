@@ -23,7 +23,9 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 
 use crate::lab::reference::{self, *};
-use crate::lab::{Lab, LabError, Result, ServerSpec, Sysctl, Topology, VipSpec, find_binary};
+use crate::lab::{
+    AgentSpec, Lab, LabError, Result, ServerSpec, Sysctl, Topology, VipSpec, find_binary,
+};
 
 pub const ROUTER_AS: u32 = 65000;
 /// Both edges: identical attributes (AS path, origin, no MED) are what ECMP needs.
@@ -37,11 +39,34 @@ pub struct Options {
     /// Edge1 health-checks its backends (TCP to [`HEALTH_PORT`], every 100 ms, fall 3, rise 2);
     /// servers on that port run on every backend ([`BgpLab::stop_health_servers`]).
     pub edge1_health: bool,
+    /// Every agent (both edges and both backends) health-checks the backends the same way, so
+    /// that all of them keep the same tables through a health change.
+    pub all_health: bool,
     /// Encapsulation and weights of the reference topology.
     pub reference: reference::Options,
-    /// The edges' VIPs, if not the reference ones ([`reference::vips_with`]).
+    /// The VIPs of every agent (edges and backends), if not the reference ones
+    /// ([`reference::vips_with`]).
     pub vips: Option<Vec<VipSpec>>,
 }
+
+/// The agent spec of `ns` (an edge or a backend) for `opts`, with `vips` if given.
+fn agent_spec(opts: &Options, ns: &str, vips: Option<&Vec<VipSpec>>) -> Result<AgentSpec> {
+    let mut spec = reference::topology_with(&opts.reference)
+        .agents
+        .into_iter()
+        .find(|a| a.ns == ns)
+        .ok_or_else(|| LabError::Setup(format!("no agent spec for {ns}")))?;
+    if let Some(v) = vips.or(opts.vips.as_ref()) {
+        spec.vips = v.clone();
+    }
+    if opts.all_health || (ns == EDGE1 && opts.edge1_health) {
+        spec.health_port = Some(HEALTH_PORT);
+    }
+    Ok(spec)
+}
+
+/// The agents that run in every BGP lab, by namespace.
+pub const HOSTS: [&str; 4] = [EDGE1, EDGE2, BACKEND1, BACKEND2];
 
 /// The router-facing addresses of an edge and of the router's end of its link.
 pub fn edge_link(edge: &str) -> (&'static str, &'static str, &'static str, &'static str) {
@@ -62,21 +87,27 @@ fn sysctl(ns: &str, key: &str, value: &str) -> Sysctl {
 
 /// The reference topology without the router's hand-set VIP routes and without the edge agents
 /// (started by [`BgpLab::start`] with a `[bgp]` section).
-pub fn topology(opts: &Options) -> Topology {
+pub fn topology(opts: &Options) -> Result<Topology> {
     let mut t = reference::topology_with(&opts.reference);
     t.routes
         .retain(|r| !(r.ns == ROUTER && (r.dst.starts_with(VIP_V4) || r.dst.starts_with(VIP_V6))));
     t.agents.retain(|a| !EDGES.contains(&a.ns.as_str()));
+    for a in &mut t.agents {
+        *a = agent_spec(opts, &a.ns, None)?;
+    }
     // L4 hashing: the default (L3) would put every connection of one client on one edge.
     t.sysctls
         .push(sysctl(ROUTER, "net.ipv4.fib_multipath_hash_policy", "1"));
     t.sysctls
         .push(sysctl(ROUTER, "net.ipv6.fib_multipath_hash_policy", "1"));
-    if opts.edge1_health {
+    if opts.edge1_health || opts.all_health {
         t.servers.extend(health_servers("0"));
     }
-    t
+    Ok(t)
 }
+
+/// The hosts of the backends, where the health-check servers run.
+pub const HEALTH_HOSTS: [&str; 3] = [BACKEND1, BACKEND2, EDGE1];
 
 /// Health-check servers on the backends' own addresses, named `hc<generation>-<backend>`.
 fn health_servers(generation: &str) -> Vec<ServerSpec> {
@@ -126,7 +157,8 @@ pub struct BgpLab {
     pub opts: Options,
     bin: String,
     generation: u32,
-    health_generation: u32,
+    /// Generation of each host's health-check server (part of its name).
+    health_generation: BTreeMap<String, u32>,
     /// The process name of each edge's running agent.
     agents: BTreeMap<String, String>,
     /// The VIPs each edge's config lists.
@@ -137,7 +169,7 @@ impl BgpLab {
     /// Builds the lab, starts the router's BIRD, backends, servers and both edge agents, and
     /// waits (bounded) until the router has an ECMP route over both edges for both VIPs.
     pub fn start(opts: Options) -> Result<BgpLab> {
-        let lab = Lab::build(&topology(&opts))?;
+        let lab = Lab::build(&topology(&opts)?)?;
         let bin = find_binary("anycast", "ANYCAST_BIN")?
             .to_string_lossy()
             .into_owned();
@@ -150,9 +182,9 @@ impl BgpLab {
             opts,
             bin,
             generation: 0,
-            health_generation: 0,
+            health_generation: BTreeMap::new(),
             agents: BTreeMap::new(),
-            vips: EDGES
+            vips: HOSTS
                 .iter()
                 .map(|e| ((*e).to_owned(), vips.clone()))
                 .collect(),
@@ -190,41 +222,27 @@ impl BgpLab {
         self.lab.dir().join(format!("bird-{edge}"))
     }
 
-    /// `edge`'s agent config: the lab's with the edge's VIPs, plus `[vip.health]` on edge1 when
-    /// asked, plus `[bgp]`.
-    pub fn edge_config(&self, edge: &str) -> Result<String> {
-        let mut spec = reference::topology_with(&self.opts.reference)
-            .agents
-            .into_iter()
-            .find(|a| a.ns == edge)
-            .ok_or_else(|| LabError::Setup(format!("no agent spec for {edge}")))?;
-        if let Some(vips) = self.vips.get(edge) {
-            spec.vips = vips.clone();
-        }
+    /// The agent config of `ns` (an edge or a backend): the lab's with the VIPs it was last
+    /// given, `[vip.health]` when the options ask, and `[bgp]` on an edge.
+    pub fn agent_config(&self, ns: &str) -> Result<String> {
+        let spec = agent_spec(&self.opts, ns, self.vips.get(ns))?;
         let mut text = self.lab.agent_config(&spec)?;
-        if edge == EDGE1 && self.opts.edge1_health {
-            let health = format!(
-                "[vip.health]\nkind = \"tcp\"\nport = {HEALTH_PORT}\ninterval_ms = 100\ntimeout_ms = 100\nrise = 2\nfall = 3\n"
-            );
-            // `[vip.health]` belongs to the [[vip]] above it: put one at the end of each.
-            let mut parts: Vec<String> = text.split("\n[[vip]]\n").map(str::to_owned).collect();
-            for p in parts.iter_mut().skip(1) {
-                if !p.ends_with('\n') {
-                    p.push('\n');
-                }
-                p.push_str(&health);
-            }
-            text = parts.join("\n[[vip]]\n");
+        if EDGES.contains(&ns) {
+            let (v4, _, r4, r6) = edge_link(ns);
+            text.push_str(&format!(
+                "\n[bgp]\nlocal_as = {EDGE_AS}\nrouter_id = \"{v4}\"\n\
+                 neighbors = [{{ address = \"{r4}\", as = {ROUTER_AS} }}, {{ address = \"{r6}\", as = {ROUTER_AS} }}]\n\
+                 bfd_interval_ms = 200\nbfd_multiplier = 5\nhold_time = 9\nkeepalive_time = 3\n\
+                 run_dir = {:?}\n",
+                self.edge_bird_dir(ns).display().to_string()
+            ));
         }
-        let (v4, _, r4, r6) = edge_link(edge);
-        text.push_str(&format!(
-            "\n[bgp]\nlocal_as = {EDGE_AS}\nrouter_id = \"{v4}\"\n\
-             neighbors = [{{ address = \"{r4}\", as = {ROUTER_AS} }}, {{ address = \"{r6}\", as = {ROUTER_AS} }}]\n\
-             bfd_interval_ms = 200\nbfd_multiplier = 5\nhold_time = 9\nkeepalive_time = 3\n\
-             run_dir = {:?}\n",
-            self.edge_bird_dir(edge).display().to_string()
-        ));
         Ok(text)
+    }
+
+    /// `edge`'s agent config ([`BgpLab::agent_config`]).
+    pub fn edge_config(&self, edge: &str) -> Result<String> {
+        self.agent_config(edge)
     }
 
     /// Writes `edge`'s config and starts its agent (which starts its BIRD); waits until XDP is
@@ -287,25 +305,34 @@ impl BgpLab {
         }
     }
 
-    /// Gives `edge`'s agent another list of VIPs: rewrites its config (a rename, so the agent's
-    /// file watch never reads half a file) and sends it SIGHUP. The agent applies the difference;
-    /// watch its tables (fingerprints) to know when.
-    pub fn set_edge_vips(&mut self, edge: &str, vips: Vec<VipSpec>) -> Result<()> {
-        self.vips.insert(edge.to_owned(), vips);
-        let path = self.lab.agent_config_path(edge);
+    /// Gives the agent in `ns` (an edge or a backend) another list of VIPs: rewrites its config
+    /// (a rename, so the agent's file watch never reads half a file) and sends it SIGHUP. The
+    /// agent applies the difference; watch its tables (fingerprints) to know when.
+    pub fn set_vips(&mut self, ns: &str, vips: Vec<VipSpec>) -> Result<()> {
+        self.vips.insert(ns.to_owned(), vips);
+        let path = self.lab.agent_config_path(ns);
         let tmp = path.with_extension("toml.new");
-        std::fs::write(&tmp, self.edge_config(edge)?)
+        std::fs::write(&tmp, self.agent_config(ns)?)
             .map_err(|e| LabError::Setup(format!("writing {}: {e}", tmp.display())))?;
         std::fs::rename(&tmp, &path)
             .map_err(|e| LabError::Setup(format!("replacing {}: {e}", path.display())))?;
-        let name = self
-            .agents
-            .get(edge)
-            .ok_or_else(|| LabError::Setup(format!("no agent running in {edge}")))?;
-        match self.lab.signal(name, Signal::SIGHUP) {
+        let name = if EDGES.contains(&ns) {
+            self.agents
+                .get(ns)
+                .cloned()
+                .ok_or_else(|| LabError::Setup(format!("no agent running in {ns}")))?
+        } else {
+            format!("agent-{ns}")
+        };
+        match self.lab.signal(&name, Signal::SIGHUP) {
             1 => Ok(()),
             n => Err(LabError::Setup(format!("{n} processes named {name}"))),
         }
+    }
+
+    /// [`BgpLab::set_vips`] for an edge.
+    pub fn set_edge_vips(&mut self, edge: &str, vips: Vec<VipSpec>) -> Result<()> {
+        self.set_vips(edge, vips)
     }
 
     /// The log of `edge`'s current agent (its BIRD logs there too).
@@ -418,7 +445,12 @@ impl BgpLab {
     /// health withdrawal proves the handle is the server: its checks fail only once the servers
     /// are gone.
     pub fn stop_health_servers(&mut self) -> Result<()> {
-        for s in health_servers(&self.health_generation.to_string()) {
+        self.stop_health_servers_of(&HEALTH_HOSTS)
+    }
+
+    /// [`BgpLab::stop_health_servers`] for the servers on `hosts` only (backends by namespace).
+    pub fn stop_health_servers_of(&mut self, hosts: &[&str]) -> Result<()> {
+        for s in self.health_servers_of(hosts) {
             let statuses = self.lab.stop(
                 &format!("server-{}", s.name),
                 Signal::SIGKILL,
@@ -432,12 +464,18 @@ impl BgpLab {
 
     /// Starts health-check servers again (a new generation, so logs stay apart).
     pub fn restart_health_servers(&mut self) -> Result<()> {
-        self.health_generation += 1;
-        let g = self.health_generation.to_string();
+        self.restart_health_servers_of(&HEALTH_HOSTS)
+    }
+
+    /// [`BgpLab::restart_health_servers`] for the servers on `hosts` only.
+    pub fn restart_health_servers_of(&mut self, hosts: &[&str]) -> Result<()> {
+        for h in hosts {
+            *self.health_generation.entry((*h).to_owned()).or_default() += 1;
+        }
         let bin = find_binary("anycast-lab-server", "ANYCAST_LAB_SERVER_BIN")?
             .to_string_lossy()
             .into_owned();
-        for s in health_servers(&g) {
+        for s in self.health_servers_of(hosts) {
             let port = s.tcp_port.to_string();
             let mut args = vec![bin.as_str(), s.name.as_str(), port.as_str(), port.as_str()];
             args.extend(s.addrs.iter().map(String::as_str));
@@ -445,6 +483,19 @@ impl BgpLab {
                 .spawn(&s.ns, &format!("server-{}", s.name), &args, &[])?;
         }
         Ok(())
+    }
+
+    /// The current generation's health-check servers on `hosts`.
+    fn health_servers_of(&self, hosts: &[&str]) -> Vec<ServerSpec> {
+        hosts
+            .iter()
+            .flat_map(|h| {
+                let g = self.health_generation.get(*h).copied().unwrap_or(0);
+                health_servers(&g.to_string())
+                    .into_iter()
+                    .filter(move |s| s.ns == *h)
+            })
+            .collect()
     }
 
     /// Cuts `edge` off as a dead switch port would, without any link going down: both ends'

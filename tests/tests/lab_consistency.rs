@@ -23,25 +23,34 @@
 //! | scenario | change while the connections stream | target |
 //! |---|---|---|
 //! | (a) route changes | edge1 withdraws and announces, edge2 the same, edge1's agent stops and a new one starts | none broken |
-//! | (b) backend added | backend2 joins (config + SIGHUP on both edges) | none broken |
-//! | (c) backend drained | `anycast drain backend2` on both edges | none broken |
-//! | (d) backend removed | backend2 leaves the config on both edges, then one more table change | only backend2's |
-//! | (e) add + route changes | backend2 joins on both edges, then each edge in turn withdraws for 2 s and announces again | none broken |
-//! | (e') drain + route changes | backend2 drained on both edges, then the same route changes | none broken |
+//! | (b) backend added | backend2 joins (config + SIGHUP on every agent) | none broken |
+//! | (c) backend drained | `anycast drain backend2` on every agent | none broken |
+//! | (d) backend removed | backend2 leaves the config on every agent, then one more table change | only backend2's |
+//! | (e) add + route changes | backend2 joins, then each edge in turn withdraws for 2 s and announces again | none broken |
+//! | (e') drain + route changes | backend2 drained, then the same route changes | none broken |
+//! | (f) weight + route changes | `anycast set-weight backend1 3` on every agent, then the same route changes | none broken |
+//! | (g) health flap + route changes | backend2's health checks fail on every agent (its slots move away), route changes, its checks pass again (its slots come back), route changes | none broken |
+//!
+//! Every scenario runs twice: with `encapsulation = "gue"` and with `"ipip"` (modules `gue` and
+//! `ipip`), each with IPv4 and IPv6 connections.
 //!
 //! Removal, as the agent implements it: the removed backend's id stays valid while the VIP's
 //! previous table still names it, so while its host stays up its tracked connections keep going
 //! to it; the next table change of the VIP releases the id, and then (and only then) they end
 //! (`conn_stale`). The test checks both steps.
 //!
-//! All with `encapsulation = "gue"`: the second-chance hint (the previous owner of a flow) rides
-//! in the GUE header. What keeps the connections: connection tracking on the edge that saw the
-//! flows (conn_hit), and, where an edge sees flows for the first time after a table change,
-//! second chance (the edge names the previous owner, hint_sent; a new owner without a socket for
-//! the flow forwards it there once, second_chance). Each scenario prints those counters (deltas
-//! over the scenario, from every agent's stats) and asserts the ones that prove the mechanism
-//! worked. Second chance from a backend host needs what the reference topology gives every lab:
-//! IP forwarding on the backends, `anycast_pass` on the router's backend-facing veths.
+//! What keeps the connections: connection tracking on the edge that saw the flows (conn_hit),
+//! and, where an edge sees flows for the first time after a table change, second chance. Under
+//! GUE the edge names the previous owner (hint_sent) and a new owner without a socket for the
+//! flow forwards it there once (second_chance). Under IPIP no hint rides along: the edge tracks
+//! the flow to the new owner, which computes the flow's owner from its own tables
+//! (second_chance_table) and forwards it there once. That needs every agent, backends included,
+//! to hold the same VIP tables: the lab gives every agent the same VIPs, and every change here
+//! (config, drain, weight, health) reaches all four agents, which the test checks by their
+//! table fingerprints. Each scenario prints those counters (deltas over the scenario, from every
+//! agent's stats) and asserts the ones that prove the mechanism worked. Second chance from a
+//! backend host needs what the reference topology gives every lab: IP forwarding on the
+//! backends, `anycast_pass` on the router's backend-facing veths.
 //!
 //! No scenario is kept with hand-set routes: what a hand-set route move exercised here (one
 //! edge's connections arriving at an edge that never saw them, right after a table change) the
@@ -67,26 +76,23 @@ use anycast_tests::lab_bgp::{self, BgpLab, Options};
 const CONNS_PER_FAMILY: usize = 120;
 /// Streaming before the first change, and after the last one before stopping.
 const SETTLE: Duration = Duration::from_millis(1500);
-const ENCAPSULATION: &str = "gue";
 /// Counters shown per host (deltas over a scenario).
-const COUNTERS: [&str; 9] = [
+const COUNTERS: [&str; 11] = [
     "conn_hit",
     "conn_miss",
     "conn_insert",
     "conn_stale",
     "hint_sent",
     "second_chance",
+    "second_chance_table",
+    "second_chance_last_hop",
     "encap",
     "local",
     "decap",
 ];
 const EDGES: [&str; 2] = [reference::EDGE1, reference::EDGE2];
-const HOSTS: [&str; 4] = [
-    reference::EDGE1,
-    reference::EDGE2,
-    reference::BACKEND1,
-    reference::BACKEND2,
-];
+/// Every agent of the lab: both edges and both backends.
+const HOSTS: [&str; 4] = lab_bgp::HOSTS;
 /// How long to wait for the router to apply an edge's route change: far above the tens of
 /// milliseconds measured on a quiet machine (BENCHMARKS.md), only there to bound the wait (a
 /// 2-core machine busy with builds starves BIRD and the agents for seconds). A new agent first
@@ -132,10 +138,49 @@ fn vips(backends: &[(&str, u32)]) -> Vec<VipSpec> {
     v
 }
 
-/// A BGP lab with GUE whose edges serve `backends`, both announcing; `None` when the test may
+/// How the lab's agents encapsulate.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Encap {
+    Gue,
+    Ipip,
+}
+
+impl Encap {
+    fn name(self) -> &'static str {
+        match self {
+            Encap::Gue => "gue",
+            Encap::Ipip => "ipip",
+        }
+    }
+
+    /// The counters that prove a second chance carried flows an edge saw for the first time
+    /// after a table change: the hint and its hop under GUE; under IPIP no hint, the new owner
+    /// computing the hop from its tables.
+    fn second_chance_proof(self) -> &'static [Expect] {
+        const GUE: [Expect; 2] = [moved(&EDGES, "hint_sent"), moved(&HOSTS, "second_chance")];
+        const IPIP: [Expect; 3] = [
+            still(&EDGES, "hint_sent"),
+            moved(&HOSTS, "second_chance_table"),
+            moved(&HOSTS, "second_chance"),
+        ];
+        match self {
+            Encap::Gue => &GUE,
+            Encap::Ipip => &IPIP,
+        }
+    }
+}
+
+/// A BGP lab with `encap` whose agents (edges and backends) all serve `backends`, both edges
+/// announcing; `all_health`: every agent health-checks the backends. `None` when the test may
 /// not run (unprivileged, not CI).
-fn start(test: &str, backends: &[(&str, u32)]) -> Option<(MutexGuard<'static, ()>, BgpLab)> {
-    if !anycast_tests::privileged(test) {
+fn start(
+    test: &str,
+    encap: Encap,
+    backends: &[(&str, u32)],
+    all_health: bool,
+) -> Option<(MutexGuard<'static, ()>, BgpLab)> {
+    let test = format!("{}::{test}", encap.name());
+    if !anycast_tests::privileged(&test) {
         return None;
     }
     let serial = SERIAL
@@ -144,10 +189,11 @@ fn start(test: &str, backends: &[(&str, u32)]) -> Option<(MutexGuard<'static, ()
     let t = Instant::now();
     let bgp = BgpLab::start(Options {
         reference: reference::Options {
-            encapsulation: ENCAPSULATION.to_owned(),
+            encapsulation: encap.name().to_owned(),
             weights: [1, 1, 1],
         },
         vips: Some(vips(backends)),
+        all_health,
         ..Options::default()
     })
     .unwrap_or_else(|e| panic!("{test}: starting the BGP lab: {e}"));
@@ -230,20 +276,25 @@ fn fingerprints(bgp: &BgpLab, ns: &str) -> BTreeMap<String, String> {
         .collect()
 }
 
-/// Waits (bounded) until both edges publish the same tables, different from `before`.
+/// Waits (bounded) until every agent (edges and backends) publishes the same tables, different
+/// from `before`: the second chance of a flow depends on the backends' tables as much as on the
+/// edges'.
 fn wait_tables_changed(bgp: &BgpLab, before: &BTreeMap<String, String>, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + Duration::from_secs(15);
     loop {
-        let (e1, e2) = (
-            fingerprints(bgp, reference::EDGE1),
-            fingerprints(bgp, reference::EDGE2),
-        );
-        if e1 == e2 && &e1 != before {
+        let all: Vec<BTreeMap<String, String>> =
+            HOSTS.iter().map(|ns| fingerprints(bgp, ns)).collect();
+        if all.iter().all(|f| f == &all[0]) && &all[0] != before {
             return;
         }
         assert!(
             Instant::now() < deadline,
-            "{what}: the edges did not publish a new common table within 10 s:\nedge1 {e1:?}\nedge2 {e2:?}\nbefore {before:?}\nedge1 log:\n{}",
+            "{what}: the agents did not publish a new common table within 15 s:\n{}before {before:?}\nedge1 log:\n{}",
+            HOSTS
+                .iter()
+                .zip(&all)
+                .map(|(ns, f)| format!("{ns} {f:?}\n"))
+                .collect::<String>(),
             bgp.edge_log(reference::EDGE1)
         );
         std::thread::sleep(Duration::from_millis(50));
@@ -442,26 +493,55 @@ impl Ctx<'_> {
         self.announce(edge);
     }
 
-    /// Rewrites both edges' config with `backends` and waits until both publish the new tables.
+    /// Rewrites every agent's config with `backends` and waits until all publish the new tables.
     fn set_backends(&mut self, backends: &[(&str, u32)]) {
         let before = fingerprints(self.bgp, reference::EDGE1);
-        for edge in EDGES {
+        for ns in HOSTS {
             self.bgp
-                .set_edge_vips(edge, vips(backends))
-                .unwrap_or_else(|e| panic!("{edge}: new config: {e}"));
+                .set_vips(ns, vips(backends))
+                .unwrap_or_else(|e| panic!("{ns}: new config: {e}"));
         }
         wait_tables_changed(self.bgp, &before, &format!("config {backends:?}"));
     }
 
-    /// `anycast drain` of backend2's addresses on both edges.
-    fn drain_backend2(&mut self) {
-        for addr in [reference::BACKEND2_V4, reference::BACKEND2_V6] {
+    /// Runs `anycast ARGS... ADDR` on every agent for each of `backend`'s addresses, waiting
+    /// after each address until all publish the new tables.
+    fn override_everywhere(&mut self, backend: &str, args: &[&str]) {
+        let (a4, a6) = backend_addrs(backend);
+        for addr in [a4, a6] {
             let before = fingerprints(self.bgp, reference::EDGE1);
-            for edge in EDGES {
-                cli(self.bgp, edge, &["drain", addr]);
+            let mut full: Vec<&str> = args.to_vec();
+            full.insert(1, addr);
+            for ns in HOSTS {
+                cli(self.bgp, ns, &full);
             }
-            wait_tables_changed(self.bgp, &before, &format!("drain {addr}"));
+            wait_tables_changed(self.bgp, &before, &format!("{full:?}"));
         }
+    }
+
+    /// `anycast drain` of backend2's addresses on every agent.
+    fn drain_backend2(&mut self) {
+        self.override_everywhere("backend2", &["drain"]);
+    }
+
+    /// backend2's health-check server stops (every agent's checks of it fail), or starts again.
+    fn backend2_health(&mut self, up: bool) {
+        let before = fingerprints(self.bgp, reference::EDGE1);
+        let r = if up {
+            self.bgp.restart_health_servers_of(&[reference::BACKEND2])
+        } else {
+            self.bgp.stop_health_servers_of(&[reference::BACKEND2])
+        };
+        r.unwrap_or_else(|e| panic!("backend2's health server: {e}"));
+        wait_tables_changed(
+            self.bgp,
+            &before,
+            if up {
+                "backend2 healthy again"
+            } else {
+                "backend2 unhealthy"
+            },
+        );
     }
 
     /// Connections broken so far (resets, early close, errors, corrupt bytes; bytes in flight
@@ -597,20 +677,20 @@ impl Outcome {
         }
         let _ = writeln!(
             s,
-            "{:<9} {}",
+            "{:<9}{}",
             "counters",
             COUNTERS
                 .iter()
-                .map(|c| format!("{c:>14}"))
+                .map(|c| format!(" {c:>w$}", w = c.len().max(8)))
                 .collect::<String>()
         );
         for ns in HOSTS {
             let _ = writeln!(
                 s,
-                "{ns:<9} {}",
+                "{ns:<9}{}",
                 COUNTERS
                     .iter()
-                    .map(|c| format!("{:>14}", self.count(&[ns], c)))
+                    .map(|c| format!(" {:>w$}", self.count(&[ns], c), w = c.len().max(8)))
                     .collect::<String>()
             );
         }
@@ -745,15 +825,47 @@ fn new_flows(bgp: &BgpLab) -> lab::FlowTally {
 
 // ---------------------------------------------------------------------------------------------
 
-#[test]
-fn long_lived_connections_survive_edges_withdrawing_and_announcing() {
+/// Each scenario as a test, once per encapsulation (modules `gue` and `ipip`).
+macro_rules! per_encapsulation {
+    ($($name:ident),* $(,)?) => {
+        mod gue {
+            $(#[test] fn $name() { super::$name(super::Encap::Gue) })*
+        }
+        mod ipip {
+            $(#[test] fn $name() { super::$name(super::Encap::Ipip) })*
+        }
+    };
+}
+
+per_encapsulation!(
+    long_lived_connections_survive_edges_withdrawing_and_announcing,
+    long_lived_connections_survive_adding_a_backend,
+    long_lived_connections_survive_draining_a_backend,
+    removing_a_backend_ends_only_its_own_connections,
+    long_lived_connections_survive_a_backend_change_with_route_changes,
+    long_lived_connections_survive_a_drain_with_route_changes,
+    long_lived_connections_survive_a_weight_change_with_route_changes,
+    long_lived_connections_survive_a_health_flap_with_route_changes,
+);
+
+/// Each edge in turn away for 2 s and back: the other edge sees its connections for the first
+/// time.
+fn both_edges_away_and_back(c: &mut Ctx<'_>) {
+    c.away_and_back(reference::EDGE1, Duration::from_secs(2));
+    c.away_and_back(reference::EDGE2, Duration::from_secs(2));
+}
+
+fn long_lived_connections_survive_edges_withdrawing_and_announcing(encap: Encap) {
     let test = "long_lived_connections_survive_edges_withdrawing_and_announcing";
-    let Some((_serial, mut bgp)) = start(test, &THREE) else {
+    let Some((_serial, mut bgp)) = start(test, encap, &THREE, false) else {
         return;
     };
     run_scenario(
         &mut bgp,
-        "(a) edge1, edge2 withdraw and announce; edge1's agent stopped and started",
+        &format!(
+            "(a, {}) edge1, edge2 withdraw and announce; edge1's agent stopped and started",
+            encap.name()
+        ),
         Fate::NoneBroken,
         &[
             // Each edge carried its own connections, and took the other's in while it was away
@@ -762,7 +874,7 @@ fn long_lived_connections_survive_edges_withdrawing_and_announcing() {
             moved(&[reference::EDGE2], "conn_hit"),
             moved(&[reference::EDGE1], "conn_insert"),
             moved(&[reference::EDGE2], "conn_insert"),
-            // Same tables on both edges and no table change: nothing to give a second chance to.
+            // Same tables everywhere and no table change: nothing to give a second chance to.
             still(&EDGES, "hint_sent"),
             still(&HOSTS, "second_chance"),
         ],
@@ -777,17 +889,14 @@ fn long_lived_connections_survive_edges_withdrawing_and_announcing() {
     );
 }
 
-#[test]
-fn long_lived_connections_survive_adding_a_backend() {
-    let Some((_serial, mut bgp)) = start(
-        "long_lived_connections_survive_adding_a_backend",
-        &WITHOUT_BACKEND2,
-    ) else {
+fn long_lived_connections_survive_adding_a_backend(encap: Encap) {
+    let test = "long_lived_connections_survive_adding_a_backend";
+    let Some((_serial, mut bgp)) = start(test, encap, &WITHOUT_BACKEND2, false) else {
         return;
     };
     run_scenario(
         &mut bgp,
-        "(b) backend2 added",
+        &format!("(b, {}) backend2 added", encap.name()),
         Fate::NoneBroken,
         &[
             moved(&[reference::EDGE1], "conn_hit"),
@@ -803,16 +912,14 @@ fn long_lived_connections_survive_adding_a_backend() {
     );
 }
 
-#[test]
-fn long_lived_connections_survive_draining_a_backend() {
-    let Some((_serial, mut bgp)) =
-        start("long_lived_connections_survive_draining_a_backend", &THREE)
-    else {
+fn long_lived_connections_survive_draining_a_backend(encap: Encap) {
+    let test = "long_lived_connections_survive_draining_a_backend";
+    let Some((_serial, mut bgp)) = start(test, encap, &THREE, false) else {
         return;
     };
     let o = run_scenario(
         &mut bgp,
-        "(c) backend2 drained",
+        &format!("(c, {}) backend2 drained", encap.name()),
         Fate::NoneBroken,
         &[
             moved(&[reference::EDGE1], "conn_hit"),
@@ -834,17 +941,15 @@ fn long_lived_connections_survive_draining_a_backend() {
     );
 }
 
-#[test]
-fn removing_a_backend_ends_only_its_own_connections() {
-    let Some((_serial, mut bgp)) =
-        start("removing_a_backend_ends_only_its_own_connections", &THREE)
-    else {
+fn removing_a_backend_ends_only_its_own_connections(encap: Encap) {
+    let test = "removing_a_backend_ends_only_its_own_connections";
+    let Some((_serial, mut bgp)) = start(test, encap, &THREE, false) else {
         return;
     };
     let mut after_removal = Vec::new();
     run_scenario(
         &mut bgp,
-        "(d) backend2 removed, then a reweight",
+        &format!("(d, {}) backend2 removed, then a reweight", encap.name()),
         Fate::OnlyBackend2Ends,
         &[moved(&EDGES, "conn_stale")],
         |c| {
@@ -868,53 +973,95 @@ fn removing_a_backend_ends_only_its_own_connections() {
     );
 }
 
-#[test]
-fn long_lived_connections_survive_a_backend_change_with_route_changes() {
-    let Some((_serial, mut bgp)) = start(
-        "long_lived_connections_survive_a_backend_change_with_route_changes",
-        &WITHOUT_BACKEND2,
-    ) else {
+fn long_lived_connections_survive_a_backend_change_with_route_changes(encap: Encap) {
+    let test = "long_lived_connections_survive_a_backend_change_with_route_changes";
+    let Some((_serial, mut bgp)) = start(test, encap, &WITHOUT_BACKEND2, false) else {
         return;
     };
     run_scenario(
         &mut bgp,
-        "(e) backend2 added, then edge1 and edge2 away 2 s each",
+        &format!(
+            "(e, {}) backend2 added, then edge1 and edge2 away 2 s each",
+            encap.name()
+        ),
         Fate::NoneBroken,
-        &[
-            // Each edge received the other's connections for the first time after the table
-            // change: it named the previous owner of each flow whose slot moved, and the new
-            // owners (which had no socket for them) passed them on.
-            moved(&EDGES, "hint_sent"),
-            moved(&HOSTS, "second_chance"),
-        ],
+        // Each edge received the other's connections for the first time after the table change;
+        // for each flow whose slot moved, the new owner (which had no socket for it) passed it on
+        // to the previous owner.
+        encap.second_chance_proof(),
         |c| {
             c.set_backends(&THREE);
-            c.away_and_back(reference::EDGE1, Duration::from_secs(2));
-            c.away_and_back(reference::EDGE2, Duration::from_secs(2));
+            both_edges_away_and_back(c);
         },
     );
 }
 
-#[test]
-fn long_lived_connections_survive_a_drain_with_route_changes() {
-    let Some((_serial, mut bgp)) = start(
-        "long_lived_connections_survive_a_drain_with_route_changes",
-        &THREE,
-    ) else {
+fn long_lived_connections_survive_a_drain_with_route_changes(encap: Encap) {
+    let test = "long_lived_connections_survive_a_drain_with_route_changes";
+    let Some((_serial, mut bgp)) = start(test, encap, &THREE, false) else {
         return;
     };
     let o = run_scenario(
         &mut bgp,
-        "(e') backend2 drained, then edge1 and edge2 away 2 s each",
+        &format!(
+            "(e', {}) backend2 drained, then edge1 and edge2 away 2 s each",
+            encap.name()
+        ),
         Fate::NoneBroken,
-        &[moved(&EDGES, "hint_sent"), moved(&HOSTS, "second_chance")],
+        encap.second_chance_proof(),
         |c| {
             c.drain_backend2();
-            c.away_and_back(reference::EDGE1, Duration::from_secs(2));
-            c.away_and_back(reference::EDGE2, Duration::from_secs(2));
+            both_edges_away_and_back(c);
         },
     );
-    // The drained backend's connections reached the new owners with a hint and were passed back.
+    // The drained backend's connections reached the new owners and were passed back.
+    assert!(
+        o.conns().any(|c| c.backend == "backend2"),
+        "no connection on backend2:\n{}",
+        o.summary()
+    );
+}
+
+fn long_lived_connections_survive_a_weight_change_with_route_changes(encap: Encap) {
+    let test = "long_lived_connections_survive_a_weight_change_with_route_changes";
+    let Some((_serial, mut bgp)) = start(test, encap, &THREE, false) else {
+        return;
+    };
+    run_scenario(
+        &mut bgp,
+        &format!(
+            "(f, {}) backend1 weight 3, then edge1 and edge2 away 2 s each",
+            encap.name()
+        ),
+        Fate::NoneBroken,
+        encap.second_chance_proof(),
+        |c| {
+            c.override_everywhere("backend1", &["set-weight", "3"]);
+            both_edges_away_and_back(c);
+        },
+    );
+}
+
+fn long_lived_connections_survive_a_health_flap_with_route_changes(encap: Encap) {
+    let test = "long_lived_connections_survive_a_health_flap_with_route_changes";
+    let Some((_serial, mut bgp)) = start(test, encap, &THREE, true) else {
+        return;
+    };
+    let o = run_scenario(
+        &mut bgp,
+        &format!(
+            "(g, {}) backend2 unhealthy, edges away and back, backend2 healthy, edges away and back",
+            encap.name()
+        ),
+        Fate::NoneBroken,
+        encap.second_chance_proof(),
+        |c| {
+            c.backend2_health(false);
+            both_edges_away_and_back(c);
+            c.backend2_health(true);
+            both_edges_away_and_back(c);
+        },
+    );
     assert!(
         o.conns().any(|c| c.backend == "backend2"),
         "no connection on backend2:\n{}",
@@ -928,7 +1075,9 @@ fn long_lived_connections_survive_a_drain_with_route_changes() {
 fn edges_with_the_same_config_report_identical_table_fingerprints() {
     let Some((_serial, mut bgp)) = start(
         "edges_with_the_same_config_report_identical_table_fingerprints",
+        Encap::Gue,
         &THREE,
+        false,
     ) else {
         return;
     };
