@@ -49,8 +49,8 @@ fn ipip_from_edge(inner: &[u8], ttl: u8) -> Vec<u8> {
 /// the namespace holds an established socket for exactly that flow. Keep both ends alive.
 fn established(sport: u16) -> (TcpListener, socket2::Socket, std::net::TcpStream) {
     let listener = TcpListener::bind(SocketAddrV4::new(VIP, 80)).expect("listen on the VIP");
-    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
-        .expect("socket");
+    let sock =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
     sock.bind(&SocketAddrV4::new(CLIENT, sport).into())
         .expect("bind client port");
     sock.connect(&SocketAddrV4::new(VIP, 80).into())
@@ -269,7 +269,11 @@ fn edge_that_is_the_new_owner_without_the_socket_sends_to_the_previous_owner() {
             dp.stats()[c::SECOND_CHANCE as usize] - before[c::SECOND_CHANCE as usize],
             1
         );
-        assert_eq!(dp.conn_count(), 0, "the edge checks its sockets on every packet");
+        assert_eq!(
+            dp.conn_count(),
+            0,
+            "the edge checks its sockets on every packet"
+        );
         // A SYN stays here.
         let r = dp
             .run(&p::frame(None, &tcp(CLIENT, 42001, TCP_SYN)), None)
@@ -309,7 +313,11 @@ fn receiver_computes_the_previous_owner_of_an_ipip_flow_from_its_own_tables() {
         assert_eq!(r.output[23], PROTO_IPIP);
         assert_eq!(ipv4_dst(&r.output), addr(A));
         assert_eq!(r.output[22], 255, "a second chance leaves with TTL 255");
-        assert_eq!(&r.output[34..], &inner[..], "the inner packet travels unchanged");
+        assert_eq!(
+            &r.output[34..],
+            &inner[..],
+            "the inner packet travels unchanged"
+        );
         let after = dp.stats();
         assert_eq!(one::delta(&before, &after, c::SECOND_CHANCE), 1);
         assert_eq!(one::delta(&before, &after, c::SECOND_CHANCE_TABLE), 1);
@@ -364,7 +372,8 @@ fn receiver_computes_the_previous_owner_of_an_ipip_flow_from_its_own_tables() {
 
         // Not a VIP of this host: decapsulated and delivered as before.
         changed(&mut dp, PROTO_TCP, A, LOCAL);
-        let other = V4::new(CLIENT, Ipv4Addr::new(203, 0, 113, 99)).raw(PROTO_TCP, &one::tcp_segment(43001, TCP_ACK));
+        let other = V4::new(CLIENT, Ipv4Addr::new(203, 0, 113, 99))
+            .raw(PROTO_TCP, &one::tcp_segment(43001, TCP_ACK));
         let r = dp.run(&ipip_from_edge(&other, 63), None).expect("run");
         assert_eq!(r.action, XDP_PASS);
         assert_eq!(&r.output[14..], &other[..]);
