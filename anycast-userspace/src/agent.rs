@@ -665,6 +665,7 @@ async fn attach_and_serve(
             }
             Some(ev) = health_rx.recv() => {
                 ctl.set_health(ev.vip, ev.backend, ev.healthy, &ev.detail);
+                ctl.set_health_settled(ev.vip, ev.backend, ev.settled);
                 // A burst of health verdicts must not starve the BGP announcer (same thread).
                 tokio::task::yield_now().await;
             }

@@ -18,6 +18,11 @@
 //! backends are in the table and healthy (or unchecked; a backend still *pending* its first
 //! check does not count). A prefix is announced while every VIP on its address qualifies and
 //! the edge is not drained (`anycast drain-edge`). On shutdown everything is withdrawn first.
+//!
+//! The announcer puts the policy through a gate ([`gate`]): a withdrawn prefix is announced
+//! anew only once every checked backend's health is settled (`Want::settling`), or after
+//! [`SETTLE_LIMIT`]; and while BIRD has no BGP session established, every prefix is withdrawn,
+//! so that a returning session brings the VIPs back through the same gate.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr};
@@ -377,6 +382,11 @@ pub fn bird_config(
 pub struct Want {
     pub announce: bool,
     pub reason: String,
+    /// `Some(why)`: the prefix qualifies, but some of its backends' health is not settled yet
+    /// (pending a first check, a restored verdict not yet confirmed, a rise or fall under way):
+    /// a prefix that is withdrawn stays withdrawn until it settles ([`gate`]); one that is
+    /// announced stays announced.
+    pub settling: Option<String>,
 }
 
 /// What the policy wants for every VIP address.
@@ -426,11 +436,14 @@ fn vip_verdict(v: &crate::control::VipStatus, attached: bool, min: u32) -> Resul
 pub fn desired(status: &Status, min_healthy: u32, edge_drained: bool, stopping: bool) -> Desired {
     let attached = !status.program.interfaces.is_empty();
     let mut by_addr: BTreeMap<IpAddr, Vec<(String, Result<String, String>)>> = BTreeMap::new();
+    let mut unsettled: BTreeMap<IpAddr, usize> = BTreeMap::new();
     for v in &status.vips {
         by_addr
             .entry(v.vip.address)
             .or_default()
             .push((v.vip.to_string(), vip_verdict(v, attached, min_healthy)));
+        *unsettled.entry(v.vip.address).or_default() +=
+            v.backends.iter().filter(|b| !b.health_settled).count();
     }
     let prefixes = by_addr
         .into_iter()
@@ -443,22 +456,19 @@ pub fn desired(status: &Status, min_healthy: u32, edge_drained: bool, stopping: 
                     r.to_owned()
                 }
             };
+            let no = |reason: String| Want {
+                announce: false,
+                reason,
+                settling: None,
+            };
             let want = if stopping {
-                Want {
-                    announce: false,
-                    reason: "agent stopping".into(),
-                }
+                no("agent stopping".into())
             } else if edge_drained {
-                Want {
-                    announce: false,
-                    reason: "edge drained (anycast drain-edge)".into(),
-                }
+                no("edge drained (anycast drain-edge)".into())
             } else if let Some((vip, Err(r))) = verdicts.iter().find(|(_, r)| r.is_err()) {
-                Want {
-                    announce: false,
-                    reason: label(vip, r),
-                }
+                no(label(vip, r))
             } else {
+                let n = unsettled.get(&a).copied().unwrap_or(0);
                 Want {
                     announce: true,
                     reason: verdicts
@@ -466,6 +476,12 @@ pub fn desired(status: &Status, min_healthy: u32, edge_drained: bool, stopping: 
                         .map(|(vip, r)| label(vip, r.as_deref().unwrap_or_default()))
                         .collect::<Vec<_>>()
                         .join("; "),
+                    settling: (n > 0).then(|| {
+                        format!(
+                            "waiting for the health checks of {n} backend{} to settle",
+                            if n == 1 { "" } else { "s" }
+                        )
+                    }),
                 }
             };
             (a, want)
@@ -475,6 +491,58 @@ pub fn desired(status: &Status, min_healthy: u32, edge_drained: bool, stopping: 
         prefixes,
         last: stopping,
     }
+}
+
+/// The longest a prefix waits for its backends' health to settle ([`gate`]): a backend whose
+/// checks keep flapping must not keep a VIP off the air.
+pub const SETTLE_LIMIT: Duration = Duration::from_secs(10);
+
+/// How often the announcer asks BIRD for its BGP sessions (and thereby notices a dead BIRD).
+const SESSION_POLL: Duration = Duration::from_millis(250);
+
+/// Whether a prefix goes to BIRD as announced, and why: the policy's [`Want`] through the gate.
+///
+/// - No BGP session established (`sessions_up == false`): withdrawn, so that the prefix is
+///   announced again through this gate when a session returns, not the instant BGP comes back
+///   with whatever table the edge has then (after a link outage its health view is usually in
+///   the middle of changing).
+/// - A prefix not announced now (`on == false`) is announced only once its backends' health is
+///   settled (`want.settling` is `None`), or after it has waited [`SETTLE_LIMIT`]
+///   (`waited`): the table it is announced with is the one it will keep.
+/// - An announced prefix stays announced while it qualifies, settled or not.
+pub fn gate(want: &Want, on: bool, sessions_up: bool, waited: Duration) -> (bool, String) {
+    if !want.announce {
+        return (false, want.reason.clone());
+    }
+    if !sessions_up {
+        return (false, "no BGP session established".into());
+    }
+    if !on
+        && let Some(why) = &want.settling
+        && waited < SETTLE_LIMIT
+    {
+        return (false, why.clone());
+    }
+    (true, want.reason.clone())
+}
+
+/// The BGP sessions in a `show protocols` reply: (configured, established).
+pub fn bgp_sessions(reply: &[String]) -> (usize, usize) {
+    let mut configured = 0;
+    let mut established = 0;
+    for line in reply {
+        let mut words = line.split_whitespace();
+        let (Some(_name), Some(proto)) = (words.next(), words.next()) else {
+            continue;
+        };
+        if proto == "BGP" {
+            configured += 1;
+            if line.contains("Established") {
+                established += 1;
+            }
+        }
+    }
+    (configured, established)
 }
 
 /// One prefix as BIRD has it, for `anycast status` and metrics.
@@ -1017,6 +1085,11 @@ async fn run(
     // A live change received while waiting, applied at the top of the loop (before the policy,
     // so a new prefix's protocol exists before it is enabled).
     let mut queued: Vec<Reconfig> = Vec::new();
+    // Whether BIRD has a BGP session established (`None`: not asked yet on this connection); a
+    // BIRD without BGP protocols counts as up (external mode, sessions elsewhere).
+    let mut sessions_up: Option<bool> = None;
+    // Since when each prefix has been held by the health gate.
+    let mut held_since: BTreeMap<IpAddr, tokio::time::Instant> = BTreeMap::new();
     loop {
         while let Ok(r) = reconfig.try_recv() {
             queued.push(r);
@@ -1056,6 +1129,7 @@ async fn run(
                     shared.lock().expect("announce state").bird = "connected".into();
                     client = Some(c);
                     applied.clear();
+                    sessions_up = None;
                     last_error.clear();
                 }
                 Err(e) => {
@@ -1099,27 +1173,59 @@ async fn run(
             }
         }
         let c = client.as_mut().expect("connected above");
+        if sessions_up.is_none() && !want.last {
+            match c.command("show protocols").await {
+                Ok(reply) => {
+                    let (configured, established) = bgp_sessions(&reply);
+                    sessions_up = Some(configured == 0 || established > 0);
+                }
+                Err(e) => {
+                    warn!(error = %crate::control::error_chain(&e), "asking BIRD for its BGP sessions; reconnecting");
+                    client = None;
+                    continue;
+                }
+            }
+        }
+        let c = client.as_mut().expect("connected above");
         let mut failed = false;
         for (addr, w) in &want.prefixes {
             if !t.addresses.contains(addr) {
                 continue; // the policy's input is older than the last reconfiguration
             }
+            let on = applied.get(addr) == Some(&true);
+            let held = w.announce && !on && w.settling.is_some();
+            let waited = if held {
+                held_since
+                    .entry(*addr)
+                    .or_insert_with(|| {
+                        info!(prefix = %prefix_of(*addr), reason = w.settling.as_deref().unwrap_or_default(), "VIP qualifies; held back until its health checks settle");
+                        tokio::time::Instant::now()
+                    })
+                    .elapsed()
+            } else {
+                held_since.remove(addr);
+                Duration::ZERO
+            };
+            let (announce, reason) = gate(w, on, sessions_up != Some(false), waited);
             {
                 let mut s = shared.lock().expect("announce state");
                 if let Some(p) = s.prefixes.get_mut(addr) {
-                    p.wanted = w.announce;
-                    p.reason.clone_from(&w.reason);
+                    p.wanted = announce;
+                    p.reason.clone_from(&reason);
                 }
             }
-            if applied.get(addr) == Some(&w.announce) {
+            if applied.get(addr) == Some(&announce) {
                 continue;
             }
+            if held && waited >= SETTLE_LIMIT {
+                warn!(prefix = %prefix_of(*addr), waited_ms = waited.as_millis() as u64, reason = ?w.settling, "health did not settle; announcing anyway");
+            }
             let proto = protocol_name(*addr);
-            let cmd = format!("{} {proto}", if w.announce { "enable" } else { "disable" });
+            let cmd = format!("{} {proto}", if announce { "enable" } else { "disable" });
             match c.command(&cmd).await {
                 Ok(_) => {
-                    applied.insert(*addr, w.announce);
-                    t.set_announced(*addr, w.announce, &w.reason);
+                    applied.insert(*addr, announce);
+                    t.set_announced(*addr, announce, &reason);
                 }
                 Err(e) => {
                     error!(prefix = %prefix_of(*addr), command = %cmd, error = %crate::control::error_chain(&e), "BIRD command failed");
@@ -1142,12 +1248,25 @@ async fn run(
         tokio::select! {
             r = rx.changed() => if r.is_err() { break },
             Some(r) = reconfig.recv() => queued.push(r),
-            // Notices a dead BIRD child and reconnects after BIRD restarts.
-            () = tokio::time::sleep(Duration::from_secs(1)) => {
-                if let Some(c) = client.as_mut()
-                    && c.command("show status").await.is_err()
-                {
-                    client = None;
+            // Follows the BGP sessions (the gate above), notices a dead BIRD child and
+            // reconnects after BIRD restarts.
+            () = tokio::time::sleep(SESSION_POLL) => {
+                if let Some(c) = client.as_mut() {
+                    match c.command("show protocols").await {
+                        Ok(reply) => {
+                            let (configured, established) = bgp_sessions(&reply);
+                            let up = configured == 0 || established > 0;
+                            if sessions_up.is_some_and(|was| was != up) {
+                                if up {
+                                    info!(established, configured, "a BGP session is established: the VIPs are announced again through the health gate");
+                                } else {
+                                    warn!(configured, "no BGP session established: every VIP withdrawn until one is");
+                                }
+                            }
+                            sessions_up = Some(up);
+                        }
+                        Err(_) => client = None,
+                    }
                 }
             }
         }
@@ -1253,6 +1372,68 @@ mod tests {
 
     fn raw(text: &str) -> RawBgp {
         toml::from_str(text).unwrap()
+    }
+
+    #[test]
+    fn the_gate_announces_anew_only_with_settled_health_and_a_session() {
+        let want = |announce: bool, settling: Option<&str>| Want {
+            announce,
+            reason: "2 of 2 backends healthy".into(),
+            settling: settling.map(str::to_owned),
+        };
+        let z = Duration::ZERO;
+        let settling = want(
+            true,
+            Some("waiting for the health checks of 1 backend to settle"),
+        );
+        // Withdrawn and settling: stays withdrawn, saying why.
+        assert_eq!(
+            gate(&settling, false, true, z),
+            (false, settling.settling.clone().unwrap())
+        );
+        // Announced and settling: stays announced.
+        assert!(gate(&settling, true, true, z).0);
+        // Settled: announced.
+        assert_eq!(
+            gate(&want(true, None), false, true, z),
+            (true, "2 of 2 backends healthy".into())
+        );
+        // Not for ever: after SETTLE_LIMIT a flapping backend no longer holds it back.
+        assert!(gate(&settling, false, true, SETTLE_LIMIT).0);
+        // No BGP session: withdrawn whatever the policy says, so that it comes back through the
+        // gate.
+        assert_eq!(
+            gate(&want(true, None), true, false, z),
+            (false, "no BGP session established".into())
+        );
+        // The policy's no stays no.
+        let no = want(false, None);
+        assert_eq!(
+            gate(&no, true, true, SETTLE_LIMIT),
+            (false, no.reason.clone())
+        );
+    }
+
+    #[test]
+    fn bgp_sessions_are_read_from_show_protocols() {
+        let reply: Vec<String> = [
+            "2002-Name       Proto      Table      State  Since         Info",
+            "1002-device1    Device     ---        up     10:00:00.000  ",
+            " anycast_vip_203_0_113_10 Static     master4    up     10:00:01.000  ",
+            " router_ipv4 BGP        ---        up     10:00:02.000  Established   ",
+            " router_ipv6 BGP        ---        start  10:00:02.000  Active        Socket: Connection refused",
+            "0000 ",
+        ]
+        .iter()
+        .map(|l| (*l).to_owned())
+        .collect();
+        assert_eq!(bgp_sessions(&reply), (2, 1));
+        assert_eq!(bgp_sessions(&reply[..2]), (0, 0));
+        let down: Vec<String> = reply
+            .iter()
+            .map(|l| l.replace("Established", "Connect"))
+            .collect();
+        assert_eq!(bgp_sessions(&down), (2, 0));
     }
 
     #[test]

@@ -493,6 +493,8 @@ pub struct Controller<S: Sink> {
     local: BTreeSet<IpAddr>,
     overrides: Overrides,
     health: HealthMap,
+    /// Checked backends whose verdict the running check task has confirmed (health::HealthEvent::settled).
+    settled: std::collections::BTreeSet<(VipId, IpAddr)>,
     /// What was last published, and each VIP's table.
     effective: Config,
     tables: BTreeMap<VipId, VipTable>,
@@ -541,6 +543,7 @@ impl<S: Sink> Controller<S> {
             local,
             overrides: Overrides::default(),
             health: HealthMap::new(),
+            settled: std::collections::BTreeSet::new(),
             tables: BTreeMap::new(),
             last_reload: None,
             reloads_ok: 0,
@@ -972,6 +975,23 @@ impl<S: Sink> Controller<S> {
         }
     }
 
+    /// Records whether a checked backend's verdict is settled (confirmed by its running check,
+    /// no rise or fall under way): what the announcement gate waits for before a VIP is
+    /// announced anew (`announce`).
+    pub fn set_health_settled(&mut self, vip: VipId, backend: IpAddr, settled: bool) {
+        if !self.checks().contains_key(&(vip, backend)) {
+            return;
+        }
+        let changed = if settled {
+            self.settled.insert((vip, backend))
+        } else {
+            self.settled.remove(&(vip, backend))
+        };
+        if changed {
+            self.sync_announce();
+        }
+    }
+
     /// Records a health transition of a checked backend and republishes its VIP.
     pub fn set_health(&mut self, vip: VipId, backend: IpAddr, healthy: bool, detail: &str) {
         if !self.checks().contains_key(&(vip, backend)) {
@@ -1260,6 +1280,8 @@ impl<S: Sink> Controller<S> {
                             drained: self.overrides.is_drained(id, b.address),
                             weight_override: self.overrides.weight(id, b.address),
                             health,
+                            health_settled: v.health.is_none()
+                                || (health != "pending" && self.settled.contains(&(id, b.address))),
                             slots: slots.get(&b.address).copied().unwrap_or(0),
                         }
                     })
@@ -1458,6 +1480,10 @@ pub struct BackendStatus {
     /// `healthy`, `unhealthy`, `pending` (checked, no verdict yet: treated as healthy),
     /// `unchecked` (the VIP has no `[vip.health]`).
     pub health: &'static str,
+    /// The verdict is confirmed by the running health check (no rise or fall under way, not a
+    /// restored verdict still unchecked); true when unchecked. A VIP is announced anew only when
+    /// every one of its backends is settled (announce, "the health gate").
+    pub health_settled: bool,
     /// Slots of the live table that send to this backend.
     pub slots: usize,
 }
@@ -1723,6 +1749,51 @@ weight = 1
         let n = journal_len(&c);
         c.set_health(vip("203.0.113.11:53/udp"), ip("198.18.10.2"), false, "test");
         assert_eq!(journal_len(&c), n);
+    }
+
+    /// The announcement gate's input: a VIP's prefix is `settling` until every checked backend's
+    /// verdict is confirmed by its running check, and again while a rise or fall is under way.
+    #[test]
+    fn a_vip_is_settling_until_every_check_has_confirmed_its_verdict() {
+        let mut c = start(CFG);
+        c.set_program(ProgramInfo {
+            name: "anycast_steer".into(),
+            id: None,
+            interfaces: vec![AttachedInterface {
+                name: "eth0".into(),
+                mode: "native".into(),
+            }],
+        });
+        let v = vip("203.0.113.10:80/tcp");
+        let want = |c: &Controller<MemorySink>| {
+            crate::announce::desired(&c.status(), 1, false, false).prefixes[&v.address].clone()
+        };
+        let settling = |c: &Controller<MemorySink>| {
+            let w = want(c);
+            assert!(w.announce, "{w:?}");
+            w.settling
+        };
+        let backends = ["198.18.10.2", "198.18.10.3", "198.18.10.4"];
+        // Pending: no verdict yet (and pending backends do not count as healthy).
+        assert!(!want(&c).announce);
+        c.set_health(v, ip(backends[0]), true, "test");
+        c.set_health_settled(v, ip(backends[0]), true);
+        assert_eq!(
+            settling(&c).as_deref(),
+            Some("waiting for the health checks of 2 backends to settle")
+        );
+        c.set_health(v, ip(backends[1]), true, "test");
+        c.set_health_settled(v, ip(backends[1]), true);
+        assert!(settling(&c).unwrap().contains("of 1 backend to"));
+        // An unhealthy verdict, settled, does not hold the VIP back.
+        c.set_health(v, ip(backends[2]), false, "test");
+        c.set_health_settled(v, ip(backends[2]), true);
+        assert_eq!(settling(&c), None);
+        assert!(c.status().vips[0].backends.iter().all(|b| b.health_settled));
+        // A rise under way unsettles it again; a VIP without checks is always settled.
+        c.set_health_settled(v, ip(backends[2]), false);
+        assert!(settling(&c).is_some());
+        assert!(c.status().vips[1].backends.iter().all(|b| b.health_settled));
     }
 
     fn req(c: &mut Controller<MemorySink>, json: &str) -> Result<serde_json::Value, String> {

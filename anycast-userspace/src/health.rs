@@ -47,6 +47,11 @@ impl Verdict {
         Self { healthy, streak: 0 }
     }
 
+    /// A verdict, and the last result agreed with it.
+    pub fn settled(&self) -> bool {
+        self.healthy.is_some() && self.streak == 0
+    }
+
     /// Feeds one check result; returns the new verdict when it changed.
     pub fn observe(&mut self, ok: bool, rise: u32, fall: u32) -> Option<bool> {
         let needed = match (self.healthy, ok) {
@@ -136,17 +141,24 @@ async fn probe_inner(cfg: &HealthConfig, target: SocketAddr, host: &str) -> Resu
     }
 }
 
-/// A verdict change, sent to the agent.
+/// A change of a backend's verdict or of its settledness, sent to the agent.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HealthEvent {
     pub vip: VipId,
     pub backend: IpAddr,
     pub healthy: bool,
+    /// The verdict is confirmed by this check task's own last result: it has checked at least
+    /// once since it started (a verdict restored from the state file, or kept across a reload,
+    /// is not settled until then) and the last result agrees with the verdict (no rise or fall
+    /// under way). What the announcement gate waits for (`announce`).
+    pub settled: bool,
     /// The last check's result (`ok` or the error).
     pub detail: String,
 }
 
-/// Checks `backend` every `interval_ms` until the task is aborted, sending verdict changes.
+/// Checks `backend` every `interval_ms` until the task is aborted, sending every change of the
+/// verdict or of its settledness ([`HealthEvent`]). A task that starts from a verdict (restored,
+/// or kept across a reload) first reports it unsettled.
 pub async fn run(
     vip: VipId,
     backend: IpAddr,
@@ -160,6 +172,24 @@ pub async fn run(
         IpAddr::V6(a) => format!("[{a}]"),
     };
     let mut verdict = Verdict::new(initial);
+    let send = |healthy: bool, settled: bool, detail: String| {
+        events
+            .send(HealthEvent {
+                vip,
+                backend,
+                healthy,
+                settled,
+                detail,
+            })
+            .is_ok()
+    };
+    // What the agent was last told: (verdict, settled).
+    let mut told = initial.map(|h| (h, false));
+    if let Some(h) = initial
+        && !send(h, false, "not checked yet".into())
+    {
+        return;
+    }
     let mut tick = tokio::time::interval(Duration::from_millis(u64::from(cfg.interval_ms)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -168,20 +198,21 @@ pub async fn run(
         if let Err(e) = &result {
             debug!(vip = %vip, backend = %backend, error = %e, "health check failed");
         }
-        if let Some(healthy) = verdict.observe(result.is_ok(), cfg.rise, cfg.fall) {
-            let detail = match result {
-                Ok(()) => "ok".to_string(),
-                Err(e) => e.to_string(),
-            };
-            let event = HealthEvent {
-                vip,
-                backend,
-                healthy,
-                detail,
-            };
-            if events.send(event).is_err() {
-                return; // the agent is shutting down
-            }
+        verdict.observe(result.is_ok(), cfg.rise, cfg.fall);
+        let Some(healthy) = verdict.healthy else {
+            continue; // pending: no verdict to report yet
+        };
+        let now = (healthy, verdict.settled());
+        if told == Some(now) {
+            continue;
+        }
+        told = Some(now);
+        let detail = match result {
+            Ok(()) => "ok".to_string(),
+            Err(e) => e.to_string(),
+        };
+        if !send(healthy, now.1, detail) {
+            return; // the agent is shutting down
         }
     }
 }
@@ -273,15 +304,44 @@ mod tests {
             Some(false),
             tx,
         ));
+        // A verdict the task did not reach itself (restored) is reported unsettled at once.
         let e = next(&mut rx).await;
-        assert!(e.healthy && e.detail == "ok", "{e:?}");
+        assert!(!e.healthy && !e.settled, "{e:?}");
+        let e = next(&mut rx).await;
+        assert!(e.healthy && e.settled && e.detail == "ok", "{e:?}");
         // rise = 2 at a 20 ms interval: the first tick is immediate, the second 20 ms later.
         assert!(start.elapsed() >= Duration::from_millis(20));
         accept.abort();
         let _ = accept.await;
+        // The first failure unsettles the verdict; fall = 3 failures change it.
         let e = next(&mut rx).await;
-        assert!(!e.healthy, "{e:?}");
+        assert!(e.healthy && !e.settled, "{e:?}");
         assert!(e.detail.starts_with("connecting"), "{e:?}");
+        let e = next(&mut rx).await;
+        assert!(!e.healthy && e.settled, "{e:?}");
+        assert!(e.detail.starts_with("connecting"), "{e:?}");
+        task.abort();
+    }
+
+    #[tokio::test]
+    async fn a_pending_backend_reports_its_first_verdict_settled() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let _accept = tokio::spawn(async move {
+            while let Ok((s, _)) = listener.accept().await {
+                drop(s);
+            }
+        });
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let task = tokio::spawn(run(
+            vip(),
+            "127.0.0.1".parse().unwrap(),
+            cfg(HealthKind::Tcp, port),
+            None,
+            tx,
+        ));
+        let e = next(&mut rx).await;
+        assert!(e.healthy && e.settled && e.detail == "ok", "{e:?}");
         task.abort();
     }
 

@@ -154,9 +154,16 @@ pub struct AgentSpec {
     pub hash_seed: u32,
     /// Empty for decapsulate-only agents.
     pub vips: Vec<VipSpec>,
-    /// Every VIP health-checks its backends: TCP to this port of each backend's address, every
-    /// 100 ms, down after 3 failures, up after 2 successes.
-    pub health_port: Option<u16>,
+    /// Every VIP health-checks its backends ([`LabHealth`]).
+    pub health: Option<LabHealth>,
+}
+
+/// Health checks of a lab agent's VIPs: TCP to `port` of each backend's address, every
+/// `interval_ms`, down after 3 failures, up after 2 successes.
+#[derive(Clone, Copy, Debug)]
+pub struct LabHealth {
+    pub port: u16,
+    pub interval_ms: u32,
 }
 
 /// An `anycast-lab-server` answering with `name` on `addrs` (usually the VIPs on `lo`).
@@ -747,10 +754,11 @@ impl Lab {
                     "[[vip.backend]]\naddress = {address:?}\nweight = {weight}"
                 );
             }
-            if let Some(port) = spec.health_port {
+            if let Some(h) = spec.health {
                 let _ = writeln!(
                     s,
-                    "[vip.health]\nkind = \"tcp\"\nport = {port}\ninterval_ms = 100\ntimeout_ms = 100\nrise = 2\nfall = 3"
+                    "[vip.health]\nkind = \"tcp\"\nport = {}\ninterval_ms = {}\ntimeout_ms = 100\nrise = 2\nfall = 3",
+                    h.port, h.interval_ms
                 );
             }
         }
@@ -1453,7 +1461,7 @@ pub mod reference {
             ring_size: RING_SIZE,
             hash_seed: HASH_SEED,
             vips,
-            health_port: None,
+            health: None,
         }
     }
 

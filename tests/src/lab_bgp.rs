@@ -24,7 +24,7 @@ use nix::sys::signal::Signal;
 
 use crate::lab::reference::{self, *};
 use crate::lab::{
-    AgentSpec, Lab, LabError, Result, ServerSpec, Sysctl, Topology, VipSpec, find_binary,
+    AgentSpec, Lab, LabError, LabHealth, Result, ServerSpec, Sysctl, Topology, VipSpec, find_binary,
 };
 
 pub const ROUTER_AS: u32 = 65000;
@@ -42,6 +42,8 @@ pub struct Options {
     /// Every agent (both edges and both backends) health-checks the backends the same way, so
     /// that all of them keep the same tables through a health change.
     pub all_health: bool,
+    /// The health checks' interval (default 100 ms).
+    pub health_interval_ms: Option<u32>,
     /// Encapsulation and weights of the reference topology.
     pub reference: reference::Options,
     /// The VIPs of every agent (edges and backends), if not the reference ones
@@ -60,7 +62,10 @@ fn agent_spec(opts: &Options, ns: &str, vips: Option<&Vec<VipSpec>>) -> Result<A
         spec.vips = v.clone();
     }
     if opts.all_health || (ns == EDGE1 && opts.edge1_health) {
-        spec.health_port = Some(HEALTH_PORT);
+        spec.health = Some(LabHealth {
+            port: HEALTH_PORT,
+            interval_ms: opts.health_interval_ms.unwrap_or(100),
+        });
     }
     Ok(spec)
 }
@@ -333,6 +338,14 @@ impl BgpLab {
     /// [`BgpLab::set_vips`] for an edge.
     pub fn set_edge_vips(&mut self, edge: &str, vips: Vec<VipSpec>) -> Result<()> {
         self.set_vips(edge, vips)
+    }
+
+    /// The log of `edge`'s running agent alone (not its predecessors').
+    pub fn current_edge_log(&self, edge: &str) -> String {
+        self.agents
+            .get(edge)
+            .map(|name| self.lab.log(name))
+            .unwrap_or_default()
     }
 
     /// The log of `edge`'s current agent (its BIRD logs there too).

@@ -44,7 +44,7 @@ fn write_config(lab: &Lab, name: &str, pin_path: &Path) -> PathBuf {
         ring_size: 1009,
         hash_seed: 42,
         vips: vec![],
-        health_port: None,
+        health: None,
     };
     let text: String = lab
         .agent_config(&spec)

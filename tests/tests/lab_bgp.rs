@@ -13,6 +13,8 @@
 //!   backend *is* the dead edge (edge1 is also a backend here) ends with it (bytes lost).
 //! - (c) A VIP whose backends all fail their health checks on edge1 is withdrawn from edge1 (and
 //!   only there), and announced again when they recover.
+//! - (e) The health gate: a restarted edge whose restored verdicts its own checks have not
+//!   confirmed yet stays withdrawn until they have, and announces with the table it keeps.
 //!
 //! Timings are printed (`--nocapture`).
 
@@ -365,5 +367,104 @@ fn vip_with_all_backends_unhealthy_is_withdrawn_from_that_edge_and_announced_on_
     assert!(
         log.contains("VIP withdrawn") && log.contains("VIP announced"),
         "{log}"
+    );
+}
+
+/// (e) The health gate (issue 11, item 3): an edge announces a VIP anew only once its table
+/// reflects the health view it will keep. Edge1's agent is stopped while every backend is
+/// healthy (the verdicts go to its state file), backend2's health server stops, and a new agent
+/// starts from the restored verdicts, "backend2 healthy", which its own checks have not
+/// confirmed. With checks every 2 s and fall 3, the new agent's checks need about 4 s to find
+/// backend2 down, well after its BGP sessions are up again: the edge must stay withdrawn until
+/// then, and announce with backend2 out of its table.
+#[test]
+fn a_restarted_edge_announces_only_once_its_restored_health_is_confirmed() {
+    let Some((_serial, mut bgp)) = start(
+        "health_gate",
+        Options {
+            edge1_health: true,
+            health_interval_ms: Some(2000),
+            ..Options::default()
+        },
+    ) else {
+        return;
+    };
+    let settled = |b: &BgpLab| {
+        let st = b.status(EDGE1);
+        st["vips"].as_array().is_some_and(|vips| {
+            vips.iter().all(|v| {
+                v["backends"].as_array().is_some_and(|bs| {
+                    bs.iter().all(|b| {
+                        b["health"] == "healthy" && b["health_settled"].as_bool() == Some(true)
+                    })
+                })
+            })
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !settled(&bgp) {
+        assert!(
+            Instant::now() < deadline,
+            "edge1's backends not all healthy and settled: {}",
+            bgp.status(EDGE1)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    bgp.stop_edge(EDGE1).expect("stopping edge1's agent");
+    bgp.wait_nexthops(VIP_V4, &[EDGE2_V4], Duration::from_secs(30))
+        .expect("edge1 withdrawn");
+    bgp.stop_health_servers_of(&[BACKEND2])
+        .expect("stopping backend2's health server");
+    let t = Instant::now();
+    bgp.start_edge(EDGE1).expect("starting edge1's agent again");
+    bgp.wait_nexthops(VIP_V4, &[EDGE1_V4, EDGE2_V4], Duration::from_secs(40))
+        .unwrap_or_else(|e| panic!("{e}\nedge1 log:\n{}", bgp.current_edge_log(EDGE1)));
+    eprintln!(
+        "health gate: edge1 announced {:.0} ms after its new agent started",
+        t.elapsed().as_secs_f64() * 1e3
+    );
+    // BIRD exports the route the moment it is enabled; the agent logs once BIRD has answered.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let log = loop {
+        let log = bgp.current_edge_log(EDGE1);
+        if log.matches("VIP announced").count() >= 2 || Instant::now() > deadline {
+            break log;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let line = |what: &str, field: &str| {
+        log.lines()
+            .position(|l| l.contains(what) && l.contains(field))
+            .unwrap_or_else(|| panic!("no {what:?} line with {field:?} in edge1's log:\n{log}"))
+    };
+    for (backend, prefix) in [
+        (BACKEND2_V4, format!("{VIP_V4}/32")),
+        (BACKEND2_V6, format!("{VIP_V6}/128")),
+    ] {
+        let down = line("backend unhealthy", backend);
+        let announced = line("VIP announced", &prefix);
+        assert!(
+            down < announced,
+            "{prefix} announced before the new agent's checks found {backend} down:\n{log}"
+        );
+    }
+    let st = bgp.status(EDGE1);
+    for v in st["vips"].as_array().expect("vips") {
+        let b2 = v["backends"]
+            .as_array()
+            .expect("backends")
+            .iter()
+            .find(|b| b["address"] == BACKEND2_V4 || b["address"] == BACKEND2_V6)
+            .expect("backend2");
+        assert_eq!(
+            (b2["health"].as_str(), b2["slots"].as_u64()),
+            (Some("unhealthy"), Some(0)),
+            "{v}"
+        );
+    }
+    assert!(
+        log.contains("held back until its health checks settle"),
+        "the gate's hold is logged: {log}"
     );
 }
