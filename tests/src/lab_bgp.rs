@@ -542,6 +542,23 @@ impl BgpLab {
         }
         Ok(())
     }
+
+    /// Undoes [`BgpLab::black_hole`]: the permanent neighbour entries go, and both ends resolve
+    /// each other again.
+    pub fn heal(&self, edge: &str) -> Result<()> {
+        let (e4, e6, r4, r6) = edge_link(edge);
+        let (edev, rdev) = if edge == EDGE1 {
+            (self.lab.ifname("e1-r")?, self.lab.ifname("r-e1")?)
+        } else {
+            (self.lab.ifname("e2-r")?, self.lab.ifname("r-e2")?)
+        };
+        for (ns, dev, addrs) in [(ROUTER, &rdev, [e4, e6]), (edge, &edev, [r4, r6])] {
+            for a in addrs {
+                self.lab.ip(ns, &["neigh", "del", a, "dev", dev])?;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// The `anycast lookup` answer of `edge`'s running agent for a flow: the backend's server name.

@@ -8,7 +8,9 @@
 //!   established connection breaks: they move to edge2 and keep their backend.
 //! - (b) An edge that dies without its link going down (black-holed) is routed around within the
 //!   BFD detection time (200 ms x 5 in the lab: generous, so that a loaded CI machine does not
-//!   flap sessions). Expectation, asserted: every connection whose backend is not the dead edge
+//!   flap sessions); cut off, it withdraws its prefixes in its own BIRD too, and once its link
+//!   heals it announces again, through the health gate. Expectation, asserted: every connection
+//!   whose backend is not the dead edge
 //!   survives (it moves to edge2, same Maglev table, same backend); every connection whose
 //!   backend *is* the dead edge (edge1 is also a backend here) ends with it (bytes lost).
 //! - (c) A VIP whose backends all fail their health checks on edge1 is withdrawn from edge1 (and
@@ -285,6 +287,37 @@ fn dead_edge_is_routed_around_within_bfd_time_and_other_backends_connections_sur
             "a connection to the dead edge's server kept going: {c:?}"
         );
     }
+
+    // The cut-off edge's own view: no BGP session, every prefix withdrawn in its BIRD too, so
+    // that it comes back through the health gate rather than the instant a session returns.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let a = bgp.announcements(EDGE1);
+        if a.iter()
+            .all(|(_, on, why)| !on && why == "no BGP session established")
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "edge1 after its sessions died: {a:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    bgp.heal(EDGE1).unwrap();
+    let t = Instant::now();
+    bgp.wait_nexthops(VIP_V4, &[EDGE1_V4, EDGE2_V4], Duration::from_secs(30))
+        .unwrap_or_else(|e| panic!("{e}\nedge1 log:\n{}", bgp.edge_log(EDGE1)));
+    eprintln!(
+        "dead edge healed: announced from edge1 again {:.0} ms later",
+        t.elapsed().as_secs_f64() * 1e3
+    );
+    let log = bgp.current_edge_log(EDGE1);
+    assert!(
+        log.contains("no BGP session established: every VIP withdrawn")
+            && log.contains("a BGP session is established"),
+        "{log}"
+    );
 }
 
 #[test]
