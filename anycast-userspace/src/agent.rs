@@ -5,7 +5,7 @@
 //! map is written, so a bad config never leaves a half-programmed dataplane on an interface.
 //!
 //! The dataplane outlives the agent (the model of Cilium and Katran): program, links and maps are
-//! pinned under `agent.pin_path` ([`crate::pins`]), so an agent that exits, crashes or is killed
+//! pinned under `agent.pin_path` ([`crate::dataplane::pins`]), so an agent that exits, crashes or is killed
 //! leaves the interfaces forwarding with their last tables. A starting agent adopts the pins:
 //! same maps (tables, counters, connection tracking), its own program swapped atomically into
 //! each pinned link, then only the difference between the maps and its config written. On
@@ -28,14 +28,16 @@ use tokio::task::AbortHandle;
 use tracing::{error, info, warn};
 
 use crate::api::{self, Call};
+use crate::config::VipId;
 use crate::config::{Config, ConfigError, HealthConfig, XdpModeSetting};
-use crate::control::{AttachedInterface, Controller, ProgramInfo, ReloadError, VipId};
+use crate::control::{Controller, ReloadError};
+use crate::dataplane::pins::{self, AdoptPlan, Attached, PinError, PinLayout};
+use crate::dataplane::program_log::ProgramLog;
+use crate::dataplane::stats::StateFile;
 use crate::dataplane::{Dataplane, DataplaneError, Geometry};
 use crate::health::{self, HealthEvent};
 use crate::host::{self, HostError};
-use crate::pins::{self, AdoptPlan, Attached, PinError, PinLayout};
-use crate::program_log::ProgramLog;
-use crate::stats::StateFile;
+use crate::proto::{AttachedInterface, ProgramInfo};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
@@ -130,7 +132,7 @@ fn attach(
     }
 }
 
-pub use crate::control::error_chain;
+pub use crate::error::error_chain;
 
 fn check_forwarding() {
     for key in ["net/ipv4/ip_forward", "net/ipv6/conf/all/forwarding"] {
@@ -236,11 +238,11 @@ pub async fn run(opts: AgentOptions) -> Result<(), AgentError> {
             warn!(map = %name, "pinned map replaced by a new one (its contents are lost): {why}");
         }
     }
-    let log_level = crate::program_log::program_level();
+    let log_level = crate::dataplane::program_log::program_level();
     if log_level == 0 {
         info!(
             "program log lines off: the log filter rejects {}, so the program does not write them",
-            crate::program_log::TARGET
+            crate::dataplane::program_log::TARGET
         );
     }
     let mut dp =
@@ -326,7 +328,7 @@ pub async fn run(opts: AgentOptions) -> Result<(), AgentError> {
 /// not fatal.
 fn migrate_conns(ctl: &mut Controller<Dataplane>, m: &pins::ConnsMigration) {
     let started = std::time::Instant::now();
-    match crate::migrate::migrate_into(ctl.sink_mut(), m) {
+    match crate::dataplane::migrate::migrate_into(ctl.sink_mut(), m) {
         Ok(r) => info!(
             capacity_from = m.from.max_entries,
             capacity_to = m.to.max_entries,
@@ -714,7 +716,7 @@ mod tests {
             ring_size: 65537,
             ids: crate::dataplane::IdMap::default(),
             attached: vec![],
-            runtime: crate::control::RuntimeState {
+            runtime: crate::dataplane::stats::RuntimeState {
                 edge_drained: true,
                 ..Default::default()
             },

@@ -25,261 +25,22 @@
 //! so that a returning session brings the VIPs back through the same gate.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
 use tokio::net::UnixStream;
 use tokio::sync::{mpsc, watch};
 use tracing::{error, info, warn};
 
-use crate::config::ConfigError;
-use crate::control::Status;
+use crate::config::bgp::{BgpConfig, BgpMode, ManagedBird};
+use crate::proto::{AnnounceStatus, PrefixState, Status, VipStatus};
 
 /// Prefix of the BIRD protocol names the agent drives.
 pub const PROTOCOL_PREFIX: &str = "anycast_vip_";
-pub const DEFAULT_RUN_DIR: &str = "/run/anycast/bird";
-
-/// The `[bgp]` section as serde sees it.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawBgp {
-    pub bird_socket: Option<String>,
-    pub local_as: Option<i64>,
-    pub router_id: Option<String>,
-    #[serde(default)]
-    pub neighbors: Vec<RawNeighbor>,
-    pub bfd: Option<bool>,
-    pub bfd_interval_ms: Option<i64>,
-    pub bfd_multiplier: Option<i64>,
-    pub hold_time: Option<i64>,
-    pub keepalive_time: Option<i64>,
-    pub min_healthy_backends: Option<i64>,
-    pub bird_binary: Option<String>,
-    pub run_dir: Option<String>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawNeighbor {
-    pub address: String,
-    #[serde(rename = "as")]
-    pub asn: i64,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct BgpConfig {
-    pub mode: BgpMode,
-    pub min_healthy_backends: u32,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-#[serde(tag = "mode", rename_all = "snake_case")]
-pub enum BgpMode {
-    Managed(ManagedBird),
-    External { bird_socket: PathBuf },
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct ManagedBird {
-    pub local_as: u32,
-    pub router_id: Ipv4Addr,
-    pub neighbors: Vec<Neighbor>,
-    pub bfd: bool,
-    pub bfd_interval_ms: u32,
-    pub bfd_multiplier: u32,
-    pub hold_time: u32,
-    pub keepalive_time: u32,
-    pub bird_binary: PathBuf,
-    /// `bird.conf` and `bird.ctl` go here.
-    pub run_dir: PathBuf,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct Neighbor {
-    pub address: IpAddr,
-    pub asn: u32,
-}
-
-impl BgpConfig {
-    pub fn socket(&self) -> PathBuf {
-        match &self.mode {
-            BgpMode::Managed(m) => m.run_dir.join("bird.ctl"),
-            BgpMode::External { bird_socket } => bird_socket.clone(),
-        }
-    }
-
-    pub fn mode_name(&self) -> &'static str {
-        match self.mode {
-            BgpMode::Managed(_) => "managed",
-            BgpMode::External { .. } => "external",
-        }
-    }
-}
-
-fn invalid(field: impl Into<String>, problem: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid {
-        field: field.into(),
-        problem: problem.into(),
-    }
-}
-
-fn int_in(field: &str, v: i64, lo: i64, hi: i64) -> Result<u32, ConfigError> {
-    if v < lo || v > hi {
-        return Err(invalid(field, format!("{v} is out of range {lo}..={hi}")));
-    }
-    Ok(u32::try_from(v).expect("range checked"))
-}
-
-/// Validates `[bgp]`. `tunnel_source` is the default router id.
-pub fn validate(raw: RawBgp, tunnel_source: Option<Ipv4Addr>) -> Result<BgpConfig, ConfigError> {
-    let RawBgp {
-        bird_socket,
-        local_as,
-        router_id,
-        neighbors,
-        bfd,
-        bfd_interval_ms,
-        bfd_multiplier,
-        hold_time,
-        keepalive_time,
-        min_healthy_backends,
-        bird_binary,
-        run_dir,
-    } = raw;
-    let min_healthy_backends = int_in(
-        "bgp.min_healthy_backends",
-        min_healthy_backends.unwrap_or(1),
-        0,
-        i64::from(u32::MAX),
-    )?;
-    if let Some(sock) = bird_socket {
-        if sock.is_empty() {
-            return Err(invalid("bgp.bird_socket", "empty path"));
-        }
-        // External BIRD: its config is the operator's, so managed-mode fields would be ignored.
-        let managed_only = [
-            ("local_as", local_as.is_some()),
-            ("router_id", router_id.is_some()),
-            ("neighbors", !neighbors.is_empty()),
-            ("bfd", bfd.is_some()),
-            ("bfd_interval_ms", bfd_interval_ms.is_some()),
-            ("bfd_multiplier", bfd_multiplier.is_some()),
-            ("hold_time", hold_time.is_some()),
-            ("keepalive_time", keepalive_time.is_some()),
-            ("bird_binary", bird_binary.is_some()),
-            ("run_dir", run_dir.is_some()),
-        ];
-        if let Some((f, _)) = managed_only.iter().find(|(_, set)| *set) {
-            return Err(invalid(
-                format!("bgp.{f}"),
-                "only for a BIRD the agent manages; with bgp.bird_socket (external BIRD) it belongs in BIRD's own config",
-            ));
-        }
-        return Ok(BgpConfig {
-            mode: BgpMode::External {
-                bird_socket: PathBuf::from(sock),
-            },
-            min_healthy_backends,
-        });
-    }
-    let local_as = int_in(
-        "bgp.local_as",
-        local_as.ok_or_else(|| {
-            invalid(
-                "bgp.local_as",
-                "required (or set bgp.bird_socket to drive a BIRD you run yourself)",
-            )
-        })?,
-        1,
-        i64::from(u32::MAX),
-    )?;
-    let router_id = match router_id {
-        Some(r) => r
-            .parse()
-            .map_err(|_| invalid("bgp.router_id", format!("{r:?} is not an IPv4 address")))?,
-        None => tunnel_source.ok_or_else(|| {
-            invalid(
-                "bgp.router_id",
-                "required when agent.tunnel_source is not set (BGP router ids are IPv4 addresses)",
-            )
-        })?,
-    };
-    if neighbors.is_empty() {
-        return Err(invalid(
-            "bgp.neighbors",
-            "at least one neighbor ({ address = \"ADDR\", as = ASN }) is needed",
-        ));
-    }
-    let mut seen = BTreeSet::new();
-    let mut ns = Vec::new();
-    for (i, n) in neighbors.into_iter().enumerate() {
-        let f = format!("bgp.neighbors[{i}]");
-        let address: IpAddr = n.address.parse().map_err(|_| {
-            invalid(
-                format!("{f}.address"),
-                format!("{:?} is not an IP address", n.address),
-            )
-        })?;
-        if !seen.insert(address) {
-            return Err(invalid(
-                format!("{f}.address"),
-                format!("duplicate neighbor {address}"),
-            ));
-        }
-        let asn = int_in(&format!("{f}.as"), n.asn, 1, i64::from(u32::MAX))?;
-        ns.push(Neighbor { address, asn });
-    }
-    // BIRD's and most routers' default; BFD (on by default) detects a dead edge in well under a
-    // second, so the hold timer is only the fallback.
-    let hold = int_in("bgp.hold_time", hold_time.unwrap_or(90), 0, 65535)?;
-    // RFC 4271 section 4.2: the hold time is zero or at least three seconds.
-    if hold != 0 && hold < 3 {
-        return Err(invalid(
-            "bgp.hold_time",
-            format!("{hold} s: must be 0 or at least 3 (RFC 4271, 4.2)"),
-        ));
-    }
-    let keepalive = int_in(
-        "bgp.keepalive_time",
-        keepalive_time.unwrap_or(i64::from(hold / 3).max(1)),
-        1,
-        65535,
-    )?;
-    if hold != 0 && keepalive >= hold {
-        return Err(invalid(
-            "bgp.keepalive_time",
-            format!("{keepalive} s is not below bgp.hold_time = {hold} s"),
-        ));
-    }
-    let run_dir = PathBuf::from(run_dir.unwrap_or_else(|| DEFAULT_RUN_DIR.to_owned()));
-    if run_dir.as_os_str().is_empty() {
-        return Err(invalid("bgp.run_dir", "empty path"));
-    }
-    Ok(BgpConfig {
-        mode: BgpMode::Managed(ManagedBird {
-            local_as,
-            router_id,
-            neighbors: ns,
-            bfd: bfd.unwrap_or(true),
-            bfd_interval_ms: int_in(
-                "bgp.bfd_interval_ms",
-                bfd_interval_ms.unwrap_or(100),
-                10,
-                60_000,
-            )?,
-            bfd_multiplier: int_in("bgp.bfd_multiplier", bfd_multiplier.unwrap_or(3), 1, 255)?,
-            hold_time: hold,
-            keepalive_time: keepalive,
-            bird_binary: PathBuf::from(bird_binary.unwrap_or_else(|| "bird".to_owned())),
-            run_dir,
-        }),
-        min_healthy_backends,
-    })
-}
 
 /// The BIRD protocol that holds `address`'s prefix. BIRD symbols are letters, digits and `_`;
 /// an IPv6 address is written as its eight groups in hex so every address has one name.
@@ -398,14 +159,14 @@ pub struct Desired {
 }
 
 /// Why a VIP does or does not qualify for announcement (`Ok` = qualifies, with a reason too).
-fn vip_verdict(v: &crate::control::VipStatus, attached: bool, min: u32) -> Result<String, String> {
+fn vip_verdict(v: &VipStatus, attached: bool, min: u32) -> Result<String, String> {
     if !attached {
         return Err("program not attached".into());
     }
     if v.fingerprint.is_none() {
         return Err("no table written".into());
     }
-    let in_table = |b: &&crate::control::BackendStatus| b.weight_effective > 0 && b.slots > 0;
+    let in_table = |b: &&crate::proto::BackendStatus| b.weight_effective > 0 && b.slots > 0;
     let healthy = v
         .backends
         .iter()
@@ -543,47 +304,6 @@ pub fn bgp_sessions(reply: &[String]) -> (usize, usize) {
         }
     }
     (configured, established)
-}
-
-/// One prefix as BIRD has it, for `anycast status` and metrics.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct PrefixState {
-    pub prefix: String,
-    pub protocol: String,
-    /// What BIRD was last told successfully (false until then).
-    pub announced: bool,
-    /// What the policy wants.
-    pub wanted: bool,
-    pub reason: String,
-    /// Unix time of the last change of `announced`.
-    pub since: u64,
-}
-
-impl PrefixState {
-    fn new(address: IpAddr) -> Self {
-        Self {
-            prefix: prefix_of(address),
-            protocol: protocol_name(address),
-            announced: false,
-            wanted: false,
-            reason: "starting".into(),
-            since: now(),
-        }
-    }
-}
-
-/// The announcer's state, shared with the controller for `anycast status` and metrics.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
-pub struct AnnounceStatus {
-    pub mode: &'static str,
-    pub bird_socket: PathBuf,
-    /// `connected`, `connecting` (with the last error) or `stopped`.
-    pub bird: String,
-    pub edge_drained: bool,
-    pub min_healthy_backends: u32,
-    /// Per VIP in `anycast status` (`vips[].announcement`).
-    #[serde(skip)]
-    pub prefixes: BTreeMap<IpAddr, PrefixState>,
 }
 
 /// Whether a `[bgp]` change can be applied to a running announcer ([`Handle::reconfigure`]):
@@ -849,6 +569,18 @@ impl BirdClient {
     }
 }
 
+/// A prefix as the announcer starts it: withdrawn.
+fn prefix_state(address: IpAddr) -> PrefixState {
+    PrefixState {
+        prefix: prefix_of(address),
+        protocol: protocol_name(address),
+        announced: false,
+        wanted: false,
+        reason: "starting".into(),
+        since: now(),
+    }
+}
+
 fn now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -866,10 +598,7 @@ pub fn start(cfg: BgpConfig, addresses: &BTreeSet<IpAddr>) -> Result<Handle, Bir
         bird: "connecting".into(),
         edge_drained: false,
         min_healthy_backends: cfg.min_healthy_backends,
-        prefixes: addresses
-            .iter()
-            .map(|a| (*a, PrefixState::new(*a)))
-            .collect(),
+        prefixes: addresses.iter().map(|a| (*a, prefix_state(*a))).collect(),
     }));
     let (bird, managed) = match &cfg.mode {
         BgpMode::Managed(m) => (Some(spawn_bird(m, addresses)?), Some(m.clone())),
@@ -1015,7 +744,7 @@ impl Task {
             {
                 let cmd = format!("disable {}", protocol_name(*addr));
                 if let Err(e) = c.command(&cmd).await {
-                    error!(prefix = %prefix_of(*addr), command = %cmd, error = %crate::control::error_chain(&e), "BIRD command failed");
+                    error!(prefix = %prefix_of(*addr), command = %cmd, error = %crate::error::error_chain(&e), "BIRD command failed");
                     if !matches!(e, BirdError::Refused { .. }) {
                         *client = None;
                     }
@@ -1030,7 +759,7 @@ impl Task {
                 s.prefixes.remove(addr);
             }
             for addr in &added {
-                s.prefixes.insert(*addr, PrefixState::new(*addr));
+                s.prefixes.insert(*addr, prefix_state(*addr));
             }
         }
         let bird_changed = self.managed != r.managed;
@@ -1133,7 +862,7 @@ async fn run(
                     last_error.clear();
                 }
                 Err(e) => {
-                    let msg = crate::control::error_chain(&e);
+                    let msg = crate::error::error_chain(&e);
                     if msg != last_error {
                         warn!(error = %msg, "BIRD not reachable yet; retrying");
                         last_error = msg.clone();
@@ -1162,11 +891,11 @@ async fn run(
                         ..
                     }),
                 ) => {
-                    error!(error = %crate::control::error_chain(&e), "the managed BIRD did not take its new config; it keeps the previous one");
+                    error!(error = %crate::error::error_chain(&e), "the managed BIRD did not take its new config; it keeps the previous one");
                     pending_configure = false;
                 }
                 Err(e) => {
-                    warn!(error = %crate::control::error_chain(&e), "reconfiguring BIRD; reconnecting");
+                    warn!(error = %crate::error::error_chain(&e), "reconfiguring BIRD; reconnecting");
                     client = None;
                     continue;
                 }
@@ -1180,7 +909,7 @@ async fn run(
                     sessions_up = Some(configured == 0 || established > 0);
                 }
                 Err(e) => {
-                    warn!(error = %crate::control::error_chain(&e), "asking BIRD for its BGP sessions; reconnecting");
+                    warn!(error = %crate::error::error_chain(&e), "asking BIRD for its BGP sessions; reconnecting");
                     client = None;
                     continue;
                 }
@@ -1228,7 +957,7 @@ async fn run(
                     t.set_announced(*addr, announce, &reason);
                 }
                 Err(e) => {
-                    error!(prefix = %prefix_of(*addr), command = %cmd, error = %crate::control::error_chain(&e), "BIRD command failed");
+                    error!(prefix = %prefix_of(*addr), command = %cmd, error = %crate::error::error_chain(&e), "BIRD command failed");
                     if !matches!(e, BirdError::Refused { .. }) {
                         failed = true;
                         break;
@@ -1289,86 +1018,11 @@ async fn run(
     shared.lock().expect("announce state").bird = "stopped".into();
 }
 
-/// What `anycast drain-edge` saw.
-#[derive(Clone, Debug, Serialize)]
-pub struct DrainReport {
-    /// Until BIRD had withdrawn every prefix.
-    pub withdrawn_ms: u64,
-    pub prefixes_still_announced: Vec<String>,
-    /// Until the VIP packet counters stopped growing for the quiet period.
-    pub quiet_after_ms: Option<u64>,
-    /// VIP packets counted after the drain was asked for.
-    pub packets_after_drain: u64,
-    pub timed_out: bool,
-}
-
-fn vip_packets(stats: &serde_json::Value) -> u64 {
-    stats["vips"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|v| v["packets"].as_u64())
-        .sum()
-}
-
-/// The CLI side of `anycast drain-edge`: asks the agent to withdraw every VIP, waits until BIRD
-/// has done it, then until the VIP packet counters have not grown for `quiet` (traffic has moved
-/// to other edges), all within `timeout`.
-pub fn drain_edge_and_wait(
-    socket: &Path,
-    timeout: Duration,
-    quiet: Duration,
-) -> Result<DrainReport, String> {
-    use crate::control::Request;
-    let ask = |r: &Request| -> Result<serde_json::Value, String> {
-        crate::api::call(socket, r).map_err(|e| crate::control::error_chain(&e))?
-    };
-    let start = std::time::Instant::now();
-    let deadline = start + timeout;
-    let before = vip_packets(&ask(&Request::Stats)?);
-    ask(&Request::DrainEdge)?;
-    let mut still;
-    loop {
-        let st = ask(&Request::Status)?;
-        still = st["vips"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|v| v["announcement"]["announced"] == true)
-            .filter_map(|v| v["announcement"]["prefix"].as_str().map(str::to_owned))
-            .collect::<BTreeSet<String>>();
-        if still.is_empty() || std::time::Instant::now() > deadline {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let withdrawn_ms = start.elapsed().as_millis() as u64;
-    let mut last = vip_packets(&ask(&Request::Stats)?);
-    let mut last_change = std::time::Instant::now();
-    let mut quiet_after_ms = None;
-    while std::time::Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(100));
-        let now_packets = vip_packets(&ask(&Request::Stats)?);
-        if now_packets != last {
-            last = now_packets;
-            last_change = std::time::Instant::now();
-        } else if last_change.elapsed() >= quiet {
-            quiet_after_ms = Some((last_change - start).as_millis() as u64);
-            break;
-        }
-    }
-    Ok(DrainReport {
-        withdrawn_ms,
-        timed_out: !still.is_empty() || quiet_after_ms.is_none(),
-        prefixes_still_announced: still.into_iter().collect(),
-        quiet_after_ms,
-        packets_after_drain: last.saturating_sub(before),
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::bgp::{RawBgp, validate};
+    use std::net::Ipv4Addr;
 
     fn raw(text: &str) -> RawBgp {
         toml::from_str(text).unwrap()

@@ -15,7 +15,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, warn};
 
-use crate::control::{Request, Response};
+use crate::proto::{Request, Response};
 
 /// What the API and metrics tasks ask of the agent's main task.
 #[derive(Debug)]

@@ -1,12 +1,15 @@
 //! Command-line interface definitions (the commands themselves run from `main.rs`).
 
+use std::collections::BTreeSet;
 use std::net::IpAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use serde::Serialize;
 
 use crate::config::{DEFAULT_API_SOCKET, XdpModeSetting};
-use crate::model::Decision;
+use crate::plan::model::Decision;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -324,6 +327,83 @@ pub fn render_status(v: &serde_json::Value) -> String {
     s
 }
 
+/// What `anycast drain-edge` saw.
+#[derive(Clone, Debug, Serialize)]
+pub struct DrainReport {
+    /// Until BIRD had withdrawn every prefix.
+    pub withdrawn_ms: u64,
+    pub prefixes_still_announced: Vec<String>,
+    /// Until the VIP packet counters stopped growing for the quiet period.
+    pub quiet_after_ms: Option<u64>,
+    /// VIP packets counted after the drain was asked for.
+    pub packets_after_drain: u64,
+    pub timed_out: bool,
+}
+
+fn vip_packets(stats: &serde_json::Value) -> u64 {
+    stats["vips"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|v| v["packets"].as_u64())
+        .sum()
+}
+
+/// The CLI side of `anycast drain-edge`: asks the agent to withdraw every VIP, waits until BIRD
+/// has done it, then until the VIP packet counters have not grown for `quiet` (traffic has moved
+/// to other edges), all within `timeout`.
+pub fn drain_edge_and_wait(
+    socket: &Path,
+    timeout: Duration,
+    quiet: Duration,
+) -> Result<DrainReport, String> {
+    use crate::proto::Request;
+    let ask = |r: &Request| -> Result<serde_json::Value, String> {
+        crate::api::call(socket, r).map_err(|e| crate::error::error_chain(&e))?
+    };
+    let start = std::time::Instant::now();
+    let deadline = start + timeout;
+    let before = vip_packets(&ask(&Request::Stats)?);
+    ask(&Request::DrainEdge)?;
+    let mut still;
+    loop {
+        let st = ask(&Request::Status)?;
+        still = st["vips"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|v| v["announcement"]["announced"] == true)
+            .filter_map(|v| v["announcement"]["prefix"].as_str().map(str::to_owned))
+            .collect::<BTreeSet<String>>();
+        if still.is_empty() || std::time::Instant::now() > deadline {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let withdrawn_ms = start.elapsed().as_millis() as u64;
+    let mut last = vip_packets(&ask(&Request::Stats)?);
+    let mut last_change = std::time::Instant::now();
+    let mut quiet_after_ms = None;
+    while std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+        let now_packets = vip_packets(&ask(&Request::Stats)?);
+        if now_packets != last {
+            last = now_packets;
+            last_change = std::time::Instant::now();
+        } else if last_change.elapsed() >= quiet {
+            quiet_after_ms = Some((last_change - start).as_millis() as u64);
+            break;
+        }
+    }
+    Ok(DrainReport {
+        withdrawn_ms,
+        timed_out: !still.is_empty() || quiet_after_ms.is_none(),
+        prefixes_still_announced: still.into_iter().collect(),
+        quiet_after_ms,
+        packets_after_drain: last.saturating_sub(before),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -412,7 +492,7 @@ mod tests {
         };
         assert_eq!(
             l.flow_text()
-                .parse::<crate::model::Flow>()
+                .parse::<crate::plan::model::Flow>()
                 .unwrap()
                 .dst
                 .port(),

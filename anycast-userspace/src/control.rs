@@ -22,22 +22,27 @@
 //! requests from one task, so none of this needs locking.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fmt;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use serde::{Deserialize, Serialize, Serializer};
+use serde::Serialize;
 use tracing::{error, info, warn};
 
 use crate::config::{
-    BackendConfig, Config, ConfigError, HealthConfig, MAX_WEIGHT, Protocol, VipConfig, vip_label,
+    BackendConfig, Config, ConfigError, HealthConfig, MAX_WEIGHT, VipConfig, VipId,
+};
+use crate::dataplane::stats::{
+    RuntimeState, SavedOverride, SavedVerdict, StateFile, Stats, Traffic, VipTraffic,
 };
 use crate::dataplane::{
     ApplyReport, Dataplane, DataplaneError, DesiredState, IdMap, MemoryMaps, Publisher,
 };
-use crate::model::{self, Decision, Flow, VipTable};
-use crate::stats::{StateFile, Stats, Traffic, VipTraffic};
+use crate::error::error_chain;
+use crate::plan::model::{self, Decision, Flow, VipTable};
+use crate::proto::{
+    BackendStatus, OverrideEntry, ProgramInfo, ReloadOutcome, Request, Response, Status, VipStatus,
+};
 
 /// Where the desired state goes: the kernel maps or, in tests, memory.
 pub trait Sink {
@@ -97,7 +102,7 @@ impl Sink for MemorySink {
             backends: ids
                 .backends
                 .iter()
-                .map(|(id, a, local)| crate::stats::BackendTraffic {
+                .map(|(id, a, local)| crate::dataplane::stats::BackendTraffic {
                     id: *id,
                     address: Some(*a),
                     local: *local,
@@ -108,36 +113,6 @@ impl Sink for MemorySink {
     }
     fn id_map(&self) -> IdMap {
         self.publisher.id_map()
-    }
-}
-
-/// A VIP as the operator names it: address, port (0 = any) and protocol.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct VipId {
-    pub address: IpAddr,
-    pub port: u16,
-    pub protocol: Protocol,
-}
-
-impl VipId {
-    pub fn of(v: &VipConfig) -> Self {
-        Self {
-            address: v.address,
-            port: v.port,
-            protocol: v.protocol,
-        }
-    }
-}
-
-impl fmt::Display for VipId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&vip_label(self.address, self.port, self.protocol))
-    }
-}
-
-impl Serialize for VipId {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
     }
 }
 
@@ -189,48 +164,6 @@ impl Overrides {
             });
         drains.chain(weights).collect()
     }
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct OverrideEntry {
-    /// `null` = every VIP.
-    pub vip: Option<VipId>,
-    pub backend: IpAddr,
-    pub drained: bool,
-    pub weight: Option<u32>,
-}
-
-/// What the state file keeps of the controller, so that an agent that starts after another
-/// (restart, upgrade, crash) continues from where it was (README "Runtime overrides"): the
-/// runtime overrides, the last health verdicts (the starting point that the checks then confirm
-/// or overturn) and whether the edge is drained from BGP. VIPs are named by their label.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RuntimeState {
-    #[serde(default)]
-    pub overrides: Vec<SavedOverride>,
-    #[serde(default)]
-    pub health: Vec<SavedVerdict>,
-    #[serde(default)]
-    pub edge_drained: bool,
-}
-
-/// One drain or one weight override (`vip` absent: every VIP).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SavedOverride {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub vip: Option<String>,
-    pub backend: IpAddr,
-    #[serde(default)]
-    pub drained: bool,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub weight: Option<u32>,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SavedVerdict {
-    pub vip: String,
-    pub backend: IpAddr,
-    pub healthy: bool,
 }
 
 /// What [`Controller::start_restoring`] took over from a [`RuntimeState`], and what it dropped.
@@ -338,34 +271,6 @@ pub enum ReloadError {
     Apply(#[source] Box<DataplaneError>),
 }
 
-/// The result of the last reload, for `anycast status`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct ReloadOutcome {
-    /// Seconds since the Unix epoch.
-    pub at: u64,
-    /// What triggered it: `SIGHUP`, `file change`.
-    pub trigger: String,
-    pub ok: bool,
-    /// `N VIPs changed` or the error, field named.
-    pub message: String,
-}
-
-/// The loaded program and where it is attached, for `anycast status`.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
-pub struct ProgramInfo {
-    pub name: String,
-    /// Kernel program id (`bpftool prog show id N`).
-    pub id: Option<u32>,
-    pub interfaces: Vec<AttachedInterface>,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct AttachedInterface {
-    pub name: String,
-    /// `native`, `generic`.
-    pub mode: String,
-}
-
 fn now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -471,18 +376,6 @@ fn restart_only(old: &Config, new: &Config) -> Result<(), ReloadError> {
         }
     }
     Ok(())
-}
-
-/// `a: b: c` for an error and its sources.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 /// The agent's state; see the module docs.
@@ -1418,108 +1311,10 @@ pub fn diff(
     out
 }
 
-/// A control API request: one JSON object per line (README, "Control API").
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "request", rename_all = "snake_case", deny_unknown_fields)]
-pub enum Request {
-    Status,
-    Stats,
-    Lookup {
-        flow: String,
-    },
-    /// Withdraw every VIP from BGP (`[bgp]` only).
-    DrainEdge,
-    UndrainEdge,
-    Drain {
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        vip: Option<String>,
-        backend: String,
-    },
-    Undrain {
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        vip: Option<String>,
-        backend: String,
-    },
-    SetWeight {
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        vip: Option<String>,
-        backend: String,
-        /// Signed so a negative value gets a range error rather than a parse error.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        weight: Option<i64>,
-        #[serde(default)]
-        clear: bool,
-    },
-}
-
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(untagged)]
-pub enum Response {
-    Ok { result: serde_json::Value },
-    Error { error: String },
-}
-
-impl Response {
-    pub fn into_result(self) -> Result<serde_json::Value, String> {
-        match self {
-            Self::Ok { result } => Ok(result),
-            Self::Error { error } => Err(error),
-        }
-    }
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct BackendStatus {
-    pub address: IpAddr,
-    pub local: bool,
-    pub weight_config: u32,
-    /// What the dataplane uses: overrides applied, 0 when unhealthy (then not in the table).
-    pub weight_effective: u32,
-    pub drained: bool,
-    pub weight_override: Option<u32>,
-    /// `healthy`, `unhealthy`, `pending` (checked, no verdict yet: treated as healthy),
-    /// `unchecked` (the VIP has no `[vip.health]`).
-    pub health: &'static str,
-    /// The verdict is confirmed by the running health check (no rise or fall under way, not a
-    /// restored verdict still unchecked); true when unchecked. A VIP is announced anew only when
-    /// every one of its backends is settled (announce, "the health gate").
-    pub health_settled: bool,
-    /// Slots of the live table that send to this backend.
-    pub slots: usize,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct VipStatus {
-    pub vip: VipId,
-    /// `ok`, `all backends down`, `no weighted backend`, `no backends`.
-    pub state: &'static str,
-    pub fingerprint: Option<String>,
-    pub health_check: Option<String>,
-    pub backends: Vec<BackendStatus>,
-    /// BGP state of the VIP's prefix, with `[bgp]`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub announcement: Option<crate::announce::PrefixState>,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct Status {
-    pub version: &'static str,
-    pub config_path: PathBuf,
-    pub last_reload: Option<ReloadOutcome>,
-    pub reloads_ok: u64,
-    pub reloads_error: u64,
-    pub program: ProgramInfo,
-    pub hash_seed: u32,
-    pub ring_size: u32,
-    pub overrides: Vec<OverrideEntry>,
-    pub vips: Vec<VipStatus>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub bgp: Option<crate::announce::AnnounceStatus>,
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proto::AttachedInterface;
     use crate::dataplane::{MapOp, vip_key};
 
     const CFG: &str = r#"

@@ -20,7 +20,7 @@
 //! table): its first successful check makes it healthy, `fall` consecutive failures unhealthy.
 //! A healthy backend becomes unhealthy after `fall` consecutive failures, an unhealthy one
 //! healthy after `rise` consecutive successes. Only verdict changes are reported (and logged);
-//! an unhealthy backend leaves its VIP's Maglev input ([`crate::control`]).
+//! an unhealthy backend leaves its VIP's Maglev input (the controller, `control`).
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
@@ -30,8 +30,8 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tracing::debug;
 
+use crate::config::VipId;
 use crate::config::{HealthConfig, HealthKind};
-use crate::control::VipId;
 
 /// The rise/fall state machine of one backend.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

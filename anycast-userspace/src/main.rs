@@ -7,9 +7,9 @@ use anycast::agent::{self, AgentOptions};
 use anycast::api;
 use anycast::cli::{ApiArgs, Cli, Command, LogFormat, LookupArgs, render_lookup, render_status};
 use anycast::config::{Config, DEFAULT_PIN_PATH, DEFAULT_STATE_FILE};
-use anycast::control::Request;
-use anycast::model::{self, Decision, Flow};
-use anycast::stats::{self, StateFile, Stats};
+use anycast::dataplane::stats::{self, StateFile, Stats};
+use anycast::plan::model::{self, Decision, Flow};
+use anycast::proto::Request;
 use anyhow::{Context as _, anyhow};
 use clap::Parser as _;
 use tracing_subscriber::EnvFilter;
@@ -114,7 +114,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             quiet_ms,
             api,
         } => {
-            let r = anycast::announce::drain_edge_and_wait(
+            let r = anycast::cli::drain_edge_and_wait(
                 &api.socket,
                 std::time::Duration::from_secs(timeout),
                 std::time::Duration::from_millis(quiet_ms),

@@ -11,8 +11,8 @@ use axum::response::IntoResponse;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::api::Call;
-use crate::control::Status;
-use crate::stats::Stats;
+use crate::dataplane::stats::Stats;
+use crate::proto::Status;
 
 fn escape(v: &str) -> String {
     v.replace('\\', "\\\\")
@@ -66,7 +66,8 @@ pub fn render(status: &Status, stats: Option<&Stats>) -> String {
             (
                 "anycast_vip_packets_total",
                 "Packets steered per VIP.",
-                (|t: &crate::stats::Traffic| t.packets) as fn(&crate::stats::Traffic) -> u64,
+                (|t: &crate::dataplane::stats::Traffic| t.packets)
+                    as fn(&crate::dataplane::stats::Traffic) -> u64,
             ),
             ("anycast_vip_bytes_total", "Bytes steered per VIP.", |t| {
                 t.bytes
@@ -81,7 +82,8 @@ pub fn render(status: &Status, stats: Option<&Stats>) -> String {
             (
                 "anycast_backend_packets_total",
                 "Packets sent to each backend.",
-                (|t: &crate::stats::Traffic| t.packets) as fn(&crate::stats::Traffic) -> u64,
+                (|t: &crate::dataplane::stats::Traffic| t.packets)
+                    as fn(&crate::dataplane::stats::Traffic) -> u64,
             ),
             (
                 "anycast_backend_bytes_total",

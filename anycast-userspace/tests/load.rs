@@ -6,7 +6,7 @@ use std::net::IpAddr;
 
 use anycast::config::Config;
 use anycast::dataplane::{Dataplane, vip_key};
-use anycast::model::vip_table;
+use anycast::plan::model::vip_table;
 use anycast_common::{Backend, VipKey, VipValue, map_names};
 use aya::maps::{Array, HashMap};
 
@@ -127,7 +127,8 @@ fn load_apply_pin_and_read_stats() {
     let dir = mnt.join("pins");
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         dp.pin_maps(&dir).expect("pinning");
-        let pinned = anycast::stats::read_pinned(&dir, &dp.publisher().id_map()).unwrap();
+        let pinned =
+            anycast::dataplane::stats::read_pinned(&dir, &dp.publisher().id_map()).unwrap();
         assert_eq!(pinned, stats);
         anycast::dataplane::unpin_maps(&dir).unwrap();
     }));

@@ -275,7 +275,7 @@ pub struct RunResult {
 impl Dataplane {
     /// Loads the program with the given map sizes (maps empty).
     pub fn load(sizes: Sizes) -> Self {
-        Self::load_with_log_level(sizes, anycast::program_log::ALL_LEVELS)
+        Self::load_with_log_level(sizes, anycast::dataplane::program_log::ALL_LEVELS)
     }
 
     /// Loads the program with the given map sizes and aya-log level (`AYA_LOG_LEVEL`: 0 none,

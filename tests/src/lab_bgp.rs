@@ -416,7 +416,7 @@ impl BgpLab {
 
     /// `edge`'s status as JSON (through the control API).
     pub fn status(&self, edge: &str) -> serde_json::Value {
-        anycast::api::call(&self.api_socket(edge), &anycast::control::Request::Status)
+        anycast::api::call(&self.api_socket(edge), &anycast::proto::Request::Status)
             .unwrap_or_else(|e| panic!("{edge}: status: {e}"))
             .unwrap_or_else(|e| panic!("{edge}: status: {e}"))
     }
@@ -442,7 +442,7 @@ impl BgpLab {
 
     /// Packets `edge`'s dataplane counted for every VIP.
     pub fn vip_packets(&self, edge: &str) -> u64 {
-        let v = anycast::api::call(&self.api_socket(edge), &anycast::control::Request::Stats)
+        let v = anycast::api::call(&self.api_socket(edge), &anycast::proto::Request::Stats)
             .unwrap_or_else(|e| panic!("{edge}: stats: {e}"))
             .unwrap_or_else(|e| panic!("{edge}: stats: {e}"));
         v["vips"]
@@ -570,7 +570,7 @@ pub fn live_lookup(
 ) -> String {
     let v = anycast::api::call(
         socket,
-        &anycast::control::Request::Lookup {
+        &anycast::proto::Request::Lookup {
             flow: format!("{protocol} {src} {dst}"),
         },
     )

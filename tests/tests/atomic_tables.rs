@@ -6,7 +6,7 @@
 //! The write order that makes each switch atomic (the whole new table written into a free table
 //! number, then the VIP's value replaced in one map update; the live and previous tables never
 //! written) is pinned by the publisher's unit tests with the in-memory writer
-//! (anycast-userspace/src/dataplane.rs); this test shows the result in the kernel under load.
+//! (anycast-userspace/src/dataplane/mod.rs); this test shows the result in the kernel under load.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr};

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use anycast::config::Config;
 use anycast::dataplane::Dataplane;
-use anycast::pins::{self, AdoptPlan, PinLayout};
+use anycast::dataplane::pins::{self, AdoptPlan, PinLayout};
 use anycast_common::{Backend, ConnKey, ConnValue, map_names};
 use aya::maps::{Array, HashMap, MapData};
 
@@ -85,7 +85,7 @@ fn start(layout: &PinLayout, text: &str) -> (Dataplane, AdoptPlan, Config) {
         anycast::EBPF_OBJECT,
         geometry,
         &plan.adopt,
-        anycast::program_log::ALL_LEVELS,
+        anycast::dataplane::program_log::ALL_LEVELS,
     )
     .expect("loading the object");
     if plan.adopts_state() {
@@ -188,7 +188,7 @@ fn tracked_connections_are_carried_into_a_new_conns_map() {
     let (mut dp, plan, _) = start(&layout, &bigger);
     assert_eq!(pins_created(&plan), [map_names::CONNS]);
     let m = plan.migrate_conns.clone().expect("a migration");
-    let r = anycast::migrate::migrate_into(&mut dp, &m).expect("migrating");
+    let r = anycast::dataplane::migrate::migrate_into(&mut dp, &m).expect("migrating");
     println!("conntrack_size 1025 -> 4096: {r:?}");
     assert_eq!((r.found, r.copied, r.stale, r.no_room), (301, 300, 1, 0));
     let after = conns(&dp);
@@ -205,7 +205,7 @@ fn tracked_connections_are_carried_into_a_new_conns_map() {
     let smaller = CFG.replace("conntrack_size = 1025", "conntrack_size = 1024");
     let (mut dp, plan, _) = start(&layout, &smaller);
     let m = plan.migrate_conns.clone().expect("a migration");
-    let r = anycast::migrate::migrate_into(&mut dp, &m).expect("migrating");
+    let r = anycast::dataplane::migrate::migrate_into(&mut dp, &m).expect("migrating");
     println!("conntrack_size 4096 -> 1024 on {cpus} CPUs: {r:?}");
     let room = 1024 / cpus * aya::util::online_cpus().unwrap().len();
     let total = usize::from(MORE_FLOWS);
@@ -226,7 +226,7 @@ fn tracked_connections_are_carried_into_a_new_conns_map() {
     let (mut dp, plan, _) = start(&layout, &replaced);
     assert!(!plan.adopts_state());
     let m = plan.migrate_conns.clone().expect("a migration");
-    let r = anycast::migrate::migrate_into(&mut dp, &m).expect("migrating");
+    let r = anycast::dataplane::migrate::migrate_into(&mut dp, &m).expect("migrating");
     println!("ring_size 1009 -> 1013, 198.18.10.4 removed: {r:?}");
     let gone = (0..MORE_FLOWS).filter(|p| p % 3 == 2).count();
     let total = usize::from(MORE_FLOWS);

@@ -1412,7 +1412,7 @@ fn expected_outputs_are_well_formed() {
 /// flow's fields), so expected outputs and `anycast lookup` talk about the same hash.
 #[test]
 fn packet_flow_hash_matches_model_flow_hash() {
-    use anycast::model::Flow;
+    use anycast::plan::model::Flow;
     let cases = [
         (
             "tcp 198.18.100.7:40000 203.0.113.10:80",

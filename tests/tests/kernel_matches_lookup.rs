@@ -1,4 +1,4 @@
-//! The kernel program and the host model (`anycast::model::decide` / `decide_with_table`, what
+//! The kernel program and the host model (`anycast::plan::model::decide` / `decide_with_table`, what
 //! `anycast lookup` prints) agree on the backend of every flow: 12,000 random flows (fixed seed), IPv4 and IPv6,
 //! TCP and UDP, exact-port and port-0 VIPs, weighted backends of both families including local
 //! ones, ring size 65537, through IPIP and GUE.
@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use anycast::config::{Config, Protocol};
-use anycast::model::{self, Flow, Outcome};
+use anycast::plan::model::{self, Flow, Outcome};
 use anycast_tests::fixture::{Dataplane, XDP_DROP, XDP_PASS, XDP_REDIRECT, fixture_netns, net};
 use anycast_tests::packet::{self as p, V4, V6};
 

@@ -66,7 +66,7 @@ use std::fmt::Write as _;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use anycast::control::Request;
+use anycast::proto::Request;
 use anycast_tests::lab::{
     self, ConnReport, ConnsOptions, ConnsReport, LongLived, VipSpec, reference,
 };

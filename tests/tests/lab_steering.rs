@@ -9,7 +9,7 @@
 //! - long-lived TCP connections with data flowing both ways survive the client's route moving
 //!   edge1 -> edge2 -> edge1: no reset, no byte lost or corrupted.
 //!
-//! Predictions come from `anycast::model` (`decide_with_table`, what `anycast lookup --config FILE
+//! Predictions come from `anycast::plan::model` (`decide_with_table`, what `anycast lookup --config FILE
 //! --local-address ADDR...` runs, with each VIP's table built once), so the test needs no process
 //! per flow; the first flows of each case are also put to the `anycast lookup` command itself, to
 //! check the two agree.
@@ -19,7 +19,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use anycast::config::Config;
-use anycast::model::{self, Flow, Outcome};
+use anycast::plan::model::{self, Flow, Outcome};
 use anycast_tests::lab::{self, ConnsOptions, ConnsReport, FlowRecord, Lab, reference};
 
 /// backend1 : backend2 : edge1, as in [`reference::BACKEND_NAMES`].

@@ -1,5 +1,5 @@
 //! The program's log lines (aya-log): packets through BPF_PROG_TEST_RUN that trigger each logged
-//! anomaly, read back with the agent's reader (`anycast::program_log::ProgramLog`, which finds the
+//! anomaly, read back with the agent's reader (`anycast::dataplane::program_log::ProgramLog`, which finds the
 //! ring buffer through the program's id, as the agent does).
 //!
 //! What these pin down (docs/dataplane.md, "Log lines"):
@@ -19,7 +19,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anycast::program_log::ProgramLog;
+use anycast::dataplane::program_log::ProgramLog;
 use anycast_common::{
     AddrKey, Backend, CFG_F_HAS_SRC_V4, CFG_F_HAS_SRC_V6, DataplaneConfig, ENCAP_IPIP,
     GUE_DEFAULT_PORT, LOG_INTERVAL_NS, NO_TABLE, PROTO_TCP, VipKey, VipValue, counter, event,
@@ -245,7 +245,7 @@ fn each_logged_anomaly_yields_one_line_with_its_details_and_traffic_none() {
     }
     let ns = fixture_netns();
     ns.enter(|| {
-        let mut b = Bench::new(anycast::program_log::ALL_LEVELS);
+        let mut b = Bench::new(anycast::dataplane::program_log::ALL_LEVELS);
 
         // Traffic on the fast paths, and a VIP without a table (an expected state, counted
         // no_backend), logs nothing.
@@ -394,7 +394,7 @@ fn a_burst_within_the_window_yields_one_line_and_the_next_line_counts_the_rest()
     const BURST: u64 = 20;
     let ns = fixture_netns();
     ns.enter(|| {
-        let mut b = Bench::new(anycast::program_log::ALL_LEVELS);
+        let mut b = Bench::new(anycast::dataplane::program_log::ALL_LEVELS);
         let frame = tunnel_v4(REFUSED_V4);
         let start = Instant::now();
         let mut lines = Vec::new();
@@ -497,7 +497,7 @@ fn the_agents_reader_prints_a_record_as_a_json_line_with_target_level_and_class(
     }
     let ns = fixture_netns();
     let out = ns.enter(|| {
-        let mut b = Bench::new(anycast::program_log::ALL_LEVELS);
+        let mut b = Bench::new(anycast::dataplane::program_log::ALL_LEVELS);
         // The agent's reader (ProgramLog::open: the tracing bridge) on the same program.
         let mut reader = ProgramLog::open(b.dp.program_id()).expect("opening the program's log");
         let r =

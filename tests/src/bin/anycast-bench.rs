@@ -19,7 +19,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::{Duration, Instant};
 
 use anycast::config::{Config, Encapsulation};
-use anycast::maglev::{self, MaglevBackend};
+use anycast::plan::maglev::{self, MaglevBackend};
 use anycast_tests::fixture::{
     Dataplane, XDP_PASS, XDP_TX, action_name, fixture_netns, ifindex, net,
 };
@@ -289,7 +289,7 @@ fn main() {
 }
 
 /// Writing and reading one 65,537-slot table of `RINGS`: element by element (one `bpf(2)` call
-/// per slot) against the batch commands the agent uses (`anycast::batch`).
+/// per slot) against the batch commands the agent uses (`anycast::dataplane::batch`).
 fn table_io(config: &Config) {
     use std::os::fd::AsFd as _;
     let mut dp = anycast::dataplane::Dataplane::load(config).expect("loading the object");
@@ -316,7 +316,7 @@ fn table_io(config: &Config) {
         rows[0].1.push(t.elapsed().as_secs_f64() * 1e3);
         let fd = aya::maps::IterableMap::map(&rings).fd().as_fd();
         let t = Instant::now();
-        assert!(anycast::batch::update(fd, &keys, &values).expect("batch write"));
+        assert!(anycast::dataplane::batch::update(fd, &keys, &values).expect("batch write"));
         rows[1].1.push(t.elapsed().as_secs_f64() * 1e3);
         let t = Instant::now();
         let read: Vec<u32> = keys
@@ -327,7 +327,7 @@ fn table_io(config: &Config) {
         assert_eq!(read, values);
         let fd = aya::maps::IterableMap::map(&rings).fd().as_fd();
         let t = Instant::now();
-        let read = anycast::batch::lookup(fd, m, m)
+        let read = anycast::dataplane::batch::lookup(fd, m, m)
             .expect("batch read")
             .expect("supported");
         rows[3].1.push(t.elapsed().as_secs_f64() * 1e3);

@@ -30,8 +30,8 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use anycast::announce::BgpMode;
-use anycast::control::Request;
+use anycast::config::bgp::BgpMode;
+use anycast::proto::Request;
 use anycast_common::{ConnKey, ConnValue, PROTO_TCP, map_names};
 use anycast_tests::lab::reference::{
     self, BACKEND_NAMES, CLIENT, EDGE1, EDGE1_V4, EDGE2, EDGE2_V4, VIP_V4, VIP_V6,
@@ -333,7 +333,8 @@ impl Tracker {
         for edge in EDGES {
             let config = anycast::config::Config::load(&bgp.lab.agent_config_path(edge))
                 .map_err(|e| format!("{edge}'s agent config: {e}"))?;
-            let path = anycast::pins::PinLayout::new(&config.agent.pin_path).map(map_names::CONNS);
+            let path = anycast::dataplane::pins::PinLayout::new(&config.agent.pin_path)
+                .map(map_names::CONNS);
             let map = MapData::from_pin(&path)
                 .and_then(Map::from_map_data)
                 .map_err(|e| format!("opening {}: {e}", path.display()))?;

@@ -4,7 +4,7 @@
 //! (exact port first, then the port-0 entry), the flow hash ([`anycast_common::hash`], the very
 //! functions compiled into the program, fed the words the program loads from the packet), the
 //! slot `hash % ring_size`, and the Maglev table the agent would publish ([`vip_table`], also
-//! used by [`crate::dataplane`]). It models the live table only; the program's second chance on
+//! published by the dataplane layer). It models the live table only; the program's second chance on
 //! the previous table is not a choice a fresh flow can observe.
 
 use std::collections::BTreeSet;
@@ -18,7 +18,7 @@ use anycast_common::hash::{
 use serde::{Deserialize, Serialize};
 
 use crate::config::{Config, Encapsulation, Protocol, VipConfig, vip_label};
-use crate::maglev::{self, MaglevBackend};
+use crate::plan::maglev::{self, MaglevBackend};
 
 /// A VIP's Maglev table: `slots[i]` indexes `backends` (canonical order). Empty `slots` = the VIP
 /// has no weighted backend (NO_TABLE in the dataplane).

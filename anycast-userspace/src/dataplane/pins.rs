@@ -21,7 +21,7 @@
 //! from the config (it is all derived from the config). The connection-tracking map is the one
 //! state nothing rebuilds: when it is not reused (its capacity changed, or the group it takes
 //! backend ids from was replaced) its entries are copied into the new one, ids translated by
-//! address ([`crate::migrate`]); only a changed entry layout loses them. Counters are replaced
+//! address ([`crate::dataplane::migrate`]); only a changed entry layout loses them. Counters are replaced
 //! one by one. The running program keeps the maps it has until its link is switched, so packets
 //! never see a half-written replacement.
 
@@ -385,7 +385,7 @@ pub struct AdoptPlan {
     /// Pins not reused, and why.
     pub replaced: Vec<(String, String)>,
     /// A pinned `CONNS` that is not reused but whose entries fit the new one: they are copied
-    /// into it before the new program is swapped in ([`crate::migrate`]).
+    /// into it before the new program is swapped in ([`crate::dataplane::migrate`]).
     pub migrate_conns: Option<ConnsMigration>,
 }
 
@@ -604,7 +604,7 @@ pub fn attach_pinned(
             }
             Err(e) => {
                 // A link whose interface went away is defunct (ENOLINK on update): start over.
-                tracing::warn!(interface, error = %crate::control::error_chain(&e), "pinned link not reusable; attaching afresh");
+                tracing::warn!(interface, error = %crate::error::error_chain(&e), "pinned link not reusable; attaching afresh");
                 remove_pin(path)?;
             }
         }

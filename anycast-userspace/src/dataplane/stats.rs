@@ -25,7 +25,6 @@ use anycast_common::{TrafficStats, counter, map_names};
 use aya::maps::{Map, MapData, PerCpuArray};
 use serde::{Deserialize, Serialize};
 
-use crate::control::RuntimeState;
 use crate::dataplane::{DataplaneError, IdMap};
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -290,7 +289,7 @@ pub fn read_pinned(pin_path: &Path, ids: &IdMap) -> Result<Stats, DataplaneError
         map_names::VIP_STATS,
         map_names::BACKEND_STATS,
     ] {
-        let path = crate::pins::PinLayout::new(pin_path).map(name);
+        let path = crate::dataplane::pins::PinLayout::new(pin_path).map(name);
         let data = MapData::from_pin(&path)
             .map_err(map_err(name, format!("opening pin {}", path.display())))?;
         let map = Map::from_map_data(data).map_err(map_err(name, "reading map info".into()))?;
@@ -307,6 +306,39 @@ pub fn read_pinned(pin_path: &Path, ids: &IdMap) -> Result<Stats, DataplaneError
     )
 }
 
+/// What the state file keeps of the controller, so that an agent that starts after another
+/// (restart, upgrade, crash) continues from where it was (README "Runtime overrides"): the
+/// runtime overrides, the last health verdicts (the starting point that the checks then confirm
+/// or overturn) and whether the edge is drained from BGP. VIPs are named by their label.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RuntimeState {
+    #[serde(default)]
+    pub overrides: Vec<SavedOverride>,
+    #[serde(default)]
+    pub health: Vec<SavedVerdict>,
+    #[serde(default)]
+    pub edge_drained: bool,
+}
+
+/// One drain or one weight override (`vip` absent: every VIP).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SavedOverride {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vip: Option<String>,
+    pub backend: IpAddr,
+    #[serde(default)]
+    pub drained: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight: Option<u32>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SavedVerdict {
+    pub vip: String,
+    pub backend: IpAddr,
+    pub healthy: bool,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -318,7 +350,6 @@ mod tests {
     }
 
     fn sample() -> StateFile {
-        use crate::control::{SavedOverride, SavedVerdict};
         StateFile {
             pin_path: "/sys/fs/bpf/anycast".into(),
             pid: 1,
@@ -401,7 +432,7 @@ mod tests {
         ] {
             std::fs::write(&path, &text).unwrap();
             let e = StateFile::read_if_present(&path).unwrap_err();
-            let msg = crate::control::error_chain(&e);
+            let msg = crate::error::error_chain(&e);
             assert!(
                 msg.starts_with(&format!("parsing agent state file {}", path.display())),
                 "{what}: {msg}"

@@ -15,6 +15,8 @@
 //! by 10% or more); `ring_size < 100 * N` is accepted with a warning ([`Config::warnings`]),
 //! because Maglev's imbalance is only guaranteed under 1% when M > 100 N (NSDI 2016, 5.3).
 
+pub mod bgp;
+
 use std::collections::{BTreeSet, HashSet};
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -22,7 +24,7 @@ use std::path::{Path, PathBuf};
 
 use anycast_common::{DEFAULT_MAX_BACKENDS, DEFAULT_MAX_VIPS, DEFAULT_RING_SIZE, GUE_DEFAULT_PORT};
 use ipnet::IpNet;
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Serialize, Serializer};
 
 pub const MIN_RING_SIZE: u32 = 7;
 /// Keeps one table under 4 MiB and `max_vips * 3 * ring_size` within a BPF array's `u32` index.
@@ -161,8 +163,8 @@ pub struct RawConfig {
     pub agent: RawAgent,
     #[serde(default)]
     pub vip: Vec<RawVip>,
-    /// BGP announcement of the VIPs (`crate::announce`).
-    pub bgp: Option<crate::announce::RawBgp>,
+    /// BGP announcement of the VIPs (the `announce` module).
+    pub bgp: Option<bgp::RawBgp>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -228,7 +230,7 @@ pub struct Config {
     pub agent: AgentConfig,
     pub vips: Vec<VipConfig>,
     /// `None`: the agent announces nothing (routes to the VIPs are someone else's business).
-    pub bgp: Option<crate::announce::BgpConfig>,
+    pub bgp: Option<bgp::BgpConfig>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -388,7 +390,7 @@ impl Config {
         let RawConfig { agent, vip, bgp } = raw;
         let agent = validate_agent(agent)?;
         let bgp = bgp
-            .map(|b| crate::announce::validate(b, agent.tunnel_source))
+            .map(|b| bgp::validate(b, agent.tunnel_source))
             .transpose()?;
         let mut vips = Vec::with_capacity(vip.len());
         let mut seen_vips = HashSet::new();
@@ -887,6 +889,36 @@ fn validate_health(
         rise,
         fall,
     })
+}
+
+/// A VIP as the operator names it: address, port (0 = any) and protocol.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct VipId {
+    pub address: IpAddr,
+    pub port: u16,
+    pub protocol: Protocol,
+}
+
+impl VipId {
+    pub fn of(v: &VipConfig) -> Self {
+        Self {
+            address: v.address,
+            port: v.port,
+            protocol: v.protocol,
+        }
+    }
+}
+
+impl fmt::Display for VipId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&vip_label(self.address, self.port, self.protocol))
+    }
+}
+
+impl Serialize for VipId {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
 }
 
 #[cfg(test)]

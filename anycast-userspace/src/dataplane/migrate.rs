@@ -1,5 +1,5 @@
 //! Carrying connection tracking into a new `CONNS` map when the pinned one cannot be reused
-//! ([`crate::pins::plan`] decides; README "Restarts, upgrades and detaching" has the policy
+//! ([`crate::dataplane::pins::plan`] decides; README "Restarts, upgrades and detaching" has the policy
 //! for every map).
 //!
 //! The case that happens without a code change is a changed `agent.conntrack_size`: the map's
@@ -25,7 +25,7 @@ use anycast_common::{Backend, ConnKey, ConnValue, map_names};
 use aya::maps::{Array, HashMap, Map, MapData, MapError};
 
 use crate::dataplane::Dataplane;
-use crate::pins::ConnsMigration;
+use crate::dataplane::pins::ConnsMigration;
 
 #[derive(Debug, thiserror::Error)]
 pub enum MigrateError {
@@ -74,7 +74,10 @@ pub fn live_backends(
         .map(|(id, b)| {
             (
                 id,
-                (crate::maglev::key_addr(b.family, b.addr_be), b.generation),
+                (
+                    crate::plan::maglev::key_addr(b.family, b.addr_be),
+                    b.generation,
+                ),
             )
         })
         .collect()

@@ -38,6 +38,12 @@
 //! writes only the difference from what it wrote before, so the same call serves a later
 //! "reload only what changed".
 
+pub mod batch;
+pub mod migrate;
+pub mod pins;
+pub mod program_log;
+pub mod stats;
+
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::os::fd::AsFd as _;
@@ -55,9 +61,9 @@ use aya::programs::Xdp;
 use ipnet::IpNet;
 
 use crate::config::{Config, ConfigError, Encapsulation, MAX_RING_SIZE};
-use crate::maglev::addr_key;
-use crate::model::{VipTable, vip_table};
-use crate::stats::{self, Stats};
+use crate::plan::maglev::addr_key;
+use crate::plan::model::{VipTable, vip_table};
+use stats::Stats;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DataplaneError {
@@ -290,7 +296,7 @@ pub struct VipReport {
     pub build_time: Duration,
 }
 
-/// An id -> thing map for `anycast stats`, written by the agent as JSON (see [`crate::stats`]).
+/// An id -> thing map for `anycast stats`, written by the agent as JSON (see [`crate::dataplane::stats`]).
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct IdMap {
     pub vips: Vec<(u32, String)>,
@@ -380,7 +386,7 @@ impl Publisher {
             if b.family == 0 || id >= g.max_backends {
                 continue;
             }
-            let addr = crate::maglev::key_addr(b.family, b.addr_be);
+            let addr = crate::plan::maglev::key_addr(b.family, b.addr_be);
             self.free_backend_ids.remove(&id);
             self.backends_written.insert(id, *b);
             self.generations.insert(id, b.generation);
@@ -677,7 +683,7 @@ impl MapSnapshot {
 }
 
 fn label_of_key(key: &VipKey) -> String {
-    let address = crate::maglev::key_addr(key.family, key.addr_be);
+    let address = crate::plan::maglev::key_addr(key.family, key.addr_be);
     let port = u16::from_be(key.port_be);
     match key.proto {
         anycast_common::PROTO_TCP => {
@@ -725,7 +731,7 @@ pub fn snapshot(ebpf: &aya::Ebpf, geometry: Geometry) -> Result<MapSnapshot, Dat
     let m = geometry.ring_size;
     for t in snap.table_numbers() {
         let fd = aya::maps::IterableMap::map(&a).fd().as_fd();
-        match crate::batch::lookup(fd, t * m, m) {
+        match crate::dataplane::batch::lookup(fd, t * m, m) {
             Ok(Some(ids)) => {
                 snap.tables.insert(t, ids);
                 continue;
@@ -757,7 +763,7 @@ pub fn snapshot(ebpf: &aya::Ebpf, geometry: Geometry) -> Result<MapSnapshot, Dat
     for k in h.keys() {
         let k = k.map_err(map_err(name, "iterating"))?;
         snap.local_addrs
-            .insert(crate::maglev::key_addr(k.family, k.addr_be));
+            .insert(crate::plan::maglev::key_addr(k.family, k.addr_be));
     }
 
     let name = map_names::DECAP_ALLOW_V4;
@@ -816,7 +822,7 @@ impl MemoryMaps {
     pub fn backend_at(&self, ring_size: u32, table: u32, slot: u32) -> Option<IpAddr> {
         let id = self.rings.get(&(table * ring_size + slot))?;
         let b = self.backends.get(id)?;
-        Some(crate::maglev::key_addr(b.family, b.addr_be))
+        Some(crate::plan::maglev::key_addr(b.family, b.addr_be))
     }
 }
 
@@ -835,7 +841,7 @@ impl MemoryMaps {
             local_addrs: self
                 .local_addrs
                 .iter()
-                .map(|(f, a)| crate::maglev::key_addr(*f, *a))
+                .map(|(f, a)| crate::plan::maglev::key_addr(*f, *a))
                 .collect(),
             decap: self.decap.clone(),
         };
@@ -980,7 +986,7 @@ impl MapWriter for AyaMaps<'_> {
             Array::try_from(map_mut(self.ebpf, name)?).map_err(map_err(name, "opening"))?;
         let (keys, values): (Vec<u32>, Vec<u32>) = entries.iter().copied().unzip();
         let fd = aya::maps::IterableMap::map(&a).fd().as_fd();
-        match crate::batch::update(fd, &keys, &values) {
+        match crate::dataplane::batch::update(fd, &keys, &values) {
             Ok(true) => return Ok(()),
             Ok(false) => {} // a kernel without batch updates: one entry at a time
             Err(io_error) => {
@@ -1051,17 +1057,22 @@ impl Dataplane {
         Self::load_object(crate::EBPF_OBJECT, Geometry::of(config))
     }
 
-    /// Loads `object` with every log level of the program on (see [`crate::program_log`]).
+    /// Loads `object` with every log level of the program on (see [`crate::dataplane::program_log`]).
     pub fn load_object(object: &[u8], geometry: Geometry) -> Result<Self, DataplaneError> {
-        Self::load_object_adopting(object, geometry, &[], crate::program_log::ALL_LEVELS)
+        Self::load_object_adopting(
+            object,
+            geometry,
+            &[],
+            crate::dataplane::program_log::ALL_LEVELS,
+        )
     }
 
     /// Like [`Dataplane::load_object`], but the maps named in `adopt` are not created: the
     /// pinned maps at the given paths are used instead (their layout checked beforehand, see
-    /// [`crate::pins`]). Publishing state is not learnt here: see [`Dataplane::adopt_maps`].
+    /// [`crate::dataplane::pins`]). Publishing state is not learnt here: see [`Dataplane::adopt_maps`].
     /// `log_level` is the program's aya-log level (`AYA_LOG_LEVEL`, read-only once loaded: the
     /// verifier drops the log calls above it; 0 = none, see
-    /// [`crate::program_log::program_level`]).
+    /// [`crate::dataplane::program_log::program_level`]).
     pub fn load_object_adopting(
         object: &[u8],
         geometry: Geometry,
@@ -1155,9 +1166,9 @@ impl Dataplane {
         )
     }
 
-    /// Pins every map as `dir/maps/<NAME>` (see [`crate::pins`]), replacing stale pins.
+    /// Pins every map as `dir/maps/<NAME>` (see [`crate::dataplane::pins`]), replacing stale pins.
     pub fn pin_maps(&self, dir: &Path) -> Result<(), DataplaneError> {
-        let dir = &crate::pins::PinLayout::new(dir).maps_dir();
+        let dir = &crate::dataplane::pins::PinLayout::new(dir).maps_dir();
         std::fs::create_dir_all(dir).map_err(|source| DataplaneError::Io {
             what: "creating the pin directory (is bpffs mounted at /sys/fs/bpf?)",
             path: dir.into(),
@@ -1180,7 +1191,7 @@ impl Dataplane {
 /// Removes the pins [`Dataplane::pin_maps`] creates (missing ones are fine), and `dir/maps` if
 /// empty.
 pub fn unpin_maps(dir: &Path) -> Result<(), DataplaneError> {
-    let layout = crate::pins::PinLayout::new(dir);
+    let layout = crate::dataplane::pins::PinLayout::new(dir);
     for name in ALL_MAPS {
         let path = layout.map(name);
         match std::fs::remove_file(&path) {

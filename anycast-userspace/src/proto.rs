@@ -1,0 +1,175 @@
+//! The agent's API protocol: the requests the control socket takes, their responses, and the
+//! status the agent reports (`anycast status --json`, the metrics, the announcement policy).
+//! Types only: the layers above (control, api, cli, announce) share them.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::VipId;
+
+/// The result of the last reload, for `anycast status`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ReloadOutcome {
+    /// Seconds since the Unix epoch.
+    pub at: u64,
+    /// What triggered it: `SIGHUP`, `file change`.
+    pub trigger: String,
+    pub ok: bool,
+    /// `N VIPs changed` or the error, field named.
+    pub message: String,
+}
+
+/// The loaded program and where it is attached, for `anycast status`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct ProgramInfo {
+    pub name: String,
+    /// Kernel program id (`bpftool prog show id N`).
+    pub id: Option<u32>,
+    pub interfaces: Vec<AttachedInterface>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct AttachedInterface {
+    pub name: String,
+    /// `native`, `generic`.
+    pub mode: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct OverrideEntry {
+    /// `null` = every VIP.
+    pub vip: Option<VipId>,
+    pub backend: IpAddr,
+    pub drained: bool,
+    pub weight: Option<u32>,
+}
+
+/// A control API request: one JSON object per line (README, "Control API").
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "request", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Request {
+    Status,
+    Stats,
+    Lookup {
+        flow: String,
+    },
+    /// Withdraw every VIP from BGP (`[bgp]` only).
+    DrainEdge,
+    UndrainEdge,
+    Drain {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        vip: Option<String>,
+        backend: String,
+    },
+    Undrain {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        vip: Option<String>,
+        backend: String,
+    },
+    SetWeight {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        vip: Option<String>,
+        backend: String,
+        /// Signed so a negative value gets a range error rather than a parse error.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        weight: Option<i64>,
+        #[serde(default)]
+        clear: bool,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Response {
+    Ok { result: serde_json::Value },
+    Error { error: String },
+}
+
+impl Response {
+    pub fn into_result(self) -> Result<serde_json::Value, String> {
+        match self {
+            Self::Ok { result } => Ok(result),
+            Self::Error { error } => Err(error),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct BackendStatus {
+    pub address: IpAddr,
+    pub local: bool,
+    pub weight_config: u32,
+    /// What the dataplane uses: overrides applied, 0 when unhealthy (then not in the table).
+    pub weight_effective: u32,
+    pub drained: bool,
+    pub weight_override: Option<u32>,
+    /// `healthy`, `unhealthy`, `pending` (checked, no verdict yet: treated as healthy),
+    /// `unchecked` (the VIP has no `[vip.health]`).
+    pub health: &'static str,
+    /// The verdict is confirmed by the running health check (no rise or fall under way, not a
+    /// restored verdict still unchecked); true when unchecked. A VIP is announced anew only when
+    /// every one of its backends is settled (announce, "the health gate").
+    pub health_settled: bool,
+    /// Slots of the live table that send to this backend.
+    pub slots: usize,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct VipStatus {
+    pub vip: VipId,
+    /// `ok`, `all backends down`, `no weighted backend`, `no backends`.
+    pub state: &'static str,
+    pub fingerprint: Option<String>,
+    pub health_check: Option<String>,
+    pub backends: Vec<BackendStatus>,
+    /// BGP state of the VIP's prefix, with `[bgp]`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub announcement: Option<PrefixState>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Status {
+    pub version: &'static str,
+    pub config_path: PathBuf,
+    pub last_reload: Option<ReloadOutcome>,
+    pub reloads_ok: u64,
+    pub reloads_error: u64,
+    pub program: ProgramInfo,
+    pub hash_seed: u32,
+    pub ring_size: u32,
+    pub overrides: Vec<OverrideEntry>,
+    pub vips: Vec<VipStatus>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bgp: Option<AnnounceStatus>,
+}
+
+/// One prefix as BIRD has it, for `anycast status` and metrics.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct PrefixState {
+    pub prefix: String,
+    pub protocol: String,
+    /// What BIRD was last told successfully (false until then).
+    pub announced: bool,
+    /// What the policy wants.
+    pub wanted: bool,
+    pub reason: String,
+    /// Unix time of the last change of `announced`.
+    pub since: u64,
+}
+
+/// The announcer's state, shared with the controller for `anycast status` and metrics.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct AnnounceStatus {
+    pub mode: &'static str,
+    pub bird_socket: PathBuf,
+    /// `connected`, `connecting` (with the last error) or `stopped`.
+    pub bird: String,
+    pub edge_drained: bool,
+    pub min_healthy_backends: u32,
+    /// Per VIP in `anycast status` (`vips[].announcement`).
+    #[serde(skip)]
+    pub prefixes: BTreeMap<IpAddr, PrefixState>,
+}
