@@ -1,0 +1,312 @@
+//! Config reloads: what may change live, what needs a restart, and what changed.
+
+use super::*;
+
+/// One VIP's change in one publication, for the log and the API.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct VipChange {
+    pub vip: VipId,
+    pub added: Vec<IpAddr>,
+    pub removed: Vec<IpAddr>,
+    /// `(backend, old weight, new weight)`, effective weights.
+    pub reweighted: Vec<(IpAddr, u32, u32)>,
+    /// Slots whose backend changed (a table appearing or disappearing moves them all).
+    pub slots_moved: usize,
+    pub fingerprint: Option<String>,
+    pub vip_added: bool,
+    pub vip_removed: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("{field}: changed from {old} to {new}; {why}, so the new config is not applied")]
+    NeedsRestart {
+        field: &'static str,
+        old: String,
+        new: String,
+        why: &'static str,
+    },
+    #[error("writing the maps")]
+    Apply(#[source] Box<DataplaneError>),
+}
+
+/// A reason for a field to need a restart; checked on every reload.
+pub(super) fn restart_only(old: &Config, new: &Config) -> Result<(), ReloadError> {
+    let (a, b) = (&old.agent, &new.agent);
+    let checks: [(&'static str, String, String, &'static str); 10] = [
+        (
+            "agent.interfaces",
+            format!("{:?}", a.interfaces),
+            format!("{:?}", b.interfaces),
+            "attaching to other interfaces needs a restart of the agent",
+        ),
+        (
+            "agent.xdp_mode",
+            a.xdp_mode.to_string(),
+            b.xdp_mode.to_string(),
+            "the attach mode is chosen at start",
+        ),
+        (
+            "agent.ring_size",
+            a.ring_size.to_string(),
+            b.ring_size.to_string(),
+            "the maps are sized at load time",
+        ),
+        (
+            "agent.max_vips",
+            a.max_vips.to_string(),
+            b.max_vips.to_string(),
+            "the maps are sized at load time",
+        ),
+        (
+            "agent.max_backends",
+            a.max_backends.to_string(),
+            b.max_backends.to_string(),
+            "the maps are sized at load time",
+        ),
+        (
+            "agent.conntrack_size",
+            a.conntrack_size.to_string(),
+            b.conntrack_size.to_string(),
+            "the maps are sized at load time",
+        ),
+        (
+            "agent.pin_path",
+            a.pin_path.display().to_string(),
+            b.pin_path.display().to_string(),
+            "the maps are pinned at start",
+        ),
+        (
+            "agent.state_file",
+            a.state_file.display().to_string(),
+            b.state_file.display().to_string(),
+            "the state file is chosen at start",
+        ),
+        (
+            "agent.api_socket",
+            format!("{:?}", a.api_socket),
+            format!("{:?}", b.api_socket),
+            "the control socket is bound at start",
+        ),
+        (
+            "agent.metrics_listen",
+            format!("{:?}", a.metrics_listen),
+            format!("{:?}", b.metrics_listen),
+            "the metrics endpoint is bound at start",
+        ),
+    ];
+    for (field, old, new, why) in checks {
+        if old != new {
+            return Err(ReloadError::NeedsRestart {
+                field,
+                old,
+                new,
+                why,
+            });
+        }
+    }
+    // The announcer and its BIRD are started (or not) at start; what they say changes live
+    // (crate::announce::live_change), the VIP address set included.
+    match (&old.bgp, &new.bgp) {
+        (None, None) => {}
+        (Some(a), Some(b)) => {
+            if let Err((field, old, new, why)) = crate::announce::live_change(a, b) {
+                return Err(ReloadError::NeedsRestart {
+                    field,
+                    old,
+                    new,
+                    why,
+                });
+            }
+        }
+        (a, b) => {
+            return Err(ReloadError::NeedsRestart {
+                field: "bgp",
+                old: if a.is_some() { "present" } else { "absent" }.into(),
+                new: if b.is_some() { "present" } else { "absent" }.into(),
+                why: "the BGP announcer (and a managed BIRD) is started or not at start",
+            });
+        }
+    }
+    Ok(())
+}
+
+pub(super) fn tables_of(effective: &Config, desired: &DesiredState) -> BTreeMap<VipId, VipTable> {
+    effective
+        .vips
+        .iter()
+        .zip(&desired.vips)
+        .map(|(v, d)| (VipId::of(v), d.table.clone()))
+        .collect()
+}
+
+pub(super) fn scope(vip: Option<VipId>) -> String {
+    vip.map_or_else(|| "every VIP".to_string(), |v| format!("VIP {v}"))
+}
+
+/// Per-VIP differences between two publications.
+pub fn diff(
+    old: &Config,
+    old_tables: &BTreeMap<VipId, VipTable>,
+    new: &Config,
+    new_tables: &BTreeMap<VipId, VipTable>,
+) -> Vec<VipChange> {
+    let weights = |c: &Config| -> BTreeMap<VipId, BTreeMap<IpAddr, u32>> {
+        c.vips
+            .iter()
+            .map(|v| {
+                (
+                    VipId::of(v),
+                    v.backends.iter().map(|b| (b.address, b.weight)).collect(),
+                )
+            })
+            .collect()
+    };
+    let (ow, nw) = (weights(old), weights(new));
+    let empty_w = BTreeMap::new();
+    let empty_t = VipTable {
+        backends: Vec::new(),
+        slots: Vec::new(),
+    };
+    let ids: BTreeSet<VipId> = ow.keys().chain(nw.keys()).copied().collect();
+    let mut out = Vec::new();
+    for id in ids {
+        let (o, n) = (
+            ow.get(&id).unwrap_or(&empty_w),
+            nw.get(&id).unwrap_or(&empty_w),
+        );
+        let (ot, nt) = (
+            old_tables.get(&id).unwrap_or(&empty_t),
+            new_tables.get(&id).unwrap_or(&empty_t),
+        );
+        let added: Vec<IpAddr> = n.keys().filter(|a| !o.contains_key(a)).copied().collect();
+        let removed: Vec<IpAddr> = o.keys().filter(|a| !n.contains_key(a)).copied().collect();
+        let reweighted: Vec<(IpAddr, u32, u32)> = n
+            .iter()
+            .filter_map(|(a, w)| o.get(a).filter(|ow| *ow != w).map(|ow| (*a, *ow, *w)))
+            .collect();
+        let slots_moved = ot.slots_moved(nt);
+        let vip_added = !ow.contains_key(&id);
+        let vip_removed = !nw.contains_key(&id);
+        if added.is_empty()
+            && removed.is_empty()
+            && reweighted.is_empty()
+            && slots_moved == 0
+            && !vip_added
+            && !vip_removed
+        {
+            continue;
+        }
+        out.push(VipChange {
+            vip: id,
+            added,
+            removed,
+            reweighted,
+            slots_moved,
+            fingerprint: nt.fingerprint(),
+            vip_added,
+            vip_removed,
+        });
+    }
+    out
+}
+
+impl<S: Sink> Controller<S> {
+    /// Replaces the config with `new` (the result of reading and parsing the file) if it is
+    /// valid and only changes what can change live. On error nothing is written and the
+    /// dataplane keeps its last good state.
+    pub fn reload(
+        &mut self,
+        trigger: &str,
+        new: Result<Config, ConfigError>,
+        local: BTreeSet<IpAddr>,
+    ) -> Result<Vec<VipChange>, ReloadError> {
+        let result = self.try_reload(trigger, new, local);
+        let (ok, message) = match &result {
+            Ok(changes) => {
+                self.reloads_ok += 1;
+                let message = if changes.is_empty() {
+                    "no VIP table changed".to_string()
+                } else {
+                    format!(
+                        "{} VIP(s) changed: {}",
+                        changes.len(),
+                        changes
+                            .iter()
+                            .map(|c| c.vip.to_string())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )
+                };
+                info!(trigger, "config reloaded: {message}");
+                (true, message)
+            }
+            Err(e) => {
+                self.reloads_error += 1;
+                let message = error_chain(e);
+                error!(
+                    trigger,
+                    "config rejected, the dataplane keeps its last good state: {message}"
+                );
+                (false, message)
+            }
+        };
+        self.last_reload = Some(ReloadOutcome {
+            at: now(),
+            trigger: trigger.to_owned(),
+            ok,
+            message,
+        });
+        result
+    }
+
+    pub(super) fn try_reload(
+        &mut self,
+        trigger: &str,
+        new: Result<Config, ConfigError>,
+        local: BTreeSet<IpAddr>,
+    ) -> Result<Vec<VipChange>, ReloadError> {
+        let new = new?;
+        restart_only(&self.base, &new)?;
+        new.check_local(&local)?;
+        for w in new.warnings() {
+            warn!("{w}");
+        }
+        if new == self.base && local == self.local {
+            return Ok(Vec::new());
+        }
+        let (old_base, old_local) = (
+            std::mem::replace(&mut self.base, new),
+            std::mem::replace(&mut self.local, local),
+        );
+        let known = self.checks();
+        self.health.retain(|k, _| known.contains_key(k));
+        // Before publishing: a new prefix's BIRD protocol must exist when the policy, fed by
+        // the publication, wants it announced.
+        self.reconfigure_announcer(&old_base);
+        let old_overrides = self.overrides.clone();
+        let dropped = self.prune_overrides();
+        match self.publish(trigger) {
+            Ok(changes) => {
+                for d in dropped {
+                    warn!(trigger, "runtime override dropped: {d}");
+                }
+                Ok(changes)
+            }
+            Err(e) => {
+                // Converge back to what was running; the publisher writes a VIP only after
+                // its table, so whatever was half-written is not live.
+                let failed = std::mem::replace(&mut self.base, old_base);
+                self.local = old_local;
+                self.reconfigure_announcer(&failed);
+                self.overrides = old_overrides;
+                if let Err(e2) = self.publish("rollback") {
+                    error!(error = %error_chain(&e2), "restoring the previous state");
+                }
+                Err(ReloadError::Apply(Box::new(e)))
+            }
+        }
+    }
+}
