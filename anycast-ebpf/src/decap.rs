@@ -259,7 +259,7 @@ fn remote(id: u32) -> Option<&'static Backend> {
 /// owner of the flow's slot if that is another, remote backend (the flow started before the
 /// last table change; an edge that never saw it sent it to the new owner, this host); else the
 /// live table's owner if that is remote (an edge tracked the flow to this host under an earlier
-/// table that gave it the slot, and the slot has moved on). Right when this host's agent has the
+/// table that gave it the slot, and the slot has moved on). Only on a VIP whose table changed. Right when this host's agent has the
 /// VIP tables the edges have (the same config); with other tables the packet fares no worse
 /// than the reset this host's stack would answer it with.
 ///
@@ -280,7 +280,9 @@ fn table_chance(ctx: &XdpContext, cfg: &DataplaneConfig, sc: *mut encap::Scratch
     let Some(vip) = select::vip_of(&inner, (ports >> 16) as u16, cfg) else {
         return Verdict::pass(counter::DECAP);
     };
-    if vip.table == NO_TABLE {
+    // Only after a table change: with a single table, the edges send every flow where this
+    // host's table does, and a flow this host has no socket for is not one it could find.
+    if vip.table == NO_TABLE || vip.prev_table == NO_TABLE {
         return Verdict::pass(counter::DECAP);
     }
     let hash = hash_of(cfg, &inner, ports);
@@ -288,11 +290,7 @@ fn table_chance(ctx: &XdpContext, cfg: &DataplaneConfig, sc: *mut encap::Scratch
     let Some(cur) = track::ring_at(cfg, vip.table, slot) else {
         return Verdict::pass(counter::DECAP);
     };
-    let prev = if vip.prev_table == NO_TABLE {
-        cur
-    } else {
-        track::ring_at(cfg, vip.prev_table, slot).unwrap_or(cur)
-    };
+    let prev = track::ring_at(cfg, vip.prev_table, slot).unwrap_or(cur);
     let target = if prev != cur { remote(prev) } else { None };
     let (id, owner) = match target {
         Some(b) => (prev, b),
