@@ -154,7 +154,8 @@ fn agent_config_follows_the_toml_contract() {
         .expect("backend config");
     // A backend's agent has the edges' VIPs (the same tables, for second chance under IPIP).
     let vips = |text: &str| -> String {
-        text.find("\n[[vip]]").map_or(String::new(), |i| text[i..].to_owned())
+        text.find("\n[[vip]]")
+            .map_or(String::new(), |i| text[i..].to_owned())
     };
     assert!(
         !vips(&backend).is_empty() && vips(&backend) == vips(&edge),
