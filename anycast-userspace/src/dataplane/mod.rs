@@ -45,6 +45,7 @@ pub mod program_log;
 pub mod stats;
 
 mod aya_maps;
+pub mod bpffs;
 mod desired;
 mod memory;
 mod publish;

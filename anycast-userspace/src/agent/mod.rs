@@ -15,6 +15,12 @@
 //! One task owns the state ([`Controller`]): reloads, health verdicts and API requests reach it
 //! through channels and are applied one at a time.
 
+mod detach;
+mod tasks;
+
+pub use detach::{DetachReport, detach, previous_state};
+use tasks::{HealthChecks, watch_config};
+
 use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -344,149 +350,6 @@ fn migrate_conns(ctl: &mut Controller<Dataplane>, m: &pins::ConnsMigration) {
             error = %error_chain(&e),
             "connection tracking not carried over: tracked connections are lost (those whose table slot is unchanged keep their backend)"
         ),
-    }
-}
-
-/// The state file the previous agent of this `pin_path` left, if it can be used. A missing file
-/// is a first start. A file that cannot be read or parsed, or that describes another pin path,
-/// is ignored with a warning: the agent starts from its config alone (no overrides, backends
-/// pending their first check), as on a first start, and overwrites the file. Refusing to start
-/// would leave the host without a working agent over a file that only ever holds derived state
-/// and operator conveniences.
-pub fn previous_state(config: &Config) -> Option<StateFile> {
-    let path = &config.agent.state_file;
-    match StateFile::read_if_present(path) {
-        Ok(None) => None,
-        Ok(Some(s)) if s.pin_path == config.agent.pin_path => Some(s),
-        Ok(Some(s)) => {
-            warn!(
-                state_file = %path.display(),
-                "the state file describes the dataplane pinned at {}, not {}: its runtime overrides and health verdicts are not restored",
-                s.pin_path.display(),
-                config.agent.pin_path.display()
-            );
-            None
-        }
-        Err(e) => {
-            warn!(
-                error = %error_chain(&e),
-                "state file ignored: starting without the previous agent's runtime overrides and health verdicts (it will be rewritten)"
-            );
-            None
-        }
-    }
-}
-
-/// What `anycast detach` removed.
-#[derive(Debug, Default)]
-pub struct DetachReport {
-    pub removed: Vec<PathBuf>,
-}
-
-/// Removes the dataplane an agent left pinned under `config`'s `agent.pin_path`: every pinned
-/// link (which detaches the program from its interface), the program and the maps, and the
-/// state file. Refuses while the agent that wrote the state file still runs.
-pub fn detach(config: &Config) -> Result<DetachReport, AgentError> {
-    let state_path = &config.agent.state_file;
-    if let Ok(state) = StateFile::read(state_path)
-        && state.pid != std::process::id()
-        && process_is_agent(state.pid)
-    {
-        return Err(AgentError::AgentRunning { pid: state.pid });
-    }
-    let layout = PinLayout::new(&config.agent.pin_path);
-    let links = layout.pinned_links();
-    let mut removed = pins::remove_all(&layout)?;
-    for l in &links {
-        info!(interface = %l, "XDP program detached (pinned link removed)");
-    }
-    if std::fs::remove_file(state_path).is_ok() {
-        removed.push(state_path.clone());
-    }
-    Ok(DetachReport { removed })
-}
-
-fn process_is_agent(pid: u32) -> bool {
-    std::fs::read(format!("/proc/{pid}/cmdline"))
-        .map(|c| {
-            let args: Vec<&[u8]> = c.split(|&b| b == 0).collect();
-            args.iter().any(|a| *a == b"agent") && !args.iter().any(|a| *a == b"--detach")
-        })
-        .unwrap_or(false)
-}
-
-/// One health-check task per checked (VIP, backend), kept in step with the config.
-#[derive(Default)]
-struct HealthChecks {
-    running: HashMap<(VipId, IpAddr), (HealthConfig, AbortHandle)>,
-}
-
-impl HealthChecks {
-    fn reconcile(
-        &mut self,
-        ctl: &Controller<Dataplane>,
-        events: &mpsc::UnboundedSender<HealthEvent>,
-    ) {
-        let wanted = ctl.checks();
-        self.running.retain(|key, (cfg, task)| {
-            let keep = wanted.get(key) == Some(cfg);
-            if !keep {
-                task.abort();
-            }
-            keep
-        });
-        for (key, cfg) in wanted {
-            if self.running.contains_key(&key) {
-                continue;
-            }
-            let (vip, backend) = key;
-            let task = tokio::spawn(health::run(
-                vip,
-                backend,
-                cfg.clone(),
-                ctl.health(vip, backend),
-                events.clone(),
-            ));
-            self.running.insert(key, (cfg, task.abort_handle()));
-        }
-    }
-}
-
-impl Drop for HealthChecks {
-    fn drop(&mut self) {
-        for (_, task) in self.running.values() {
-            task.abort();
-        }
-    }
-}
-
-/// Sends a notice whenever the config file may have changed. The directory is watched, not the
-/// file: editors and config managers replace a file by renaming a new one over it, which a
-/// watch on the old inode would miss.
-fn watch_config(path: &Path, tx: mpsc::UnboundedSender<()>) -> Option<notify::RecommendedWatcher> {
-    use notify::Watcher as _;
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
-        _ => PathBuf::from("."),
-    };
-    let name = path.file_name().map(ToOwned::to_owned);
-    let handler = move |res: notify::Result<notify::Event>| {
-        if let Ok(ev) = res
-            && !ev.kind.is_access()
-            && ev.paths.iter().any(|p| p.file_name() == name.as_deref())
-        {
-            let _ = tx.send(());
-        }
-    };
-    match notify::recommended_watcher(handler).and_then(|mut w| {
-        w.watch(&dir, notify::RecursiveMode::NonRecursive)?;
-        Ok(w)
-    }) {
-        Ok(w) => Some(w),
-        Err(e) => {
-            warn!(dir = %dir.display(), error = %e, "cannot watch the config file; reload with SIGHUP");
-            None
-        }
     }
 }
 
