@@ -51,7 +51,7 @@ pub fn is_tunnel(ctx: &XdpContext, ip: &Ip, cfg: &DataplaneConfig) -> bool {
         _pad: [0; 3],
     };
     // SAFETY: only presence is tested; the value is not read.
-    unsafe { maps::LOCAL_ADDRS.get(&key) }.is_some()
+    unsafe { maps::LOCAL_ADDRS.get(key) }.is_some()
 }
 
 #[inline(always)]
@@ -61,7 +61,7 @@ fn source_allowed(ip: &Ip) -> bool {
         maps::DECAP_ALLOW_V4.get(&key).is_some()
     } else {
         maps::DECAP_ALLOW_V6
-            .get(&Key::new(128, addr_bytes(ip.src)))
+            .get(Key::new(128, addr_bytes(ip.src)))
             .is_some()
     }
 }
@@ -179,16 +179,17 @@ fn read_hint(ctx: &XdpContext, off: usize, words: u8, hint: &mut Backend) {
             hint.addr_be = addr_bytes([a, 0, 0, 0]);
             hint.family = FAMILY_V4;
         }
-    } else if m[2] == FAMILY_V6 && words == GUE_HINT_WORDS_V6 {
-        if let (Some(a), Some(b), Some(c), Some(d)) = (
+    } else if m[2] == FAMILY_V6
+        && words == GUE_HINT_WORDS_V6
+        && let (Some(a), Some(b), Some(c), Some(d)) = (
             word_at(ctx, off + 4),
             word_at(ctx, off + 8),
             word_at(ctx, off + 12),
             word_at(ctx, off + 16),
-        ) {
-            hint.addr_be = addr_bytes([a, b, c, d]);
-            hint.family = FAMILY_V6;
-        }
+        )
+    {
+        hint.addr_be = addr_bytes([a, b, c, d]);
+        hint.family = FAMILY_V6;
     }
 }
 

@@ -56,13 +56,16 @@ fn inner_sum(ctx: &XdpContext, ip: &Ip) -> Option<u64> {
     let proto_len = pair(0, ip.proto) + be16(l4_len as u16);
     if ip.family == FAMILY_V4 {
         // The header drops out (it sums to 0xffff); what is left is minus the pseudo-header.
-        Some((!fold(add32(add32(proto_len, ip.src[0]), ip.dst[0]))) as u64)
+        Some(u64::from(!fold(add32(
+            add32(proto_len, ip.src[0]),
+            ip.dst[0],
+        ))))
     } else {
         // Header + (minus pseudo-header): the addresses appear in both and cancel, leaving the
         // first two header words minus (protocol + length).
         let h0 = word_at(ctx, ip.l2_len)?;
         let h1 = word_at(ctx, ip.l2_len + 4)?;
-        Some(add32(add32((!fold(proto_len)) as u64, h0), h1))
+        Some(add32(add32(u64::from(!fold(proto_len)), h0), h1))
     }
 }
 
@@ -324,7 +327,7 @@ pub fn encapsulate(ctx: &XdpContext, ip: &Ip, cfg: &DataplaneConfig) -> Verdict 
             Some(inner) => {
                 let mut s = add_addr(add_addr(inner, &src_w), &dst_w);
                 s += pair(0, PROTO_UDP) + be16(udp_len); // pseudo-header
-                s += be16(sport) + cfg.gue_port_be as u64 + be16(udp_len); // UDP header
+                s += be16(sport) + u64::from(cfg.gue_port_be) + be16(udp_len); // UDP header
                 s += pair(hint_words, inner_proto); // GUE header: version 0, hlen, flags 0
                 if hint_words == GUE_HINT_WORDS_V4 {
                     s = add32(add32(s, hint_magic), hint_w[0]);

@@ -24,7 +24,7 @@ pub fn vip_of(ip: &Ip, port_be: u16, cfg: &DataplaneConfig) -> Option<VipValue> 
         family: ip.family,
     };
     // SAFETY (both gets): the value is copied out before any other map operation.
-    if let Some(v) = unsafe { maps::VIPS.get(&key) } {
+    if let Some(v) = unsafe { maps::VIPS.get(key) } {
         return Some(*v);
     }
     // Most TCP/UDP packets an edge sees on a non-VIP address end here with one lookup instead
@@ -33,7 +33,7 @@ pub fn vip_of(ip: &Ip, port_be: u16, cfg: &DataplaneConfig) -> Option<VipValue> 
         return None;
     }
     key.port_be = 0;
-    unsafe { maps::VIPS.get(&key) }.copied()
+    unsafe { maps::VIPS.get(key) }.copied()
 }
 
 /// A BPF subprogram of its own, so that the tunnel path's frames stack on a small caller.
@@ -78,7 +78,7 @@ pub fn steer_vip(ctx: &XdpContext, ip: &Ip, cfg: &DataplaneConfig) -> Verdict {
         ip,
         cfg,
         &vip,
-        ports as u64 | (tcp_flags as u64) << 32,
+        u64::from(ports) | u64::from(tcp_flags) << 32,
         &mut prev,
     ));
     if backend_id == NO_BACKEND {

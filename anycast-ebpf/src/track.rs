@@ -67,7 +67,7 @@ pub fn pick(
     } else {
         flow_hash_v6(cfg.hash_seed, &ip.src, &ip.dst, ports, ip.proto)
     };
-    let with_hash = (hash as u64) << 32;
+    let with_hash = u64::from(hash) << 32;
 
     let tcp_mid_flow = ip.proto == PROTO_TCP && (tcp_flags as u8) & (TCP_SYN | TCP_ACK) != TCP_SYN;
     let (track, insert) = if ip.proto == PROTO_TCP {
@@ -91,10 +91,10 @@ pub fn pick(
         // A bare SYN starts a new connection on this tuple: an entry left by an earlier
         // connection with the same ports (ports are reused) must not steer its ACKs to the old
         // backend.
-        let _ = maps::CONNS.remove(&key);
+        let _ = maps::CONNS.remove(key);
     }
     if track {
-        if let Some(entry) = maps::CONNS.get_ptr_mut(&key) {
+        if let Some(entry) = maps::CONNS.get_ptr_mut(key) {
             // SAFETY: LRU map value pointer, valid for this program run.
             let e = unsafe { *entry };
             let valid = match maps::BACKENDS.get(e.backend_id) {
@@ -106,7 +106,7 @@ pub fn pick(
                 // SAFETY: helper without arguments.
                 now = unsafe { bpf_ktime_get_ns() };
                 let age = now.wrapping_sub(e.last_seen_ns);
-                fresh = age < cfg.conn_udp_timeout_s as u64 * NS_PER_S;
+                fresh = age < u64::from(cfg.conn_udp_timeout_s) * NS_PER_S;
                 if valid && fresh && age > REFRESH_NS {
                     // SAFETY: as above; a racing writer on another CPU stores the same kind
                     // of value, and either timestamp is good enough.
@@ -115,7 +115,7 @@ pub fn pick(
             }
             if valid && fresh {
                 maps::count(counter::CONN_HIT);
-                return with_hash | e.backend_id as u64;
+                return with_hash | u64::from(e.backend_id);
             }
             maps::count(counter::CONN_STALE);
         }
@@ -123,25 +123,25 @@ pub fn pick(
     }
 
     if vip.table == NO_TABLE || cfg.ring_size == 0 {
-        return NO_BACKEND as u64;
+        return u64::from(NO_BACKEND);
     }
     let slot = hash % cfg.ring_size;
     let Some(backend_id) = ring_at(cfg, vip.table, slot) else {
-        return NO_BACKEND as u64;
+        return u64::from(NO_BACKEND);
     };
     // A mid-flow TCP packet we hold no state for, on a VIP whose table changed: if the previous
     // table gave this slot to another backend, that one may hold the connection.
-    if tcp_mid_flow && vip.prev_table != NO_TABLE {
-        if let Some(p) = ring_at(cfg, vip.prev_table, slot)
-            && p != backend_id
-        {
-            *prev = p;
-        }
+    if tcp_mid_flow
+        && vip.prev_table != NO_TABLE
+        && let Some(p) = ring_at(cfg, vip.prev_table, slot)
+        && p != backend_id
+    {
+        *prev = p;
     }
     if insert {
         let (generation, flags) = match maps::BACKENDS.get(backend_id) {
             Some(b) => (b.generation, b.flags),
-            None => return with_hash | backend_id as u64,
+            None => return with_hash | u64::from(backend_id),
         };
         // Not tracked only while a hint really carries the flow: a GUE hint, which must ride on
         // every packet until the flow ends (an entry would silence it), or this host as the new
@@ -158,7 +158,7 @@ pub fn pick(
                     _pad: 0,
                     last_seen_ns: now,
                 };
-                if maps::CONNS.insert(&key, &value, 0).is_ok() {
+                if maps::CONNS.insert(key, value, 0).is_ok() {
                     maps::count(counter::CONN_INSERT);
                 }
             } else {
@@ -169,7 +169,7 @@ pub fn pick(
             }
         }
     }
-    with_hash | backend_id as u64
+    with_hash | u64::from(backend_id)
 }
 
 /// The backend id in `slot` of Maglev table `table` (`slot < ring_size`).
@@ -187,7 +187,7 @@ fn allow_insert(cfg: &DataplaneConfig, now: &mut u64) -> bool {
         // SAFETY: helper without arguments.
         *now = unsafe { bpf_ktime_get_ns() };
     }
-    let limit = cfg.conn_insert_limit as u64;
+    let limit = u64::from(cfg.conn_insert_limit);
     if limit == 0 {
         return true;
     }

@@ -100,7 +100,7 @@ fn load_apply_pin_and_read_stats() {
         written.keys().any(|&t| t > 0),
         "a table away from index 0 is read back too"
     );
-    drop((rings, vips, backends));
+    let _ = (rings, vips, backends);
     let snap = dp.adopt_maps().expect("reading the maps back");
     for (t, ids) in &written {
         assert_eq!(snap.tables.get(t), Some(ids), "table {t} read back");

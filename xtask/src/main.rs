@@ -26,12 +26,16 @@ enum Command {
     /// Install what building and testing needs (apt packages, rust-src, bpf-linker); a no-op when
     /// everything is present.
     Setup,
-    /// setup, `cargo build`, then every test (the privileged lab tests included).
+    /// setup, `cargo build`, `cargo xtask lint`, then every test (the privileged lab tests
+    /// included).
     Test {
         /// Extra arguments for `cargo test`, e.g. `-- --test lab_smoke -- --nocapture`.
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// `cargo fmt --check`, and clippy with `-D warnings` on every crate: the host crates, and the
+    /// eBPF crate for its BPF target with the nightly toolchain.
+    Lint,
     /// setup, then the benchmark binary (`anycast-bench` in the tests crate) in release mode.
     Bench {
         #[arg(last = true)]
@@ -64,6 +68,7 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Setup => setup::setup(),
         Command::Test { args } => test(&args),
+        Command::Lint => lint(),
         Command::Bench { args } => bench(&args),
         Command::Demo { args } => demo(&args),
         Command::Run { args } => run_agent(&args),
@@ -103,10 +108,45 @@ fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
 }
 
+/// The style gate: formatting, and clippy clean with warnings as errors on every crate.
+fn lint() -> anyhow::Result<()> {
+    let root = workspace_root();
+    run(cargo().args(["fmt", "--all", "--check"]).current_dir(&root))?;
+    run(cargo()
+        .args([
+            "clippy",
+            "--workspace",
+            "--exclude",
+            "anycast-ebpf",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ])
+        .current_dir(&root))?;
+    // The eBPF crate builds only for the BPF target, with nightly's build-std (as aya-build
+    // builds it); its own target directory keeps the host build's cache intact.
+    let ebpf_target = target_dir()?.join("ebpf-clippy");
+    let mut ebpf = std::process::Command::new("rustup");
+    ebpf.args(["run", "nightly", "cargo", "clippy", "-p", "anycast-ebpf"])
+        .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core"])
+        .arg("--target-dir")
+        .arg(&ebpf_target)
+        .args(["--", "-D", "warnings"])
+        .current_dir(&root)
+        // The stable toolchain that runs xtask must not leak into the nightly cargo.
+        .env_remove("CARGO")
+        .env_remove("RUSTC")
+        .env_remove("RUSTUP_TOOLCHAIN")
+        .env_remove("CARGO_TARGET_DIR");
+    run(&mut ebpf)
+}
+
 fn test(args: &[String]) -> anyhow::Result<()> {
     setup::setup()?;
     let root = workspace_root();
     run(cargo().arg("build").current_dir(&root))?;
+    lint()?;
 
     let mut test = cargo();
     // --no-fail-fast: one failing test binary must not hide the results of the others.

@@ -58,10 +58,13 @@ pub(super) fn vip_verdict(v: &VipStatus, attached: bool, min: u32) -> Result<Str
     Ok(format!("{healthy} of {n} backends healthy{pending}"))
 }
 
+/// Each VIP label on an address with its verdict (`Ok`: qualifies, with the reason too).
+type Verdicts = Vec<(String, Result<String, String>)>;
+
 /// The policy; see the module docs.
 pub fn desired(status: &Status, min_healthy: u32, edge_drained: bool, stopping: bool) -> Desired {
     let attached = !status.program.interfaces.is_empty();
-    let mut by_addr: BTreeMap<IpAddr, Vec<(String, Result<String, String>)>> = BTreeMap::new();
+    let mut by_addr: BTreeMap<IpAddr, Verdicts> = BTreeMap::new();
     let mut unsettled: BTreeMap<IpAddr, usize> = BTreeMap::new();
     for v in &status.vips {
         by_addr
