@@ -10,6 +10,7 @@ use serde::Serialize;
 
 use crate::config::{DEFAULT_API_SOCKET, XdpModeSetting};
 use crate::plan::model::Decision;
+use crate::proto::{Status, VipState};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -177,149 +178,135 @@ pub fn render_lookup(d: &Decision, json: bool) -> String {
     }
 }
 
-/// `anycast status` for people, from the agent's JSON answer.
-pub fn render_status(v: &serde_json::Value) -> String {
+/// `anycast status` for people.
+pub fn render_status(v: &Status) -> String {
     use std::fmt::Write as _;
-    let st = |x: &serde_json::Value| -> String {
-        match x {
-            serde_json::Value::String(s) => s.clone(),
-            serde_json::Value::Null => "-".into(),
-            other => other.to_string(),
-        }
-    };
+    let opt = |x: Option<String>| x.unwrap_or_else(|| "-".into());
     let mut s = String::new();
-    let p = &v["program"];
-    let ifaces: Vec<String> = p["interfaces"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .map(|i| format!("{} ({})", st(&i["name"]), st(&i["mode"])))
-                .collect()
-        })
-        .unwrap_or_default();
+    let p = &v.program;
+    let ifaces: Vec<String> = p
+        .interfaces
+        .iter()
+        .map(|i| format!("{} ({})", i.name, i.mode))
+        .collect();
     let _ = writeln!(
         s,
         "agent {}  config {}  ring_size {}  hash_seed {}",
-        st(&v["version"]),
-        st(&v["config_path"]),
-        st(&v["ring_size"]),
-        st(&v["hash_seed"])
+        v.version,
+        v.config_path.display(),
+        v.ring_size,
+        v.hash_seed
     );
     let _ = writeln!(
         s,
         "program {} id {}  attached to {}",
-        st(&p["name"]),
-        st(&p["id"]),
+        p.name,
+        opt(p.id.map(|i| i.to_string())),
         if ifaces.is_empty() {
             "-".into()
         } else {
             ifaces.join(", ")
         }
     );
-    let r = &v["last_reload"];
-    if r.is_null() {
-        let _ = writeln!(
-            s,
-            "last reload: none (ok {}, errors {})",
-            st(&v["reloads_ok"]),
-            st(&v["reloads_error"])
-        );
-    } else {
-        let _ = writeln!(
-            s,
-            "last reload: {} ({}, at {}): {}  (ok {}, errors {})",
-            if r["ok"] == true { "ok" } else { "REJECTED" },
-            st(&r["trigger"]),
-            st(&r["at"]),
-            st(&r["message"]),
-            st(&v["reloads_ok"]),
-            st(&v["reloads_error"])
-        );
-    }
-    if let Some(o) = v["overrides"].as_array().filter(|o| !o.is_empty()) {
-        s.push_str("runtime overrides (kept across agent restarts, until cleared or the config drops their backend):\n");
-        for e in o {
-            let scope = if e["vip"].is_null() {
-                "every VIP".to_string()
-            } else {
-                st(&e["vip"])
-            };
-            let what = if e["drained"] == true {
-                "drained".to_string()
-            } else {
-                format!("weight {}", st(&e["weight"]))
-            };
-            let _ = writeln!(s, "  {} {what} for {scope}", st(&e["backend"]));
+    match &v.last_reload {
+        None => {
+            let _ = writeln!(
+                s,
+                "last reload: none (ok {}, errors {})",
+                v.reloads_ok, v.reloads_error
+            );
+        }
+        Some(r) => {
+            let _ = writeln!(
+                s,
+                "last reload: {} ({}, at {}): {}  (ok {}, errors {})",
+                if r.ok { "ok" } else { "REJECTED" },
+                r.trigger,
+                r.at,
+                r.message,
+                v.reloads_ok,
+                v.reloads_error
+            );
         }
     }
-    if let Some(b) = v["bgp"].as_object() {
+    if !v.overrides.is_empty() {
+        s.push_str("runtime overrides (kept across agent restarts, until cleared or the config drops their backend):\n");
+        for e in &v.overrides {
+            let scope = e
+                .vip
+                .map_or_else(|| "every VIP".to_string(), |x| x.to_string());
+            let what = if e.drained {
+                "drained".to_string()
+            } else {
+                format!("weight {}", opt(e.weight.map(|w| w.to_string())))
+            };
+            let _ = writeln!(s, "  {} {what} for {scope}", e.backend);
+        }
+    }
+    if let Some(b) = &v.bgp {
         let _ = writeln!(
             s,
             "bgp {} via {}: BIRD {}{}, min_healthy_backends {}",
-            st(&b["mode"]),
-            st(&b["bird_socket"]),
-            st(&b["bird"]),
-            if b["edge_drained"] == true {
-                ", EDGE DRAINED"
-            } else {
-                ""
-            },
-            st(&b["min_healthy_backends"])
+            b.mode,
+            b.bird_socket.display(),
+            b.bird,
+            if b.edge_drained { ", EDGE DRAINED" } else { "" },
+            b.min_healthy_backends
         );
     }
-    for vip in v["vips"].as_array().into_iter().flatten() {
-        let state = st(&vip["state"]);
+    for vip in &v.vips {
+        let state = vip.state.as_str();
         let _ = writeln!(
             s,
             "\nvip {}  {}  table {}",
-            st(&vip["vip"]),
-            if state == "ok" {
-                state
+            vip.vip,
+            if vip.state == VipState::Ok {
+                state.to_owned()
             } else {
                 state.to_uppercase()
             },
-            st(&vip["fingerprint"])
+            opt(vip.fingerprint.clone())
         );
-        if let Some(a) = vip["announcement"].as_object() {
+        if let Some(a) = &vip.announcement {
             let _ = writeln!(
                 s,
                 "  bgp: {} {} ({})",
-                st(&a["prefix"]),
-                if a["announced"] == true {
+                a.prefix,
+                if a.announced {
                     "announced"
                 } else {
                     "WITHDRAWN"
                 },
-                st(&a["reason"])
+                a.reason
             );
         }
-        if !vip["health_check"].is_null() {
-            let _ = writeln!(s, "  health check: {}", st(&vip["health_check"]));
+        if let Some(h) = &vip.health_check {
+            let _ = writeln!(s, "  health check: {h}");
         }
         let _ = writeln!(
             s,
             "  {:<28} {:>6} {:>9}  {:<10} {:>7}  notes",
             "backend", "weight", "effective", "health", "slots"
         );
-        for b in vip["backends"].as_array().into_iter().flatten() {
+        for b in &vip.backends {
             let mut notes = Vec::new();
-            if b["local"] == true {
+            if b.local {
                 notes.push("local".to_string());
             }
-            if b["drained"] == true {
+            if b.drained {
                 notes.push("drained".to_string());
             }
-            if !b["weight_override"].is_null() {
-                notes.push(format!("weight override {}", st(&b["weight_override"])));
+            if let Some(w) = b.weight_override {
+                notes.push(format!("weight override {w}"));
             }
             let _ = writeln!(
                 s,
                 "  {:<28} {:>6} {:>9}  {:<10} {:>7}  {}",
-                st(&b["address"]),
-                st(&b["weight_config"]),
-                st(&b["weight_effective"]),
-                st(&b["health"]),
-                st(&b["slots"]),
+                b.address.to_string(),
+                b.weight_config,
+                b.weight_effective,
+                b.health.as_str(),
+                b.slots,
                 notes.join(", ")
             );
         }

@@ -105,7 +105,9 @@ fn run(command: Command) -> anyhow::Result<()> {
             if api.json {
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
-                print!("{}", render_status(&v));
+                let st: anycast::proto::Status = serde_json::from_value(v)
+                    .context("the agent's status is not what this CLI understands")?;
+                print!("{}", render_status(&st));
             }
             Ok(())
         }

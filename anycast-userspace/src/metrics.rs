@@ -114,7 +114,7 @@ pub fn render(status: &Status, stats: Option<&Stats>) -> String {
             f.sample(
                 n,
                 &[("vip", &vip), ("backend", &addr)],
-                u64::from(b.health != "unhealthy"),
+                u64::from(b.health != crate::proto::Health::Unhealthy),
             );
         }
     }
@@ -167,7 +167,7 @@ pub fn render(status: &Status, stats: Option<&Stats>) -> String {
     f.sample(n, &[("result", "error")], status.reloads_error);
     let n = "anycast_build_info";
     let mut f = Family::new(&mut out, n, "gauge", "The agent's version.");
-    f.sample(n, &[("version", status.version)], 1);
+    f.sample(n, &[("version", status.version.as_str())], 1);
     out
 }
 

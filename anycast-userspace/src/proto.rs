@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::VipId;
 
 /// The result of the last reload, for `anycast status`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReloadOutcome {
     /// Seconds since the Unix epoch.
     pub at: u64,
@@ -23,7 +23,7 @@ pub struct ReloadOutcome {
 }
 
 /// The loaded program and where it is attached, for `anycast status`.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProgramInfo {
     pub name: String,
     /// Kernel program id (`bpftool prog show id N`).
@@ -31,14 +31,14 @@ pub struct ProgramInfo {
     pub interfaces: Vec<AttachedInterface>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AttachedInterface {
     pub name: String,
     /// `native`, `generic`.
     pub mode: String,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OverrideEntry {
     /// `null` = every VIP.
     pub vip: Option<VipId>,
@@ -97,7 +97,7 @@ impl Response {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BackendStatus {
     pub address: IpAddr,
     pub local: bool,
@@ -108,7 +108,7 @@ pub struct BackendStatus {
     pub weight_override: Option<u32>,
     /// `healthy`, `unhealthy`, `pending` (checked, no verdict yet: treated as healthy),
     /// `unchecked` (the VIP has no `[vip.health]`).
-    pub health: &'static str,
+    pub health: Health,
     /// The verdict is confirmed by the running health check (no rise or fall under way, not a
     /// restored verdict still unchecked); true when unchecked. A VIP is announced anew only when
     /// every one of its backends is settled (announce, "the health gate").
@@ -117,11 +117,11 @@ pub struct BackendStatus {
     pub slots: usize,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VipStatus {
     pub vip: VipId,
     /// `ok`, `all backends down`, `no weighted backend`, `no backends`.
-    pub state: &'static str,
+    pub state: VipState,
     pub fingerprint: Option<String>,
     pub health_check: Option<String>,
     pub backends: Vec<BackendStatus>,
@@ -130,9 +130,9 @@ pub struct VipStatus {
     pub announcement: Option<PrefixState>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Status {
-    pub version: &'static str,
+    pub version: String,
     pub config_path: PathBuf,
     pub last_reload: Option<ReloadOutcome>,
     pub reloads_ok: u64,
@@ -147,7 +147,7 @@ pub struct Status {
 }
 
 /// One prefix as BIRD has it, for `anycast status` and metrics.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PrefixState {
     pub prefix: String,
     pub protocol: String,
@@ -161,9 +161,9 @@ pub struct PrefixState {
 }
 
 /// The announcer's state, shared with the controller for `anycast status` and metrics.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AnnounceStatus {
-    pub mode: &'static str,
+    pub mode: String,
     pub bird_socket: PathBuf,
     /// `connected`, `connecting` (with the last error) or `stopped`.
     pub bird: String,
@@ -172,4 +172,64 @@ pub struct AnnounceStatus {
     /// Per VIP in `anycast status` (`vips[].announcement`).
     #[serde(skip)]
     pub prefixes: BTreeMap<IpAddr, PrefixState>,
+}
+
+/// A backend's health as the agent sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Health {
+    Healthy,
+    Unhealthy,
+    /// Checked, no verdict yet: treated as healthy (in the table), not counted for announcement.
+    Pending,
+    /// The VIP has no `[vip.health]`.
+    Unchecked,
+}
+
+impl Health {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Health::Healthy => "healthy",
+            Health::Unhealthy => "unhealthy",
+            Health::Pending => "pending",
+            Health::Unchecked => "unchecked",
+        }
+    }
+}
+
+impl std::fmt::Display for Health {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A VIP's state in `anycast status`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum VipState {
+    #[serde(rename = "ok")]
+    Ok,
+    /// Every checked backend fails its check: the VIP keeps its table without health.
+    #[serde(rename = "all backends down")]
+    AllBackendsDown,
+    #[serde(rename = "no weighted backend")]
+    NoWeightedBackend,
+    #[serde(rename = "no backends")]
+    NoBackends,
+}
+
+impl VipState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VipState::Ok => "ok",
+            VipState::AllBackendsDown => "all backends down",
+            VipState::NoWeightedBackend => "no weighted backend",
+            VipState::NoBackends => "no backends",
+        }
+    }
+}
+
+impl std::fmt::Display for VipState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }

@@ -236,7 +236,7 @@ fn now() -> u64 {
 pub fn start(cfg: BgpConfig, addresses: &BTreeSet<IpAddr>) -> Result<Handle, BirdError> {
     let socket = cfg.socket();
     let shared = Arc::new(Mutex::new(AnnounceStatus {
-        mode: cfg.mode_name(),
+        mode: cfg.mode_name().to_owned(),
         bird_socket: socket.clone(),
         bird: "connecting".into(),
         edge_drained: false,

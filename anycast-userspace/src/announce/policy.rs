@@ -2,6 +2,7 @@
 //! withdrawn prefix passes to be announced anew.
 
 use super::*;
+use crate::proto::Health;
 
 /// What the policy wants for one prefix.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -36,13 +37,13 @@ pub(super) fn vip_verdict(v: &VipStatus, attached: bool, min: u32) -> Result<Str
         .backends
         .iter()
         .filter(in_table)
-        .filter(|b| matches!(b.health, "healthy" | "unchecked"))
+        .filter(|b| matches!(b.health, Health::Healthy | Health::Unchecked))
         .count();
     let pending = v
         .backends
         .iter()
         .filter(in_table)
-        .filter(|b| b.health == "pending")
+        .filter(|b| b.health == Health::Pending)
         .count();
     let pending = if pending > 0 {
         format!(" ({pending} pending a first check)")

@@ -223,6 +223,40 @@ impl fmt::Display for VipId {
     }
 }
 
+impl std::str::FromStr for VipId {
+    type Err = String;
+
+    /// The label [`vip_label`] writes: `203.0.113.10:80/tcp`, `[2001:db8::10]:any/udp`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("{s:?} is not a VIP (ADDR:PORT/PROTO, e.g. 203.0.113.10:80/tcp)");
+        let (rest, proto) = s.rsplit_once('/').ok_or_else(bad)?;
+        let protocol = Protocol::parse(proto).ok_or_else(bad)?;
+        let (addr, port) = rest.rsplit_once(':').ok_or_else(bad)?;
+        let addr = addr
+            .strip_prefix('[')
+            .and_then(|a| a.strip_suffix(']'))
+            .unwrap_or(addr);
+        let address: IpAddr = addr.parse().map_err(|_| bad())?;
+        let port = if port == "any" {
+            0
+        } else {
+            port.parse().map_err(|_| bad())?
+        };
+        Ok(Self {
+            address,
+            port,
+            protocol,
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for VipId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 impl Serialize for VipId {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.collect_str(self)

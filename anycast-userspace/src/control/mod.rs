@@ -517,10 +517,16 @@ weight = 1
         }
         let st = c.status();
         let b = &st.vips[0].backends[1];
-        assert_eq!((b.health, b.weight_effective, b.slots), ("unhealthy", 0, 0));
-        assert_eq!(st.vips[0].state, "ok");
+        assert_eq!(
+            (b.health, b.weight_effective, b.slots),
+            (crate::proto::Health::Unhealthy, 0, 0)
+        );
+        assert_eq!(st.vips[0].state, crate::proto::VipState::Ok);
         // The other VIP (no health check) is untouched, and reports its backends unchecked.
-        assert_eq!(st.vips[1].backends[0].health, "unchecked");
+        assert_eq!(
+            st.vips[1].backends[0].health,
+            crate::proto::Health::Unchecked
+        );
         c.set_health(v, down, true, "test");
         assert_eq!(c.table(v).unwrap().fingerprint(), t0.fingerprint());
         // Every backend down: reported.
@@ -528,7 +534,7 @@ weight = 1
             c.set_health(v, ip(b), false, "test");
         }
         let st = c.status();
-        assert_eq!(st.vips[0].state, "all backends down");
+        assert_eq!(st.vips[0].state, crate::proto::VipState::AllBackendsDown);
         assert_eq!(st.vips[0].fingerprint, t0.fingerprint(), "fails open");
         // A late report about a VIP without checks is ignored.
         let n = journal_len(&c);
@@ -579,6 +585,25 @@ weight = 1
         c.set_health_settled(v, ip(backends[2]), false);
         assert!(settling(&c).is_some());
         assert!(c.status().vips[1].backends.iter().all(|b| b.health_settled));
+    }
+
+    /// The API's status is one typed protocol: what the agent sends, the CLI reads back whole.
+    #[test]
+    fn status_round_trips_through_the_typed_protocol() {
+        let mut c = start(CFG);
+        let v = vip("203.0.113.10:80/tcp");
+        c.set_health(v, ip("198.18.10.3"), false, "test");
+        req(&mut c, r#"{"request":"drain","backend":"198.18.10.4"}"#).unwrap();
+        let st = c.status();
+        let json = serde_json::to_value(&st).unwrap();
+        assert_eq!(json["vips"][0]["backends"][1]["health"], "unhealthy");
+        assert_eq!(json["vips"][0]["vip"], "203.0.113.10:80/tcp");
+        let back: Status = serde_json::from_value(json).unwrap();
+        assert_eq!(back, st);
+        let text = crate::cli::render_status(&back);
+        assert!(text.contains("vip 203.0.113.10:80/tcp  ok"), "{text}");
+        assert!(text.contains("unhealthy"), "{text}");
+        assert!(text.contains("198.18.10.4 drained for every VIP"), "{text}");
     }
 
     fn req(c: &mut Controller<MemorySink>, json: &str) -> Result<serde_json::Value, String> {

@@ -1,6 +1,7 @@
 //! Backend health as the checks report it, and the agent's status as the API shows it.
 
 use super::*;
+use crate::proto::{Health, VipState};
 
 impl<S: Sink> Controller<S> {
     pub fn status(&self) -> Status {
@@ -28,10 +29,10 @@ impl<S: Sink> Controller<S> {
                     .iter()
                     .map(|b| {
                         let health = match self.health.get(&(id, b.address)) {
-                            None if v.health.is_some() => "pending",
-                            None => "unchecked",
-                            Some(true) => "healthy",
-                            Some(false) => "unhealthy",
+                            None if v.health.is_some() => Health::Pending,
+                            None => Health::Unchecked,
+                            Some(true) => Health::Healthy,
+                            Some(false) => Health::Unhealthy,
                         };
                         let weight = eff
                             .and_then(|e| e.backends.iter().find(|x| x.address == b.address))
@@ -40,7 +41,7 @@ impl<S: Sink> Controller<S> {
                             address: b.address,
                             local: self.local.contains(&b.address),
                             weight_config: b.weight,
-                            weight_effective: if health == "unhealthy" && !all_down {
+                            weight_effective: if health == Health::Unhealthy && !all_down {
                                 0
                             } else {
                                 weight
@@ -49,19 +50,20 @@ impl<S: Sink> Controller<S> {
                             weight_override: self.overrides.weight(id, b.address),
                             health,
                             health_settled: v.health.is_none()
-                                || (health != "pending" && self.settled.contains(&(id, b.address))),
+                                || (health != Health::Pending
+                                    && self.settled.contains(&(id, b.address))),
                             slots: slots.get(&b.address).copied().unwrap_or(0),
                         }
                     })
                     .collect();
                 let state = if v.backends.is_empty() {
-                    "no backends"
+                    VipState::NoBackends
                 } else if all_down {
-                    "all backends down"
+                    VipState::AllBackendsDown
                 } else if table.is_none_or(|t| t.slots.is_empty()) {
-                    "no weighted backend"
+                    VipState::NoWeightedBackend
                 } else {
-                    "ok"
+                    VipState::Ok
                 };
                 VipStatus {
                     announcement: bgp
@@ -91,7 +93,7 @@ impl<S: Sink> Controller<S> {
             })
             .collect();
         Status {
-            version: env!("CARGO_PKG_VERSION"),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
             config_path: self.config_path.clone(),
             last_reload: self.last_reload.clone(),
             reloads_ok: self.reloads_ok,
