@@ -1,0 +1,299 @@
+//! Traffic through a lab: short flows (counted by the backend that answered), long-lived
+//! connections, and single requests from inside a namespace.
+
+use super::*;
+
+impl Lab {
+    /// `count` TCP requests from `ns` to `target`, each its own connection (so its own source
+    /// port, so its own flow), bounded by `budget` in total; tallies which backend answered.
+    pub fn tcp_flows(
+        &self,
+        ns: &str,
+        target: SocketAddr,
+        count: usize,
+        budget: Duration,
+    ) -> Result<FlowTally> {
+        let flows = self.flows(ns, Transport::Tcp, target, count, budget)?;
+        Ok(FlowTally::of(flows, count))
+    }
+
+    /// Like [`Lab::tcp_flows`] with UDP datagrams, each from a fresh socket (fresh source port).
+    pub fn udp_flows(
+        &self,
+        ns: &str,
+        target: SocketAddr,
+        count: usize,
+        budget: Duration,
+    ) -> Result<FlowTally> {
+        let flows = self.flows(ns, Transport::Udp, target, count, budget)?;
+        Ok(FlowTally::of(flows, count))
+    }
+
+    /// `count` short flows from `ns` to `target`, one after the other, until `budget` is spent:
+    /// each a TCP request on its own connection or a UDP datagram from its own socket (so its
+    /// own source port, so its own flow).
+    fn flows(
+        &self,
+        ns: &str,
+        transport: Transport,
+        target: SocketAddr,
+        count: usize,
+        budget: Duration,
+    ) -> Result<Vec<FlowResult>> {
+        self.in_netns(ns, || {
+            let deadline = Instant::now() + budget;
+            (0..count)
+                .map_while(|i| {
+                    (Instant::now() < deadline).then(|| match transport {
+                        Transport::Tcp => tcp_request_from(target, Duration::from_secs(2)),
+                        Transport::Udp => udp_request_from(
+                            target,
+                            format!("flow {i}").as_bytes(),
+                            Duration::from_secs(1),
+                        ),
+                    })
+                })
+                .collect()
+        })
+    }
+
+    /// Starts `opts.conns` long-lived TCP connections from `ns` to `target` (an
+    /// `anycast-lab-server`), streaming both ways; see [`conns`]. Returns at once: move routes,
+    /// look at [`LongLived::snapshot`], then [`LongLived::stop`] or [`LongLived::wait`].
+    pub fn start_long_lived(
+        &self,
+        ns: &str,
+        target: SocketAddr,
+        opts: ConnsOptions,
+    ) -> Result<LongLived> {
+        LongLived::start_in(&format!("/run/netns/{}", self.ns(ns)), target, opts)
+    }
+
+    /// [`Lab::start_long_lived`] with `n` connections streaming for `duration`, waited for.
+    pub fn long_lived(
+        &self,
+        ns: &str,
+        target: SocketAddr,
+        n: usize,
+        duration: Duration,
+    ) -> Result<ConnsReport> {
+        let opts = ConnsOptions {
+            conns: n,
+            duration,
+            ..ConnsOptions::default()
+        };
+        Ok(self.start_long_lived(ns, target, opts)?.wait())
+    }
+
+    /// Like [`Lab::tcp_flows`], but keeps each flow: its source address and who answered.
+    pub fn tcp_flow_records(
+        &self,
+        ns: &str,
+        target: SocketAddr,
+        count: usize,
+        budget: Duration,
+    ) -> Result<Vec<FlowRecord>> {
+        let flows = self.flows(ns, Transport::Tcp, target, count, budget)?;
+        Ok(FlowRecord::of(target, flows))
+    }
+
+    /// Like [`Lab::udp_flows`], but keeps each flow: its source address and who answered.
+    pub fn udp_flow_records(
+        &self,
+        ns: &str,
+        target: SocketAddr,
+        count: usize,
+        budget: Duration,
+    ) -> Result<Vec<FlowRecord>> {
+        let flows = self.flows(ns, Transport::Udp, target, count, budget)?;
+        Ok(FlowRecord::of(target, flows))
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Transport {
+    Tcp,
+    Udp,
+}
+
+/// One short flow: from where, to where, and the name of the backend that answered (or why
+/// nothing did).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FlowRecord {
+    pub local: Option<SocketAddr>,
+    pub target: SocketAddr,
+    pub answer: std::result::Result<String, String>,
+}
+
+impl FlowRecord {
+    fn of(target: SocketAddr, flows: Vec<FlowResult>) -> Vec<FlowRecord> {
+        flows
+            .into_iter()
+            .map(|f| match f {
+                Ok((local, name)) => FlowRecord {
+                    local: Some(local),
+                    target,
+                    answer: Ok(name),
+                },
+                Err((local, e)) => FlowRecord {
+                    local,
+                    target,
+                    answer: Err(e.to_string()),
+                },
+            })
+            .collect()
+    }
+}
+
+/// [`tcp_request`] that also tells the connection's source address.
+pub fn tcp_request_from(
+    target: SocketAddr,
+    timeout: Duration,
+) -> std::result::Result<(SocketAddr, String), (Option<SocketAddr>, std::io::Error)> {
+    let mut s = TcpStream::connect_timeout(&target, timeout).map_err(|e| (None, e))?;
+    let local = s.local_addr().map_err(|e| (None, e))?;
+    let result = (|| {
+        s.set_read_timeout(Some(timeout))?;
+        s.set_write_timeout(Some(timeout))?;
+        s.write_all(b"GET / HTTP/1.0\r\n\r\n")?;
+        let mut reply = String::new();
+        s.take(4096).read_to_string(&mut reply)?;
+        reply
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.trim().to_owned())
+            .ok_or_else(|| {
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("not an HTTP reply: {reply:?}"),
+                )
+            })
+    })();
+    result
+        .map(|name| (local, name))
+        .map_err(|e| (Some(local), e))
+}
+
+/// Repeats `f` while it fails with EINTR (a signal for another thread of a test process can
+/// interrupt a blocking socket call; std's `read_to_string` retries, a bare `recv` does not).
+fn retry_eintr<T>(mut f: impl FnMut() -> std::io::Result<T>) -> std::io::Result<T> {
+    loop {
+        match f() {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            other => return other,
+        }
+    }
+}
+
+/// [`udp_request`] that also tells the socket's source address.
+pub fn udp_request_from(
+    target: SocketAddr,
+    payload: &[u8],
+    timeout: Duration,
+) -> std::result::Result<(SocketAddr, String), (Option<SocketAddr>, std::io::Error)> {
+    let bind: SocketAddr = match target.ip() {
+        IpAddr::V4(_) => "0.0.0.0:0".parse().expect("literal"),
+        IpAddr::V6(_) => "[::]:0".parse().expect("literal"),
+    };
+    let s = UdpSocket::bind(bind).map_err(|e| (None, e))?;
+    s.connect(target).map_err(|e| (None, e))?;
+    let local = s.local_addr().map_err(|e| (None, e))?;
+    let result = (|| {
+        s.set_read_timeout(Some(timeout))?;
+        retry_eintr(|| s.send(payload))?;
+        let mut buf = [0u8; 2048];
+        let n = retry_eintr(|| s.recv(&mut buf))?;
+        let reply = &buf[..n];
+        let name_end = reply.iter().position(|b| *b == b' ').unwrap_or(n);
+        if &reply[(name_end + 1).min(n)..] != payload {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "echo does not match the payload",
+            ));
+        }
+        Ok(String::from_utf8_lossy(&reply[..name_end]).into_owned())
+    })();
+    result
+        .map(|name| (local, name))
+        .map_err(|e| (Some(local), e))
+}
+
+/// Which backend answered how many flows, and what went wrong with the others.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FlowTally {
+    pub per_backend: BTreeMap<String, usize>,
+    pub failures: BTreeMap<String, usize>,
+    /// Flows not attempted because the time budget ran out.
+    pub not_sent: usize,
+}
+
+impl FlowTally {
+    /// The tally of `flows`, out of `count` asked for (the rest were not sent in time).
+    fn of(flows: Vec<FlowResult>, count: usize) -> FlowTally {
+        let mut tally = FlowTally {
+            not_sent: count.saturating_sub(flows.len()),
+            ..FlowTally::default()
+        };
+        for f in flows {
+            match f {
+                Ok((_, name)) => *tally.per_backend.entry(name).or_default() += 1,
+                Err((_, e)) => {
+                    *tally.failures.entry(format!("{:?}", e.kind())).or_default() += 1;
+                }
+            }
+        }
+        tally
+    }
+
+    pub fn answered(&self) -> usize {
+        self.per_backend.values().sum()
+    }
+
+    pub fn failed(&self) -> usize {
+        self.failures.values().sum::<usize>() + self.not_sent
+    }
+}
+
+impl std::fmt::Display for FlowTally {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let total = self.answered() + self.failed();
+        writeln!(f, "{:<12} {:>6} {:>7}", "backend", "flows", "share")?;
+        for (name, n) in &self.per_backend {
+            writeln!(
+                f,
+                "{name:<12} {n:>6} {:>6.1}%",
+                100.0 * *n as f64 / total.max(1) as f64
+            )?;
+        }
+        for (kind, n) in &self.failures {
+            writeln!(
+                f,
+                "{:<12} {n:>6} {:>6.1}%",
+                format!("({kind})"),
+                100.0 * *n as f64 / total.max(1) as f64
+            )?;
+        }
+        if self.not_sent > 0 {
+            writeln!(f, "{:<12} {:>6}", "(not sent)", self.not_sent)?;
+        }
+        Ok(())
+    }
+}
+
+/// One HTTP-ish request to an `anycast-lab-server`; returns the backend's name.
+pub fn tcp_request(target: SocketAddr, timeout: Duration) -> std::io::Result<String> {
+    tcp_request_from(target, timeout)
+        .map(|(_, name)| name)
+        .map_err(|(_, e)| e)
+}
+
+/// One datagram to an `anycast-lab-server`; returns the backend's name (it echoes the payload
+/// after its name).
+pub fn udp_request(
+    target: SocketAddr,
+    payload: &[u8],
+    timeout: Duration,
+) -> std::io::Result<String> {
+    udp_request_from(target, payload, timeout)
+        .map(|(_, name)| name)
+        .map_err(|(_, e)| e)
+}
