@@ -15,7 +15,8 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, warn};
 
-use crate::proto::{Request, Response};
+use crate::dataplane::stats::Stats;
+use crate::proto::{Request, Response, Status};
 
 /// What the API and metrics tasks ask of the agent's main task.
 #[derive(Debug)]
@@ -142,6 +143,54 @@ pub fn call(path: &Path, req: &Request) -> Result<Result<serde_json::Value, Stri
     Ok(r.into_result())
 }
 
+/// What a typed call can end with besides its answer.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error(transparent)]
+    Api(#[from] ApiError),
+    /// The agent refused the request, saying why.
+    #[error("{0}")]
+    Refused(String),
+    /// The agent answered something this client does not understand (another version?).
+    #[error("the agent's {what} answer is not what this client understands: {error}")]
+    Unexpected { what: &'static str, error: String },
+}
+
+/// The CLI side of the control socket, typed: one method per answer the callers read.
+#[derive(Clone, Debug)]
+pub struct Client {
+    socket: PathBuf,
+}
+
+impl Client {
+    pub fn new(socket: impl Into<PathBuf>) -> Self {
+        Self {
+            socket: socket.into(),
+        }
+    }
+
+    /// Any request; the result as the agent sent it (what `--json` prints).
+    pub fn request(&self, req: &Request) -> Result<serde_json::Value, ClientError> {
+        call(&self.socket, req)?.map_err(ClientError::Refused)
+    }
+
+    pub fn status(&self) -> Result<Status, ClientError> {
+        let v = self.request(&Request::Status)?;
+        serde_json::from_value(v).map_err(|e| ClientError::Unexpected {
+            what: "status",
+            error: e.to_string(),
+        })
+    }
+
+    pub fn stats(&self) -> Result<Stats, ClientError> {
+        let v = self.request(&Request::Stats)?;
+        Stats::from_json(&v).ok_or_else(|| ClientError::Unexpected {
+            what: "stats",
+            error: v.to_string(),
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -180,19 +229,34 @@ mod tests {
             }
         });
         let p = path.clone();
-        let (ok, err, bad) = tokio::task::spawn_blocking(move || {
+        let (ok, err, bad, typed) = tokio::task::spawn_blocking(move || {
             let ok = call(&p, &Request::Status).unwrap();
             let err = call(&p, &Request::Stats).unwrap();
+            // The typed client: a refusal is the agent's words; an answer that is not a Status
+            // is said to be one.
+            let client = Client::new(&p);
+            let typed = (
+                client.stats().unwrap_err().to_string(),
+                client.status().unwrap_err().to_string(),
+            );
             let mut s = std::os::unix::net::UnixStream::connect(&p).unwrap();
             s.write_all(b"{\"request\":\"explode\"}\n").unwrap();
             let mut line = String::new();
             BufReader::new(&s).read_line(&mut line).unwrap();
-            (ok, err, line)
+            (ok, err, line, typed)
         })
         .await
         .unwrap();
         assert_eq!(ok.unwrap()["vips"], serde_json::json!([]));
         assert_eq!(err.unwrap_err(), "no Stats");
+        assert_eq!(typed.0, "no Stats");
+        assert!(
+            typed
+                .1
+                .starts_with("the agent's status answer is not what this client understands"),
+            "{}",
+            typed.1
+        );
         assert!(
             bad.starts_with("{\"error\":\"bad request: unknown variant `explode`"),
             "{bad}"

@@ -327,15 +327,6 @@ pub struct DrainReport {
     pub timed_out: bool,
 }
 
-fn vip_packets(stats: &serde_json::Value) -> u64 {
-    stats["vips"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|v| v["packets"].as_u64())
-        .sum()
-}
-
 /// The CLI side of `anycast drain-edge`: asks the agent to withdraw every VIP, waits until BIRD
 /// has done it, then until the VIP packet counters have not grown for `quiet` (traffic has moved
 /// to other edges), all within `timeout`.
@@ -345,22 +336,31 @@ pub fn drain_edge_and_wait(
     quiet: Duration,
 ) -> Result<DrainReport, String> {
     use crate::proto::Request;
-    let ask = |r: &Request| -> Result<serde_json::Value, String> {
-        crate::api::call(socket, r).map_err(|e| crate::error::error_chain(&e))?
+    let client = crate::api::Client::new(socket);
+    let fail = |e: crate::api::ClientError| crate::error::error_chain(&e);
+    let vip_packets = || -> Result<u64, String> {
+        Ok(client
+            .stats()
+            .map_err(fail)?
+            .vips
+            .iter()
+            .map(|v| v.traffic.packets)
+            .sum())
     };
     let start = std::time::Instant::now();
     let deadline = start + timeout;
-    let before = vip_packets(&ask(&Request::Stats)?);
-    ask(&Request::DrainEdge)?;
+    let before = vip_packets()?;
+    client.request(&Request::DrainEdge).map_err(fail)?;
     let mut still;
     loop {
-        let st = ask(&Request::Status)?;
-        still = st["vips"]
-            .as_array()
+        still = client
+            .status()
+            .map_err(fail)?
+            .vips
             .into_iter()
-            .flatten()
-            .filter(|v| v["announcement"]["announced"] == true)
-            .filter_map(|v| v["announcement"]["prefix"].as_str().map(str::to_owned))
+            .filter_map(|v| v.announcement)
+            .filter(|a| a.announced)
+            .map(|a| a.prefix)
             .collect::<BTreeSet<String>>();
         if still.is_empty() || std::time::Instant::now() > deadline {
             break;
@@ -368,12 +368,12 @@ pub fn drain_edge_and_wait(
         std::thread::sleep(Duration::from_millis(50));
     }
     let withdrawn_ms = start.elapsed().as_millis() as u64;
-    let mut last = vip_packets(&ask(&Request::Stats)?);
+    let mut last = vip_packets()?;
     let mut last_change = std::time::Instant::now();
     let mut quiet_after_ms = None;
     while std::time::Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(100));
-        let now_packets = vip_packets(&ask(&Request::Stats)?);
+        let now_packets = vip_packets()?;
         if now_packets != last {
             last = now_packets;
             last_change = std::time::Instant::now();

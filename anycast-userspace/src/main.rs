@@ -101,12 +101,16 @@ fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Status { api } => {
-            let v = ask(&api, &Request::Status)?;
+            let client = api::Client::new(&api.socket);
             if api.json {
+                let v = client
+                    .request(&Request::Status)
+                    .map_err(|e| anyhow!(agent::error_chain(&e)))?;
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
-                let st: anycast::proto::Status = serde_json::from_value(v)
-                    .context("the agent's status is not what this CLI understands")?;
+                let st = client
+                    .status()
+                    .map_err(|e| anyhow!(agent::error_chain(&e)))?;
                 print!("{}", render_status(&st));
             }
             Ok(())
