@@ -14,7 +14,6 @@ use anycast_common::{
     AddrKey, BACKEND_F_LOCAL, Backend, DataplaneConfig, FAMILY_V4, FAMILY_V6, GUE_HINT_MAGIC,
     GUE_HINT_WORDS_V4, GUE_HINT_WORDS_V6, NO_BACKEND, NO_TABLE, PROTO_IPIP, PROTO_IPV6, PROTO_TCP,
     PROTO_UDP, SECOND_CHANCE_TTL_MIN, counter,
-    hash::{flow_hash_v4, flow_hash_v6},
 };
 use aya_ebpf::{
     helpers::generated::bpf_xdp_adjust_head, maps::lpm_trie::Key, programs::XdpContext,
@@ -206,21 +205,6 @@ fn mid_flow_tcp(ctx: &XdpContext, inner: &Ip) -> Option<u32> {
     (flags & (TCP_SYN | TCP_ACK) != TCP_SYN).then_some(ports)
 }
 
-#[inline(always)]
-fn hash_of(cfg: &DataplaneConfig, inner: &Ip, ports: u32) -> u32 {
-    if inner.family == FAMILY_V4 {
-        flow_hash_v4(
-            cfg.hash_seed,
-            inner.src[0],
-            inner.dst[0],
-            ports,
-            inner.proto,
-        )
-    } else {
-        flow_hash_v6(cfg.hash_seed, &inner.src, &inner.dst, ports, inner.proto)
-    }
-}
-
 /// The packet, now decapsulated, carried a hint: deliver it if a local socket holds its TCP
 /// flow, else send it once to the hinted previous owner, without a hint (one extra hop at most).
 #[inline(always)]
@@ -234,7 +218,7 @@ fn second_chance(ctx: &XdpContext, cfg: &DataplaneConfig, sc: *mut encap::Scratc
     if chance::has_socket(ctx, &inner, ports) {
         return Verdict::pass(counter::DECAP);
     }
-    let hash = hash_of(cfg, &inner, ports);
+    let hash = track::flow_hash(cfg, &inner, ports);
     // SAFETY: per-CPU scratch; `tunnel.dst` already holds the hinted owner.
     unsafe {
         (*sc).tunnel.hint.family = 0;
@@ -286,7 +270,7 @@ fn table_chance(ctx: &XdpContext, cfg: &DataplaneConfig, sc: *mut encap::Scratch
     if vip.table == NO_TABLE || vip.prev_table == NO_TABLE {
         return Verdict::pass(counter::DECAP);
     }
-    let hash = hash_of(cfg, &inner, ports);
+    let hash = track::flow_hash(cfg, &inner, ports);
     let slot = hash % cfg.ring_size;
     let Some(cur) = track::ring_at(cfg, vip.table, slot) else {
         return Verdict::pass(counter::DECAP);

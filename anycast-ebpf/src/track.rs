@@ -62,11 +62,7 @@ pub fn pick(
     let ports = ports_flags as u32;
     let tcp_flags = (ports_flags >> 32) as u32;
     *prev = NO_BACKEND;
-    let hash = if ip.family == FAMILY_V4 {
-        flow_hash_v4(cfg.hash_seed, ip.src[0], ip.dst[0], ports, ip.proto)
-    } else {
-        flow_hash_v6(cfg.hash_seed, &ip.src, &ip.dst, ports, ip.proto)
-    };
+    let hash = flow_hash(cfg, ip, ports);
     let with_hash = u64::from(hash) << 32;
 
     let tcp_mid_flow = ip.proto == PROTO_TCP && (tcp_flags as u8) & (TCP_SYN | TCP_ACK) != TCP_SYN;
@@ -170,6 +166,22 @@ pub fn pick(
         }
     }
     with_hash | u64::from(backend_id)
+}
+
+#[inline(always)]
+/// The flow hash of a packet (the one rule for kernel and host: anycast_common::hash).
+pub fn flow_hash(cfg: &DataplaneConfig, inner: &Ip, ports: u32) -> u32 {
+    if inner.family == FAMILY_V4 {
+        flow_hash_v4(
+            cfg.hash_seed,
+            inner.src[0],
+            inner.dst[0],
+            ports,
+            inner.proto,
+        )
+    } else {
+        flow_hash_v6(cfg.hash_seed, &inner.src, &inner.dst, ports, inner.proto)
+    }
 }
 
 /// The backend id in `slot` of Maglev table `table` (`slot < ring_size`).
