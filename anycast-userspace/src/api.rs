@@ -16,7 +16,8 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, warn};
 
 use crate::dataplane::stats::Stats;
-use crate::proto::{Request, Response, Status};
+use crate::plan::model::Decision;
+use crate::proto::{Changed, EdgeDrained, Request, Response, Status};
 
 /// What the API and metrics tasks ask of the agent's main task.
 #[derive(Debug)]
@@ -174,12 +175,46 @@ impl Client {
         call(&self.socket, req)?.map_err(ClientError::Refused)
     }
 
-    pub fn status(&self) -> Result<Status, ClientError> {
-        let v = self.request(&Request::Status)?;
+    /// A request whose answer has the type `T`.
+    fn typed<T: serde::de::DeserializeOwned>(
+        &self,
+        req: &Request,
+        what: &'static str,
+    ) -> Result<T, ClientError> {
+        let v = self.request(req)?;
         serde_json::from_value(v).map_err(|e| ClientError::Unexpected {
-            what: "status",
+            what,
             error: e.to_string(),
         })
+    }
+
+    pub fn status(&self) -> Result<Status, ClientError> {
+        self.typed(&Request::Status, "status")
+    }
+
+    /// Where the agent's live tables (and its own sockets) send `flow` (`ADDR:PORT -> ADDR:PORT/PROTO`).
+    pub fn lookup(&self, flow: &str) -> Result<Decision, ClientError> {
+        self.typed(
+            &Request::Lookup {
+                flow: flow.to_owned(),
+            },
+            "lookup",
+        )
+    }
+
+    /// `drain`, `undrain` or `set-weight`: what was done and which tables changed.
+    pub fn change(&self, req: &Request) -> Result<Changed, ClientError> {
+        self.typed(req, "change")
+    }
+
+    /// `drain_edge` (true) or `undrain_edge` (false).
+    pub fn drain_edge(&self, drained: bool) -> Result<EdgeDrained, ClientError> {
+        let req = if drained {
+            Request::DrainEdge
+        } else {
+            Request::UndrainEdge
+        };
+        self.typed(&req, "edge drain")
     }
 
     pub fn stats(&self) -> Result<Stats, ClientError> {

@@ -334,14 +334,11 @@ pub fn drain_edge_and_wait(
     socket: &Path,
     timeout: Duration,
     quiet: Duration,
-) -> Result<DrainReport, String> {
-    use crate::proto::Request;
+) -> Result<DrainReport, crate::api::ClientError> {
     let client = crate::api::Client::new(socket);
-    let fail = |e: crate::api::ClientError| crate::error::error_chain(&e);
-    let vip_packets = || -> Result<u64, String> {
+    let vip_packets = || -> Result<u64, crate::api::ClientError> {
         Ok(client
-            .stats()
-            .map_err(fail)?
+            .stats()?
             .vips
             .iter()
             .map(|v| v.traffic.packets)
@@ -350,12 +347,11 @@ pub fn drain_edge_and_wait(
     let start = std::time::Instant::now();
     let deadline = start + timeout;
     let before = vip_packets()?;
-    client.request(&Request::DrainEdge).map_err(fail)?;
+    client.drain_edge(true)?;
     let mut still;
     loop {
         still = client
-            .status()
-            .map_err(fail)?
+            .status()?
             .vips
             .into_iter()
             .filter_map(|v| v.announcement)

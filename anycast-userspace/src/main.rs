@@ -4,11 +4,11 @@ use std::process::ExitCode;
 use std::path::PathBuf;
 
 use anycast::agent::{self, AgentOptions};
-use anycast::api;
+use anycast::api::{self, ClientError};
 use anycast::cli::{ApiArgs, Cli, Command, LogFormat, LookupArgs, render_lookup, render_status};
 use anycast::config::{Config, DEFAULT_PIN_PATH, DEFAULT_STATE_FILE};
 use anycast::dataplane::stats::{self, StateFile, Stats};
-use anycast::plan::model::{self, Decision, Flow};
+use anycast::plan::model::{self, Flow};
 use anycast::proto::Request;
 use anyhow::{Context as _, anyhow};
 use clap::Parser as _;
@@ -77,12 +77,12 @@ fn run(command: Command) -> anyhow::Result<()> {
             api,
         } => {
             let st = if pin_path.is_none() && state_file.is_none() {
-                match api::call(&api.socket, &Request::Stats) {
-                    Ok(answer) => {
-                        let v = answer.map_err(|e| anyhow!(e))?;
-                        Stats::from_json(&v).ok_or_else(|| anyhow!("unexpected answer: {v}"))?
+                match api::Client::new(&api.socket).stats() {
+                    Ok(st) => st,
+                    Err(e @ (ClientError::Refused(_) | ClientError::Unexpected { .. })) => {
+                        return Err(anyhow!(agent::error_chain(&e)));
                     }
-                    Err(e) => {
+                    Err(ClientError::Api(e)) => {
                         eprintln!(
                             "note: {}; reading the pinned maps instead",
                             agent::error_chain(&e)
@@ -125,7 +125,7 @@ fn run(command: Command) -> anyhow::Result<()> {
                 std::time::Duration::from_secs(timeout),
                 std::time::Duration::from_millis(quiet_ms),
             )
-            .map_err(|e| anyhow!(e))?;
+            .map_err(|e| anyhow!(agent::error_chain(&e)))?;
             if api.json {
                 println!("{}", serde_json::to_string_pretty(&r)?);
             } else {
@@ -154,7 +154,17 @@ fn run(command: Command) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::UndrainEdge { api } => change(&api, &Request::UndrainEdge),
+        Command::UndrainEdge { api } => {
+            let r = api::Client::new(&api.socket)
+                .drain_edge(false)
+                .map_err(|e| anyhow!(agent::error_chain(&e)))?;
+            if api.json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                println!("{}", r.message);
+            }
+            Ok(())
+        }
         Command::Drain { backend, vip, api } => change(&api, &Request::Drain { vip, backend }),
         Command::Undrain { backend, vip, api } => change(&api, &Request::Undrain { vip, backend }),
         Command::SetWeight {
@@ -219,27 +229,22 @@ fn pinned_stats(pin_path: Option<PathBuf>, state_file: Option<PathBuf>) -> anyho
     stats::read_pinned(&pin_path, &state.ids).context("reading the pinned maps")
 }
 
-/// Sends `req` to the agent; the agent's refusal becomes the error message.
-fn ask(api: &ApiArgs, req: &Request) -> anyhow::Result<serde_json::Value> {
-    api::call(&api.socket, req)
-        .map_err(|e| anyhow!(agent::error_chain(&e)))?
-        .map_err(|e| anyhow!(e))
-}
-
 /// drain / undrain / set-weight: prints what changed.
 fn change(api: &ApiArgs, req: &Request) -> anyhow::Result<()> {
-    let v = ask(api, req)?;
+    let r = api::Client::new(&api.socket)
+        .change(req)
+        .map_err(|e| anyhow!(agent::error_chain(&e)))?;
     if api.json {
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        println!("{}", serde_json::to_string_pretty(&r)?);
         return Ok(());
     }
-    println!("{}", v["message"].as_str().unwrap_or("done"));
-    for c in v["changes"].as_array().into_iter().flatten() {
+    println!("{}", r.message);
+    for c in &r.changes {
         println!(
             "  vip {}: {} slots moved, table {}",
-            c["vip"].as_str().unwrap_or("?"),
-            c["slots_moved"],
-            c["fingerprint"].as_str().unwrap_or("none")
+            c.vip,
+            c.slots_moved,
+            c.fingerprint.as_deref().unwrap_or("none")
         );
     }
     Ok(())
@@ -247,20 +252,10 @@ fn change(api: &ApiArgs, req: &Request) -> anyhow::Result<()> {
 
 fn lookup(args: &LookupArgs) -> anyhow::Result<()> {
     let Some(config_path) = &args.config else {
-        let api = ApiArgs {
-            socket: args.socket.clone(),
-            json: args.json,
-        };
-        let v = ask(
-            &api,
-            &Request::Lookup {
-                flow: args.flow_text(),
-            },
-        )?;
-        match serde_json::from_value::<Decision>(v.clone()) {
-            Ok(d) if !args.json => println!("{}", render_lookup(&d, false)),
-            _ => println!("{v}"),
-        }
+        let d = api::Client::new(&args.socket)
+            .lookup(&args.flow_text())
+            .map_err(|e| anyhow!(agent::error_chain(&e)))?;
+        println!("{}", render_lookup(&d, args.json));
         return Ok(());
     };
     let config = Config::load(config_path)?;

@@ -97,6 +97,35 @@ impl Response {
     }
 }
 
+/// One VIP's change in one publication, for the log and the API.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VipChange {
+    pub vip: VipId,
+    pub added: Vec<IpAddr>,
+    pub removed: Vec<IpAddr>,
+    /// `(backend, old weight, new weight)`, effective weights.
+    pub reweighted: Vec<(IpAddr, u32, u32)>,
+    /// Slots whose backend changed (a table appearing or disappearing moves them all).
+    pub slots_moved: usize,
+    pub fingerprint: Option<String>,
+    pub vip_added: bool,
+    pub vip_removed: bool,
+}
+
+/// The answer to `drain`, `undrain` and `set-weight`: what was done and what it changed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Changed {
+    pub message: String,
+    pub changes: Vec<VipChange>,
+}
+
+/// The answer to `drain_edge` / `undrain_edge`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EdgeDrained {
+    pub message: String,
+    pub edge_drained: bool,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BackendStatus {
     pub address: IpAddr,

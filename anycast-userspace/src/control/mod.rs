@@ -21,6 +21,7 @@
 //! [`MemorySink`] in tests); the agent feeds it config reloads, health transitions and API
 //! requests from one task, so none of this needs locking.
 
+mod error;
 mod overrides;
 mod reload;
 mod requests;
@@ -28,8 +29,11 @@ mod sink;
 mod status;
 
 pub use overrides::{HealthMap, Overrides, Restored, effective_config, with_health};
-pub use reload::{ReloadError, VipChange, diff};
-use reload::{scope, tables_of};
+pub use crate::proto::VipChange;
+pub use error::RequestError;
+use error::scope;
+pub use reload::{ReloadError, diff};
+use reload::tables_of;
 pub use sink::{MemorySink, Sink};
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -52,7 +56,7 @@ use crate::dataplane::{
 use crate::error::error_chain;
 use crate::plan::model::{self, Decision, Flow, VipTable};
 use crate::proto::{
-    BackendStatus, OverrideEntry, ProgramInfo, ReloadOutcome, Request, Response, Status, VipStatus,
+    BackendStatus, Changed, EdgeDrained, OverrideEntry, ProgramInfo, ReloadOutcome, Request, Response, Status, VipStatus,
 };
 
 fn now() -> u64 {

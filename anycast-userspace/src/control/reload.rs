@@ -2,21 +2,6 @@
 
 use super::*;
 
-/// One VIP's change in one publication, for the log and the API.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct VipChange {
-    pub vip: VipId,
-    pub added: Vec<IpAddr>,
-    pub removed: Vec<IpAddr>,
-    /// `(backend, old weight, new weight)`, effective weights.
-    pub reweighted: Vec<(IpAddr, u32, u32)>,
-    /// Slots whose backend changed (a table appearing or disappearing moves them all).
-    pub slots_moved: usize,
-    pub fingerprint: Option<String>,
-    pub vip_added: bool,
-    pub vip_removed: bool,
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum ReloadError {
     #[error(transparent)]
@@ -140,10 +125,6 @@ pub(super) fn tables_of(effective: &Config, desired: &DesiredState) -> BTreeMap<
         .zip(&desired.vips)
         .map(|(v, d)| (VipId::of(v), d.table.clone()))
         .collect()
-}
-
-pub(super) fn scope(vip: Option<VipId>) -> String {
-    vip.map_or_else(|| "every VIP".to_string(), |v| format!("VIP {v}"))
 }
 
 /// Per-VIP differences between two publications.
