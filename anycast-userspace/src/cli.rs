@@ -337,12 +337,7 @@ pub fn drain_edge_and_wait(
 ) -> Result<DrainReport, crate::api::ClientError> {
     let client = crate::api::Client::new(socket);
     let vip_packets = || -> Result<u64, crate::api::ClientError> {
-        Ok(client
-            .stats()?
-            .vips
-            .iter()
-            .map(|v| v.traffic.packets)
-            .sum())
+        Ok(client.stats()?.vips.iter().map(|v| v.traffic.packets).sum())
     };
     let start = std::time::Instant::now();
     let deadline = start + timeout;

@@ -205,34 +205,20 @@ pub async fn serve(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Config;
+    use crate::config::{ConfigBuilder, VipBuilder};
     use crate::control::{Controller, MemorySink};
     use std::collections::BTreeSet;
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
-    const CFG: &str = r#"
-[agent]
-interfaces = ["eth0"]
-tunnel_source = "198.18.1.2"
-ring_size = 1009
-hash_seed = 42
-[[vip]]
-address = "203.0.113.10"
-port = 80
-protocol = "tcp"
-[[vip.backend]]
-address = "198.18.10.2"
-weight = 3
-[[vip.backend]]
-address = "198.18.10.3"
-weight = 1
-[vip.health]
-kind = "tcp"
-"#;
-
     #[tokio::test]
     async fn scrape_over_http() {
-        let c = Config::parse(CFG).unwrap();
+        let c = ConfigBuilder::reference()
+            .without_agent("tunnel_source_v6")
+            .without_agent("decap_allow")
+            .vips([VipBuilder::new("203.0.113.10", 80, "tcp")
+                .backends(&[("198.18.10.2", 3), ("198.18.10.3", 1)])
+                .health("kind = \"tcp\"")])
+            .build();
         let (mut ctl, _) =
             Controller::start(MemorySink::new(&c), "/x.toml".into(), c, BTreeSet::new()).unwrap();
         let v = ctl.status().vips[0].vip;

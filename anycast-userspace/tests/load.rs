@@ -4,40 +4,11 @@
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 
-use anycast::config::Config;
+use anycast::config::{ConfigBuilder, VipBuilder};
 use anycast::dataplane::{Dataplane, vip_key};
 use anycast::plan::model::vip_table;
 use anycast_common::{Backend, VipKey, VipValue, map_names};
 use aya::maps::{Array, HashMap};
-
-const CFG: &str = r#"
-[agent]
-interfaces = ["lo"]
-tunnel_source = "198.18.1.2"
-tunnel_source_v6 = "fd00::1:2"
-decap_allow = ["198.18.0.0/15", "fd00::/8"]
-ring_size = 1009
-hash_seed = 42
-max_vips = 4
-max_backends = 16
-[[vip]]
-address = "203.0.113.10"
-port = 80
-protocol = "tcp"
-[[vip.backend]]
-address = "198.18.10.2"
-weight = 1
-[[vip.backend]]
-address = "198.18.10.3"
-weight = 1
-[[vip]]
-address = "2001:db8::10"
-port = 0
-protocol = "udp"
-[[vip.backend]]
-address = "fd00::10:2"
-weight = 1
-"#;
 
 fn root(test: &str) -> bool {
     if nix::unistd::geteuid().is_root() {
@@ -52,7 +23,12 @@ fn load_apply_pin_and_read_stats() {
     if !root("load_apply_pin_and_read_stats") {
         return;
     }
-    let config = Config::parse(CFG).unwrap();
+    let config = ConfigBuilder::reference()
+        .agent("interfaces", vec!["lo"])
+        .agent("max_vips", 4)
+        .agent("max_backends", 16)
+        .vip(VipBuilder::new("2001:db8::10", 0, "udp").backend("fd00::10:2", 1))
+        .build();
     let local: BTreeSet<IpAddr> = ["198.18.10.2".parse().unwrap()].into();
     let mut dp = Dataplane::load(&config).expect("loading the object");
     dp.apply(&config, &local).expect("writing the maps");

@@ -20,7 +20,6 @@
 //! `anycast-lab-server`. `cargo build` (which `cargo xtask test` runs first) builds both.
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::fs::File;
 use std::io::{Read as _, Write as _};
 use std::net::{IpAddr, SocketAddr, TcpStream, UdpSocket};

@@ -13,7 +13,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use anycast::config::Config;
+use anycast::config::{Config, ConfigBuilder, VipBuilder};
 use anycast_tests::fixture::{Dataplane, XDP_REDIRECT, fixture_netns, net};
 use anycast_tests::packet::{self as p, V4};
 use std::os::fd::{AsFd, AsRawFd, RawFd};
@@ -27,30 +27,18 @@ fn backend(i: usize) -> Ipv4Addr {
 /// Config `k`: the VIP's only backend is backend(k % 3), so consecutive tables differ in every
 /// slot.
 fn config(k: usize) -> Config {
-    Config::parse(&format!(
-        r#"
-[agent]
-interfaces = ["lo"]
-tunnel_source = "{edge}"
-decap_allow = ["198.18.0.0/15"]
-ring_size = 251
-hash_seed = 9
-max_vips = 2
-max_backends = 8
-conntrack_size = 1024
-
-[[vip]]
-address = "{VIP}"
-port = 80
-protocol = "tcp"
-[[vip.backend]]
-address = "{b}"
-weight = 1
-"#,
-        edge = net::EDGE_V4,
-        b = backend(k % 3),
-    ))
-    .expect("valid config")
+    ConfigBuilder::reference()
+        .agent("interfaces", vec!["lo"])
+        .agent("tunnel_source", net::EDGE_V4.to_string())
+        .without_agent("tunnel_source_v6")
+        .agent("decap_allow", vec!["198.18.0.0/15"])
+        .agent("ring_size", 251)
+        .agent("hash_seed", 9)
+        .agent("max_vips", 2)
+        .agent("max_backends", 8)
+        .agent("conntrack_size", 1024)
+        .vips([VipBuilder::new(&VIP.to_string(), 80, "tcp").backend(&backend(k % 3).to_string(), 1)])
+        .build()
 }
 
 /// BPF_PROG_TEST_RUN on a raw program fd, so that a second thread can run packets through the

@@ -9,36 +9,24 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
-use anycast::config::Config;
+use anycast::config::{Config, ConfigBuilder, VipBuilder};
 use anycast::dataplane::Dataplane;
 use anycast::dataplane::pins::{self, AdoptPlan, PinLayout};
 use anycast_common::{Backend, ConnKey, ConnValue, map_names};
 use aya::maps::{Array, HashMap, MapData};
 
-const CFG: &str = r#"
-[agent]
-interfaces = ["lo"]
-tunnel_source = "198.18.1.2"
-decap_allow = ["198.18.0.0/15"]
-ring_size = 1009
-hash_seed = 42
-max_vips = 4
-max_backends = 16
-conntrack_size = 1025
-[[vip]]
-address = "203.0.113.10"
-port = 80
-protocol = "tcp"
-[[vip.backend]]
-address = "198.18.10.2"
-weight = 1
-[[vip.backend]]
-address = "198.18.10.3"
-weight = 1
-[[vip.backend]]
-address = "198.18.10.4"
-weight = 1
-"#;
+/// One VIP on three backends, the CONNS map sized `conntrack_size` (1025: odd, so the
+/// kernel's rounding to a multiple of the CPU count is exercised).
+fn config(conntrack_size: u32) -> ConfigBuilder {
+    ConfigBuilder::reference()
+        .agent("interfaces", vec!["lo"])
+        .without_agent("tunnel_source_v6")
+        .agent("decap_allow", vec!["198.18.0.0/15"])
+        .agent("max_vips", 4)
+        .agent("max_backends", 16)
+        .agent("conntrack_size", conntrack_size)
+        .edit_vip(0, |v| v.backend("198.18.10.4", 1))
+}
 
 /// Tracked flows written into the first agent's map, a third per backend.
 const FLOWS: u16 = 300;
@@ -73,8 +61,8 @@ impl Drop for Bpffs {
 }
 
 /// What a starting agent does up to the program swap: plan, load adopting, publish.
-fn start(layout: &PinLayout, text: &str) -> (Dataplane, AdoptPlan, Config) {
-    let config = Config::parse(text).expect("config");
+fn start(layout: &PinLayout, config: &ConfigBuilder) -> (Dataplane, AdoptPlan, Config) {
+    let config = config.build();
     let geometry = anycast::dataplane::Geometry::of(&config);
     let plan = pins::plan(
         layout,
@@ -153,7 +141,7 @@ fn tracked_connections_are_carried_into_a_new_conns_map() {
     let cpus = aya::util::nr_cpus().unwrap();
 
     // The first agent: everything created, tracked flows in its CONNS, pinned.
-    let (mut dp, plan, _) = start(&layout, CFG);
+    let (mut dp, plan, _) = start(&layout, &config(1025));
     assert_eq!(plan.migrate_conns, None);
     let first = ids(&dp);
     track(&mut dp, 0..FLOWS, &first);
@@ -180,11 +168,11 @@ fn tracked_connections_are_carried_into_a_new_conns_map() {
         pinned_capacity(&layout.map(map_names::CONNS)),
         pins::percpu_lru_entries(1025, cpus)
     );
-    let (_, plan, _) = start(&layout, CFG);
+    let (_, plan, _) = start(&layout, &config(1025));
     assert!(plan.create.is_empty(), "not adopted: {:?}", plan.replaced);
 
     // A larger conntrack_size: CONNS alone is new, every live entry copied as it was.
-    let bigger = CFG.replace("conntrack_size = 1025", "conntrack_size = 4096");
+    let bigger = config(4096);
     let (mut dp, plan, _) = start(&layout, &bigger);
     assert_eq!(pins_created(&plan), [map_names::CONNS]);
     let m = plan.migrate_conns.clone().expect("a migration");
@@ -202,7 +190,7 @@ fn tracked_connections_are_carried_into_a_new_conns_map() {
 
     // A smaller one: the newest entries, as many as every CPU's share of the map holds; all of
     // them arrive (copied from one CPU, a per-CPU LRU map would keep only that CPU's share).
-    let smaller = CFG.replace("conntrack_size = 1025", "conntrack_size = 1024");
+    let smaller = config(1024);
     let (mut dp, plan, _) = start(&layout, &smaller);
     let m = plan.migrate_conns.clone().expect("a migration");
     let r = anycast::dataplane::migrate::migrate_into(&mut dp, &m).expect("migrating");
@@ -217,12 +205,13 @@ fn tracked_connections_are_carried_into_a_new_conns_map() {
     drop(dp);
 
     // Replaced tables (another ring_size) with new backend ids: .1 comes first now, .4 left.
-    let replaced = bigger
-        .replace("ring_size = 1009", "ring_size = 1013")
-        .replace(
-            "[[vip.backend]]\naddress = \"198.18.10.4\"\nweight = 1\n",
-            "[[vip.backend]]\naddress = \"198.18.10.1\"\nweight = 1\n",
-        );
+    let replaced = bigger.agent("ring_size", 1013).edit_vip(0, |_| {
+        VipBuilder::new("203.0.113.10", 80, "tcp").backends(&[
+            ("198.18.10.2", 1),
+            ("198.18.10.3", 1),
+            ("198.18.10.1", 1),
+        ])
+    });
     let (mut dp, plan, _) = start(&layout, &replaced);
     assert!(!plan.adopts_state());
     let m = plan.migrate_conns.clone().expect("a migration");

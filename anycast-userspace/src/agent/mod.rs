@@ -565,11 +565,10 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("anycast-prev-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("state.json");
-        let config = Config::parse(&format!(
-            "[agent]\ninterfaces = [\"eth0\"]\nhash_seed = 42\npin_path = \"/sys/fs/bpf/x\"\nstate_file = {:?}\n",
-            path.display().to_string()
-        ))
-        .unwrap();
+        let config = crate::config::ConfigBuilder::reference()
+            .agent("pin_path", "/sys/fs/bpf/x")
+            .agent("state_file", path.display().to_string())
+            .build();
         assert_eq!(previous_state(&config), None, "no file: a first start");
         std::fs::write(&path, "{\"pin_path\": tru").unwrap();
         assert_eq!(previous_state(&config), None, "corrupt: ignored");

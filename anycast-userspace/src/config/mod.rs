@@ -17,10 +17,12 @@
 
 mod agent;
 pub mod bgp;
+mod reference;
 mod vip;
 
 use agent::validate_agent;
 pub use agent::{AgentConfig, RawAgent, XdpModeSetting};
+pub use reference::{ConfigBuilder, VipBuilder};
 use vip::validate_health;
 pub use vip::{
     BackendConfig, HealthConfig, HealthKind, RawBackend, RawHealth, RawVip, VipConfig, VipId,
@@ -386,33 +388,19 @@ impl Config {
 mod tests {
     use super::*;
 
-    const GOOD: &str = r#"
-[agent]
-interfaces = ["eth0"]
-tunnel_source = "198.18.1.2"
-tunnel_source_v6 = "fd00::1:2"
-encapsulation = "ipip"
-decap_allow = ["198.18.0.0/15", "fd00::/8"]
-ring_size = 65537
-hash_seed = 42
-[[vip]]
-address = "203.0.113.10"
-port = 80
-protocol = "tcp"
-[[vip.backend]]
-address = "198.18.10.2"
-weight = 1
-[[vip.backend]]
-address = "198.18.10.3"
-weight = 2
-[[vip]]
-address = "2001:db8::10"
-port = 0
-protocol = "udp"
-[[vip.backend]]
-address = "198.18.10.2"
-weight = 0
-"#;
+    /// The reference config with IPIP, the default ring, a second VIP whose only backend has
+    /// weight 0, as an operator's text.
+    fn good() -> String {
+        ConfigBuilder::reference()
+            .agent("encapsulation", "ipip")
+            .agent("ring_size", 65537)
+            .vips([
+                VipBuilder::new("203.0.113.10", 80, "tcp")
+                    .backends(&[("198.18.10.2", 1), ("198.18.10.3", 2)]),
+                VipBuilder::new("2001:db8::10", 0, "udp").backend("198.18.10.2", 0),
+            ])
+            .toml()
+    }
 
     fn err(text: &str) -> String {
         Config::parse(text).unwrap_err().to_string()
@@ -420,13 +408,14 @@ weight = 0
 
     /// Replaces the first occurrence of `from` in the good config.
     fn with(from: &str, to: &str) -> String {
-        assert!(GOOD.contains(from), "{from}");
-        GOOD.replacen(from, to, 1)
+        let good = good();
+        assert!(good.contains(from), "{from} not in\n{good}");
+        good.replacen(from, to, 1)
     }
 
     #[test]
     fn accepts_the_documented_example_with_defaults() {
-        let c = Config::parse(GOOD).unwrap();
+        let c = Config::parse(&good()).unwrap();
         assert_eq!(c.agent.interfaces, vec!["eth0".to_string()]);
         assert_eq!(c.agent.tunnel_source, Some("198.18.1.2".parse().unwrap()));
         assert_eq!(c.agent.gue_port, 6080);
@@ -471,7 +460,7 @@ weight = 0
 
     #[test]
     fn rejects_bad_addresses_naming_the_field() {
-        let e = err(&GOOD.replacen("198.18.10.2", "198.18.300.1", 1));
+        let e = err(&good().replacen("198.18.10.2", "198.18.300.1", 1));
         assert_eq!(
             e,
             "vip[0].backend[0].address: \"198.18.300.1\" is not an IP address"
@@ -537,15 +526,18 @@ weight = 0
 
     #[test]
     fn rejects_duplicates() {
-        let dup_vip =
-            format!("{GOOD}[[vip]]\naddress = \"203.0.113.10\"\nport = 80\nprotocol = \"tcp\"\n");
+        let dup_vip = format!(
+            "{}[[vip]]\naddress = \"203.0.113.10\"\nport = 80\nprotocol = \"tcp\"\n",
+            good()
+        );
         assert_eq!(
             err(&dup_vip),
             "vip[2]: duplicate VIP 203.0.113.10:80/tcp (same address, port and protocol as an earlier [[vip]])"
         );
         // Same address and port, other protocol: fine.
         Config::parse(&format!(
-            "{GOOD}[[vip]]\naddress = \"203.0.113.10\"\nport = 80\nprotocol = \"udp\"\n"
+            "{}[[vip]]\naddress = \"203.0.113.10\"\nport = 80\nprotocol = \"udp\"\n",
+            good()
         ))
         .unwrap();
         let e = err(&with("198.18.10.3", "198.18.10.2"));
@@ -667,7 +659,7 @@ weight = 0
         // An IPv6 VIP with a remote IPv6 backend needs tunnel_source_v6; IPv4 backends of an IPv6 VIP need tunnel_source.
         let v6 = format!(
             "{}[[vip.backend]]\naddress = \"fd00::10:2\"\nweight = 1\n",
-            GOOD.replace("tunnel_source_v6 = \"fd00::1:2\"\n", "")
+            good().replace("tunnel_source_v6 = \"fd00::1:2\"\n", "")
         );
         let c = Config::parse(&v6).unwrap();
         let e = c.check_local(&BTreeSet::new()).unwrap_err().to_string();
@@ -676,7 +668,7 @@ weight = 0
             "{e}"
         );
         assert!(e.ends_with("needs agent.tunnel_source_v6 to be set"), "{e}");
-        Config::parse(GOOD)
+        Config::parse(&good())
             .unwrap()
             .check_local(&BTreeSet::new())
             .unwrap();
@@ -711,7 +703,7 @@ weight = 0
         );
         assert!(c.vips[1].health.is_none());
         // The port-0 VIP needs an explicit check port.
-        let port0 = format!("{GOOD}[vip.health]\nkind = \"tcp\"\n");
+        let port0 = format!("{}[vip.health]\nkind = \"tcp\"\n", good());
         assert_eq!(
             err(&port0),
             "vip[1].health.port: is required for a VIP on every port (port = 0)"
@@ -744,7 +736,7 @@ weight = 0
 
     #[test]
     fn api_socket_and_metrics_listen() {
-        let c = Config::parse(GOOD).unwrap();
+        let c = Config::parse(&good()).unwrap();
         assert_eq!(c.agent.api_socket, Some(PathBuf::from(DEFAULT_API_SOCKET)));
         assert_eq!(
             c.agent.metrics_listen,

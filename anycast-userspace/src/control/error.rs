@@ -24,7 +24,10 @@ pub(super) fn scope(vip: Option<VipId>) -> String {
 #[derive(Debug, thiserror::Error)]
 pub enum RequestError {
     #[error("unknown VIP {name:?} (configured: {})", list(.configured))]
-    UnknownVip { name: String, configured: Vec<VipId> },
+    UnknownVip {
+        name: String,
+        configured: Vec<VipId>,
+    },
     #[error("{name:?} matches several VIPs ({}); name one as ADDR:PORT/PROTO", list(.matches))]
     AmbiguousVip { name: String, matches: Vec<VipId> },
     #[error("{backend:?} is not an IP address")]

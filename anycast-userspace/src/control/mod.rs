@@ -28,12 +28,12 @@ mod requests;
 mod sink;
 mod status;
 
-pub use overrides::{HealthMap, Overrides, Restored, effective_config, with_health};
 pub use crate::proto::VipChange;
 pub use error::RequestError;
 use error::scope;
-pub use reload::{ReloadError, diff};
+pub use overrides::{HealthMap, Overrides, Restored, effective_config, with_health};
 use reload::tables_of;
+pub use reload::{ReloadError, diff};
 pub use sink::{MemorySink, Sink};
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -56,7 +56,8 @@ use crate::dataplane::{
 use crate::error::error_chain;
 use crate::plan::model::{self, Decision, Flow, VipTable};
 use crate::proto::{
-    BackendStatus, Changed, EdgeDrained, OverrideEntry, ProgramInfo, ReloadOutcome, Request, Response, Status, VipStatus,
+    BackendStatus, Changed, EdgeDrained, OverrideEntry, ProgramInfo, ReloadOutcome, Request,
+    Response, Status, VipStatus,
 };
 
 fn now() -> u64 {
@@ -308,44 +309,24 @@ impl<S: Sink> Controller<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::{ConfigBuilder, VipBuilder};
     use crate::dataplane::{MapOp, vip_key};
     use crate::proto::AttachedInterface;
 
-    const CFG: &str = r#"
-[agent]
-interfaces = ["eth0"]
-tunnel_source = "198.18.1.2"
-decap_allow = ["198.18.0.0/15"]
-ring_size = 1009
-hash_seed = 42
-max_vips = 4
-max_backends = 8
-[[vip]]
-address = "203.0.113.10"
-port = 80
-protocol = "tcp"
-[[vip.backend]]
-address = "198.18.10.2"
-weight = 1
-[[vip.backend]]
-address = "198.18.10.3"
-weight = 1
-[[vip.backend]]
-address = "198.18.10.4"
-weight = 1
-[vip.health]
-kind = "tcp"
-[[vip]]
-address = "203.0.113.11"
-port = 53
-protocol = "udp"
-[[vip.backend]]
-address = "198.18.10.2"
-weight = 1
-[[vip.backend]]
-address = "198.18.10.5"
-weight = 1
-"#;
+    /// A checked VIP on three backends and an unchecked one on two.
+    fn cfg_text() -> String {
+        ConfigBuilder::reference()
+            .without_agent("tunnel_source_v6")
+            .agent("decap_allow", vec!["198.18.0.0/15"])
+            .agent("max_vips", 4)
+            .agent("max_backends", 8)
+            .edit_vip(0, |v| v.backend("198.18.10.4", 1).health("kind = \"tcp\""))
+            .vip(
+                VipBuilder::new("203.0.113.11", 53, "udp")
+                    .backends(&[("198.18.10.2", 1), ("198.18.10.5", 1)]),
+            )
+            .toml()
+    }
 
     fn start(cfg: &str) -> Controller<MemorySink> {
         let c = Config::parse(cfg).unwrap();
@@ -360,7 +341,7 @@ weight = 1
     }
 
     fn vip(s: &str) -> VipId {
-        let c = Config::parse(CFG).unwrap();
+        let c = Config::parse(&cfg_text()).unwrap();
         c.vips
             .iter()
             .map(VipId::of)
@@ -382,13 +363,13 @@ weight = 1
 
     #[test]
     fn a_weight_change_writes_only_that_vips_table() {
-        let mut c = start(CFG);
+        let mut c = start(&cfg_text());
         let before = journal_len(&c);
         let k10 = vip_key(ip("203.0.113.10"), 80, 6);
         let live = c.sink().maps.vips[&k10];
         let changes = reload(
             &mut c,
-            &CFG.replacen(
+            &cfg_text().replacen(
                 "address = \"198.18.10.3\"\nweight = 1",
                 "address = \"198.18.10.3\"\nweight = 3",
                 1,
@@ -427,7 +408,7 @@ weight = 1
         assert_eq!(c.reload_counts(), (1, 0));
         // The same file again: nothing written.
         let n = journal_len(&c);
-        let again = CFG.replacen(
+        let again = cfg_text().replacen(
             "address = \"198.18.10.3\"\nweight = 1",
             "address = \"198.18.10.3\"\nweight = 3",
             1,
@@ -438,15 +419,23 @@ weight = 1
 
     #[test]
     fn an_invalid_reload_writes_nothing_and_names_the_field() {
-        let mut c = start(CFG);
+        let mut c = start(&cfg_text());
         let before = journal_len(&c);
         let fp = c.status().vips[0].fingerprint.clone();
-        let e = reload(&mut c, &CFG.replacen("weight = 1", "weight = 70000", 1)).unwrap_err();
+        let e = reload(
+            &mut c,
+            &cfg_text().replacen("weight = 1", "weight = 70000", 1),
+        )
+        .unwrap_err();
         assert_eq!(
             e.to_string(),
             "vip[0].backend[0].weight: 70000 is out of range 0..=65535"
         );
-        let e = reload(&mut c, &CFG.replace("ring_size = 1009", "ring_size = 1013")).unwrap_err();
+        let e = reload(
+            &mut c,
+            &cfg_text().replace("ring_size = 1009", "ring_size = 1013"),
+        )
+        .unwrap_err();
         assert!(
             e.to_string().starts_with(
                 "agent.ring_size: changed from 1009 to 1013; the maps are sized at load time"
@@ -455,7 +444,7 @@ weight = 1
         );
         let e = reload(
             &mut c,
-            &CFG.replace("max_vips = 4", "max_vips = 4\nconntrack_size = 4096"),
+            &cfg_text().replace("max_vips = 4", "max_vips = 4\nconntrack_size = 4096"),
         )
         .unwrap_err();
         assert!(
@@ -463,13 +452,17 @@ weight = 1
                 .starts_with("agent.conntrack_size: changed from 262144 to 4096"),
             "{e}"
         );
-        let e = reload(&mut c, &CFG.replace("[\"eth0\"]", "[\"eth1\"]")).unwrap_err();
+        let e = reload(&mut c, &cfg_text().replace("[\"eth0\"]", "[\"eth1\"]")).unwrap_err();
         assert!(
             e.to_string().starts_with("agent.interfaces: changed from"),
             "{e}"
         );
         // Remote backend without a tunnel source: check_local.
-        let e = reload(&mut c, &CFG.replace("tunnel_source = \"198.18.1.2\"\n", "")).unwrap_err();
+        let e = reload(
+            &mut c,
+            &cfg_text().replace("tunnel_source = \"198.18.1.2\"\n", ""),
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("needs agent.tunnel_source"), "{e}");
         let e = c
             .reload("test", Config::parse("[agent"), BTreeSet::new())
@@ -485,15 +478,15 @@ weight = 1
         let last = s.last_reload.unwrap();
         assert!(!last.ok && last.message.contains("invalid TOML"));
         assert_eq!(s.reloads_error, 6);
-        assert_eq!(c.config(), &Config::parse(CFG).unwrap());
+        assert_eq!(c.config(), &Config::parse(&cfg_text()).unwrap());
     }
 
     #[test]
     fn a_vip_added_and_a_backend_removed() {
-        let mut c = start(CFG);
+        let mut c = start(&cfg_text());
         let text = format!(
             "{}[[vip]]\naddress = \"203.0.113.12\"\nport = 443\nprotocol = \"tcp\"\n[[vip.backend]]\naddress = \"198.18.10.6\"\nweight = 1\n",
-            CFG.replacen(
+            cfg_text().replacen(
                 "[[vip.backend]]\naddress = \"198.18.10.5\"\nweight = 1\n",
                 "",
                 1
@@ -507,7 +500,7 @@ weight = 1
 
     #[test]
     fn an_unhealthy_backend_moves_only_its_own_slots_and_returns() {
-        let mut c = start(CFG);
+        let mut c = start(&cfg_text());
         let v = vip("203.0.113.10:80/tcp");
         let t0 = c.table(v).unwrap().clone();
         let down = ip("198.18.10.3");
@@ -550,7 +543,7 @@ weight = 1
     /// verdict is confirmed by its running check, and again while a rise or fall is under way.
     #[test]
     fn a_vip_is_settling_until_every_check_has_confirmed_its_verdict() {
-        let mut c = start(CFG);
+        let mut c = start(&cfg_text());
         c.set_program(ProgramInfo {
             name: "anycast_steer".into(),
             id: None,
@@ -594,7 +587,7 @@ weight = 1
     /// The API's status is one typed protocol: what the agent sends, the CLI reads back whole.
     #[test]
     fn status_round_trips_through_the_typed_protocol() {
-        let mut c = start(CFG);
+        let mut c = start(&cfg_text());
         let v = vip("203.0.113.10:80/tcp");
         c.set_health(v, ip("198.18.10.3"), false, "test");
         req(&mut c, r#"{"request":"drain","backend":"198.18.10.4"}"#).unwrap();
@@ -617,7 +610,7 @@ weight = 1
 
     #[test]
     fn overrides_sit_on_top_of_the_config_and_survive_reloads() {
-        let mut c = start(CFG);
+        let mut c = start(&cfg_text());
         let v10 = vip("203.0.113.10:80/tcp");
         let v11 = vip("203.0.113.11:53/udp");
         let b2 = ip("198.18.10.2");
@@ -626,7 +619,7 @@ weight = 1
             assert!(c.table(v).unwrap().slot_addresses().all(|a| a != b2));
         }
         // A reload that changes something else keeps the drain.
-        reload(&mut c, &CFG.replacen("weight = 1", "weight = 2", 2)).unwrap();
+        reload(&mut c, &cfg_text().replacen("weight = 1", "weight = 2", 2)).unwrap();
         assert!(c.table(v10).unwrap().slot_addresses().all(|a| a != b2));
         let st = c.status();
         assert!(st.vips[0].backends[0].drained);
@@ -676,7 +669,7 @@ weight = 1
 
     #[test]
     fn a_restart_with_the_saved_runtime_state_writes_nothing_and_keeps_overrides_and_health() {
-        let mut c = start(CFG);
+        let mut c = start(&cfg_text());
         let (v10, v11) = (vip("203.0.113.10:80/tcp"), vip("203.0.113.11:53/udp"));
         req(
             &mut c,
@@ -734,7 +727,7 @@ weight = 1
 
         // Without the saved state the new controller puts the drained, the reweighted and the
         // unhealthy backends back: tables rewritten, flows moved.
-        let mut c = start(CFG);
+        let mut c = start(&cfg_text());
         req(
             &mut c,
             r#"{"request":"drain","vip":"203.0.113.10:80/tcp","backend":"198.18.10.2"}"#,
@@ -746,7 +739,7 @@ weight = 1
 
     #[test]
     fn saved_state_the_config_has_no_place_for_is_dropped_with_the_reason() {
-        let mut c = start(CFG);
+        let mut c = start(&cfg_text());
         let saved = RuntimeState {
             overrides: vec![
                 SavedOverride {
@@ -821,7 +814,7 @@ weight = 1
 
     #[test]
     fn an_override_of_a_backend_the_config_drops_goes_with_it() {
-        let mut c = start(CFG);
+        let mut c = start(&cfg_text());
         let v11 = vip("203.0.113.11:53/udp");
         req(&mut c, r#"{"request":"drain","backend":"198.18.10.5"}"#).unwrap();
         req(
@@ -829,7 +822,7 @@ weight = 1
             r#"{"request":"set_weight","vip":"203.0.113.10:80/tcp","backend":"198.18.10.2","weight":4}"#,
         )
         .unwrap();
-        let without = CFG.replacen(
+        let without = cfg_text().replacen(
             "[[vip.backend]]\naddress = \"198.18.10.5\"\nweight = 1\n",
             "",
             1,
@@ -837,7 +830,7 @@ weight = 1
         reload(&mut c, &without).unwrap();
         assert_eq!(c.status().overrides.len(), 1, "the other override stays");
         // The backend returns without its old drain.
-        reload(&mut c, CFG).unwrap();
+        reload(&mut c, &cfg_text()).unwrap();
         assert!(!c.overrides().is_drained(v11, ip("198.18.10.5")));
         assert!(
             c.table(v11)
@@ -854,7 +847,7 @@ weight = 1
 
     #[test]
     fn bad_requests_get_clear_errors() {
-        let mut c = start(CFG);
+        let mut c = start(&cfg_text());
         let n = journal_len(&c);
         let e = req(
             &mut c,
@@ -897,7 +890,7 @@ weight = 1
 
     #[test]
     fn lookup_uses_the_live_tables() {
-        let mut c = start(CFG);
+        let mut c = start(&cfg_text());
         let flow = "tcp 198.51.100.7:40000 203.0.113.10:80";
         let d = c.lookup(flow).unwrap();
         let model::Outcome::Encap { backend, .. } = d.outcome else {

@@ -39,11 +39,9 @@ impl<S: Sink> Controller<S> {
         vip: Option<&str>,
         backend: &str,
     ) -> Result<(Option<VipId>, IpAddr), RequestError> {
-        let backend: IpAddr = backend
-            .parse()
-            .map_err(|_| RequestError::NotAnAddress {
-                backend: backend.to_owned(),
-            })?;
+        let backend: IpAddr = backend.parse().map_err(|_| RequestError::NotAnAddress {
+            backend: backend.to_owned(),
+        })?;
         match vip {
             Some(name) => {
                 let id = self.resolve_vip(name)?;
@@ -141,32 +139,33 @@ impl<S: Sink> Controller<S> {
                 backend,
                 weight,
                 clear,
-            } => json(self
-                .target(vip.as_deref(), &backend)
-                .and_then(|(vip, backend)| match (weight, clear) {
-                    (Some(_), true) => Err(RequestError::WeightAndClear),
-                    (None, false) => Err(RequestError::NoWeight),
-                    (None, true) => {
-                        if self.overrides.weights.remove(&(vip, backend)).is_none() {
-                            return Err(RequestError::NoWeightOverride { vip, backend });
+            } => json(
+                self.target(vip.as_deref(), &backend)
+                    .and_then(|(vip, backend)| match (weight, clear) {
+                        (Some(_), true) => Err(RequestError::WeightAndClear),
+                        (None, false) => Err(RequestError::NoWeight),
+                        (None, true) => {
+                            if self.overrides.weights.remove(&(vip, backend)).is_none() {
+                                return Err(RequestError::NoWeightOverride { vip, backend });
+                            }
+                            self.after_override(format!(
+                                "cleared the weight override of {backend} for {}",
+                                scope(vip)
+                            ))
                         }
-                        self.after_override(format!(
-                            "cleared the weight override of {backend} for {}",
-                            scope(vip)
-                        ))
-                    }
-                    (Some(w), false) => {
-                        let w = u32::try_from(w)
-                            .ok()
-                            .filter(|w| *w <= MAX_WEIGHT)
-                            .ok_or(RequestError::WeightOutOfRange { weight: w })?;
-                        self.overrides.weights.insert((vip, backend), w);
-                        self.after_override(format!(
-                            "set the weight of {backend} for {} to {w}",
-                            scope(vip)
-                        ))
-                    }
-                })?),
+                        (Some(w), false) => {
+                            let w = u32::try_from(w)
+                                .ok()
+                                .filter(|w| *w <= MAX_WEIGHT)
+                                .ok_or(RequestError::WeightOutOfRange { weight: w })?;
+                            self.overrides.weights.insert((vip, backend), w);
+                            self.after_override(format!(
+                                "set the weight of {backend} for {} to {w}",
+                                scope(vip)
+                            ))
+                        }
+                    })?,
+            ),
         })
     }
 

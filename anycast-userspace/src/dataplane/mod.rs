@@ -336,48 +336,26 @@ pub fn unpin_maps(dir: &Path) -> Result<(), DataplaneError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Config;
+    use crate::config::{Config, ConfigBuilder, VipBuilder};
 
-    const CFG: &str = r#"
-[agent]
-interfaces = ["eth0"]
-tunnel_source = "198.18.1.2"
-tunnel_source_v6 = "fd00::1:2"
-encapsulation = "gue"
-gue_port = 7000
-decap_allow = ["198.18.0.0/15", "fd00::/8"]
-ring_size = 101
-hash_seed = 42
-max_vips = 4
-max_backends = 8
-[[vip]]
-address = "203.0.113.10"
-port = 80
-protocol = "tcp"
-[[vip.backend]]
-address = "198.18.10.2"
-weight = 1
-[[vip.backend]]
-address = "198.18.10.3"
-weight = 2
-[[vip]]
-address = "2001:db8::10"
-port = 0
-protocol = "udp"
-[[vip.backend]]
-address = "198.18.10.2"
-weight = 1
-[[vip.backend]]
-address = "fd00::10:2"
-weight = 1
-[[vip]]
-address = "203.0.113.11"
-port = 53
-protocol = "udp"
-[[vip.backend]]
-address = "198.18.10.9"
-weight = 0
-"#;
+    /// Three VIPs over GUE: the reference VIP (weights 1 and 2), an IPv6 all-ports VIP with an
+    /// IPv4 and an IPv6 backend, and a VIP whose only backend has weight 0.
+    fn cfg_text() -> String {
+        ConfigBuilder::reference()
+            .agent("encapsulation", "gue")
+            .agent("gue_port", 7000)
+            .agent("ring_size", 101)
+            .agent("max_vips", 4)
+            .agent("max_backends", 8)
+            .vips([
+                VipBuilder::new("203.0.113.10", 80, "tcp")
+                    .backends(&[("198.18.10.2", 1), ("198.18.10.3", 2)]),
+                VipBuilder::new("2001:db8::10", 0, "udp")
+                    .backends(&[("198.18.10.2", 1), ("fd00::10:2", 1)]),
+                VipBuilder::new("203.0.113.11", 53, "udp").backend("198.18.10.9", 0),
+            ])
+            .toml()
+    }
 
     fn setup(cfg: &str, local: &[&str]) -> (Config, BTreeSet<IpAddr>, Publisher, MemoryMaps) {
         let c = Config::parse(cfg).unwrap();
@@ -394,10 +372,10 @@ weight = 0
 
     #[test]
     fn no_port0_promise_is_withdrawn_before_a_port0_vip_and_given_after_the_last_one_left() {
-        let without = CFG.replace("port = 0\n", "port = 5353\n");
+        let without = cfg_text().replace("port = 0\n", "port = 5353\n");
         let local_addrs = ["198.18.10.2", "198.18.1.2"];
         let (c0, local, mut p, mut m) = setup(&without, &local_addrs);
-        let c1 = Config::parse(CFG).unwrap();
+        let c1 = Config::parse(&cfg_text()).unwrap();
         p.apply(&mut m, &DesiredState::new(&c0, &local).unwrap())
             .unwrap();
         let promise = |m: &MemoryMaps| m.config.unwrap().flags & CFG_F_NO_PORT0_VIPS != 0;
@@ -429,7 +407,7 @@ weight = 0
 
     #[test]
     fn writes_everything_and_vips_last() {
-        let (c, local, mut p, mut m) = setup(CFG, &["198.18.10.2", "198.18.1.2"]);
+        let (c, local, mut p, mut m) = setup(&cfg_text(), &["198.18.10.2", "198.18.1.2"]);
         let r = p
             .apply(&mut m, &DesiredState::new(&c, &local).unwrap())
             .unwrap();
@@ -479,7 +457,7 @@ weight = 0
 
     #[test]
     fn table_is_written_before_it_is_published() {
-        let (c, local, mut p, mut m) = setup(CFG, &[]);
+        let (c, local, mut p, mut m) = setup(&cfg_text(), &[]);
         p.apply(&mut m, &DesiredState::new(&c, &local).unwrap())
             .unwrap();
         let mut ring_seen = BTreeSet::new();
@@ -497,7 +475,7 @@ weight = 0
 
     #[test]
     fn reapplying_the_same_state_writes_nothing() {
-        let (c, local, mut p, mut m) = setup(CFG, &[]);
+        let (c, local, mut p, mut m) = setup(&cfg_text(), &[]);
         let d = DesiredState::new(&c, &local).unwrap();
         p.apply(&mut m, &d).unwrap();
         let n = m.journal.len();
@@ -508,7 +486,7 @@ weight = 0
 
     #[test]
     fn a_change_goes_to_a_free_table_and_keeps_the_previous_one() {
-        let (c, local, mut p, mut m) = setup(CFG, &[]);
+        let (c, local, mut p, mut m) = setup(&cfg_text(), &[]);
         p.apply(&mut m, &DesiredState::new(&c, &local).unwrap())
             .unwrap();
         let k = vip_key("203.0.113.10".parse().unwrap(), 80, 6);
@@ -516,8 +494,8 @@ weight = 0
         let mut tables = vec![v1.table];
         let mut prev = v1;
         for (i, w) in [3, 1, 4, 1].into_iter().enumerate() {
-            let c2 =
-                Config::parse(&CFG.replacen("weight = 2", &format!("weight = {w}"), 1)).unwrap();
+            let c2 = Config::parse(&cfg_text().replacen("weight = 2", &format!("weight = {w}"), 1))
+                .unwrap();
             m.journal.clear();
             p.apply(&mut m, &DesiredState::new(&c2, &local).unwrap())
                 .unwrap();
@@ -542,7 +520,7 @@ weight = 0
             prev = v;
         }
         // Reused table numbers get only the differing entries written.
-        let c2 = Config::parse(CFG).unwrap();
+        let c2 = Config::parse(&cfg_text()).unwrap();
         m.journal.clear();
         p.apply(&mut m, &DesiredState::new(&c2, &local).unwrap())
             .unwrap();
@@ -562,14 +540,14 @@ weight = 0
 
     #[test]
     fn removed_vips_and_backends_are_released() {
-        let (c, local, mut p, mut m) = setup(CFG, &[]);
+        let (c, local, mut p, mut m) = setup(&cfg_text(), &[]);
         p.apply(&mut m, &DesiredState::new(&c, &local).unwrap())
             .unwrap();
         let id3 = p.backend_id("198.18.10.3".parse().unwrap()).unwrap();
         // Drop VIP 0 (the only one using 198.18.10.3).
-        let start = CFG.find("[[vip]]").unwrap();
-        let second = start + 1 + CFG[start + 1..].find("[[vip]]").unwrap();
-        let cfg2 = format!("{}{}", &CFG[..start], &CFG[second..]);
+        let start = cfg_text().find("[[vip]]").unwrap();
+        let second = start + 1 + cfg_text()[start + 1..].find("[[vip]]").unwrap();
+        let cfg2 = format!("{}{}", &cfg_text()[..start], &cfg_text()[second..]);
         let c2 = Config::parse(&cfg2).unwrap();
         let r = p
             .apply(&mut m, &DesiredState::new(&c2, &local).unwrap())
@@ -588,12 +566,12 @@ weight = 0
 
     #[test]
     fn an_id_stays_reserved_while_a_previous_table_uses_it() {
-        let (c, local, mut p, mut m) = setup(CFG, &[]);
+        let (c, local, mut p, mut m) = setup(&cfg_text(), &[]);
         p.apply(&mut m, &DesiredState::new(&c, &local).unwrap())
             .unwrap();
         let id3 = p.backend_id("198.18.10.3".parse().unwrap()).unwrap();
         // Remove backend 198.18.10.3 from VIP 0 but keep the VIP: the previous table still has it.
-        let c2 = Config::parse(&CFG.replacen(
+        let c2 = Config::parse(&cfg_text().replacen(
             "[[vip.backend]]\naddress = \"198.18.10.3\"\nweight = 2\n",
             "",
             1,
@@ -603,7 +581,7 @@ weight = 0
             .unwrap();
         assert_eq!(p.backend_id("198.18.10.3".parse().unwrap()), Some(id3));
         // One more change pushes that table out of prev_table: now it is released.
-        let c3 = Config::parse(&CFG.replacen(
+        let c3 = Config::parse(&cfg_text().replacen(
             "[[vip.backend]]\naddress = \"198.18.10.3\"\nweight = 2\n",
             "[[vip.backend]]\naddress = \"198.18.10.4\"\nweight = 1\n",
             1,
@@ -616,7 +594,7 @@ weight = 0
 
     #[test]
     fn local_addresses_and_prefixes_follow_the_desired_state() {
-        let (c, _, mut p, mut m) = setup(CFG, &[]);
+        let (c, _, mut p, mut m) = setup(&cfg_text(), &[]);
         let l1: BTreeSet<IpAddr> =
             ["198.18.10.2".parse().unwrap(), "fd00::1:2".parse().unwrap()].into();
         p.apply(&mut m, &DesiredState::new(&c, &l1).unwrap())
@@ -633,11 +611,11 @@ weight = 0
 
     #[test]
     fn an_adopting_publisher_rewrites_nothing_for_the_same_config() {
-        let (c, local, mut p, mut m) = setup(CFG, &["198.18.10.2"]);
+        let (c, local, mut p, mut m) = setup(&cfg_text(), &["198.18.10.2"]);
         let d = DesiredState::new(&c, &local).unwrap();
         p.apply(&mut m, &d).unwrap();
         // A second change, so that prev_table is in use too.
-        let c2 = Config::parse(&CFG.replacen("weight = 2", "weight = 3", 1)).unwrap();
+        let c2 = Config::parse(&cfg_text().replacen("weight = 2", "weight = 3", 1)).unwrap();
         let d2 = DesiredState::new(&c2, &local).unwrap();
         p.apply(&mut m, &d2).unwrap();
         let before = (m.vips.clone(), m.backends.clone());
@@ -659,7 +637,7 @@ weight = 0
         assert_eq!(w.prev_table, v.table);
         assert!(w.table != v.table && w.table != v.prev_table);
         // New backends get ids the adopted ones do not use, with a newer generation.
-        let c3 = Config::parse(&CFG.replace("198.18.10.9", "198.18.10.7")).unwrap();
+        let c3 = Config::parse(&cfg_text().replace("198.18.10.9", "198.18.10.7")).unwrap();
         q.apply(&mut m, &DesiredState::new(&c3, &local).unwrap())
             .unwrap();
         let id7 = q.backend_id("198.18.10.7".parse().unwrap()).unwrap();
@@ -678,10 +656,10 @@ weight = 0
 
     #[test]
     fn ring_size_cannot_change_after_load() {
-        let (c, local, mut p, mut m) = setup(CFG, &[]);
+        let (c, local, mut p, mut m) = setup(&cfg_text(), &[]);
         p.apply(&mut m, &DesiredState::new(&c, &local).unwrap())
             .unwrap();
-        let c2 = Config::parse(&CFG.replace("ring_size = 101", "ring_size = 103")).unwrap();
+        let c2 = Config::parse(&cfg_text().replace("ring_size = 101", "ring_size = 103")).unwrap();
         let e = p
             .apply(&mut m, &DesiredState::new(&c2, &local).unwrap())
             .unwrap_err();
@@ -694,7 +672,8 @@ weight = 0
 
     #[test]
     fn desired_state_needs_tunnel_sources_for_remote_backends() {
-        let c = Config::parse(&CFG.replace("tunnel_source_v6 = \"fd00::1:2\"\n", "")).unwrap();
+        let c =
+            Config::parse(&cfg_text().replace("tunnel_source_v6 = \"fd00::1:2\"\n", "")).unwrap();
         let e = DesiredState::new(&c, &BTreeSet::new()).unwrap_err();
         assert!(e.to_string().contains("agent.tunnel_source_v6"), "{e}");
         let local: BTreeSet<IpAddr> = ["fd00::10:2".parse().unwrap()].into();

@@ -393,46 +393,23 @@ impl fmt::Display for Decision {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::{ConfigBuilder, VipBuilder};
 
-    const CFG: &str = r#"
-[agent]
-interfaces = ["eth0"]
-tunnel_source = "198.18.1.2"
-encapsulation = "ipip"
-ring_size = 1009
-hash_seed = 42
-[[vip]]
-address = "203.0.113.10"
-port = 80
-protocol = "tcp"
-[[vip.backend]]
-address = "198.18.10.2"
-weight = 1
-[[vip.backend]]
-address = "198.18.10.3"
-weight = 1
-[[vip]]
-address = "203.0.113.10"
-port = 0
-protocol = "tcp"
-[[vip.backend]]
-address = "198.18.20.2"
-weight = 1
-[[vip]]
-address = "2001:db8::10"
-port = 53
-protocol = "udp"
-[[vip.backend]]
-address = "198.18.10.2"
-weight = 1
-[[vip]]
-address = "203.0.113.11"
-port = 80
-protocol = "tcp"
-"#;
+    /// IPv4 tunnels only; a port VIP and an all-ports VIP on one address, an IPv6 VIP, and a
+    /// VIP with no backend.
+    fn cfg_text() -> String {
+        ConfigBuilder::reference()
+            .agent("encapsulation", "ipip")
+            .without_agent("tunnel_source_v6")
+            .without_agent("decap_allow")
+            .vip(VipBuilder::new("203.0.113.10", 0, "tcp").backend("198.18.20.2", 1))
+            .vip(VipBuilder::new("2001:db8::10", 53, "udp").backend("198.18.10.2", 1))
+            .vip(VipBuilder::new("203.0.113.11", 80, "tcp"))
+            .toml()
+    }
 
     fn cfg() -> Config {
-        Config::parse(CFG).unwrap()
+        Config::parse(&cfg_text()).unwrap()
     }
 
     #[test]
@@ -645,7 +622,7 @@ protocol = "tcp"
 
     #[test]
     fn missing_tunnel_source_is_reported() {
-        let c = Config::parse(&CFG.replace("tunnel_source = \"198.18.1.2\"\n", "")).unwrap();
+        let c = Config::parse(&cfg_text().replace("tunnel_source = \"198.18.1.2\"\n", "")).unwrap();
         let d = decide(
             &c,
             &BTreeSet::new(),

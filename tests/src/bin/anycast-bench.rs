@@ -18,7 +18,7 @@ use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::{Duration, Instant};
 
-use anycast::config::{Config, Encapsulation};
+use anycast::config::{Config, ConfigBuilder, Encapsulation, VipBuilder};
 use anycast::plan::maglev::{self, MaglevBackend};
 use anycast_tests::fixture::{
     Dataplane, XDP_PASS, XDP_TX, action_name, fixture_netns, ifindex, net,
@@ -30,48 +30,29 @@ const REPEAT: u32 = 1_000_000;
 const LOOP: u32 = 200_000;
 const MAGLEV_RUNS: usize = 7;
 
-const CONFIG: &str = r#"
-[agent]
-interfaces = ["acf0"]
-tunnel_source = "198.18.0.1"
-tunnel_source_v6 = "fd00:18::1"
-encapsulation = "ipip"
-ring_size = 65537
-hash_seed = 1
-max_vips = 8
-max_backends = 16
-decap_allow = ["198.18.5.0/24", "fd00:5::/64"]
-
-[[vip]]
-address = "203.0.113.10"
-port = 80
-protocol = "tcp"
-backend = [{ address = "198.19.1.10", weight = 1 }]
-
-[[vip]]
-address = "2001:db8::10"
-port = 80
-protocol = "tcp"
-backend = [{ address = "fd00:1::10", weight = 1 }]
-
-[[vip]]
-address = "2001:db8::11"
-port = 80
-protocol = "tcp"
-backend = [{ address = "198.19.1.11", weight = 1 }]
-
-[[vip]]
-address = "203.0.113.11"
-port = 80
-protocol = "tcp"
-backend = [{ address = "fd00:1::11", weight = 1 }]
-
-[[vip]]
-address = "203.0.113.12"
-port = 80
-protocol = "tcp"
-backend = [{ address = "198.18.0.1", weight = 1 }]
-"#;
+/// The fixture namespace's edge (acf0, 198.18.0.1 / fd00:18::1) with one VIP per path:
+/// IPv4 and IPv6 VIPs on IPv4 and IPv6 remote backends, and a VIP whose backend is this host.
+fn config() -> Config {
+    let vip = |address: &str, backend: &str| VipBuilder::new(address, 80, "tcp").backend(backend, 1);
+    ConfigBuilder::reference()
+        .agent("interfaces", vec![net::DEV])
+        .agent("tunnel_source", net::EDGE_V4.to_string())
+        .agent("tunnel_source_v6", net::EDGE_V6.to_string())
+        .agent("encapsulation", "ipip")
+        .agent("ring_size", 65537)
+        .agent("hash_seed", 1)
+        .agent("max_vips", 8)
+        .agent("max_backends", 16)
+        .agent("decap_allow", vec!["198.18.5.0/24", "fd00:5::/64"])
+        .vips([
+            vip("203.0.113.10", "198.19.1.10"),
+            vip("2001:db8::10", "fd00:1::10"),
+            vip("2001:db8::11", "198.19.1.11"),
+            vip("203.0.113.11", "fd00:1::11"),
+            vip("203.0.113.12", "198.18.0.1"),
+        ])
+        .build()
+}
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Method {
@@ -180,7 +161,7 @@ fn main() {
         eprintln!("anycast-bench needs root (BPF_PROG_TEST_RUN, network namespaces)");
         std::process::exit(2);
     }
-    let mut config = Config::parse(CONFIG).expect("bench config parses");
+    let mut config = config();
     let local: BTreeSet<IpAddr> = [IpAddr::V4(net::EDGE_V4), IpAddr::V6(net::EDGE_V6)].into();
     let ns = fixture_netns();
     let paths = paths();

@@ -1,6 +1,7 @@
 //! The agent's TOML config for a lab agent, from its [`AgentSpec`].
 
 use super::*;
+use anycast::config::{ConfigBuilder, VipBuilder};
 
 impl Lab {
     /// The agent's config file for `spec` (TOML, the contract of `anycast agent --config`).
@@ -10,69 +11,45 @@ impl Lab {
             .iter()
             .map(|i| self.ifname(i))
             .collect::<Result<_>>()?;
-        let mut s = String::from("[agent]\n");
-        let list = |v: &[String]| {
-            v.iter()
-                .map(|x| format!("{x:?}"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
-        let _ = writeln!(s, "interfaces = [{}]", list(&interfaces));
+        let path = |p: PathBuf| p.display().to_string();
+        let mut c = ConfigBuilder::bare()
+            .agent("interfaces", interfaces)
+            .agent("encapsulation", spec.encapsulation.as_str())
+            .agent("decap_allow", spec.decap_allow.clone())
+            .agent("ring_size", spec.ring_size)
+            .agent("hash_seed", spec.hash_seed)
+            // Each agent its own pins and state file: the defaults would be shared by every
+            // agent of every lab on the machine.
+            .agent("pin_path", path(self.bpffs.join(&spec.ns)))
+            .agent(
+                "state_file",
+                path(self.dir.join(format!("state-{}.json", spec.ns))),
+            )
+            .agent(
+                "api_socket",
+                path(self.dir.join(format!("api-{}.sock", spec.ns))),
+            )
+            // Small connection table: labs run several agents on one machine.
+            .agent("conntrack_size", 16384);
         if let Some(src) = &spec.tunnel_source {
-            let _ = writeln!(s, "tunnel_source = {src:?}");
+            c = c.agent("tunnel_source", src.as_str());
         }
         if let Some(src) = &spec.tunnel_source_v6 {
-            let _ = writeln!(s, "tunnel_source_v6 = {src:?}");
+            c = c.agent("tunnel_source_v6", src.as_str());
         }
-        let _ = writeln!(s, "encapsulation = {:?}", spec.encapsulation);
-        let _ = writeln!(s, "decap_allow = [{}]", list(&spec.decap_allow));
-        let _ = writeln!(s, "ring_size = {}", spec.ring_size);
-        let _ = writeln!(s, "hash_seed = {}", spec.hash_seed);
-        // Each agent its own pins and state file: the defaults would be shared by every agent
-        // of every lab on the machine.
-        let _ = writeln!(
-            s,
-            "pin_path = {:?}",
-            self.bpffs.join(&spec.ns).display().to_string()
-        );
-        let _ = writeln!(
-            s,
-            "state_file = {:?}",
-            self.dir
-                .join(format!("state-{}.json", spec.ns))
-                .display()
-                .to_string()
-        );
-        let _ = writeln!(
-            s,
-            "api_socket = {:?}",
-            self.dir
-                .join(format!("api-{}.sock", spec.ns))
-                .display()
-                .to_string()
-        );
-        // Small connection table: labs run several agents on one machine.
-        let _ = writeln!(s, "conntrack_size = 16384");
         for vip in &spec.vips {
-            let _ = writeln!(
-                s,
-                "\n[[vip]]\naddress = {:?}\nport = {}\nprotocol = {:?}",
-                vip.address, vip.port, vip.protocol
-            );
+            let mut v = VipBuilder::new(&vip.address, vip.port, &vip.protocol);
             for (address, weight) in &vip.backends {
-                let _ = writeln!(
-                    s,
-                    "[[vip.backend]]\naddress = {address:?}\nweight = {weight}"
-                );
+                v = v.backend(address, *weight);
             }
             if let Some(h) = spec.health {
-                let _ = writeln!(
-                    s,
-                    "[vip.health]\nkind = \"tcp\"\nport = {}\ninterval_ms = {}\ntimeout_ms = 100\nrise = 2\nfall = 3",
+                v = v.health(&format!(
+                    "kind = \"tcp\"\nport = {}\ninterval_ms = {}\ntimeout_ms = 100\nrise = 2\nfall = 3",
                     h.port, h.interval_ms
-                );
+                ));
             }
+            c = c.vip(v);
         }
-        Ok(s)
+        Ok(c.toml())
     }
 }
