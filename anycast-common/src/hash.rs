@@ -103,7 +103,9 @@ pub const fn addr_words_v6(o: [u8; 16]) -> [u32; 4] {
     ]
 }
 
-/// Slot of a flow in a Maglev table of `ring_size` entries.
+/// Slot of a flow in a Maglev table of `ring_size` entries (`ring_size > 0`): the one rule for
+/// the XDP program (`track::pick`, `decap::table_chance`) and the host's model of it
+/// (`plan::model`).
 #[inline(always)]
 pub const fn ring_slot(hash: u32, ring_size: u32) -> u32 {
     hash % ring_size
@@ -187,6 +189,18 @@ mod tests {
         let h1 = flow_hash_v4(1, 1, 2, 3, 6);
         let h2 = flow_hash_v4(2, 1, 2, 3, 6);
         assert_ne!(h1, h2);
+    }
+
+    #[test]
+    fn ring_slot_is_the_hash_modulo_the_ring_size() {
+        assert_eq!(ring_slot(0, 65537), 0);
+        assert_eq!(ring_slot(65536, 65537), 65536);
+        assert_eq!(ring_slot(65537, 65537), 0);
+        // 65537 * 65535 = 2^32 - 1: the largest hash wraps to slot 0 of the default ring.
+        assert_eq!(ring_slot(u32::MAX, 65537), 0);
+        assert_eq!(ring_slot(u32::MAX, 1009), 382);
+        assert_eq!(ring_slot(0x1234_abcd, 1009), 288);
+        assert_eq!(ring_slot(7, 1), 0);
     }
 
     #[test]

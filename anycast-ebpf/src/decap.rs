@@ -13,7 +13,7 @@
 use anycast_common::{
     AddrKey, BACKEND_F_LOCAL, Backend, DataplaneConfig, FAMILY_V4, FAMILY_V6, GUE_HINT_MAGIC,
     GUE_HINT_WORDS_V4, GUE_HINT_WORDS_V6, NO_BACKEND, NO_TABLE, PROTO_IPIP, PROTO_IPV6, PROTO_TCP,
-    PROTO_UDP, SECOND_CHANCE_TTL_MIN, counter,
+    PROTO_UDP, SECOND_CHANCE_TTL_MIN, counter, hash::ring_slot,
 };
 use aya_ebpf::{
     helpers::generated::bpf_xdp_adjust_head, maps::lpm_trie::Key, programs::XdpContext,
@@ -26,9 +26,6 @@ use crate::{
     parse::{ETH_LEN, ETH_P_IP, ETH_P_IPV6, Ip, UDP_LEN, VLAN_LEN},
     select, track,
 };
-
-const TCP_SYN: u8 = 0x02;
-const TCP_ACK: u8 = 0x10;
 
 /// Is this a tunnel packet addressed to this host? Cheap checks first: the protocol (and GUE
 /// port) before the address lookup.
@@ -76,8 +73,7 @@ pub fn decapsulate(ctx: &XdpContext, ip: &Ip, cfg: &DataplaneConfig) -> Verdict 
         return Verdict::drop(counter::INTERNAL_ERROR);
     };
     // The hint, if any, is read into the scratch tunnel: it is where a second chance sends to.
-    // SAFETY: per-CPU scratch, ours for this run.
-    let hint: &mut Backend = unsafe { &mut (*sc).tunnel.dst };
+    let hint: &mut Backend = &mut sc.tunnel.dst;
     hint.family = 0;
     // From here the packet is tunnel traffic for us from a trusted source; a malformed one is
     // dropped rather than handed to the stack as something it is not.
@@ -192,8 +188,8 @@ fn read_hint(ctx: &XdpContext, off: usize, words: u8, hint: &mut Backend) {
     }
 }
 
-/// The ports word of the decapsulated packet `inner` if it is a TCP packet that may take a
-/// second chance: anything but a bare SYN (a new connection belongs to this host).
+/// The ports word of the decapsulated packet `inner` if it is a TCP packet that may take a second
+/// chance: a mid-flow one ([`track::mid_flow`]; a new connection belongs to this host).
 #[inline(always)]
 fn mid_flow_tcp(ctx: &XdpContext, inner: &Ip) -> Option<u32> {
     if inner.proto != PROTO_TCP {
@@ -202,13 +198,13 @@ fn mid_flow_tcp(ctx: &XdpContext, inner: &Ip) -> Option<u32> {
     let l4 = inner.l4_off();
     let ports = word_at(ctx, l4)?;
     let flags = u8_at(ctx, l4 + 13)?;
-    (flags & (TCP_SYN | TCP_ACK) != TCP_SYN).then_some(ports)
+    track::mid_flow(flags).then_some(ports)
 }
 
 /// The packet, now decapsulated, carried a hint: deliver it if a local socket holds its TCP
 /// flow, else send it once to the hinted previous owner, without a hint (one extra hop at most).
 #[inline(always)]
-fn second_chance(ctx: &XdpContext, cfg: &DataplaneConfig, sc: *mut encap::Scratch) -> Verdict {
+fn second_chance(ctx: &XdpContext, cfg: &DataplaneConfig, sc: &mut encap::Scratch) -> Verdict {
     let Ok(inner) = parse::parse(ctx) else {
         return Verdict::pass(counter::DECAP);
     };
@@ -219,13 +215,11 @@ fn second_chance(ctx: &XdpContext, cfg: &DataplaneConfig, sc: *mut encap::Scratc
         return Verdict::pass(counter::DECAP);
     }
     let hash = track::flow_hash(cfg, &inner, ports);
-    // SAFETY: per-CPU scratch; `tunnel.dst` already holds the hinted owner.
-    unsafe {
-        (*sc).tunnel.hint.family = 0;
-        (*sc).tunnel.hash = hash;
-        (*sc).stat_id = NO_BACKEND;
-        (*sc).outcome = counter::SECOND_CHANCE;
-    }
+    // `tunnel.dst` already holds the hinted owner; no stat_id, so no frame length either.
+    sc.tunnel.hint.family = 0;
+    sc.tunnel.hash = hash;
+    sc.stat_id = NO_BACKEND;
+    sc.outcome = counter::SECOND_CHANCE;
     // The frame now starts with the inner packet: the caller parses it again and encapsulates.
     Verdict::encapsulate(true)
 }
@@ -251,7 +245,7 @@ fn remote(id: u32) -> Option<&'static Backend> {
 /// A BPF subprogram of its own: its VIP key and the inner `Ip` stay off the decapsulation's
 /// frame.
 #[inline(never)]
-fn table_chance(ctx: &XdpContext, cfg: &DataplaneConfig, sc: *mut encap::Scratch) -> Verdict {
+fn table_chance(ctx: &XdpContext, cfg: &DataplaneConfig, sc: &mut encap::Scratch) -> Verdict {
     let Ok(inner) = parse::parse(ctx) else {
         return Verdict::pass(counter::DECAP);
     };
@@ -271,7 +265,7 @@ fn table_chance(ctx: &XdpContext, cfg: &DataplaneConfig, sc: *mut encap::Scratch
         return Verdict::pass(counter::DECAP);
     }
     let hash = track::flow_hash(cfg, &inner, ports);
-    let slot = hash % cfg.ring_size;
+    let slot = ring_slot(hash, cfg.ring_size);
     let Some(cur) = track::ring_at(cfg, vip.table, slot) else {
         return Verdict::pass(counter::DECAP);
     };
@@ -288,14 +282,7 @@ fn table_chance(ctx: &XdpContext, cfg: &DataplaneConfig, sc: *mut encap::Scratch
         return Verdict::pass(counter::DECAP);
     }
     maps::count(counter::SECOND_CHANCE_TABLE);
-    // SAFETY: per-CPU scratch, ours for this run.
-    unsafe {
-        (*sc).tunnel.dst = *owner;
-        (*sc).tunnel.hint.family = 0;
-        (*sc).tunnel.hash = hash;
-        (*sc).stat_id = id;
-        (*sc).outcome = counter::SECOND_CHANCE;
-        (*sc).frame_len = (ctx.data_end() - ctx.data()) as u64;
-    }
+    let frame_len = (ctx.data_end() - ctx.data()) as u64;
+    sc.request(owner, None, hash, id, counter::SECOND_CHANCE, frame_len);
     Verdict::encapsulate(true)
 }

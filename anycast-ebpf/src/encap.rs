@@ -31,7 +31,7 @@ use crate::{
     Verdict,
     csum::{add_addr, add32, be16, finish, fold, pair},
     log, maps,
-    packet::{addr_words, ptr_at, u16_be_at, word_at, write_word},
+    packet::{addr_word, addr_words, copy_words, u16_be_at, window, word_at, write_word},
     parse::{ETH_LEN, ETH_P_IP, ETH_P_IPV6, IPV4_LEN, IPV6_LEN, Ip, UDP_LEN},
 };
 
@@ -69,18 +69,6 @@ fn inner_sum(ctx: &XdpContext, ip: &Ip) -> Option<u64> {
     }
 }
 
-/// Copies `N` bytes into packet memory at `p + off`. Constant-size, unrolled: no slices, so no
-/// bounds-check panics on the packet path.
-#[inline(always)]
-unsafe fn put<const N: usize>(p: *mut u8, off: usize, bytes: &[u8; N]) {
-    let mut i = 0;
-    while i < N {
-        // SAFETY: the caller checked `p + off + N` against data_end.
-        unsafe { *p.add(off + i) = bytes[i] };
-        i += 1;
-    }
-}
-
 /// Where to send a packet: the tunnel's far end, and optionally a hint naming the flow's
 /// previous owner (second chance; carried only by GUE). `hint.family == 0`: no hint.
 #[repr(C)]
@@ -103,10 +91,44 @@ pub struct Scratch {
     pub frame_len: u64,
 }
 
-/// The scratch of this CPU, or `None` (never, for a 1-entry per-CPU array).
+impl Scratch {
+    /// Asks for an encapsulation towards `dst`, which the top level runs (see
+    /// `Verdict::encapsulate`): `hint` names the flow's previous owner (GUE only), `hash` is the
+    /// flow's, and once the frame is sent `outcome` is counted and `frame_len` bytes go to
+    /// `stat_id`'s BACKEND_STATS (`NO_BACKEND`: none).
+    #[inline(always)]
+    pub fn request(
+        &mut self,
+        dst: &Backend,
+        hint: Option<&Backend>,
+        hash: u32,
+        stat_id: u32,
+        outcome: u32,
+        frame_len: u64,
+    ) {
+        self.tunnel.dst = *dst;
+        match hint {
+            Some(h) => self.tunnel.hint = *h,
+            None => self.tunnel.hint.family = 0,
+        }
+        self.tunnel.hash = hash;
+        self.stat_id = stat_id;
+        self.outcome = outcome;
+        self.frame_len = frame_len;
+    }
+}
+
+/// This CPU's scratch, or `None` (never, for a 1-entry per-CPU array). The only way to it.
+///
+/// The reference is exclusive: an XDP program runs to completion on its CPU, from the NAPI poll
+/// with bottom halves disabled, so no other run uses this CPU's entry while it lives, and the
+/// agent never writes the map. Within a run, each user is done with it before the next one takes
+/// it (a subprogram before its verdict goes back to the top level, the encapsulation before the
+/// log line of its failure).
 #[inline(always)]
-pub fn scratch() -> Option<*mut Scratch> {
-    maps::SCRATCH.get_ptr_mut(0)
+pub fn scratch() -> Option<&'static mut Scratch> {
+    // SAFETY: a per-CPU array value, valid for the whole run and exclusive to it (see above).
+    maps::SCRATCH.get_ptr_mut(0).map(|p| unsafe { &mut *p })
 }
 
 /// Encapsulates towards the `Tunnel` the caller wrote into this CPU's [`Scratch`].
@@ -116,15 +138,13 @@ pub fn encapsulate(ctx: &XdpContext, ip: &Ip, cfg: &DataplaneConfig) -> Verdict 
     let Some(sc) = scratch() else {
         return Verdict::drop(counter::INTERNAL_ERROR);
     };
-    // SAFETY: per-CPU map value, ours for the duration of this program run.
-    let (t, fib) = unsafe { (&(*sc).tunnel, &mut (*sc).fib) };
     // A second chance leaves marked (see `chance`): its receiver delivers it, never sends it on.
-    // SAFETY: as above.
-    let ttl = if unsafe { (*sc).outcome } == counter::SECOND_CHANCE {
+    let ttl = if sc.outcome == counter::SECOND_CHANCE {
         SECOND_CHANCE_TTL
     } else {
         TUNNEL_TTL
     };
+    let (t, fib) = (&sc.tunnel, &mut sc.fib);
     let backend = &t.dst;
     let hash = t.hash;
     let outer_v4 = backend.family == FAMILY_V4;
@@ -163,13 +183,8 @@ pub fn encapsulate(ctx: &XdpContext, ip: &Ip, cfg: &DataplaneConfig) -> Verdict 
     }
     let dst_w = addr_words(&backend.addr_be);
     let src_w = if outer_v4 {
-        // SAFETY: offset 0 of the align(4) DataplaneConfig.
-        [
-            unsafe { cfg.tunnel_src_v4_be.as_ptr().cast::<u32>().read() },
-            0,
-            0,
-            0,
-        ]
+        // Offset 0 of the DataplaneConfig, which u32 fields make 4-aligned.
+        [addr_word(&cfg.tunnel_src_v4_be), 0, 0, 0]
     } else {
         addr_words(&cfg.tunnel_src_v6_be)
     };
@@ -232,81 +247,57 @@ pub fn encapsulate(ctx: &XdpContext, ip: &Ip, cfg: &DataplaneConfig) -> Verdict 
         return Verdict::drop(counter::INTERNAL_ERROR);
     }
     if resolved {
-        let Some(p) = ptr_at::<[u8; 12]>(ctx, 0) else {
+        let Some(mut macs) = window::<12>(ctx, 0) else {
             return Verdict::drop(counter::INTERNAL_ERROR);
         };
-        // SAFETY: 12 bytes checked above.
-        unsafe {
-            put(p.cast::<u8>(), 0, &fib.dmac);
-            put(p.cast::<u8>(), 6, &fib.smac);
-        }
+        macs.put::<0, 6>(&fib.dmac);
+        macs.put::<6, 6>(&fib.smac);
     } else {
         // Keep the frame's own MACs (destination = this host, so the stack accepts it). They
         // still sit at the old start of the frame, `delta` bytes in (delta >= 16, so the copy
         // does not overlap); copied before any header is written over them.
-        let (Some(old), Some(new)) = (
-            ptr_at::<[u32; 3]>(ctx, delta as usize),
-            ptr_at::<[u32; 3]>(ctx, 0),
-        ) else {
+        if copy_words::<3>(ctx, delta as usize, 0).is_none() {
             return Verdict::drop(counter::INTERNAL_ERROR);
-        };
-        // SAFETY: both 12-byte ranges checked above; alignment as in packet::word_at.
-        unsafe { new.write(old.read()) };
+        }
     }
     let ethertype = if outer_v4 { ETH_P_IP } else { ETH_P_IPV6 }.to_be_bytes();
     let len_be = (outer_len as u16).to_be_bytes();
 
     if outer_v4 {
-        let Some(p) = ptr_at::<[u8; ETH_LEN + IPV4_LEN]>(ctx, 0) else {
+        let Some(mut hdr) = window::<{ ETH_LEN + IPV4_LEN }>(ctx, 0) else {
             return Verdict::drop(counter::INTERNAL_ERROR);
         };
-        let p = p.cast::<u8>();
         let sum = pair(0x45, ip.tos)
             + be16(outer_len as u16)
             + pair(0x40, 0)
             + pair(ttl, outer_proto)
             + add32(add32(0, src_w[0]), dst_w[0]);
         let c = finish(sum);
-        // SAFETY: 34 bytes checked above.
-        unsafe {
-            put(p, 12, &ethertype);
-            put(
-                p,
-                ETH_LEN,
-                &[0x45, ip.tos, len_be[0], len_be[1], 0, 0, 0x40, 0],
-            );
-            put(p, ETH_LEN + 8, &[ttl, outer_proto, c[0], c[1]]);
-        }
+        hdr.put::<12, 2>(&ethertype);
+        hdr.put::<ETH_LEN, 8>(&[0x45, ip.tos, len_be[0], len_be[1], 0, 0, 0x40, 0]);
+        hdr.put::<{ ETH_LEN + 8 }, 4>(&[ttl, outer_proto, c[0], c[1]]);
         if write_word(ctx, ETH_LEN + 12, src_w[0]).is_none()
             || write_word(ctx, ETH_LEN + 16, dst_w[0]).is_none()
         {
             return Verdict::drop(counter::INTERNAL_ERROR);
         }
     } else {
-        let Some(p) = ptr_at::<[u8; ETH_LEN + IPV6_LEN]>(ctx, 0) else {
+        let Some(mut hdr) = window::<{ ETH_LEN + IPV6_LEN }>(ctx, 0) else {
             return Verdict::drop(counter::INTERNAL_ERROR);
         };
-        let p = p.cast::<u8>();
         let fl = flow_label(hash);
         let plen = ((outer_len as usize - IPV6_LEN) as u16).to_be_bytes();
-        // SAFETY: 54 bytes checked above.
-        unsafe {
-            put(p, 12, &ethertype);
-            put(
-                p,
-                ETH_LEN,
-                &[
-                    0x60 | (ip.tos >> 4),
-                    (ip.tos << 4) | ((fl >> 16) as u8 & 0x0f),
-                    (fl >> 8) as u8,
-                    fl as u8,
-                    plen[0],
-                    plen[1],
-                    outer_proto,
-                    ttl,
-                ],
-            );
-        }
+        hdr.put::<12, 2>(&ethertype);
+        hdr.put::<ETH_LEN, 8>(&[
+            0x60 | (ip.tos >> 4),
+            (ip.tos << 4) | ((fl >> 16) as u8 & 0x0f),
+            (fl >> 8) as u8,
+            fl as u8,
+            plen[0],
+            plen[1],
+            outer_proto,
+            ttl,
+        ]);
         let mut i = 0;
         while i < 4 {
             if write_word(ctx, ETH_LEN + 8 + i * 4, src_w[i]).is_none()
@@ -347,30 +338,23 @@ pub fn encapsulate(ctx: &XdpContext, ip: &Ip, cfg: &DataplaneConfig) -> Verdict 
         let sp = sport.to_be_bytes();
         let dp = cfg.gue_port_be.to_le_bytes();
         let ul = udp_len.to_be_bytes();
-        let Some(p) = ptr_at::<[u8; UDP_LEN + GUE_LEN]>(ctx, ETH_LEN + outer_ip_len) else {
+        let Some(mut udp) = window::<{ UDP_LEN + GUE_LEN }>(ctx, ETH_LEN + outer_ip_len) else {
             return Verdict::drop(counter::INTERNAL_ERROR);
         };
-        // SAFETY: 12 bytes checked above.
-        unsafe {
-            put(
-                p.cast::<u8>(),
-                0,
-                &[
-                    sp[0],
-                    sp[1],
-                    dp[0],
-                    dp[1],
-                    ul[0],
-                    ul[1],
-                    check[0],
-                    check[1],
-                    hint_words,
-                    inner_proto,
-                    0,
-                    0,
-                ],
-            );
-        }
+        udp.put::<0, 12>(&[
+            sp[0],
+            sp[1],
+            dp[0],
+            dp[1],
+            ul[0],
+            ul[1],
+            check[0],
+            check[1],
+            hint_words,
+            inner_proto,
+            0,
+            0,
+        ]);
         let h = ETH_LEN + outer_ip_len + UDP_LEN + GUE_LEN;
         if hint_words == GUE_HINT_WORDS_V4 {
             if write_word(ctx, h, hint_magic).is_none()

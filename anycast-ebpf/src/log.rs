@@ -76,22 +76,48 @@ fn ip_addr(family: u8, words: [u32; 4]) -> IpAddr {
     }
 }
 
+/// The scratch of the encapsulation that failed in this run, and the address of the backend it
+/// was sending to.
+#[inline(always)]
+fn failed_encap() -> Option<(&'static encap::Scratch, IpAddr)> {
+    let sc = encap::scratch()?;
+    let dst = backend_addr(&sc.tunnel.dst);
+    Some((sc, dst))
+}
+
+/// One line of event class `$class` if [`admit`] lets it through, at `$level` (`error`, `warn`),
+/// targeted at the class's name, with `cpu` and `suppressed` as its last two values: every
+/// `$text` ends with `cpu={} suppressed={}` (without them aya-log drops the extra values, and
+/// the unused `suppressed` fails the lint gate). The statements in the optional block compute the
+/// line's values after admission only (a suppressed event costs no more than `admit`).
+macro_rules! event_line {
+    ($level:ident, $class:expr, $({ $($prep:stmt;)* })? $text:literal $(, $arg:expr)* $(,)?) => {{
+        let Some(suppressed) = admit($class) else {
+            return;
+        };
+        $($($prep)*)?
+        $level!(
+            &(),
+            target: event::NAMES[$class as usize],
+            $text,
+            $($arg,)*
+            cpu(),
+            suppressed
+        );
+    }};
+}
+
 /// The live table of VIP `vip_id` (`table`) names `backend_id`, which `BACKENDS` does not hold:
 /// the agent published a table and a backend array that disagree. The packet is dropped.
 #[inline(never)]
 pub fn table_inconsistent(vip_id: u32, table: u32, backend_id: u32) {
-    let Some(suppressed) = admit(event::TABLE_INCONSISTENT) else {
-        return;
-    };
-    error!(
-        &(),
-        target: event::NAMES[event::TABLE_INCONSISTENT as usize],
+    event_line!(
+        error,
+        event::TABLE_INCONSISTENT,
         "VIP table names a backend id beyond BACKENDS, packet dropped: vip_id={} table={} backend_id={} cpu={} suppressed={}",
         vip_id,
         table,
         backend_id,
-        cpu(),
-        suppressed
     );
 }
 
@@ -103,22 +129,17 @@ pub fn table_inconsistent(vip_id: u32, table: u32, backend_id: u32) {
 /// packet is dropped.
 #[inline(never)]
 pub fn fib_fail(rc: i64) {
-    let Some(suppressed) = admit(event::FIB_FAIL) else {
-        return;
-    };
-    let Some(sc) = encap::scratch() else {
-        return;
-    };
-    // SAFETY: per-CPU scratch, written in this run by the encapsulation that failed.
-    let dst = unsafe { backend_addr(&(*sc).tunnel.dst) };
-    warn!(
-        &(),
-        target: event::NAMES[event::FIB_FAIL as usize],
+    event_line!(
+        warn,
+        event::FIB_FAIL,
+        {
+            let Some((_, dst)) = failed_encap() else {
+                return;
+            };
+        }
         "no route to the backend, packet dropped: rc={} backend={:i} cpu={} suppressed={}",
         rc,
         dst,
-        cpu(),
-        suppressed
     );
 }
 
@@ -126,31 +147,23 @@ pub fn fib_fail(rc: i64) {
 /// than the route MTU towards the backend. The packet is dropped.
 #[inline(never)]
 pub fn oversize(inner_len: u32, outer_len: u32) {
-    let Some(suppressed) = admit(event::OVERSIZE) else {
-        return;
-    };
-    let Some(sc) = encap::scratch() else {
-        return;
-    };
-    // SAFETY: per-CPU scratch, written in this run by the encapsulation that failed; on
-    // BPF_FIB_LKUP_RET_FRAG_NEEDED the kernel stores the route MTU in `mtu_result`
-    // (net/core/filter.c, bpf_ipv4_fib_lookup / bpf_ipv6_fib_lookup).
-    let (dst, mtu) = unsafe {
-        (
-            backend_addr(&(*sc).tunnel.dst),
-            (*sc).fib.__bindgen_anon_1.mtu_result,
-        )
-    };
-    warn!(
-        &(),
-        target: event::NAMES[event::OVERSIZE as usize],
+    event_line!(
+        warn,
+        event::OVERSIZE,
+        {
+            let Some((sc, dst)) = failed_encap() else {
+                return;
+            };
+            // SAFETY: on BPF_FIB_LKUP_RET_FRAG_NEEDED the kernel stores the route MTU in
+            // `mtu_result` (net/core/filter.c, bpf_ipv4_fib_lookup / bpf_ipv6_fib_lookup);
+            // every variant is a u16.
+            let mtu = unsafe { sc.fib.__bindgen_anon_1.mtu_result };
+        }
         "encapsulated packet exceeds the route MTU, packet dropped: length={} encapsulated={} mtu={} backend={:i} cpu={} suppressed={}",
         inner_len,
         outer_len,
         mtu,
         dst,
-        cpu(),
-        suppressed
     );
 }
 
@@ -158,18 +171,13 @@ pub fn oversize(inner_len: u32, outer_len: u32) {
 /// addresses are the packet's (attacker-controlled: hence the rate limit). The packet is dropped.
 #[inline(never)]
 pub fn decap_refused(outer: &Ip) {
-    let Some(suppressed) = admit(event::DECAP_REFUSED) else {
-        return;
-    };
-    warn!(
-        &(),
-        target: event::NAMES[event::DECAP_REFUSED as usize],
+    event_line!(
+        warn,
+        event::DECAP_REFUSED,
         "tunnel packet from a source outside decap_allow dropped: src={:i} dst={:i} proto={} cpu={} suppressed={}",
         ip_addr(outer.family, outer.src),
         ip_addr(outer.family, outer.dst),
         outer.proto,
-        cpu(),
-        suppressed
     );
 }
 
@@ -178,16 +186,13 @@ pub fn decap_refused(outer: &Ip) {
 /// flows left untracked.
 #[inline(never)]
 pub fn conn_insert_limited() {
-    let Some(suppressed) = admit(event::CONN_INSERT_LIMITED) else {
-        return;
-    };
-    let limit = maps::CONFIG.get(0).map_or(0, |c| c.conn_insert_limit);
-    warn!(
-        &(),
-        target: event::NAMES[event::CONN_INSERT_LIMITED as usize],
+    event_line!(
+        warn,
+        event::CONN_INSERT_LIMITED,
+        {
+            let limit = maps::CONFIG.get(0).map_or(0, |c| c.conn_insert_limit);
+        }
         "connection-tracking insert limit reached, new flows follow the table untracked: limit_per_s={} cpu={} suppressed={}",
         limit,
-        cpu(),
-        suppressed
     );
 }

@@ -102,8 +102,8 @@ fn steer(ctx: &XdpContext) -> Verdict {
     let Some(sc) = encap::scratch() else {
         return v;
     };
-    // SAFETY: per-CPU scratch, written by the subprogram that asked for the encapsulation.
-    let (outcome, stat_id, frame_len) = unsafe { ((*sc).outcome, (*sc).stat_id, (*sc).frame_len) };
+    // Written by the subprogram that asked for the encapsulation.
+    let (outcome, stat_id, frame_len) = (sc.outcome, sc.stat_id, sc.frame_len);
     if stat_id != anycast_common::NO_BACKEND {
         maps::count_traffic(&maps::BACKEND_STATS, stat_id, frame_len);
     }

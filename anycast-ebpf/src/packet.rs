@@ -1,17 +1,28 @@
-//! The one checked doorway into packet memory.
+//! The one checked doorway into packet memory: every read and write of packet bytes goes through
+//! the helpers here, all built on the one bounds check in `ptr_at`.
+//!
+//! No pointer into the packet outlives `bpf_xdp_adjust_head`: the verifier invalidates every
+//! packet pointer on that call (kernel/bpf/verifier.c, clear_all_pkt_pointers), so a program that
+//! used one after it would be refused at load time rather than write to the wrong place.
 
 use aya_ebpf::programs::XdpContext;
 
 /// Pointer to a `T` at `off` bytes into the packet, after checking that all of it lies before
 /// `data_end` (the check the verifier needs to see before any access).
 #[inline(always)]
-pub fn ptr_at<T>(ctx: &XdpContext, off: usize) -> Option<*mut T> {
+fn ptr_at<T>(ctx: &XdpContext, off: usize) -> Option<*mut T> {
     let start = ctx.data();
     let end = ctx.data_end();
     if start + off + core::mem::size_of::<T>() > end {
         return None;
     }
     Some((start + off) as *mut T)
+}
+
+/// Are there `N` bytes of packet at `off`?
+#[inline(always)]
+pub fn has_bytes<const N: usize>(ctx: &XdpContext, off: usize) -> bool {
+    ptr_at::<[u8; N]>(ctx, off).is_some()
 }
 
 /// Reads `N` bytes at `off`.
@@ -61,6 +72,54 @@ pub fn write_word(ctx: &XdpContext, off: usize, w: u32) -> Option<()> {
     // SAFETY: bounds checked by ptr_at; see word_at for alignment.
     unsafe { p.write(w) };
     Some(())
+}
+
+/// Copies the `N` words at `from` to `to` (ranges that do not overlap); same alignment argument
+/// as `word_at`.
+#[inline(always)]
+pub fn copy_words<const N: usize>(ctx: &XdpContext, from: usize, to: usize) -> Option<()> {
+    let (Some(src), Some(dst)) = (ptr_at::<[u32; N]>(ctx, from), ptr_at::<[u32; N]>(ctx, to))
+    else {
+        return None;
+    };
+    // SAFETY: both ranges bounds checked by ptr_at; see word_at for alignment.
+    unsafe { dst.write(src.read()) };
+    Some(())
+}
+
+/// `N` bytes of packet memory behind one bounds check: a header written field by field costs
+/// one check, not one per field.
+pub struct Window<const N: usize>(*mut u8);
+
+/// The `N` bytes at `off`, for writing.
+#[inline(always)]
+pub fn window<const N: usize>(ctx: &XdpContext, off: usize) -> Option<Window<N>> {
+    ptr_at::<[u8; N]>(ctx, off).map(|p| Window(p.cast::<u8>()))
+}
+
+impl<const N: usize> Window<N> {
+    /// Writes `bytes` at `OFF` bytes into the window. A write past its end does not compile.
+    /// Byte by byte, unrolled: no slices, so no bounds-check panics on the packet path.
+    #[inline(always)]
+    pub fn put<const OFF: usize, const M: usize>(&mut self, bytes: &[u8; M]) {
+        const { assert!(OFF + M <= N, "write past the end of the window") };
+        let mut i = 0;
+        while i < M {
+            // SAFETY: OFF + i < OFF + M <= N, and the window's N bytes were checked against
+            // data_end by ptr_at.
+            unsafe { *self.0.add(OFF + i) = bytes[i] };
+            i += 1;
+        }
+    }
+}
+
+/// The word of a 4-byte address stored in a map value, at a 4-aligned offset of an `align(4)`
+/// type (see `addr_words`).
+#[inline(always)]
+pub fn addr_word(a: &[u8; 4]) -> u32 {
+    // SAFETY: in bounds (4 bytes); aligned because every caller passes a field of an `align(4)`
+    // map type at a 4-aligned offset.
+    unsafe { a.as_ptr().cast::<u32>().read() }
 }
 
 /// The words of an address stored in a map value (`anycast_common` address fields sit at

@@ -8,7 +8,7 @@ use aya_ebpf::programs::XdpContext;
 
 use crate::{
     Verdict, chance, encap, log, maps,
-    packet::{addr_bytes, ptr_at, u8_at, word_at},
+    packet::{addr_bytes, has_bytes, u8_at, word_at},
     parse::{Ip, TCP_LEN, UDP_LEN},
     track,
 };
@@ -47,9 +47,9 @@ pub fn steer_vip(ctx: &XdpContext, ip: &Ip, cfg: &DataplaneConfig) -> Verdict {
     let l4 = ip.l4_off();
     // The fixed transport header must be inside both the frame and the IP packet.
     let in_frame = if hdr == TCP_LEN {
-        ptr_at::<[u8; TCP_LEN]>(ctx, l4).is_some()
+        has_bytes::<TCP_LEN>(ctx, l4)
     } else {
-        ptr_at::<[u8; UDP_LEN]>(ctx, l4).is_some()
+        has_bytes::<UDP_LEN>(ctx, l4)
     };
     if !in_frame || ip.l3_len + hdr > ip.ip_len as usize {
         return Verdict::pass(counter::PARSE_ERROR);
@@ -109,31 +109,12 @@ pub fn steer_vip(ctx: &XdpContext, ip: &Ip, cfg: &DataplaneConfig) -> Verdict {
             && h.flags & BACKEND_F_LOCAL == 0
             && !chance::has_socket(ctx, ip, ports)
         {
-            // SAFETY: per-CPU scratch, ours for this run.
-            unsafe {
-                (*sc).tunnel.dst = *h;
-                (*sc).tunnel.hint.family = 0;
-                (*sc).tunnel.hash = hash;
-                (*sc).stat_id = prev;
-                (*sc).outcome = counter::SECOND_CHANCE;
-                (*sc).frame_len = frame_len;
-            }
+            sc.request(h, None, hash, prev, counter::SECOND_CHANCE, frame_len);
             return Verdict::encapsulate(false);
         }
         maps::count_traffic(&maps::BACKEND_STATS, backend_id, frame_len);
         return Verdict::pass(counter::LOCAL);
     }
-    // SAFETY: per-CPU scratch, ours for this run.
-    unsafe {
-        (*sc).tunnel.dst = *backend;
-        match hint {
-            Some(h) => (*sc).tunnel.hint = *h,
-            None => (*sc).tunnel.hint.family = 0,
-        }
-        (*sc).tunnel.hash = hash;
-        (*sc).stat_id = backend_id;
-        (*sc).outcome = counter::ENCAP;
-        (*sc).frame_len = frame_len;
-    }
+    sc.request(backend, hint, hash, backend_id, counter::ENCAP, frame_len);
     Verdict::encapsulate(false)
 }

@@ -16,7 +16,7 @@
 use anycast_common::{
     BACKEND_F_LOCAL, ConnGuard, ConnKey, ConnValue, DataplaneConfig, ENCAP_GUE, FAMILY_V4,
     NO_BACKEND, NO_TABLE, PROTO_TCP, PROTO_UDP, VipValue, counter,
-    hash::{flow_hash_v4, flow_hash_v6},
+    hash::{flow_hash_v4, flow_hash_v6, ring_slot},
 };
 use aya_ebpf::helpers::generated::bpf_ktime_get_ns;
 
@@ -65,7 +65,7 @@ pub fn pick(
     let hash = flow_hash(cfg, ip, ports);
     let with_hash = u64::from(hash) << 32;
 
-    let tcp_mid_flow = ip.proto == PROTO_TCP && (tcp_flags as u8) & (TCP_SYN | TCP_ACK) != TCP_SYN;
+    let tcp_mid_flow = ip.proto == PROTO_TCP && mid_flow(tcp_flags as u8);
     let (track, insert) = if ip.proto == PROTO_TCP {
         let flags = tcp_flags as u8;
         (tcp_mid_flow, tcp_mid_flow && flags & TCP_RST == 0)
@@ -121,7 +121,7 @@ pub fn pick(
     if vip.table == NO_TABLE || cfg.ring_size == 0 {
         return u64::from(NO_BACKEND);
     }
-    let slot = hash % cfg.ring_size;
+    let slot = ring_slot(hash, cfg.ring_size);
     let Some(backend_id) = ring_at(cfg, vip.table, slot) else {
         return u64::from(NO_BACKEND);
     };
@@ -166,6 +166,14 @@ pub fn pick(
         }
     }
     with_hash | u64::from(backend_id)
+}
+
+/// Is a TCP packet with these flags part of a flow already under way: anything but a bare SYN
+/// (SYN without ACK), which opens a new connection. The one rule for tracking and for the second
+/// chance.
+#[inline(always)]
+pub const fn mid_flow(tcp_flags: u8) -> bool {
+    tcp_flags & (TCP_SYN | TCP_ACK) != TCP_SYN
 }
 
 #[inline(always)]
