@@ -55,7 +55,7 @@ pub enum RequestError {
     #[error(transparent)]
     Flow(#[from] FlowParseError),
     #[error("writing the maps")]
-    Publish(#[source] DataplaneError),
+    Publish(#[source] Box<DataplaneError>),
     #[error("reading the counters")]
-    Counters(#[source] DataplaneError),
+    Counters(#[source] Box<DataplaneError>),
 }

@@ -78,7 +78,7 @@ impl<S: Sink> Controller<S> {
         info!("runtime override: {what}");
         let changes = self
             .publish("runtime override")
-            .map_err(RequestError::Publish)?;
+            .map_err(|e| RequestError::Publish(Box::new(e)))?;
         Ok(Changed {
             message: what,
             changes,
@@ -101,7 +101,11 @@ impl<S: Sink> Controller<S> {
         }
         Ok(match req {
             Request::Status => json(self.status()),
-            Request::Stats => json(self.sink.read_stats().map_err(RequestError::Counters)?),
+            Request::Stats => json(
+                self.sink
+                    .read_stats()
+                    .map_err(|e| RequestError::Counters(Box::new(e)))?,
+            ),
             Request::Lookup { flow } => json(self.lookup(&flow)?),
             Request::DrainEdge => json(self.drain_edge(true)?),
             Request::UndrainEdge => json(self.drain_edge(false)?),

@@ -145,6 +145,17 @@ impl<S: Sink> Controller<S> {
     }
 
     /// Records a health transition of a checked backend and republishes its VIP.
+    /// Verdicts that arrived together.
+    pub fn set_health_verdicts(
+        &mut self,
+        verdicts: impl IntoIterator<Item = (VipId, IpAddr, bool)>,
+        detail: &str,
+    ) {
+        for (vip, backend, healthy) in verdicts {
+            self.set_health(vip, backend, healthy, detail);
+        }
+    }
+
     pub fn set_health(&mut self, vip: VipId, backend: IpAddr, healthy: bool, detail: &str) {
         if !self.checks().contains_key(&(vip, backend)) {
             return; // a check of a backend a reload removed, reporting late
