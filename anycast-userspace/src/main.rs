@@ -63,7 +63,13 @@ fn run(command: Command) -> anyhow::Result<()> {
         } => {
             // Before the runtime exists: every thread it starts inherits the mask.
             agent::reset_inherited_signal_state().context("resetting the signal state")?;
-            let rt = tokio::runtime::Builder::new_current_thread()
+            // The controller (config, health verdicts, table builds, map writes) runs on this
+            // thread, in `block_on`; the tasks it talks to (health checks, the control API,
+            // metrics, the BIRD driver) run on two workers, so a table build never delays a
+            // health probe or a BGP poll.
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .thread_name("anycast-worker")
                 .enable_all()
                 .build()
                 .context("starting the runtime")?;

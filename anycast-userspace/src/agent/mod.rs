@@ -198,6 +198,8 @@ impl Signals {
 /// How long the config file must be quiet before a change is reloaded: editors write a file in
 /// several steps (truncate, write, rename).
 const RELOAD_DEBOUNCE: Duration = Duration::from_millis(300);
+/// At most this many health verdicts are published in one write.
+const HEALTH_BATCH: usize = 256;
 
 /// Runs the agent until SIGINT/SIGTERM.
 pub async fn run(opts: AgentOptions) -> Result<(), AgentError> {
@@ -529,9 +531,21 @@ async fn attach_and_serve(
                 checks.reconcile(ctl, &health_tx);
             }
             Some(ev) = health_rx.recv() => {
-                ctl.set_health(ev.vip, ev.backend, ev.healthy, &ev.detail);
-                ctl.set_health_settled(ev.vip, ev.backend, ev.settled);
-                // A burst of health verdicts must not starve the BGP announcer (same thread).
+                // Verdicts that arrived together are published in one write (bounded, so that
+                // a flood of them still lets the rest of this loop run).
+                let mut batch = vec![ev];
+                while batch.len() < HEALTH_BATCH {
+                    match health_rx.try_recv() {
+                        Ok(ev) => batch.push(ev),
+                        Err(_) => break,
+                    }
+                }
+                ctl.set_health_verdicts(
+                    batch.iter().map(|ev| (ev.vip, ev.backend, ev.healthy, ev.detail.as_str())),
+                );
+                for ev in &batch {
+                    ctl.set_health_settled(ev.vip, ev.backend, ev.settled);
+                }
                 tokio::task::yield_now().await;
             }
             Some(call) = calls.recv() => match call {

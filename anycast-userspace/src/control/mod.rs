@@ -54,7 +54,7 @@ use crate::dataplane::{
     ApplyReport, Dataplane, DataplaneError, DesiredState, IdMap, MemoryMaps, Publisher,
 };
 use crate::error::error_chain;
-use crate::plan::model::{self, Decision, Flow, VipTable};
+use crate::plan::model::{self, Decision, Flow, TableFacts, VipTable};
 use crate::proto::{
     BackendStatus, Changed, EdgeDrained, OverrideEntry, ProgramInfo, ReloadOutcome, Request,
     Response, Status, VipStatus,
@@ -79,6 +79,10 @@ pub struct Controller<S: Sink> {
     /// What was last published, and each VIP's table.
     effective: Config,
     tables: BTreeMap<VipId, VipTable>,
+    /// Maglev tables already built: a publication rebuilds only the VIPs whose input changed.
+    built: TableCache,
+    /// Fingerprint and slots per backend of each table in `tables`, computed when it is built.
+    facts: BTreeMap<VipId, TableFacts>,
     last_reload: Option<ReloadOutcome>,
     reloads_ok: u64,
     reloads_error: u64,
@@ -89,6 +93,47 @@ pub struct Controller<S: Sink> {
     announce: Option<crate::announce::Handle>,
     /// An edge drain restored from the state file, for the announcer when it is set.
     edge_drained: bool,
+}
+
+/// Maglev tables by VIP, with the input each was built from (ring size, seed, backends and
+/// weights in config order): the full tables, and the healthy backends' tables of VIPs with
+/// unhealthy backends (`with_health`).
+#[derive(Debug, Default)]
+struct TableCache {
+    full: Tables,
+    fallback: Tables,
+}
+
+type TableInput = (u32, u32, Vec<(IpAddr, u32)>);
+
+#[derive(Debug, Default)]
+struct Tables(BTreeMap<VipId, (TableInput, VipTable)>);
+
+impl Tables {
+    fn table(&mut self, v: &VipConfig, ring: u32, seed: u32) -> VipTable {
+        let input = (
+            ring,
+            seed,
+            v.backends.iter().map(|b| (b.address, b.weight)).collect(),
+        );
+        let id = VipId::of(v);
+        if let Some((had, t)) = self.0.get(&id)
+            && *had == input
+        {
+            return t.clone();
+        }
+        let t = model::vip_table(v, ring, seed);
+        self.0.insert(id, (input, t.clone()));
+        t
+    }
+}
+
+impl TableCache {
+    /// Forgets the VIPs no longer configured.
+    fn retain(&mut self, ids: &BTreeSet<VipId>) {
+        self.full.0.retain(|id, _| ids.contains(id));
+        self.fallback.0.retain(|id, _| ids.contains(id));
+    }
 }
 
 impl<S: Sink> Controller<S> {
@@ -126,6 +171,8 @@ impl<S: Sink> Controller<S> {
             health: HealthMap::new(),
             settled: std::collections::BTreeSet::new(),
             tables: BTreeMap::new(),
+            facts: BTreeMap::new(),
+            built: TableCache::default(),
             last_reload: None,
             reloads_ok: 0,
             reloads_error: 0,
@@ -140,7 +187,7 @@ impl<S: Sink> Controller<S> {
             .sink
             .apply_state(&desired)
             .map_err(|e| ReloadError::Apply(Box::new(e)))?;
-        c.tables = tables_of(&effective, &desired);
+        c.set_tables(tables_of(&effective, &desired));
         c.effective = effective;
         Ok((c, report, restored))
     }
@@ -251,10 +298,13 @@ impl<S: Sink> Controller<S> {
 
     /// Writes the effective state and logs one line per changed VIP.
     /// The effective config and the dataplane's desired state: config, overrides, health.
-    fn desired(&self) -> Result<(Config, DesiredState), ConfigError> {
+    fn desired(&mut self) -> Result<(Config, DesiredState), ConfigError> {
         let effective = effective_config(&self.base, &self.overrides);
-        let mut desired = DesiredState::new(&effective, &self.local)?;
-        let a = &effective.agent;
+        let (ring, seed) = (effective.agent.ring_size, effective.agent.hash_seed);
+        let cache = &mut self.built;
+        let mut desired = DesiredState::with_tables(&effective, &self.local, |v| {
+            cache.full.table(v, ring, seed)
+        })?;
         for (v, d) in effective.vips.iter().zip(&mut desired.vips) {
             let full = std::mem::replace(
                 &mut d.table,
@@ -263,9 +313,29 @@ impl<S: Sink> Controller<S> {
                     slots: Vec::new(),
                 },
             );
-            d.table = with_health(full, v, &self.health, a.ring_size, a.hash_seed);
+            d.table = with_health(full, v, &self.health, |healthy| {
+                cache.fallback.table(healthy, ring, seed)
+            });
         }
+        let ids: BTreeSet<VipId> = effective.vips.iter().map(VipId::of).collect();
+        cache.retain(&ids);
         Ok((effective, desired))
+    }
+
+    /// The tables just published, and their facts (recomputed only for a table that changed).
+    fn set_tables(&mut self, tables: BTreeMap<VipId, VipTable>) {
+        let old = std::mem::take(&mut self.facts);
+        self.facts = tables
+            .iter()
+            .map(|(id, t)| {
+                let f = match (old.get(id), self.tables.get(id)) {
+                    (Some(f), Some(was)) if was == t => f.clone(),
+                    _ => t.facts(),
+                };
+                (*id, f)
+            })
+            .collect();
+        self.tables = tables;
     }
 
     fn publish(&mut self, why: &str) -> Result<Vec<VipChange>, DataplaneError> {
@@ -299,7 +369,7 @@ impl<S: Sink> Controller<S> {
             );
         }
         self.effective = effective;
-        self.tables = tables;
+        self.set_tables(tables);
         self.write_state_file();
         self.sync_announce();
         Ok(changes)
@@ -496,6 +566,53 @@ mod tests {
         assert_eq!(ch.len(), 2, "{ch:?}");
         assert_eq!(ch[0].removed, vec![ip("198.18.10.5")]);
         assert!(ch[1].vip_added && ch[1].slots_moved == 1009);
+    }
+
+    #[test]
+    fn verdicts_that_arrive_together_are_published_in_one_write() {
+        let v = vip("203.0.113.10:80/tcp");
+        let (down1, down2) = (ip("198.18.10.3"), ip("198.18.10.4"));
+        // One at a time: two table writes (two VIP updates).
+        let mut one = start(&cfg_text());
+        let n = journal_len(&one);
+        one.set_health(v, down1, false, "test");
+        one.set_health(v, down2, false, "test");
+        let vip_writes = |c: &Controller<MemorySink>, from: usize| {
+            c.sink().maps.journal[from..]
+                .iter()
+                .filter(|o| matches!(o, MapOp::SetVip(..)))
+                .count()
+        };
+        assert_eq!(vip_writes(&one, n), 2);
+        // Together: one.
+        let mut both = start(&cfg_text());
+        let n = journal_len(&both);
+        both.set_health_verdicts([(v, down1, false, "test"), (v, down2, false, "test")]);
+        assert_eq!(vip_writes(&both, n), 1);
+        // The same table, and the same facts in status, either way.
+        assert_eq!(one.table(v), both.table(v));
+        let slots = |c: &Controller<MemorySink>| {
+            c.status().vips[0]
+                .backends
+                .iter()
+                .map(|b| (b.address, b.slots))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(slots(&one), slots(&both));
+        assert_eq!(
+            slots(&both)[0],
+            (ip("198.18.10.2"), 1009),
+            "one healthy backend left"
+        );
+        assert_eq!(
+            both.status().vips[0].fingerprint,
+            both.table(v).unwrap().fingerprint()
+        );
+        // Back up together: the table without health again, from the cache.
+        both.set_health_verdicts([(v, down1, true, "test"), (v, down2, true, "test")]);
+        let fresh = start(&cfg_text());
+        assert_eq!(both.table(v), fresh.table(v));
+        assert_eq!(slots(&both), slots(&fresh));
     }
 
     #[test]

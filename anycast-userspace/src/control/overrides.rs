@@ -81,12 +81,13 @@ pub fn effective_config(base: &Config, overrides: &Overrides) -> Config {
 /// `full` (the table of `vip`, health ignored) with the slots of unhealthy backends given to
 /// healthy ones, as the module docs describe. Unchanged when no backend is unhealthy, and when
 /// no healthy backend could take the slots (fail open).
+///
+/// `build` makes the Maglev table of a VIP config (the healthy backends' table here).
 pub fn with_health(
     full: VipTable,
     vip: &VipConfig,
     health: &HealthMap,
-    ring_size: u32,
-    hash_seed: u32,
+    build: impl FnOnce(&VipConfig) -> VipTable,
 ) -> VipTable {
     let id = VipId::of(vip);
     let down: BTreeSet<IpAddr> = vip
@@ -100,23 +101,35 @@ pub fn with_health(
     }
     let mut healthy = vip.clone();
     healthy.backends.retain(|b| !down.contains(&b.address));
-    let fallback = model::vip_table(&healthy, ring_size, hash_seed);
+    let fallback = build(&healthy);
     if fallback.slots.is_empty() {
         return full;
     }
+    // Per backend index, not per slot: whether it is down (in `full`), and where each
+    // fallback backend sits in `full`.
+    let is_down: Vec<bool> = full
+        .backends
+        .iter()
+        .map(|b| down.contains(&b.address()))
+        .collect();
     let index: BTreeMap<IpAddr, u32> = full
         .backends
         .iter()
         .enumerate()
         .map(|(i, b)| (b.address(), i as u32))
         .collect();
+    let to_full: Vec<u32> = fallback
+        .backends
+        .iter()
+        .map(|b| index[&b.address()])
+        .collect();
     let slots = full
         .slots
         .iter()
-        .zip(fallback.slot_addresses())
-        .map(|(&i, alt)| {
-            if down.contains(&full.backends[i as usize].address()) {
-                index[&alt]
+        .zip(&fallback.slots)
+        .map(|(&i, &alt)| {
+            if is_down[i as usize] {
+                to_full[alt as usize]
             } else {
                 i
             }

@@ -13,13 +13,14 @@ impl<S: Sink> Controller<S> {
             .map(|v| {
                 let id = VipId::of(v);
                 let table = self.tables.get(&id);
-                let mut slots: BTreeMap<IpAddr, usize> = BTreeMap::new();
-                if let Some(t) = table {
-                    for a in t.slot_addresses() {
-                        *slots.entry(a).or_default() += 1;
-                    }
-                }
-                let eff = self.effective.vips.iter().find(|e| VipId::of(e) == id);
+                let facts = self.facts.get(&id);
+                let effective: BTreeMap<IpAddr, u32> = self
+                    .effective
+                    .vips
+                    .iter()
+                    .find(|e| VipId::of(e) == id)
+                    .map(|e| e.backends.iter().map(|b| (b.address, b.weight)).collect())
+                    .unwrap_or_default();
                 let all_down = !v.backends.is_empty()
                     && v.backends
                         .iter()
@@ -34,9 +35,7 @@ impl<S: Sink> Controller<S> {
                             Some(true) => Health::Healthy,
                             Some(false) => Health::Unhealthy,
                         };
-                        let weight = eff
-                            .and_then(|e| e.backends.iter().find(|x| x.address == b.address))
-                            .map_or(0, |x| x.weight);
+                        let weight = effective.get(&b.address).copied().unwrap_or(0);
                         BackendStatus {
                             address: b.address,
                             local: self.local.contains(&b.address),
@@ -52,7 +51,9 @@ impl<S: Sink> Controller<S> {
                             health_settled: v.health.is_none()
                                 || (health != Health::Pending
                                     && self.settled.contains(&(id, b.address))),
-                            slots: slots.get(&b.address).copied().unwrap_or(0),
+                            slots: facts
+                                .and_then(|f| f.slots.get(&b.address).copied())
+                                .unwrap_or(0),
                         }
                     })
                     .collect();
@@ -71,7 +72,7 @@ impl<S: Sink> Controller<S> {
                         .and_then(|b| b.prefixes.get(&id.address).cloned()),
                     vip: id,
                     state,
-                    fingerprint: table.and_then(VipTable::fingerprint),
+                    fingerprint: facts.and_then(|f| f.fingerprint.clone()),
                     health_check: v.health.as_ref().map(|h| {
                         format!(
                             "{} port {}{} every {} ms, timeout {} ms, rise {}, fall {}",
@@ -145,48 +146,61 @@ impl<S: Sink> Controller<S> {
     }
 
     /// Records a health transition of a checked backend and republishes its VIP.
-    /// Verdicts that arrived together.
-    pub fn set_health_verdicts(
-        &mut self,
-        verdicts: impl IntoIterator<Item = (VipId, IpAddr, bool)>,
-        detail: &str,
-    ) {
-        for (vip, backend, healthy) in verdicts {
-            self.set_health(vip, backend, healthy, detail);
-        }
+    pub fn set_health(&mut self, vip: VipId, backend: IpAddr, healthy: bool, detail: &str) {
+        self.set_health_verdicts([(vip, backend, healthy, detail)]);
     }
 
-    pub fn set_health(&mut self, vip: VipId, backend: IpAddr, healthy: bool, detail: &str) {
-        if !self.checks().contains_key(&(vip, backend)) {
-            return; // a check of a backend a reload removed, reporting late
+    /// Verdicts that arrived together, published in one write: a burst of verdicts (a switch
+    /// failing takes many backends at once) builds each changed VIP's table once.
+    /// Each verdict: the VIP, the backend, healthy or not, and what the check saw.
+    pub fn set_health_verdicts<'a>(
+        &mut self,
+        verdicts: impl IntoIterator<Item = (VipId, IpAddr, bool, &'a str)>,
+    ) {
+        let checks = self.checks();
+        let mut changed = BTreeSet::new();
+        let mut first = false;
+        for (vip, backend, healthy, detail) in verdicts {
+            if !checks.contains_key(&(vip, backend)) {
+                continue; // a check of a backend a reload removed, reporting late
+            }
+            let old = self.health.insert((vip, backend), healthy);
+            // Pending counts as healthy: a first "healthy" verdict changes no table.
+            if old.unwrap_or(true) == healthy {
+                if old.is_none() {
+                    info!(vip = %vip, backend = %backend, "backend healthy (first check)");
+                    first = true;
+                }
+                continue;
+            }
+            if healthy {
+                info!(vip = %vip, backend = %backend, check = detail, "backend healthy: returns to the VIP's table");
+            } else {
+                warn!(vip = %vip, backend = %backend, check = detail, "backend unhealthy: leaves the VIP's table");
+            }
+            changed.insert(vip);
         }
-        let old = self.health.insert((vip, backend), healthy);
-        // Pending counts as healthy: a first "healthy" verdict changes no table.
-        if old.unwrap_or(true) == healthy {
-            if old.is_none() {
-                info!(vip = %vip, backend = %backend, "backend healthy (first check)");
+        if changed.is_empty() {
+            if first {
                 // No table changes, but a pending backend does not count for announcement.
                 self.sync_announce();
                 self.write_state_file();
             }
             return;
         }
-        if healthy {
-            info!(vip = %vip, backend = %backend, check = detail, "backend healthy: returns to the VIP's table");
-        } else {
-            warn!(vip = %vip, backend = %backend, check = detail, "backend unhealthy: leaves the VIP's table");
-        }
         if let Err(e) = self.publish("health") {
             error!(error = %error_chain(&e), "writing the maps after a health change");
         }
-        if let Some(v) = self.base.vips.iter().find(|v| VipId::of(v) == vip) {
-            let down = v
-                .backends
-                .iter()
-                .filter(|b| self.health.get(&(vip, b.address)) == Some(&false))
-                .count();
-            if !v.backends.is_empty() && down == v.backends.len() {
-                error!(vip = %vip, backends = down, "all backends down: failing open, the VIP keeps its table without health");
+        for vip in changed {
+            if let Some(v) = self.base.vips.iter().find(|v| VipId::of(v) == vip) {
+                let down = v
+                    .backends
+                    .iter()
+                    .filter(|b| self.health.get(&(vip, b.address)) == Some(&false))
+                    .count();
+                if !v.backends.is_empty() && down == v.backends.len() {
+                    error!(vip = %vip, backends = down, "all backends down: failing open, the VIP keeps its table without health");
+                }
             }
         }
     }

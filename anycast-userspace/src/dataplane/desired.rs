@@ -44,6 +44,17 @@ impl DesiredState {
     /// Runs [`Config::check_local`] (remote backends need a tunnel source of their family) and
     /// builds every VIP's table.
     pub fn new(config: &Config, local: &BTreeSet<IpAddr>) -> Result<Self, ConfigError> {
+        let a = &config.agent;
+        Self::with_tables(config, local, |v| vip_table(v, a.ring_size, a.hash_seed))
+    }
+
+    /// Like [`DesiredState::new`], with each VIP's table from `table` (a cache of tables
+    /// already built, in the controller).
+    pub fn with_tables(
+        config: &Config,
+        local: &BTreeSet<IpAddr>,
+        mut table: impl FnMut(&crate::config::VipConfig) -> VipTable,
+    ) -> Result<Self, ConfigError> {
         config.check_local(local)?;
         let a = &config.agent;
         let mut flags = 0;
@@ -84,7 +95,7 @@ impl DesiredState {
             .iter()
             .map(|v| {
                 let start = Instant::now();
-                let table = vip_table(v, a.ring_size, a.hash_seed);
+                let table = table(v);
                 DesiredVip {
                     key: vip_key(v.address, v.port, v.protocol.number()),
                     label: v.label(),

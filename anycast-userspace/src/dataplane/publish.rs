@@ -272,12 +272,14 @@ impl Publisher {
 
         let m = g.ring_size;
         for v in &desired.vips {
-            let ids: Vec<u32> = v
+            // One id lookup per backend, not per slot.
+            let id_of: Vec<u32> = v
                 .table
-                .slots
+                .backends
                 .iter()
-                .map(|&i| self.backend_ids[&v.table.backends[i as usize].address()])
+                .map(|b| self.backend_ids[&b.address()])
                 .collect();
+            let ids: Vec<u32> = v.table.slots.iter().map(|&i| id_of[i as usize]).collect();
             let existing = self.vips.get(&v.key).cloned();
             let (vip_id, live, prev) = match &existing {
                 Some(e) => (e.value.vip_id, e.value.table, e.value.prev_table),
@@ -370,20 +372,30 @@ impl Publisher {
 
         // Ids of addresses no longer configured are released once no live or previous table
         // can send a packet to them.
-        let referenced: BTreeSet<u32> = self
-            .vips
-            .values()
-            .flat_map(|e| [e.value.table, e.value.prev_table])
-            .filter(|&t| t != NO_TABLE)
-            .filter_map(|t| self.shadow.get(&t))
-            .flat_map(|ids| ids.iter().copied())
-            .collect();
-        let stale: Vec<(IpAddr, u32)> = self
+        let mut stale: Vec<(IpAddr, u32)> = self
             .backend_ids
             .iter()
-            .filter(|(a, id)| !desired.backends.contains_key(a) && !referenced.contains(id))
+            .filter(|(a, _)| !desired.backends.contains_key(a))
             .map(|(a, id)| (*a, *id))
             .collect();
+        if !stale.is_empty() {
+            // Ids are below max_backends: a bitmap, not a set of every slot of every table.
+            let mut referenced = vec![false; g.max_backends as usize];
+            for ids in self
+                .vips
+                .values()
+                .flat_map(|e| [e.value.table, e.value.prev_table])
+                .filter(|&t| t != NO_TABLE)
+                .filter_map(|t| self.shadow.get(&t))
+            {
+                for &id in ids {
+                    if let Some(r) = referenced.get_mut(id as usize) {
+                        *r = true;
+                    }
+                }
+            }
+            stale.retain(|(_, id)| !referenced.get(*id as usize).copied().unwrap_or(false));
+        }
         for (a, id) in stale {
             // A zeroed record (family 0) tells the program that tracked connections still
             // pointing at this id have lost their backend.

@@ -28,6 +28,13 @@ pub struct VipTable {
     pub slots: Vec<u32>,
 }
 
+/// A table's fingerprint and its slots per backend address ([`VipTable::facts`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TableFacts {
+    pub fingerprint: Option<String>,
+    pub slots: std::collections::BTreeMap<IpAddr, usize>,
+}
+
 impl VipTable {
     /// A stable fingerprint of the table: each backend is named by FNV-1a (64-bit) over its
     /// family byte and 16 address bytes; the fingerprint is FNV-1a over those names slot by slot
@@ -55,6 +62,28 @@ impl VipTable {
             .iter()
             .fold(OFFSET, |h, &i| (h ^ names[i as usize]).wrapping_mul(PRIME));
         Some(format!("{h:016x}"))
+    }
+
+    /// Slots per backend, indexed like `backends`: one pass over the table.
+    pub fn slot_counts(&self) -> Vec<usize> {
+        let mut counts = vec![0; self.backends.len()];
+        for &i in &self.slots {
+            counts[i as usize] += 1;
+        }
+        counts
+    }
+
+    /// What status and the diff report of this table, computed once per table build.
+    pub fn facts(&self) -> TableFacts {
+        TableFacts {
+            fingerprint: self.fingerprint(),
+            slots: self
+                .backends
+                .iter()
+                .map(MaglevBackend::address)
+                .zip(self.slot_counts())
+                .collect(),
+        }
     }
 
     /// The backend address each slot sends packets to.

@@ -33,7 +33,8 @@ const MAGLEV_RUNS: usize = 7;
 /// The fixture namespace's edge (acf0, 198.18.0.1 / fd00:18::1) with one VIP per path:
 /// IPv4 and IPv6 VIPs on IPv4 and IPv6 remote backends, and a VIP whose backend is this host.
 fn config() -> Config {
-    let vip = |address: &str, backend: &str| VipBuilder::new(address, 80, "tcp").backend(backend, 1);
+    let vip =
+        |address: &str, backend: &str| VipBuilder::new(address, 80, "tcp").backend(backend, 1);
     ConfigBuilder::reference()
         .agent("interfaces", vec![net::DEV])
         .agent("tunnel_source", net::EDGE_V4.to_string())
@@ -156,10 +157,17 @@ fn paths() -> Vec<Path> {
     ]
 }
 
+mod control_plane;
+
 fn main() {
     if !nix::unistd::geteuid().is_root() {
         eprintln!("anycast-bench needs root (BPF_PROG_TEST_RUN, network namespaces)");
         std::process::exit(2);
+    }
+    // `anycast-bench control`: the control plane's latency alone.
+    if std::env::args().nth(1).as_deref() == Some("control") {
+        control_plane::run();
+        return;
     }
     let mut config = config();
     let local: BTreeSet<IpAddr> = [IpAddr::V4(net::EDGE_V4), IpAddr::V6(net::EDGE_V6)].into();
@@ -267,6 +275,7 @@ fn main() {
     println!("\n(weights 1..3, cycling; IPv4 backends)");
 
     table_io(&config);
+    control_plane::run();
 }
 
 /// Writing and reading one 65,537-slot table of `RINGS`: element by element (one `bpf(2)` call
