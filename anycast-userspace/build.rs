@@ -1,7 +1,7 @@
 use anyhow::{Context as _, anyhow};
 use aya_build::Toolchain;
 
-/// Builds the XDP program (anycast-ebpf) for bpfel-unknown-none with the nightly toolchain and
+/// Builds the XDP program (anycast-ebpf) for bpfel-unknown-none with the pinned nightly toolchain and
 /// bpf-linker, into OUT_DIR, where `src/dataplane` embeds it. `cargo xtask setup` installs what this
 /// needs. AYA_BUILD_SKIP=1 skips it (lint-only jobs).
 fn main() -> anyhow::Result<()> {
@@ -26,5 +26,21 @@ fn main() -> anyhow::Result<()> {
             .as_str(),
         ..Default::default()
     };
-    aya_build::build_ebpf([ebpf_package], Toolchain::Nightly)
+    // The nightly pinned by date (`cargo xtask setup` makes it runnable).
+    let nightly = format!(
+        "anycast-{}",
+        include_str!("../anycast-ebpf/nightly-toolchain").trim()
+    );
+    println!("cargo:rerun-if-changed=../anycast-ebpf/nightly-toolchain");
+    let runnable = std::process::Command::new("rustup")
+        .args(["run", &nightly, "rustc", "-V"])
+        .env_remove("RUSTUP_TOOLCHAIN")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !runnable {
+        return Err(anyhow!(
+            "the eBPF crate builds with {nightly} (anycast-ebpf/nightly-toolchain), which rustup cannot run: `cargo xtask setup` makes it available"
+        ));
+    }
+    aya_build::build_ebpf([ebpf_package], Toolchain::Custom(&nightly))
 }

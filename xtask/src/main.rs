@@ -128,17 +128,24 @@ fn lint() -> anyhow::Result<()> {
     // builds it); its own target directory keeps the host build's cache intact.
     let ebpf_target = target_dir()?.join("ebpf-clippy");
     let mut ebpf = std::process::Command::new("rustup");
-    ebpf.args(["run", "nightly", "cargo", "clippy", "-p", "anycast-ebpf"])
-        .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core"])
-        .arg("--target-dir")
-        .arg(&ebpf_target)
-        .args(["--", "-D", "warnings"])
-        .current_dir(&root)
-        // The stable toolchain that runs xtask must not leak into the nightly cargo.
-        .env_remove("CARGO")
-        .env_remove("RUSTC")
-        .env_remove("RUSTUP_TOOLCHAIN")
-        .env_remove("CARGO_TARGET_DIR");
+    ebpf.args([
+        "run",
+        &setup::nightly(),
+        "cargo",
+        "clippy",
+        "-p",
+        "anycast-ebpf",
+    ])
+    .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core"])
+    .arg("--target-dir")
+    .arg(&ebpf_target)
+    .args(["--", "-D", "warnings"])
+    .current_dir(&root)
+    // The stable toolchain that runs xtask must not leak into the nightly cargo.
+    .env_remove("CARGO")
+    .env_remove("RUSTC")
+    .env_remove("RUSTUP_TOOLCHAIN")
+    .env_remove("CARGO_TARGET_DIR");
     run(&mut ebpf)
 }
 

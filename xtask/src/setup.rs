@@ -32,7 +32,21 @@ const APT_PACKAGES: &[&str] = &[
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
+/// The nightly toolchain the eBPF crate builds with, pinned by date in one file
+/// (`anycast-ebpf/nightly-toolchain`, read by anycast-userspace's build script too), so that a
+/// fresh machine builds the object CI built.
+pub fn pinned() -> &'static str {
+    include_str!("../../anycast-ebpf/nightly-toolchain").trim()
+}
+
+/// The rustup toolchain the eBPF crate is built with: the pinned nightly, linked by setup under
+/// this name (rustup keeps official names like `nightly-2026-05-20` for its own downloads).
+pub fn nightly() -> String {
+    format!("anycast-{}", pinned())
+}
+
 pub fn setup() -> anyhow::Result<()> {
+    pinned_nightly()?;
     let major = llvm_major()?;
     println!("setup: nightly rustc uses LLVM {major}");
 
@@ -78,6 +92,23 @@ pub fn setup() -> anyhow::Result<()> {
             "nightly",
         ]))?;
     }
+    // `cargo xtask lint`: rustfmt and clippy on the host toolchain, clippy on the pinned nightly.
+    for (toolchain, component) in [
+        ("stable", "rustfmt"),
+        ("stable", "clippy"),
+        ("nightly", "clippy"),
+    ] {
+        if !component_installed(toolchain, component) {
+            println!("setup: adding {component} to {toolchain}");
+            run(Command::new("rustup").args([
+                "component",
+                "add",
+                component,
+                "--toolchain",
+                toolchain,
+            ]))?;
+        }
+    }
 
     match linker {
         LinkerState::Good => {
@@ -119,10 +150,85 @@ fn apt() -> Command {
     c
 }
 
-/// LLVM major version of the nightly toolchain, from the `LLVM version: 22.1.4` line.
+/// Makes the pinned nightly runnable as [`nightly`]: a link to the machine's `nightly` when that
+/// is the pinned build (its channel manifest carries the date), or to `nightly-<date>` installed
+/// by rustup (needs the network).
+fn pinned_nightly() -> anyhow::Result<()> {
+    let (pinned, name) = (pinned(), nightly());
+    let date = pinned.strip_prefix("nightly-").unwrap_or(pinned);
+    if sysroot(&name).is_some_and(|root| channel_date(&root).as_deref() == Some(date)) {
+        println!("setup: {pinned} present ({name})");
+        return Ok(());
+    }
+    let base = if sysroot("nightly")
+        .is_some_and(|root| channel_date(&root).as_deref() == Some(date))
+    {
+        "nightly"
+    } else {
+        println!("setup: installing {pinned} (the machine's nightly is another build)");
+        run(Command::new("rustup").args([
+            "toolchain",
+            "install",
+            pinned,
+            "--profile",
+            "minimal",
+            "--component",
+            "rust-src,clippy",
+        ]))
+        .with_context(|| {
+            format!(
+                "the eBPF crate is pinned to {pinned} (anycast-ebpf/nightly-toolchain); install it, or change the pin deliberately"
+            )
+        })?;
+        pinned
+    };
+    // Components go to the real toolchain: a linked one takes none, and shares its directory.
+    for component in ["rust-src", "clippy"] {
+        if !component_installed(base, component) {
+            run(Command::new("rustup").args(["component", "add", component, "--toolchain", base]))?;
+        }
+    }
+    let root = sysroot(base).context("the toolchain just checked has no sysroot")?;
+    println!("setup: {base} is {pinned}: linking it as {name}");
+    run(Command::new("rustup").args(["toolchain", "link", &name, &root]))
+}
+
+fn sysroot(toolchain: &str) -> Option<String> {
+    output("rustup", &["run", toolchain, "rustc", "--print", "sysroot"])
+        .map(|s| s.trim().to_owned())
+}
+
+/// The date of the rustup channel a toolchain's sysroot came from.
+fn channel_date(sysroot: &str) -> Option<String> {
+    let manifest =
+        std::path::Path::new(sysroot).join("lib/rustlib/multirust-channel-manifest.toml");
+    manifest_date(&std::fs::read_to_string(manifest).ok()?).map(str::to_owned)
+}
+
+/// `date = "2026-05-20"` of a rustup channel manifest.
+fn manifest_date(manifest: &str) -> Option<&str> {
+    manifest
+        .lines()
+        .find_map(|l| l.strip_prefix("date = "))
+        .map(|d| d.trim().trim_matches('"'))
+}
+
+fn component_installed(toolchain: &str, component: &str) -> bool {
+    output(
+        "rustup",
+        &["component", "list", "--toolchain", toolchain, "--installed"],
+    )
+    .is_some_and(|s| {
+        s.lines()
+            .any(|l| l.trim() == component || l.starts_with(&format!("{component}-")))
+    })
+}
+
+/// LLVM major version of the pinned nightly, from the `LLVM version: 22.1.4` line.
 fn llvm_major() -> anyhow::Result<u32> {
-    let vv = output("rustup", &["run", "nightly", "rustc", "-vV"])
-        .context("`rustup run nightly rustc -vV` failed: install the nightly toolchain (rustup toolchain install nightly)")?;
+    let name = nightly();
+    let vv = output("rustup", &["run", &name, "rustc", "-vV"])
+        .with_context(|| format!("`rustup run {name} rustc -vV` failed"))?;
     parse_llvm_major(&vv).with_context(|| format!("no `LLVM version:` line in:\n{vv}"))
 }
 
@@ -138,14 +244,12 @@ fn dpkg_installed(package: &str) -> bool {
         .is_some_and(|s| s.trim() == "install ok installed")
 }
 
+/// rust-src in the pinned nightly's sysroot (a linked toolchain lists no components).
 fn rust_src_installed() -> bool {
-    output(
-        "rustup",
-        &["component", "list", "--toolchain", "nightly", "--installed"],
-    )
-    .is_some_and(|s| {
-        s.lines()
-            .any(|l| l.trim() == "rust-src" || l.starts_with("rust-src-"))
+    sysroot(&nightly()).is_some_and(|root| {
+        std::path::Path::new(&root)
+            .join("lib/rustlib/src/rust/library/core")
+            .is_dir()
     })
 }
 
@@ -216,5 +320,16 @@ mod tests {
         let vv = "rustc 1.97.0-nightly (e50aa6fba 2026-05-19)\nbinary: rustc\nhost: x86_64-unknown-linux-gnu\nLLVM version: 22.1.4\n";
         assert_eq!(parse_llvm_major(vv), Some(22));
         assert_eq!(parse_llvm_major("rustc 1.0\n"), None);
+    }
+
+    #[test]
+    fn the_pin_is_a_dated_nightly_and_manifests_give_their_date() {
+        let pinned = pinned();
+        let date = pinned.strip_prefix("nightly-").expect("nightly-YYYY-MM-DD");
+        assert_eq!(nightly(), format!("anycast-{pinned}"));
+        assert_eq!(date.len(), 10, "{pinned}");
+        let manifest = "manifest-version = \"2\"\ndate = \"2026-05-20\"\n[pkg.rustc]\n";
+        assert_eq!(manifest_date(manifest), Some("2026-05-20"));
+        assert_eq!(manifest_date("[pkg.rustc]\n"), None);
     }
 }
