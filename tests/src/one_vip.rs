@@ -7,12 +7,12 @@
 use std::net::Ipv4Addr;
 
 use anycast_common::{
-    BACKEND_F_LOCAL, Backend, CFG_F_HAS_SRC_V4, DataplaneConfig, FAMILY_V4, GUE_DEFAULT_PORT,
-    NO_TABLE, PROTO_TCP, VipKey, VipValue,
+    BACKEND_F_LOCAL, CFG_F_HAS_SRC_V4, DataplaneConfig, GUE_DEFAULT_PORT, NO_TABLE, PROTO_TCP,
+    VipKey,
 };
 
 use crate::fixture::{Dataplane, Sizes, net};
-use crate::packet::V4;
+use crate::packet::{self, V4};
 
 pub const RING: u32 = 13;
 pub const SIZES: Sizes = Sizes {
@@ -56,19 +56,10 @@ pub fn config(encap: u8, udp_timeout_s: u32, insert_limit: u32) -> DataplaneConf
     }
 }
 
+/// Writes backend `id` (its address, `BACKEND_F_LOCAL` for `LOCAL`) with `generation`.
 pub fn set_backend(dp: &mut Dataplane, id: u32, generation: u16) {
-    let mut addr_be = [0u8; 16];
-    addr_be[..4].copy_from_slice(&backend_addr(id).octets());
     let flags = if id == LOCAL { BACKEND_F_LOCAL } else { 0 };
-    dp.set_backend(
-        id,
-        Backend {
-            addr_be,
-            family: FAMILY_V4,
-            flags,
-            generation,
-        },
-    );
+    dp.set_backend_addr(id, backend_addr(id).into(), flags, generation);
 }
 
 /// The three backends (generation 1) and `cfg`.
@@ -87,16 +78,13 @@ pub fn publish(dp: &mut Dataplane, proto: u8, table: u32, id: u32) {
 
 /// [`publish`] with `prev_table` named as the VIP's previous table (second chance).
 pub fn publish_change(dp: &mut Dataplane, proto: u8, table: u32, id: u32, prev_table: u32) {
-    dp.set_table(table, &vec![id; RING as usize]);
-    dp.set_vip(
-        VipKey::v4(VIP.octets(), 0, proto),
-        VipValue {
-            vip_id: VIP_ID,
-            table,
-            prev_table,
-            flags: 0,
-        },
-    );
+    let ring = vec![id; RING as usize];
+    dp.publish_vip(vip_key(proto), VIP_ID, table, Some(&ring), prev_table);
+}
+
+/// The VIP's key for `proto` (port 0: every port).
+pub fn vip_key(proto: u8) -> VipKey {
+    VipKey::v4(VIP.octets(), 0, proto)
 }
 
 /// A 20-byte TCP header from `sport` to port 80 with `flags` (checksum left zero: the program
@@ -112,6 +100,11 @@ pub fn tcp_segment(sport: u16, flags: u8) -> Vec<u8> {
 /// An IPv4 packet (no Ethernet header) from `src` to the VIP carrying [`tcp_segment`].
 pub fn tcp_packet(src: Ipv4Addr, sport: u16, flags: u8) -> Vec<u8> {
     V4::new(src, VIP).raw(PROTO_TCP, &tcp_segment(sport, flags))
+}
+
+/// [`tcp_packet`] from [`CLIENT`] in an Ethernet frame from the router.
+pub fn tcp_frame(sport: u16, flags: u8) -> Vec<u8> {
+    packet::frame(None, &tcp_packet(CLIENT, sport, flags))
 }
 
 /// How much `counter` grew between two [`Dataplane::stats`] snapshots.

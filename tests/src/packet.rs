@@ -4,7 +4,7 @@
 //! Everything returns plain `Vec<u8>` so a fixture can cut, pad or corrupt bytes at any layer.
 //! Builders panic on impossible values (a test's own mistake), they never return errors.
 
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use anycast_common::hash;
 use etherparse::{
@@ -98,17 +98,12 @@ impl V4 {
 
     /// IPv4 + TCP (data offset 5, flags ACK|PSH, valid checksum).
     pub fn tcp(&self, sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
-        let mut t = tcp_header(sport, dport);
-        let ip = self.header(6, t.header_len() + payload.len());
-        t.checksum = t.calc_checksum_ipv4(&ip, payload).expect("tcp checksum");
-        cat(&[&ip.to_bytes(), &t.to_bytes(), payload])
+        tcp_packet(|len| Ip::V4(self.header(6, len)), sport, dport, payload)
     }
 
     /// IPv4 + UDP with a valid checksum.
     pub fn udp(&self, sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
-        let ip = self.header(17, 8 + payload.len());
-        let u = UdpHeader::with_ipv4_checksum(sport, dport, &ip, payload).expect("udp");
-        cat(&[&ip.to_bytes(), &u.to_bytes(), payload])
+        udp_packet(|len| Ip::V4(self.header(17, len)), sport, dport, payload)
     }
 
     /// IPv4 + UDP with checksum 0 ("no checksum", RFC 768).
@@ -163,17 +158,14 @@ impl V6 {
         }
     }
 
+    /// IPv6 + TCP (data offset 5, flags ACK|PSH, valid checksum).
     pub fn tcp(&self, sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
-        let mut t = tcp_header(sport, dport);
-        let ip = self.header(6, t.header_len() + payload.len());
-        t.checksum = t.calc_checksum_ipv6(&ip, payload).expect("tcp checksum");
-        cat(&[&ip.to_bytes(), &t.to_bytes(), payload])
+        tcp_packet(|len| Ip::V6(self.header(6, len)), sport, dport, payload)
     }
 
+    /// IPv6 + UDP with a valid checksum.
     pub fn udp(&self, sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
-        let ip = self.header(17, 8 + payload.len());
-        let u = UdpHeader::with_ipv6_checksum(sport, dport, &ip, payload).expect("udp");
-        cat(&[&ip.to_bytes(), &u.to_bytes(), payload])
+        udp_packet(|len| Ip::V6(self.header(17, len)), sport, dport, payload)
     }
 
     /// IPv6 header with next header `next` followed by `payload` as is.
@@ -183,12 +175,65 @@ impl V6 {
     }
 }
 
-fn tcp_header(sport: u16, dport: u16) -> TcpHeader {
+/// An IP header of either family, so that the transport builders are written once.
+enum Ip {
+    V4(Ipv4Header),
+    V6(Ipv6Header),
+}
+
+impl Ip {
+    fn to_bytes(&self) -> Vec<u8> {
+        match self {
+            Ip::V4(h) => h.to_bytes().to_vec(),
+            Ip::V6(h) => h.to_bytes().to_vec(),
+        }
+    }
+
+    /// A UDP header with the checksum over this IP header's pseudo-header.
+    fn udp(&self, sport: u16, dport: u16, payload: &[u8]) -> UdpHeader {
+        match self {
+            Ip::V4(h) => UdpHeader::with_ipv4_checksum(sport, dport, h, payload),
+            Ip::V6(h) => UdpHeader::with_ipv6_checksum(sport, dport, h, payload),
+        }
+        .expect("udp")
+    }
+}
+
+/// `ip(payload length)` + TCP (data offset 5, flags ACK|PSH, valid checksum) + `payload`.
+fn tcp_packet(ip: impl FnOnce(usize) -> Ip, sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
     let mut t = TcpHeader::new(sport, dport, 0x0102_0304, 0xfaf0);
     t.acknowledgment_number = 0x0a0b_0c0d;
     t.ack = true;
     t.psh = true;
-    t
+    let ip = ip(t.header_len() + payload.len());
+    t.checksum = match &ip {
+        Ip::V4(h) => t.calc_checksum_ipv4(h, payload),
+        Ip::V6(h) => t.calc_checksum_ipv6(h, payload),
+    }
+    .expect("tcp checksum");
+    cat(&[&ip.to_bytes(), &t.to_bytes(), payload])
+}
+
+/// `ip(payload length)` + UDP with a valid checksum + `payload`.
+fn udp_packet(ip: impl FnOnce(usize) -> Ip, sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
+    let ip = ip(8 + payload.len());
+    let u = ip.udp(sport, dport, payload);
+    cat(&[&ip.to_bytes(), &u.to_bytes(), payload])
+}
+
+/// An IP packet from `src` to `dst` (one family) carrying TCP (as [`V4::tcp`]) or UDP (as
+/// [`V4::udp`]), for tests that build packets from a flow's addresses.
+pub fn l4_packet(proto: u8, src: SocketAddr, dst: SocketAddr, payload: &[u8]) -> Vec<u8> {
+    let ip = |len| match (src.ip(), dst.ip()) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => Ip::V4(V4::new(s, d).header(proto, len)),
+        (IpAddr::V6(s), IpAddr::V6(d)) => Ip::V6(V6::new(s, d).header(proto, len)),
+        _ => panic!("{src} -> {dst}: addresses of two families"),
+    };
+    match proto {
+        6 => tcp_packet(ip, src.port(), dst.port(), payload),
+        17 => udp_packet(ip, src.port(), dst.port(), payload),
+        other => panic!("protocol {other} is neither TCP nor UDP"),
+    }
 }
 
 /// Concatenates byte slices.
@@ -355,58 +400,42 @@ fn outer_header(
     gue: Option<Gue>,
     udp_zero: bool,
 ) -> Vec<u8> {
-    match outer {
+    let len = u16::try_from(payload.len() + gue.map_or(0, |_| 8)).expect("fits");
+    let next = IpNumber(if gue.is_some() { 17 } else { proto });
+    let ip = match outer {
         Outer::V4 { src, dst } => {
-            let mut ip = Ipv4Header::new(
-                u16::try_from(payload.len() + gue.map_or(0, |_| 8)).expect("fits"),
-                OUTER_TTL,
-                IpNumber(if gue.is_some() { 17 } else { proto }),
-                src.octets(),
-                dst.octets(),
-            )
-            .expect("outer IPv4");
+            let mut ip = Ipv4Header::new(len, OUTER_TTL, next, src.octets(), dst.octets())
+                .expect("outer IPv4");
             ip.dscp = IpDscp::try_new(tos >> 2).expect("dscp");
             ip.ecn = IpEcn::try_new(tos & 3).expect("ecn");
             ip.identification = 0;
             ip.dont_fragment = true;
             ip.header_checksum = ip.calc_header_checksum();
-            let mut out = ip.to_bytes().to_vec();
-            if let Some(g) = gue {
-                let mut u = UdpHeader::with_ipv4_checksum(g.src_port, g.dst_port, &ip, payload)
-                    .expect("udp");
-                if udp_zero {
-                    u.checksum = 0;
-                }
-                out.extend_from_slice(&u.to_bytes());
-            }
-            out
+            Ip::V4(ip)
         }
         Outer::V6 {
             src,
             dst,
             flow_label,
-        } => {
-            let ip = Ipv6Header {
-                traffic_class: tos,
-                flow_label: Ipv6FlowLabel::try_new(flow_label).expect("flow label"),
-                payload_length: u16::try_from(payload.len() + gue.map_or(0, |_| 8)).expect("fits"),
-                next_header: IpNumber(if gue.is_some() { 17 } else { proto }),
-                hop_limit: OUTER_TTL,
-                source: src.octets(),
-                destination: dst.octets(),
-            };
-            let mut out = ip.to_bytes().to_vec();
-            if let Some(g) = gue {
-                let mut u = UdpHeader::with_ipv6_checksum(g.src_port, g.dst_port, &ip, payload)
-                    .expect("udp");
-                if udp_zero {
-                    u.checksum = 0;
-                }
-                out.extend_from_slice(&u.to_bytes());
-            }
-            out
+        } => Ip::V6(Ipv6Header {
+            traffic_class: tos,
+            flow_label: Ipv6FlowLabel::try_new(flow_label).expect("flow label"),
+            payload_length: len,
+            next_header: next,
+            hop_limit: OUTER_TTL,
+            source: src.octets(),
+            destination: dst.octets(),
+        }),
+    };
+    let mut out = ip.to_bytes();
+    if let Some(g) = gue {
+        let mut u = ip.udp(g.src_port, g.dst_port, payload);
+        if udp_zero {
+            u.checksum = 0;
         }
+        out.extend_from_slice(&u.to_bytes());
     }
+    out
 }
 
 /// The frame the program must emit for `input_frame` (with an optional VLAN tag, which is
@@ -443,6 +472,24 @@ pub fn encapsulated(
         ethertype,
         &cat(&[&hdr, &payload, trailer]),
     )
+}
+
+/// Outer destination address of an encapsulated frame (no VLAN tag); `None` for a frame that is
+/// not IP or too short.
+pub fn outer_dst(frame: &[u8]) -> Option<IpAddr> {
+    match u16::from_be_bytes([*frame.get(12)?, *frame.get(13)?]) {
+        ETH_P_IP => Some(IpAddr::from(<[u8; 4]>::try_from(frame.get(30..34)?).ok()?)),
+        ETH_P_IPV6 => Some(IpAddr::from(<[u8; 16]>::try_from(frame.get(38..54)?).ok()?)),
+        _ => None,
+    }
+}
+
+/// [`outer_dst`] of a frame that must have an outer IPv4 header.
+pub fn outer_dst_v4(frame: &[u8]) -> Ipv4Addr {
+    match outer_dst(frame) {
+        Some(IpAddr::V4(a)) => a,
+        other => panic!("expected an outer IPv4 header, outer destination {other:?}"),
+    }
 }
 
 /// Offset of the IP header in a frame with at most one VLAN tag.

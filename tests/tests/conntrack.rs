@@ -2,22 +2,26 @@
 //! its backend when the table changes; bare SYNs and RSTs create no state; an entry whose backend
 //! left is ignored; UDP entries age out; the per-CPU insertion limit holds.
 
-use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use anycast_common::{
-    Backend, ENCAP_IPIP, NO_TABLE, PROTO_TCP, PROTO_UDP, VipKey, VipValue, counter as c,
+use anycast_common::{Backend, ENCAP_IPIP, PROTO_TCP, PROTO_UDP, counter as c};
+use anycast_tests::fixture::{
+    Dataplane, XDP_DROP, XDP_PASS, XDP_REDIRECT, pin_to_cpu, with_program,
 };
-use anycast_tests::fixture::{Dataplane, XDP_DROP, XDP_PASS, XDP_REDIRECT, fixture_netns};
-use anycast_tests::one_vip::*;
+use anycast_tests::one_vip::{tcp_frame as tcp, *};
 use anycast_tests::packet::{self as p, V4};
 
-fn config(udp_timeout_s: u32, insert_limit: u32) -> anycast_common::DataplaneConfig {
-    anycast_tests::one_vip::config(ENCAP_IPIP, udp_timeout_s, insert_limit)
-}
-
-fn tcp(sport: u16, flags: u8) -> Vec<u8> {
-    p::frame(None, &tcp_packet(CLIENT, sport, flags))
+/// `body` with the program loaded, the three backends and IPIP with these conntrack settings.
+fn with_conntrack(
+    test: &str,
+    udp_timeout_s: u32,
+    insert_limit: u32,
+    body: impl FnOnce(&mut Dataplane) + Send,
+) {
+    with_program(test, SIZES, |dp| {
+        setup(dp, &config(ENCAP_IPIP, udp_timeout_s, insert_limit));
+        body(dp)
+    });
 }
 
 fn udp(sport: u16) -> Vec<u8> {
@@ -31,7 +35,7 @@ fn landed(dp: &Dataplane, frame: &[u8]) -> u32 {
     match r.action {
         XDP_PASS if r.output == frame => LOCAL,
         XDP_REDIRECT => {
-            let dst = Ipv4Addr::new(r.output[30], r.output[31], r.output[32], r.output[33]);
+            let dst = p::outer_dst_v4(&r.output);
             [A, B]
                 .into_iter()
                 .find(|&id| backend_addr(id) == dst)
@@ -44,20 +48,16 @@ fn landed(dp: &Dataplane, frame: &[u8]) -> u32 {
 
 #[test]
 fn tracked_tcp_flow_keeps_its_backend_when_the_table_changes() {
-    if !anycast_tests::privileged("tracked_tcp_flow_keeps_its_backend_when_the_table_changes") {
-        return;
-    }
-    fixture_netns().enter(|| {
-        let mut dp = Dataplane::load(SIZES);
-        setup(&mut dp, &config(30, 0));
-        publish(&mut dp, PROTO_TCP, 0, A);
+    let test = "tracked_tcp_flow_keeps_its_backend_when_the_table_changes";
+    with_conntrack(test, 30, 0, |dp| {
+        publish(dp, PROTO_TCP, 0, A);
 
         // The handshake's SYN follows the table and leaves no state (SYN-flood resistance).
-        assert_eq!(landed(&dp, &tcp(40000, TCP_SYN)), A);
+        assert_eq!(landed(dp, &tcp(40000, TCP_SYN)), A);
         assert_eq!(dp.conn_count(), 0, "a bare SYN must not create an entry");
         // The first ACK creates the entry.
         let before = dp.stats();
-        assert_eq!(landed(&dp, &tcp(40000, TCP_ACK)), A);
+        assert_eq!(landed(dp, &tcp(40000, TCP_ACK)), A);
         let after = dp.stats();
         assert_eq!(delta(&before, &after, c::CONN_MISS), 1);
         assert_eq!(delta(&before, &after, c::CONN_INSERT), 1);
@@ -65,45 +65,37 @@ fn tracked_tcp_flow_keeps_its_backend_when_the_table_changes() {
 
         // The table moves every slot to B: the established flow stays on A, a new flow and a
         // new handshake go to B.
-        publish(&mut dp, PROTO_TCP, 1, B);
+        publish(dp, PROTO_TCP, 1, B);
         let before = dp.stats();
         assert_eq!(
-            landed(&dp, &tcp(40000, TCP_ACK)),
+            landed(dp, &tcp(40000, TCP_ACK)),
             A,
             "established flow must keep its backend"
         );
         assert_eq!(delta(&before, &dp.stats(), c::CONN_HIT), 1);
-        assert_eq!(landed(&dp, &tcp(40001, TCP_ACK)), B);
-        assert_eq!(landed(&dp, &tcp(40002, TCP_SYN)), B);
+        assert_eq!(landed(dp, &tcp(40001, TCP_ACK)), B);
+        assert_eq!(landed(dp, &tcp(40002, TCP_SYN)), B);
 
         // A new connection reusing a tracked tuple (same ports, a SYN) follows the table, and its
         // ACKs follow it there: the old entry is gone.
-        publish(&mut dp, PROTO_TCP, 0, A);
-        assert_eq!(landed(&dp, &tcp(40010, TCP_ACK)), A);
-        publish(&mut dp, PROTO_TCP, 1, B);
-        assert_eq!(landed(&dp, &tcp(40010, TCP_ACK)), A, "tracked");
+        publish(dp, PROTO_TCP, 0, A);
+        assert_eq!(landed(dp, &tcp(40010, TCP_ACK)), A);
+        publish(dp, PROTO_TCP, 1, B);
+        assert_eq!(landed(dp, &tcp(40010, TCP_ACK)), A, "tracked");
         assert_eq!(
-            landed(&dp, &tcp(40010, TCP_SYN)),
+            landed(dp, &tcp(40010, TCP_SYN)),
             B,
             "a SYN follows the table"
         );
         assert_eq!(
-            landed(&dp, &tcp(40010, TCP_ACK)),
+            landed(dp, &tcp(40010, TCP_ACK)),
             B,
             "reused tuple must not follow the old entry"
         );
 
         // Draining to "no table at all" keeps established flows too.
-        dp.set_vip(
-            VipKey::v4(VIP.octets(), 0, PROTO_TCP),
-            VipValue {
-                vip_id: VIP_ID,
-                table: NO_TABLE,
-                prev_table: 1,
-                flags: 0,
-            },
-        );
-        assert_eq!(landed(&dp, &tcp(40000, TCP_ACK)), A);
+        dp.publish_vip(vip_key(PROTO_TCP), VIP_ID, 0, None, 1);
+        assert_eq!(landed(dp, &tcp(40000, TCP_ACK)), A);
         let r = dp.run(&tcp(40003, TCP_SYN), None).expect("test_run");
         assert_eq!(
             r.action, XDP_DROP,
@@ -114,28 +106,24 @@ fn tracked_tcp_flow_keeps_its_backend_when_the_table_changes() {
 
 #[test]
 fn rst_creates_no_entry_and_stale_entries_are_ignored() {
-    if !anycast_tests::privileged("rst_creates_no_entry_and_stale_entries_are_ignored") {
-        return;
-    }
-    fixture_netns().enter(|| {
-        let mut dp = Dataplane::load(SIZES);
-        setup(&mut dp, &config(30, 0));
-        publish(&mut dp, PROTO_TCP, 0, A);
+    let test = "rst_creates_no_entry_and_stale_entries_are_ignored";
+    with_conntrack(test, 30, 0, |dp| {
+        publish(dp, PROTO_TCP, 0, A);
 
-        assert_eq!(landed(&dp, &tcp(41000, TCP_RST | TCP_ACK)), A);
+        assert_eq!(landed(dp, &tcp(41000, TCP_RST | TCP_ACK)), A);
         assert_eq!(dp.conn_count(), 0, "RST must not create an entry");
 
-        assert_eq!(landed(&dp, &tcp(41001, TCP_ACK)), A);
-        publish(&mut dp, PROTO_TCP, 1, B);
+        assert_eq!(landed(dp, &tcp(41001, TCP_ACK)), A);
+        publish(dp, PROTO_TCP, 1, B);
         // Backend id A is given to another backend (new generation): the entry is stale and
         // the flow follows the table instead of following the id to a stranger.
-        set_backend(&mut dp, A, 2);
+        set_backend(dp, A, 2);
         let before = dp.stats();
-        assert_eq!(landed(&dp, &tcp(41001, TCP_ACK)), B);
+        assert_eq!(landed(dp, &tcp(41001, TCP_ACK)), B);
         assert_eq!(delta(&before, &dp.stats(), c::CONN_STALE), 1);
         // The miss re-created the entry, now pointing at B.
-        publish(&mut dp, PROTO_TCP, 2, A);
-        assert_eq!(landed(&dp, &tcp(41001, TCP_ACK)), B);
+        publish(dp, PROTO_TCP, 2, A);
+        assert_eq!(landed(dp, &tcp(41001, TCP_ACK)), B);
 
         // A freed id (family 0) is stale as well.
         dp.set_backend(
@@ -147,30 +135,26 @@ fn rst_creates_no_entry_and_stale_entries_are_ignored() {
                 generation: 0,
             },
         );
-        assert_eq!(landed(&dp, &tcp(41001, TCP_ACK)), A);
+        assert_eq!(landed(dp, &tcp(41001, TCP_ACK)), A);
     });
 }
 
 #[test]
 fn udp_entries_age_out_after_the_configured_idle_time() {
-    if !anycast_tests::privileged("udp_entries_age_out_after_the_configured_idle_time") {
-        return;
-    }
-    fixture_netns().enter(|| {
-        let mut dp = Dataplane::load(SIZES);
-        setup(&mut dp, &config(1, 0));
-        publish(&mut dp, PROTO_UDP, 0, A);
-        assert_eq!(landed(&dp, &udp(5000)), A);
-        publish(&mut dp, PROTO_UDP, 1, B);
+    let test = "udp_entries_age_out_after_the_configured_idle_time";
+    with_conntrack(test, 1, 0, |dp| {
+        publish(dp, PROTO_UDP, 0, A);
+        assert_eq!(landed(dp, &udp(5000)), A);
+        publish(dp, PROTO_UDP, 1, B);
         assert_eq!(
-            landed(&dp, &udp(5000)),
+            landed(dp, &udp(5000)),
             A,
             "a live UDP flow keeps its backend"
         );
         std::thread::sleep(Duration::from_millis(1300));
         let before = dp.stats();
         assert_eq!(
-            landed(&dp, &udp(5000)),
+            landed(dp, &udp(5000)),
             B,
             "an idle UDP flow is picked afresh"
         );
@@ -180,22 +164,16 @@ fn udp_entries_age_out_after_the_configured_idle_time() {
 
 #[test]
 fn insertion_limit_caps_new_entries_per_cpu_per_second() {
-    if !anycast_tests::privileged("insertion_limit_caps_new_entries_per_cpu_per_second") {
-        return;
-    }
-    fixture_netns().enter(|| {
-        let mut dp = Dataplane::load(SIZES);
-        setup(&mut dp, &config(30, 5));
-        publish(&mut dp, PROTO_UDP, 0, LOCAL);
+    let test = "insertion_limit_caps_new_entries_per_cpu_per_second";
+    with_conntrack(test, 30, 5, |dp| {
+        publish(dp, PROTO_UDP, 0, LOCAL);
         let before = dp.stats();
         // test_run executes on the calling CPU; pin the thread so all runs share one CPU's
         // budget, and send them well within one second.
-        let mut set = nix::sched::CpuSet::new();
-        set.set(0).expect("cpu 0");
-        nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set).expect("pin to cpu 0");
+        pin_to_cpu(0);
         for port in 0..10 {
             assert_eq!(
-                landed(&dp, &udp(6000 + port)),
+                landed(dp, &udp(6000 + port)),
                 LOCAL,
                 "flows still follow the table"
             );

@@ -15,7 +15,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use anycast::config::{Config, Protocol};
 use anycast::plan::model::{self, Flow, Outcome};
 use anycast_tests::fixture::{Dataplane, XDP_DROP, XDP_PASS, XDP_REDIRECT, fixture_netns, net};
-use anycast_tests::packet::{self as p, V4, V6};
+use anycast_tests::packet as p;
 
 const FLOWS: usize = 12_000;
 
@@ -155,35 +155,10 @@ fn random_flow(rng: &mut Rng, config: &Config) -> Flow {
 
 fn packet_of(flow: &Flow, payload_len: usize) -> Vec<u8> {
     let payload = vec![0x5a; payload_len];
-    let ip = match (flow.src.ip(), flow.dst.ip(), flow.protocol) {
-        (IpAddr::V4(s), IpAddr::V4(d), Protocol::Tcp) => {
-            V4::new(s, d).tcp(flow.src.port(), flow.dst.port(), &payload)
-        }
-        (IpAddr::V4(s), IpAddr::V4(d), Protocol::Udp) => {
-            V4::new(s, d).udp(flow.src.port(), flow.dst.port(), &payload)
-        }
-        (IpAddr::V6(s), IpAddr::V6(d), Protocol::Tcp) => {
-            V6::new(s, d).tcp(flow.src.port(), flow.dst.port(), &payload)
-        }
-        (IpAddr::V6(s), IpAddr::V6(d), Protocol::Udp) => {
-            V6::new(s, d).udp(flow.src.port(), flow.dst.port(), &payload)
-        }
-        _ => unreachable!("flows are single-family"),
-    };
-    p::frame(None, &ip)
-}
-
-/// Outer destination address of an encapsulated frame.
-fn outer_dst(frame: &[u8]) -> Option<IpAddr> {
-    match u16::from_be_bytes([frame[12], frame[13]]) {
-        p::ETH_P_IP if frame.len() >= 34 => {
-            Some(IpAddr::from(<[u8; 4]>::try_from(&frame[30..34]).ok()?))
-        }
-        p::ETH_P_IPV6 if frame.len() >= 54 => {
-            Some(IpAddr::from(<[u8; 16]>::try_from(&frame[38..54]).ok()?))
-        }
-        _ => None,
-    }
+    p::frame(
+        None,
+        &p::l4_packet(flow.protocol.number(), flow.src, flow.dst, &payload),
+    )
 }
 
 #[test]
@@ -265,7 +240,7 @@ fn kernel_backend_choice_matches_host_model_for_random_flows() {
                 }
                 Outcome::Encap { backend, .. } => (
                     format!("encap {backend}"),
-                    r.action == XDP_REDIRECT && outer_dst(&r.output) == Some(*backend),
+                    r.action == XDP_REDIRECT && p::outer_dst(&r.output) == Some(*backend),
                 ),
                 Outcome::NoTunnelSource { .. } => {
                     ("no_tunnel_source".to_string(), r.action == XDP_DROP)
@@ -276,7 +251,7 @@ fn kernel_backend_choice_matches_host_model_for_random_flows() {
                 mismatches.push(format!(
                     "{decision}\n    kernel: {} outer dst {:?}",
                     anycast_tests::fixture::action_name(r.action),
-                    outer_dst(&r.output)
+                    p::outer_dst(&r.output)
                 ));
             }
         }

@@ -15,17 +15,18 @@
 //! Every run happens on one CPU (the test thread is pinned), so the per-CPU rate limit sees all
 //! of them and `cpu=` is known.
 
+use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anycast::dataplane::program_log::ProgramLog;
 use anycast_common::{
-    AddrKey, Backend, CFG_F_HAS_SRC_V4, CFG_F_HAS_SRC_V6, DataplaneConfig, ENCAP_IPIP,
-    GUE_DEFAULT_PORT, LOG_INTERVAL_NS, NO_TABLE, PROTO_TCP, VipKey, VipValue, counter, event,
+    AddrKey, CFG_F_HAS_SRC_V4, CFG_F_HAS_SRC_V6, DataplaneConfig, ENCAP_IPIP, GUE_DEFAULT_PORT,
+    LOG_INTERVAL_NS, NO_TABLE, PROTO_TCP, VipKey, counter, event,
 };
 use anycast_tests::fixture::{
-    Dataplane, Sizes, XDP_DROP, XDP_PASS, XDP_TX, fixture_netns, ifindex, net,
+    Dataplane, Sizes, XDP_DROP, XDP_PASS, XDP_TX, fixture_netns, ifindex, net, pin_to_cpu,
 };
 use anycast_tests::packet::{self as p, V4, V6};
 
@@ -85,16 +86,7 @@ fn config(conn_insert_limit: u32) -> DataplaneConfig {
 
 fn setup(dp: &mut Dataplane) {
     for (id, addr) in backends() {
-        let a = anycast::dataplane::addr_key_of(addr);
-        dp.set_backend(
-            id,
-            Backend {
-                addr_be: a.addr_be,
-                family: a.family,
-                flags: 0,
-                generation: 1,
-            },
-        );
+        dp.set_backend_addr(id, addr, 0, 1);
     }
     for (vip, id) in [
         (V_BAD_TABLE, Some(MISSING_ID)),
@@ -104,22 +96,9 @@ fn setup(dp: &mut Dataplane) {
         (V_OK, Some(4)),
         (V_NO_TABLE, None),
     ] {
-        let table = match id {
-            Some(id) => {
-                dp.set_table(vip, &vec![id; RING as usize]);
-                vip
-            }
-            None => NO_TABLE,
-        };
-        dp.set_vip(
-            VipKey::v4(vip_addr(vip).octets(), 80, PROTO_TCP),
-            VipValue {
-                vip_id: vip,
-                table,
-                prev_table: NO_TABLE,
-                flags: 0,
-            },
-        );
+        let ring = id.map(|id| vec![id; RING as usize]);
+        let key = VipKey::v4(vip_addr(vip).octets(), 80, PROTO_TCP);
+        dp.publish_vip(key, vip, vip, ring.as_deref(), NO_TABLE);
     }
     dp.add_local(AddrKey::v4(net::EDGE_V4.octets()));
     dp.add_local(AddrKey::v6(net::EDGE_V6.octets()));
@@ -134,6 +113,11 @@ fn to_vip(vip: u32, sport: u16, payload: usize) -> Vec<u8> {
         None,
         &V4::new(CLIENT_V4, vip_addr(vip)).tcp(sport, 80, &vec![0x5a; payload]),
     )
+}
+
+/// A TCP segment from the client to this host's own address (not a VIP).
+fn to_local() -> Vec<u8> {
+    p::frame(None, &V4::new(CLIENT_V4, net::EDGE_V4).tcp(1, 22, b"x"))
 }
 
 fn inner_v4() -> Vec<u8> {
@@ -188,10 +172,7 @@ impl Bench {
     /// Loads the program with `log_level`, fills the maps, pins this thread to [`CPU`]. Call
     /// from inside the fixture namespace.
     fn new(log_level: u8) -> Bench {
-        let mut cpus = nix::sched::CpuSet::new();
-        cpus.set(CPU).expect("cpu set");
-        nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &cpus)
-            .expect("pinning the test thread to one CPU");
+        pin_to_cpu(CPU);
         let mut dp = Dataplane::load_with_log_level(SIZES, log_level);
         setup(&mut dp);
         let got = Capture::default();
@@ -205,20 +186,21 @@ impl Bench {
         }
     }
 
-    /// Runs `frame`, checks the action and that `counter` (one of the outcome counters) grew by
+    /// Runs `s`, checks the action and that its counter (one of the outcome counters) grew by
     /// one, and returns the records it produced.
-    fn run(&mut self, what: &str, frame: &[u8], action: u32, counter: u32) -> Vec<Rec> {
-        let before = self.dp.stats()[counter as usize];
+    fn run(&mut self, s: &Step) -> Vec<Rec> {
+        let what = s.what;
+        let before = self.dp.stats()[s.counter as usize];
         let r = self
             .dp
-            .run(frame, Some(self.dev))
+            .run(&s.frame, Some(self.dev))
             .unwrap_or_else(|e| panic!("{what}: test run: {e}"));
-        assert_eq!(r.action, action, "{what}: action");
+        assert_eq!(r.action, s.action, "{what}: action");
         assert_eq!(
-            self.dp.stats()[counter as usize] - before,
+            self.dp.stats()[s.counter as usize] - before,
             1,
             "{what}: counter {}",
-            counter::NAMES[counter as usize]
+            counter::NAMES[s.counter as usize]
         );
         self.records()
     }
@@ -229,13 +211,88 @@ impl Bench {
     }
 }
 
-fn one(what: &str, got: Vec<Rec>, level: log::Level, class: u32, text: &str) {
-    let want = Rec {
+/// A frame to run, the action it must get and the outcome counter it must grow by one.
+struct Step {
+    what: &'static str,
+    frame: Vec<u8>,
+    action: u32,
+    counter: u32,
+}
+
+/// An action and the outcome counter that goes with it.
+type Outcome = (u32, u32);
+const ENCAPSULATED: Outcome = (XDP_TX, counter::ENCAP);
+const PASSED: Outcome = (XDP_PASS, counter::PASS);
+const DECAPSULATED: Outcome = (XDP_PASS, counter::DECAP);
+const NO_BACKEND: Outcome = (XDP_DROP, counter::NO_BACKEND);
+const OVERSIZE: Outcome = (XDP_DROP, counter::OVERSIZE);
+const INTERNAL_ERROR: Outcome = (XDP_DROP, counter::INTERNAL_ERROR);
+const FIB_FAIL: Outcome = (XDP_DROP, counter::FIB_FAIL);
+const DECAP_REFUSED: Outcome = (XDP_DROP, counter::DECAP_REFUSED);
+
+fn step(what: &'static str, frame: Vec<u8>, (action, counter): Outcome) -> Step {
+    Step {
+        what,
+        frame,
+        action,
+        counter,
+    }
+}
+
+/// A VIP whose table names a backend id beyond BACKENDS: dropped, an error line.
+fn bad_table() -> Step {
+    let frame = to_vip(V_BAD_TABLE, 40000, 64);
+    step("table names a missing backend", frame, INTERNAL_ERROR)
+}
+
+/// IPIP from a source outside decap_allow: dropped, a warn line.
+fn refused_v4() -> Step {
+    step(
+        "IPIP from a refused source",
+        tunnel_v4(REFUSED_V4),
+        DECAP_REFUSED,
+    )
+}
+
+/// To a VIP whose backend is blackholed: dropped, a warn line.
+fn blackholed(vip: u32) -> Step {
+    step("blackholed backend", to_vip(vip, 40000, 64), FIB_FAIL)
+}
+
+/// A record of class `class`.
+fn line(level: log::Level, class: u32, text: String) -> Rec {
+    Rec {
         level,
         class: event::NAMES[class as usize].to_owned(),
-        text: text.to_owned(),
-    };
-    assert_eq!(got, [want], "{what}");
+        text,
+    }
+}
+
+/// The decap_refused line for a tunnel packet `src` -> `dst` carrying IP protocol `proto`.
+fn decap_refused(src: IpAddr, dst: IpAddr, proto: u8, suppressed: u64) -> Rec {
+    line(
+        log::Level::Warn,
+        event::DECAP_REFUSED,
+        format!(
+            "tunnel packet from a source outside decap_allow dropped: src={src} dst={dst} proto={proto} cpu={CPU} suppressed={suppressed}"
+        ),
+    )
+}
+
+/// The decap_refused line of [`refused_v4`].
+fn refused_v4_line(suppressed: u64) -> Rec {
+    decap_refused(REFUSED_V4.into(), net::EDGE_V4.into(), 4, suppressed)
+}
+
+/// The fib_fail line of a blackholed backend (BPF_FIB_LKUP_RET_BLACKHOLE = 1).
+fn fib_fail(backend: IpAddr) -> Rec {
+    line(
+        log::Level::Warn,
+        event::FIB_FAIL,
+        format!(
+            "no route to the backend, packet dropped: rc=1 backend={backend} cpu={CPU} suppressed=0"
+        ),
+    )
 }
 
 #[test]
@@ -243,145 +300,85 @@ fn each_logged_anomaly_yields_one_line_with_its_details_and_traffic_none() {
     if !anycast_tests::privileged("each_logged_anomaly_yields_one_line_with_its_details") {
         return;
     }
+    // Traffic on the fast paths, and a VIP without a table (an expected state, counted
+    // no_backend), logs nothing. 1280 bytes of IPv4 (20 + 20 + 1240) fit the route's MTU of
+    // 1300 with the 20 bytes of the outer header.
+    let quiet = [
+        step("encapsulation", to_vip(V_OK, 40000, 64), ENCAPSULATED),
+        step("pass", to_local(), PASSED),
+        step("decapsulation", tunnel_v4(ALLOWED_V4), DECAPSULATED),
+        step("no table", to_vip(V_NO_TABLE, 1, 8), NO_BACKEND),
+        step("fits", to_vip(V_SMALL_MTU, 40000, 1240), ENCAPSULATED),
+    ];
+    let (small_mtu, mtu) = (net::v4(net::SMALL_MTU_V4, 10), net::SMALL_MTU);
+    let anomalies = [
+        (
+            bad_table(),
+            line(
+                log::Level::Error,
+                event::TABLE_INCONSISTENT,
+                format!(
+                    "VIP table names a backend id beyond BACKENDS, packet dropped: vip_id={V_BAD_TABLE} table={V_BAD_TABLE} backend_id={MISSING_ID} cpu={CPU} suppressed=0"
+                ),
+            ),
+        ),
+        (
+            blackholed(V_BLACKHOLE4),
+            fib_fail(net::v4(net::BLACKHOLE_V4, 10).into()),
+        ),
+        (
+            blackholed(V_BLACKHOLE6),
+            fib_fail(net::v6(net::BLACKHOLE_V6, 0x10).into()),
+        ),
+        // 1281 bytes of IPv4 (20 + 20 + 1241) fit the route's MTU of 1300 only before the 20
+        // bytes of the outer header.
+        (
+            step("too large", to_vip(V_SMALL_MTU, 40000, 1241), OVERSIZE),
+            line(
+                log::Level::Warn,
+                event::OVERSIZE,
+                format!(
+                    "encapsulated packet exceeds the route MTU, packet dropped: length=1281 encapsulated=1301 mtu={mtu} backend={small_mtu} cpu={CPU} suppressed=0"
+                ),
+            ),
+        ),
+        (refused_v4(), refused_v4_line(0)),
+        (
+            step("refused 6in6", tunnel_v6(REFUSED_V6), DECAP_REFUSED),
+            decap_refused(REFUSED_V6.into(), net::EDGE_V6.into(), 41, 0),
+        ),
+    ];
     let ns = fixture_netns();
     ns.enter(|| {
         let mut b = Bench::new(anycast::dataplane::program_log::ALL_LEVELS);
-
-        // Traffic on the fast paths, and a VIP without a table (an expected state, counted
-        // no_backend), logs nothing.
-        let got = b.run("encapsulated", &to_vip(V_OK, 40000, 64), XDP_TX, counter::ENCAP);
-        assert_eq!(got, [], "encapsulation");
-        let frame = p::frame(None, &V4::new(CLIENT_V4, net::EDGE_V4).tcp(1, 22, b"x"));
-        assert_eq!(b.run("pass", &frame, XDP_PASS, counter::PASS), []);
-        let got = b.run("decap", &tunnel_v4(ALLOWED_V4), XDP_PASS, counter::DECAP);
-        assert_eq!(got, [], "decapsulation");
-        let got = b.run("no table", &to_vip(V_NO_TABLE, 1, 8), XDP_DROP, counter::NO_BACKEND);
-        assert_eq!(got, [], "VIP without a table");
-
-        let got = b.run(
-            "table names a missing backend",
-            &to_vip(V_BAD_TABLE, 40000, 64),
-            XDP_DROP,
-            counter::INTERNAL_ERROR,
-        );
-        one(
-            "table_inconsistent",
-            got,
-            log::Level::Error,
-            event::TABLE_INCONSISTENT,
-            &format!(
-                "VIP table names a backend id beyond BACKENDS, packet dropped: vip_id={V_BAD_TABLE} table={V_BAD_TABLE} backend_id={MISSING_ID} cpu={CPU} suppressed=0"
-            ),
-        );
-
-        // BPF_FIB_LKUP_RET_BLACKHOLE = 1, for either outer family.
-        let got = b.run(
-            "blackholed IPv4 backend",
-            &to_vip(V_BLACKHOLE4, 40000, 64),
-            XDP_DROP,
-            counter::FIB_FAIL,
-        );
-        one(
-            "fib_fail, IPv4 backend",
-            got,
-            log::Level::Warn,
-            event::FIB_FAIL,
-            &format!(
-                "no route to the backend, packet dropped: rc=1 backend={} cpu={CPU} suppressed=0",
-                net::v4(net::BLACKHOLE_V4, 10)
-            ),
-        );
-        b.dp.reset_log_rate();
-        let got = b.run(
-            "blackholed IPv6 backend",
-            &to_vip(V_BLACKHOLE6, 40000, 64),
-            XDP_DROP,
-            counter::FIB_FAIL,
-        );
-        one(
-            "fib_fail, IPv6 backend",
-            got,
-            log::Level::Warn,
-            event::FIB_FAIL,
-            &format!(
-                "no route to the backend, packet dropped: rc=1 backend={} cpu={CPU} suppressed=0",
-                net::v6(net::BLACKHOLE_V6, 0x10)
-            ),
-        );
-
-        // 1281 bytes of IPv4 (20 + 20 + 1241) fit the route's MTU of 1300 only before the 20
-        // bytes of the outer header.
-        let frame = to_vip(V_SMALL_MTU, 40000, 1241);
-        let got = b.run("too large for the route", &frame, XDP_DROP, counter::OVERSIZE);
-        one(
-            "oversize",
-            got,
-            log::Level::Warn,
-            event::OVERSIZE,
-            &format!(
-                "encapsulated packet exceeds the route MTU, packet dropped: length=1281 encapsulated=1301 mtu={} backend={} cpu={CPU} suppressed=0",
-                net::SMALL_MTU,
-                net::v4(net::SMALL_MTU_V4, 10)
-            ),
-        );
-        let fits = to_vip(V_SMALL_MTU, 40000, 1240);
-        assert_eq!(b.run("fits", &fits, XDP_TX, counter::ENCAP), [], "1300 bytes fit");
-
-        let got = b.run(
-            "IPIP from a refused source",
-            &tunnel_v4(REFUSED_V4),
-            XDP_DROP,
-            counter::DECAP_REFUSED,
-        );
-        one(
-            "decap_refused, IPv4",
-            got,
-            log::Level::Warn,
-            event::DECAP_REFUSED,
-            &format!(
-                "tunnel packet from a source outside decap_allow dropped: src={REFUSED_V4} dst={} proto=4 cpu={CPU} suppressed=0",
-                net::EDGE_V4
-            ),
-        );
-        b.dp.reset_log_rate();
-        let got = b.run(
-            "6in6 from a refused source",
-            &tunnel_v6(REFUSED_V6),
-            XDP_DROP,
-            counter::DECAP_REFUSED,
-        );
-        one(
-            "decap_refused, IPv6",
-            got,
-            log::Level::Warn,
-            event::DECAP_REFUSED,
-            &format!(
-                "tunnel packet from a source outside decap_allow dropped: src={REFUSED_V6} dst={} proto=41 cpu={CPU} suppressed=0",
-                net::EDGE_V6
-            ),
-        );
+        for s in &quiet {
+            assert_eq!(b.run(s), [], "{}", s.what);
+        }
+        let mut seen = BTreeSet::new();
+        for (s, want) in anomalies {
+            // One line per class per window: the second event of a class gets a fresh window.
+            if !seen.insert(want.class.clone()) {
+                b.dp.reset_log_rate();
+            }
+            assert_eq!(b.run(&s), [want], "{}", s.what);
+        }
 
         // One new entry per CPU per second: the first flow is tracked, the second is not (and
         // still encapsulated).
         b.dp.set_config(&config(1));
         b.dp.clear_conns();
-        let got = b.run("first flow", &to_vip(V_OK, 50000, 8), XDP_TX, counter::CONN_INSERT);
-        assert_eq!(got, [], "a tracked flow");
-        let got = b.run(
-            "second flow",
-            &to_vip(V_OK, 50001, 8),
-            XDP_TX,
-            counter::CONN_INSERT_LIMITED,
-        );
-        one(
-            "conn_insert_limited",
-            got,
+        let first = step("first flow", to_vip(V_OK, 50000, 8), (XDP_TX, counter::CONN_INSERT));
+        assert_eq!(b.run(&first), [], "{}", first.what);
+        let limited_outcome = (XDP_TX, counter::CONN_INSERT_LIMITED);
+        let second = step("second flow", to_vip(V_OK, 50001, 8), limited_outcome);
+        let limited = line(
             log::Level::Warn,
             event::CONN_INSERT_LIMITED,
-            &format!(
+            format!(
                 "connection-tracking insert limit reached, new flows follow the table untracked: limit_per_s=1 cpu={CPU} suppressed=0"
             ),
         );
+        assert_eq!(b.run(&second), [limited], "conn_insert_limited");
         assert_eq!(b.dp.conn_count(), 1, "the limited flow is not tracked");
     });
 }
@@ -395,24 +392,14 @@ fn a_burst_within_the_window_yields_one_line_and_the_next_line_counts_the_rest()
     let ns = fixture_netns();
     ns.enter(|| {
         let mut b = Bench::new(anycast::dataplane::program_log::ALL_LEVELS);
-        let frame = tunnel_v4(REFUSED_V4);
+        let refused = refused_v4();
         let start = Instant::now();
         let mut lines = Vec::new();
-        for i in 0..BURST {
-            lines.extend(b.run(
-                &format!("refused tunnel packet {i}"),
-                &frame,
-                XDP_DROP,
-                counter::DECAP_REFUSED,
-            ));
+        for _ in 0..BURST {
+            lines.extend(b.run(&refused));
         }
         // Another class has its own window.
-        let other = b.run(
-            "blackholed backend",
-            &to_vip(V_BLACKHOLE4, 40000, 64),
-            XDP_DROP,
-            counter::FIB_FAIL,
-        );
+        let other = b.run(&blackholed(V_BLACKHOLE4));
         let burst = start.elapsed();
         let window = Duration::from_nanos(LOG_INTERVAL_NS);
         assert!(
@@ -420,23 +407,15 @@ fn a_burst_within_the_window_yields_one_line_and_the_next_line_counts_the_rest()
             "the burst took {burst:?}, longer than the {window:?} window: the machine is too \
              loaded for this test to tell one window from two"
         );
-        let line = |suppressed: u64| Rec {
-            level: log::Level::Warn,
-            class: event::NAMES[event::DECAP_REFUSED as usize].to_owned(),
-            text: format!(
-                "tunnel packet from a source outside decap_allow dropped: src={REFUSED_V4} dst={} proto=4 cpu={CPU} suppressed={suppressed}",
-                net::EDGE_V4
-            ),
-        };
-        assert_eq!(lines, [line(0)], "{BURST} events within one window");
+        assert_eq!(lines, [refused_v4_line(0)], "{BURST} events within one window");
         assert_eq!(other.len(), 1, "fib_fail in the same second: {other:?}");
         let rate = b.dp.log_rate(event::DECAP_REFUSED)[CPU];
         assert_eq!(rate.suppressed, BURST - 1, "suppressed events counted");
 
         // The window opened during the first run, after `start`; the margin covers that run.
         std::thread::sleep(window.saturating_sub(start.elapsed()) + Duration::from_millis(250));
-        let next = b.run("after the window", &frame, XDP_DROP, counter::DECAP_REFUSED);
-        assert_eq!(next, [line(BURST - 1)], "the first line after the window");
+        let next = b.run(&refused);
+        assert_eq!(next, [refused_v4_line(BURST - 1)], "the first line after the window");
         assert_eq!(b.dp.log_rate(event::DECAP_REFUSED)[CPU].suppressed, 0);
         eprintln!(
             "{BURST} decap_refused events in {burst:?}: 1 line; next window: 1 line with suppressed={}",
@@ -454,39 +433,16 @@ fn the_program_level_keeps_lines_above_it_from_being_written() {
     ns.enter(|| {
         // 0: nothing is written, the counters still count.
         let mut b = Bench::new(0);
-        let got = b.run(
-            "table names a missing backend",
-            &to_vip(V_BAD_TABLE, 40000, 64),
-            XDP_DROP,
-            counter::INTERNAL_ERROR,
-        );
-        assert_eq!(got, [], "level 0, error line");
-        let got = b.run(
-            "refused",
-            &tunnel_v4(REFUSED_V4),
-            XDP_DROP,
-            counter::DECAP_REFUSED,
-        );
-        assert_eq!(got, [], "level 0, warn line");
+        assert_eq!(b.run(&bad_table()), [], "level 0, error line");
+        assert_eq!(b.run(&refused_v4()), [], "level 0, warn line");
         drop(b);
 
         // 1 (error): the error line only.
         let mut b = Bench::new(aya_log::Level::Error as u8);
-        let got = b.run(
-            "table names a missing backend",
-            &to_vip(V_BAD_TABLE, 40000, 64),
-            XDP_DROP,
-            counter::INTERNAL_ERROR,
-        );
+        let got = b.run(&bad_table());
         assert_eq!(got.len(), 1, "level error, error line: {got:?}");
         assert_eq!(got[0].level, log::Level::Error);
-        let got = b.run(
-            "refused",
-            &tunnel_v4(REFUSED_V4),
-            XDP_DROP,
-            counter::DECAP_REFUSED,
-        );
-        assert_eq!(got, [], "level error, warn line");
+        assert_eq!(b.run(&refused_v4()), [], "level error, warn line");
     });
 }
 
@@ -522,14 +478,7 @@ fn the_agents_reader_prints_a_record_as_a_json_line_with_target_level_and_class(
     assert_eq!(l["target"], "anycast::program", "{l}");
     assert_eq!(l["level"], "WARN", "{l}");
     assert_eq!(l["fields"]["event"], "decap_refused", "{l}");
-    assert_eq!(
-        l["fields"]["message"],
-        format!(
-            "tunnel packet from a source outside decap_allow dropped: src={REFUSED_V4} dst={} proto=4 cpu={CPU} suppressed=0",
-            net::EDGE_V4
-        ),
-        "{l}"
-    );
+    assert_eq!(l["fields"]["message"], refused_v4_line(0).text, "{l}");
     eprintln!("{out}");
 }
 

@@ -13,9 +13,11 @@ use anycast_common::{
     AddrKey, ENCAP_GUE, ENCAP_IPIP, FAMILY_V4, GUE_HINT_MAGIC, PROTO_IPIP, PROTO_TCP, PROTO_UDP,
     counter as c,
 };
-use anycast_tests::fixture::{Dataplane, XDP_PASS, XDP_REDIRECT, fixture_netns, net};
-use anycast_tests::one_vip::{self as one, A, B, CLIENT, LOCAL, SIZES, TCP_ACK, TCP_SYN, VIP};
-use anycast_tests::packet::{self as p, V4};
+use anycast_tests::fixture::{Dataplane, XDP_PASS, XDP_REDIRECT, fixture_netns, net, with_program};
+use anycast_tests::one_vip::{
+    self as one, A, B, CLIENT, LOCAL, SIZES, TCP_ACK, TCP_SYN, VIP, tcp_frame,
+};
+use anycast_tests::packet::{self as p, V4, outer_dst_v4 as ipv4_dst};
 
 fn addr(id: u32) -> Ipv4Addr {
     one::backend_addr(id)
@@ -28,14 +30,36 @@ fn setup(dp: &mut Dataplane, encap: u8) {
     dp.allow_v4(Ipv4Addr::new(198, 19, 0, 0), 16);
 }
 
+/// `body` with the program loaded and set up for `encap`.
+fn with_edge(test: &str, encap: u8, body: impl FnOnce(&mut Dataplane) + Send) {
+    with_program(test, SIZES, |dp| {
+        setup(dp, encap);
+        body(dp)
+    });
+}
+
+/// `body` as [`with_edge`], in a namespace whose sockets hold an established connection from
+/// the client's port `sport` to the VIP (the receiving host's view of a flow it owns).
+fn with_receiver(test: &str, sport: u16, encap: u8, body: impl FnOnce(&mut Dataplane) + Send) {
+    if !anycast_tests::privileged(test) {
+        return;
+    }
+    let ns = fixture_netns();
+    ns.ip(&format!("addr add {VIP}/32 dev lo"));
+    ns.ip(&format!("addr add {CLIENT}/32 dev lo"));
+    ns.enter(|| {
+        let (_listener, sock, _accepted) = established(sport);
+        let mut dp = Dataplane::load(SIZES);
+        setup(&mut dp, encap);
+        body(&mut dp);
+        drop(sock);
+    });
+}
+
 /// The VIP's table moved from `old` to `new` (every slot): live table 1, previous table 0.
 fn changed(dp: &mut Dataplane, proto: u8, old: u32, new: u32) {
     dp.set_table(0, &vec![old; one::RING as usize]);
     one::publish_change(dp, proto, 1, new, 0);
-}
-
-fn ipv4_dst(frame: &[u8]) -> Ipv4Addr {
-    Ipv4Addr::new(frame[30], frame[31], frame[32], frame[33])
 }
 
 /// An IPIP packet from edge 198.19.5.1 to this host with outer TTL `ttl`, carrying `inner`.
@@ -65,9 +89,10 @@ fn tcp(src: Ipv4Addr, sport: u16, flags: u8) -> Vec<u8> {
     one::tcp_packet(src, sport, flags)
 }
 
-/// Outer IPv4 destination and GUE header length (words) of an encapsulated frame.
+/// Outer IPv4 destination, GUE header length (words) and hinted previous owner of an
+/// encapsulated frame.
 fn outer(frame: &[u8]) -> (Ipv4Addr, u8, Option<Ipv4Addr>) {
-    let dst = Ipv4Addr::new(frame[30], frame[31], frame[32], frame[33]);
+    let dst = ipv4_dst(frame);
     assert_eq!(frame[23], PROTO_UDP, "GUE expected");
     let hlen = frame[42] & 0x1f;
     let hint = (hlen == 2).then(|| {
@@ -80,18 +105,12 @@ fn outer(frame: &[u8]) -> (Ipv4Addr, u8, Option<Ipv4Addr>) {
 
 #[test]
 fn edge_names_the_previous_owner_for_unknown_mid_flow_packets() {
-    if !anycast_tests::privileged("edge_names_the_previous_owner_for_unknown_mid_flow_packets") {
-        return;
-    }
-    fixture_netns().enter(|| {
-        let mut dp = Dataplane::load(SIZES);
-        setup(&mut dp, ENCAP_GUE);
-        changed(&mut dp, PROTO_TCP, A, B);
+    let test = "edge_names_the_previous_owner_for_unknown_mid_flow_packets";
+    with_edge(test, ENCAP_GUE, |dp| {
+        changed(dp, PROTO_TCP, A, B);
 
         let before = dp.stats();
-        let r = dp
-            .run(&p::frame(None, &tcp(CLIENT, 40000, TCP_ACK)), None)
-            .expect("run");
+        let r = dp.run(&tcp_frame(40000, TCP_ACK), None).expect("run");
         assert_eq!(r.action, XDP_REDIRECT);
         assert_eq!(
             outer(&r.output),
@@ -99,10 +118,7 @@ fn edge_names_the_previous_owner_for_unknown_mid_flow_packets() {
             "to the new owner, hint = old owner"
         );
         let after = dp.stats();
-        assert_eq!(
-            after[c::HINT_SENT as usize] - before[c::HINT_SENT as usize],
-            1
-        );
+        assert_eq!(one::delta(&before, &after, c::HINT_SENT), 1);
         assert_eq!(
             dp.conn_count(),
             0,
@@ -110,16 +126,12 @@ fn edge_names_the_previous_owner_for_unknown_mid_flow_packets() {
         );
 
         // A new connection belongs to the new table: no hint on its SYN.
-        let r = dp
-            .run(&p::frame(None, &tcp(CLIENT, 40001, TCP_SYN)), None)
-            .expect("run");
+        let r = dp.run(&tcp_frame(40001, TCP_SYN), None).expect("run");
         assert_eq!(outer(&r.output), (addr(B), 0, None));
 
         // Same owner in both tables: no hint, and the flow is tracked as usual.
-        changed(&mut dp, PROTO_TCP, B, B);
-        let r = dp
-            .run(&p::frame(None, &tcp(CLIENT, 40002, TCP_ACK)), None)
-            .expect("run");
+        changed(dp, PROTO_TCP, B, B);
+        let r = dp.run(&tcp_frame(40002, TCP_ACK), None).expect("run");
         assert_eq!(outer(&r.output), (addr(B), 0, None));
         assert_eq!(dp.conn_count(), 1);
 
@@ -128,15 +140,15 @@ fn edge_names_the_previous_owner_for_unknown_mid_flow_packets() {
         // keeps it there whatever the tables do next.
         dp.clear_conns();
         dp.set_config(&one::config(ENCAP_IPIP, 30, 0));
-        changed(&mut dp, PROTO_TCP, A, B);
-        let ack = p::frame(None, &tcp(CLIENT, 40003, TCP_ACK));
+        changed(dp, PROTO_TCP, A, B);
+        let ack = tcp_frame(40003, TCP_ACK);
         let r = dp.run(&ack, None).expect("run");
         assert_eq!(r.output[23], PROTO_IPIP);
         assert_eq!(ipv4_dst(&r.output), addr(B));
         assert_eq!(r.output[22], p::OUTER_TTL, "not a second chance: TTL 64");
         assert_eq!(dp.conn_count(), 1, "tracked under IPIP");
         // The next table gives the slot back to A: the tracked flow stays on B.
-        changed(&mut dp, PROTO_TCP, B, A);
+        changed(dp, PROTO_TCP, B, A);
         let before = dp.stats();
         let r = dp.run(&ack, None).expect("run");
         assert_eq!(ipv4_dst(&r.output), addr(B), "the tracked owner");
@@ -146,19 +158,9 @@ fn edge_names_the_previous_owner_for_unknown_mid_flow_packets() {
 
 #[test]
 fn receiver_without_a_socket_forwards_once_to_the_hinted_owner() {
-    if !anycast_tests::privileged("receiver_without_a_socket_forwards_once_to_the_hinted_owner") {
-        return;
-    }
-    let ns = fixture_netns();
-    // A real connection inside the namespace: client 198.18.100.7:41000 -> VIP:80, so that the
-    // namespace holds an established socket for exactly that flow.
-    ns.ip(&format!("addr add {VIP}/32 dev lo"));
-    ns.ip(&format!("addr add {CLIENT}/32 dev lo"));
-    ns.enter(|| {
-        let (_listener, sock, _accepted) = established(41000);
-
-        let mut dp = Dataplane::load(SIZES);
-        setup(&mut dp, ENCAP_GUE);
+    let test = "receiver_without_a_socket_forwards_once_to_the_hinted_owner";
+    // A real connection inside the namespace: client 198.18.100.7:41000 -> VIP:80.
+    with_receiver(test, 41000, ENCAP_GUE, |dp| {
         // A tunnelled packet from edge 198.19.5.1 to this host, naming A as previous owner.
         let tunnelled = |sport: u16, flags: u8| {
             let inner = tcp(CLIENT, sport, flags);
@@ -220,7 +222,7 @@ fn receiver_without_a_socket_forwards_once_to_the_hinted_owner() {
         // The forwarded packet carries no hint and TTL 255, so its receiver cannot send it on
         // again, not even from its own tables (here: a table change that names A as the
         // previous owner).
-        changed(&mut dp, PROTO_TCP, A, LOCAL);
+        changed(dp, PROTO_TCP, A, LOCAL);
         let mut outer = V4::new(Ipv4Addr::new(198, 19, 5, 1), net::EDGE_V4);
         outer.ttl = 255;
         let forwarded = p::frame(
@@ -238,52 +240,37 @@ fn receiver_without_a_socket_forwards_once_to_the_hinted_owner() {
             one::delta(&before, &dp.stats(), c::SECOND_CHANCE_LAST_HOP),
             1
         );
-        drop(sock);
     });
 }
 
 #[test]
 fn edge_that_is_the_new_owner_without_the_socket_sends_to_the_previous_owner() {
-    if !anycast_tests::privileged(
-        "edge_that_is_the_new_owner_without_the_socket_sends_to_the_previous_owner",
-    ) {
-        return;
-    }
-    fixture_netns().enter(|| {
-        let mut dp = Dataplane::load(SIZES);
-        setup(&mut dp, ENCAP_IPIP);
-        changed(&mut dp, PROTO_TCP, A, LOCAL);
-        let frame = p::frame(None, &tcp(CLIENT, 42000, TCP_ACK));
+    let test = "edge_that_is_the_new_owner_without_the_socket_sends_to_the_previous_owner";
+    with_edge(test, ENCAP_IPIP, |dp| {
+        changed(dp, PROTO_TCP, A, LOCAL);
+        let frame = tcp_frame(42000, TCP_ACK);
         let before = dp.stats();
         let r = dp.run(&frame, None).expect("run");
         assert_eq!(
             r.action, XDP_REDIRECT,
             "no local socket: to the previous owner"
         );
-        assert_eq!(
-            Ipv4Addr::new(r.output[30], r.output[31], r.output[32], r.output[33]),
-            addr(A)
-        );
+        assert_eq!(ipv4_dst(&r.output), addr(A));
         assert_eq!(r.output[22], 255, "a second chance leaves with TTL 255");
-        assert_eq!(
-            dp.stats()[c::SECOND_CHANCE as usize] - before[c::SECOND_CHANCE as usize],
-            1
-        );
+        assert_eq!(one::delta(&before, &dp.stats(), c::SECOND_CHANCE), 1);
         assert_eq!(
             dp.conn_count(),
             0,
             "the edge checks its sockets on every packet"
         );
         // A SYN stays here.
-        let r = dp
-            .run(&p::frame(None, &tcp(CLIENT, 42001, TCP_SYN)), None)
-            .expect("run");
+        let r = dp.run(&tcp_frame(42001, TCP_SYN), None).expect("run");
         assert_eq!(
             (r.action, r.output.len()),
-            (XDP_PASS, p::frame(None, &tcp(CLIENT, 42001, TCP_SYN)).len())
+            (XDP_PASS, tcp_frame(42001, TCP_SYN).len())
         );
         // Without a table change there is no second chance.
-        one::publish(&mut dp, PROTO_TCP, 1, LOCAL);
+        one::publish(dp, PROTO_TCP, 1, LOCAL);
         let r = dp.run(&frame, None).expect("run");
         assert_eq!(r.action, XDP_PASS);
     });
@@ -292,18 +279,9 @@ fn edge_that_is_the_new_owner_without_the_socket_sends_to_the_previous_owner() {
 #[test]
 fn receiver_computes_the_previous_owner_of_an_ipip_flow_from_its_own_tables() {
     let test = "receiver_computes_the_previous_owner_of_an_ipip_flow_from_its_own_tables";
-    if !anycast_tests::privileged(test) {
-        return;
-    }
-    let ns = fixture_netns();
-    ns.ip(&format!("addr add {VIP}/32 dev lo"));
-    ns.ip(&format!("addr add {CLIENT}/32 dev lo"));
-    ns.enter(|| {
-        let (_listener, sock, _accepted) = established(43000);
-        let mut dp = Dataplane::load(SIZES);
-        setup(&mut dp, ENCAP_IPIP);
+    with_receiver(test, 43000, ENCAP_IPIP, |dp| {
         // This host is the new owner; A owned every slot before.
-        changed(&mut dp, PROTO_TCP, A, LOCAL);
+        changed(dp, PROTO_TCP, A, LOCAL);
 
         // No socket for 43001: sent on to A, from this host's own tables.
         let inner = tcp(CLIENT, 43001, TCP_ACK);
@@ -348,40 +326,39 @@ fn receiver_computes_the_previous_owner_of_an_ipip_flow_from_its_own_tables() {
 
         // This host owned the slot before, and B owns it now: an edge that tracked the flow to
         // this host under the previous table still sends it here. It goes on to B.
-        changed(&mut dp, PROTO_TCP, LOCAL, B);
+        changed(dp, PROTO_TCP, LOCAL, B);
         let r = dp.run(&ipip_from_edge(&inner, 63), None).expect("run");
         assert_eq!(r.action, XDP_REDIRECT);
         assert_eq!(ipv4_dst(&r.output), addr(B), "to the live table's owner");
         assert_eq!(r.output[22], 255);
 
         // Both tables agree on A, and no previous table names A: to A.
-        changed(&mut dp, PROTO_TCP, A, A);
+        changed(dp, PROTO_TCP, A, A);
         let r = dp.run(&ipip_from_edge(&inner, 63), None).expect("run");
         assert_eq!(ipv4_dst(&r.output), addr(A));
 
         // This host owns the slot, in both tables or with no previous table: delivered here
         // (its stack answers as it would).
-        changed(&mut dp, PROTO_TCP, LOCAL, LOCAL);
+        changed(dp, PROTO_TCP, LOCAL, LOCAL);
         let before = dp.stats();
         let r = dp.run(&ipip_from_edge(&inner, 63), None).expect("run");
         assert_eq!(r.action, XDP_PASS);
-        one::publish(&mut dp, PROTO_TCP, 1, LOCAL);
+        one::publish(dp, PROTO_TCP, 1, LOCAL);
         let r = dp.run(&ipip_from_edge(&inner, 63), None).expect("run");
         assert_eq!(r.action, XDP_PASS);
         // No previous table, another owner: the tables never changed, so nothing moved; the
         // packet is this host's to deliver (as a decapsulating host always did).
-        one::publish(&mut dp, PROTO_TCP, 1, A);
+        one::publish(dp, PROTO_TCP, 1, A);
         let r = dp.run(&ipip_from_edge(&inner, 63), None).expect("run");
         assert_eq!(r.action, XDP_PASS);
         assert_eq!(one::delta(&before, &dp.stats(), c::DECAP), 3);
 
         // Not a VIP of this host: decapsulated and delivered as before.
-        changed(&mut dp, PROTO_TCP, A, LOCAL);
+        changed(dp, PROTO_TCP, A, LOCAL);
         let other = V4::new(CLIENT, Ipv4Addr::new(203, 0, 113, 99))
             .raw(PROTO_TCP, &one::tcp_segment(43001, TCP_ACK));
         let r = dp.run(&ipip_from_edge(&other, 63), None).expect("run");
         assert_eq!(r.action, XDP_PASS);
         assert_eq!(&r.output[14..], &other[..]);
-        drop(sock);
     });
 }
