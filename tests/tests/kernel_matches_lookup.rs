@@ -12,84 +12,70 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use anycast::config::{Config, Protocol};
+use anycast::config::{Config, Protocol, VipBuilder};
 use anycast::plan::model::{self, Flow, Outcome};
 use anycast_tests::fixture::{Dataplane, XDP_DROP, XDP_PASS, XDP_REDIRECT, fixture_netns, net};
 use anycast_tests::packet as p;
 
 const FLOWS: usize = 12_000;
 
-const CONFIG: &str = r#"
-[agent]
-interfaces = ["acf0"]
-tunnel_source = "198.18.0.1"
-tunnel_source_v6 = "fd00:18::1"
-encapsulation = "ipip"
-ring_size = 65537
-hash_seed = 2718281828
-max_vips = 8
-max_backends = 64
-decap_allow = ["198.18.5.0/24"]
-
-[[vip]]
-address = "203.0.113.10"
-port = 80
-protocol = "tcp"
-backend = [
-  { address = "198.19.1.1", weight = 1 },
-  { address = "198.19.1.2", weight = 2 },
-  { address = "198.19.1.3", weight = 3 },
-  { address = "fd00:1::1", weight = 1 },
-  { address = "198.18.0.1", weight = 1 },
-]
-
-[[vip]]
-address = "203.0.113.10"
-port = 0
-protocol = "tcp"
-backend = [
-  { address = "198.19.1.4", weight = 1 },
-  { address = "198.19.1.5", weight = 1 },
-  { address = "fd00:1::5", weight = 2 },
-]
-
-[[vip]]
-address = "203.0.113.11"
-port = 53
-protocol = "udp"
-backend = [
-  { address = "198.19.1.6", weight = 5 },
-  { address = "fd00:1::2", weight = 1 },
-  { address = "198.19.1.1", weight = 1 },
-]
-
-[[vip]]
-address = "2001:db8::10"
-port = 443
-protocol = "tcp"
-backend = [
-  { address = "fd00:1::3", weight = 1 },
-  { address = "fd00:1::4", weight = 3 },
-  { address = "198.19.1.7", weight = 1 },
-  { address = "fd00:18::1", weight = 1 },
-]
-
-[[vip]]
-address = "2001:db8::10"
-port = 0
-protocol = "udp"
-backend = [
-  { address = "fd00:1::6", weight = 7 },
-  { address = "fd00:1::7", weight = 2 },
-  { address = "198.19.1.8", weight = 0 },
-]
-
-[[vip]]
-address = "203.0.113.12"
-port = 8443
-protocol = "tcp"
-backend = []
-"#;
+/// Every kind of VIP the lookup model must agree on: a port VIP and an all-ports VIP on one
+/// address, IPv4 and IPv6 VIPs with backends of both families, this host as a backend, a
+/// weight-0 backend, and a VIP with no backend.
+fn config() -> Config {
+    let vip = |address: &str, port, protocol, backends: &[(&str, u32)]| {
+        VipBuilder::new(address, port, protocol).backends(backends)
+    };
+    net::edge_config()
+        .agent("hash_seed", 2_718_281_828_i64)
+        .agent("max_backends", 64)
+        .agent("decap_allow", vec!["198.18.5.0/24"])
+        .vips([
+            vip(
+                "203.0.113.10",
+                80,
+                "tcp",
+                &[
+                    ("198.19.1.1", 1),
+                    ("198.19.1.2", 2),
+                    ("198.19.1.3", 3),
+                    ("fd00:1::1", 1),
+                    ("198.18.0.1", 1),
+                ],
+            ),
+            vip(
+                "203.0.113.10",
+                0,
+                "tcp",
+                &[("198.19.1.4", 1), ("198.19.1.5", 1), ("fd00:1::5", 2)],
+            ),
+            vip(
+                "203.0.113.11",
+                53,
+                "udp",
+                &[("198.19.1.6", 5), ("fd00:1::2", 1), ("198.19.1.1", 1)],
+            ),
+            vip(
+                "2001:db8::10",
+                443,
+                "tcp",
+                &[
+                    ("fd00:1::3", 1),
+                    ("fd00:1::4", 3),
+                    ("198.19.1.7", 1),
+                    ("fd00:18::1", 1),
+                ],
+            ),
+            vip(
+                "2001:db8::10",
+                0,
+                "udp",
+                &[("fd00:1::6", 7), ("fd00:1::7", 2), ("198.19.1.8", 0)],
+            ),
+            vip("203.0.113.12", 8443, "tcp", &[]),
+        ])
+        .build()
+}
 
 /// splitmix64: a fixed, dependency-free generator so every run tests the same flows.
 struct Rng(u64);
@@ -166,7 +152,7 @@ fn kernel_backend_choice_matches_host_model_for_random_flows() {
     if !anycast_tests::privileged("kernel_backend_choice_matches_host_model_for_random_flows") {
         return;
     }
-    let mut config = Config::parse(CONFIG).expect("test config parses");
+    let mut config = config();
     let local: BTreeSet<IpAddr> = [IpAddr::V4(net::EDGE_V4), IpAddr::V6(net::EDGE_V6)].into();
     config.check_local(&local).expect("config fits this host");
 

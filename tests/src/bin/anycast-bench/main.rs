@@ -18,7 +18,7 @@ use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::{Duration, Instant};
 
-use anycast::config::{Config, ConfigBuilder, Encapsulation, VipBuilder};
+use anycast::config::{Config, Encapsulation, VipBuilder};
 use anycast::plan::maglev::{self, MaglevBackend};
 use anycast_tests::fixture::{
     Dataplane, XDP_PASS, XDP_TX, action_name, fixture_netns, ifindex, net,
@@ -35,14 +35,8 @@ const MAGLEV_RUNS: usize = 7;
 fn config() -> Config {
     let vip =
         |address: &str, backend: &str| VipBuilder::new(address, 80, "tcp").backend(backend, 1);
-    ConfigBuilder::reference()
-        .agent("interfaces", vec![net::DEV])
-        .agent("tunnel_source", net::EDGE_V4.to_string())
-        .agent("tunnel_source_v6", net::EDGE_V6.to_string())
-        .agent("encapsulation", "ipip")
-        .agent("ring_size", 65537)
+    net::edge_config()
         .agent("hash_seed", 1)
-        .agent("max_vips", 8)
         .agent("max_backends", 16)
         .agent("decap_allow", vec!["198.18.5.0/24", "fd00:5::/64"])
         .vips([
