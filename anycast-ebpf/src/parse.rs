@@ -16,12 +16,16 @@ use aya_ebpf::programs::XdpContext;
 
 use crate::packet::{u8_at, u16_be_at, word_at};
 
-pub const ETH_LEN: usize = 14;
-pub const VLAN_LEN: usize = 4;
-pub const IPV4_LEN: usize = 20;
-pub const IPV6_LEN: usize = 40;
-pub const UDP_LEN: usize = 8;
-pub const TCP_LEN: usize = 20;
+// Header sizes from network-types' exact header layouts; the fields themselves are read as raw
+// bytes at known offsets (style: never read an enum out of packet memory).
+pub const ETH_LEN: usize = network_types::eth::EthHdr::LEN;
+pub const VLAN_LEN: usize = network_types::vlan::VlanHdr::LEN;
+pub const IPV4_LEN: usize = network_types::ip::Ipv4Hdr::LEN;
+pub const IPV6_LEN: usize = network_types::ip::Ipv6Hdr::LEN;
+pub const UDP_LEN: usize = network_types::udp::UdpHdr::LEN;
+pub const TCP_LEN: usize = network_types::tcp::TcpHdr::LEN;
+const _: () = assert!(ETH_LEN == 14 && VLAN_LEN == 4 && IPV4_LEN == 20 && IPV6_LEN == 40);
+const _: () = assert!(UDP_LEN == 8 && TCP_LEN == 20);
 
 pub const ETH_P_IP: u16 = 0x0800;
 pub const ETH_P_IPV6: u16 = 0x86dd;
