@@ -27,5 +27,6 @@ pub mod lab;
 pub mod lab_bgp;
 
 pub mod fixture;
+pub mod mount;
 pub mod one_vip;
 pub mod packet;

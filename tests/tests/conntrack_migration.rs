@@ -7,12 +7,13 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anycast::config::{Config, ConfigBuilder, VipBuilder};
 use anycast::dataplane::Dataplane;
 use anycast::dataplane::pins::{self, AdoptPlan, PinLayout};
 use anycast_common::{Backend, ConnKey, ConnValue, map_names};
+use anycast_tests::mount::Mount;
 use aya::maps::{Array, HashMap, MapData};
 
 /// One VIP on three backends, the CONNS map sized `conntrack_size` (1025: odd, so the
@@ -32,33 +33,6 @@ fn config(conntrack_size: u32) -> ConfigBuilder {
 const FLOWS: u16 = 300;
 /// Tracked flows in all once the map is bigger.
 const MORE_FLOWS: u16 = 1300;
-
-/// A bpffs mounted for the test (the machine's /sys/fs/bpf may not be mounted), unmounted on
-/// drop.
-struct Bpffs(PathBuf);
-
-impl Bpffs {
-    fn new() -> Self {
-        let dir = std::env::temp_dir().join(format!("anycast-conns-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("creating the mount point");
-        nix::mount::mount(
-            Some("bpf"),
-            &dir,
-            Some("bpf"),
-            nix::mount::MsFlags::empty(),
-            None::<&str>,
-        )
-        .expect("mounting a bpffs");
-        Self(dir)
-    }
-}
-
-impl Drop for Bpffs {
-    fn drop(&mut self) {
-        let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// What a starting agent does up to the program swap: plan, load adopting, publish.
 fn start(layout: &PinLayout, config: &ConfigBuilder) -> (Dataplane, AdoptPlan, Config) {
@@ -135,8 +109,8 @@ fn tracked_connections_are_carried_into_a_new_conns_map() {
     if !anycast_tests::privileged("tracked_connections_are_carried_into_a_new_conns_map") {
         return;
     }
-    let fs = Bpffs::new();
-    let layout = PinLayout::new(fs.0.join("anycast"));
+    let fs = Mount::bpffs("conns");
+    let layout = PinLayout::new(fs.path().join("anycast"));
     layout.create_dirs().unwrap();
     let cpus = aya::util::nr_cpus().unwrap();
 

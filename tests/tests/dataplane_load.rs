@@ -1,5 +1,5 @@
-//! Loads the real XDP object and writes its maps through the public API. Needs root; skips
-//! with a printed reason otherwise.
+//! Loads the real XDP object and writes its maps through the agent's public API. Needs root
+//! (see `anycast_tests::privileged`).
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
@@ -8,19 +8,12 @@ use anycast::config::{ConfigBuilder, VipBuilder};
 use anycast::dataplane::{Dataplane, vip_key};
 use anycast::plan::model::vip_table;
 use anycast_common::{Backend, VipKey, VipValue, map_names};
+use anycast_tests::mount::Mount;
 use aya::maps::{Array, HashMap};
-
-fn root(test: &str) -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return true;
-    }
-    eprintln!("SKIPPED {test}: needs root to load BPF programs");
-    false
-}
 
 #[test]
 fn load_apply_pin_and_read_stats() {
-    if !root("load_apply_pin_and_read_stats") {
+    if !anycast_tests::privileged("load_apply_pin_and_read_stats") {
         return;
     }
     let config = ConfigBuilder::reference()
@@ -90,27 +83,10 @@ fn load_apply_pin_and_read_stats() {
     assert_eq!(stats.vips.len(), 2);
 
     // A bpffs of the test's own: the machine's /sys/fs/bpf may not be mounted.
-    let mnt = std::env::temp_dir().join(format!("anycast-load-test-{}", std::process::id()));
-    std::fs::create_dir_all(&mnt).unwrap();
-    nix::mount::mount(
-        Some("bpf"),
-        &mnt,
-        Some("bpf"),
-        nix::mount::MsFlags::empty(),
-        None::<&str>,
-    )
-    .expect("mounting a bpffs");
-    let dir = mnt.join("pins");
-    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        dp.pin_maps(&dir).expect("pinning");
-        let pinned =
-            anycast::dataplane::stats::read_pinned(&dir, &dp.publisher().id_map()).unwrap();
-        assert_eq!(pinned, stats);
-        anycast::dataplane::unpin_maps(&dir).unwrap();
-    }));
-    let _ = nix::mount::umount2(&mnt, nix::mount::MntFlags::MNT_DETACH);
-    let _ = std::fs::remove_dir_all(&mnt);
-    if let Err(p) = result {
-        std::panic::resume_unwind(p);
-    }
+    let mnt = Mount::bpffs("load-test");
+    let dir = mnt.path().join("pins");
+    dp.pin_maps(&dir).expect("pinning");
+    let pinned = anycast::dataplane::stats::read_pinned(&dir, &dp.publisher().id_map()).unwrap();
+    assert_eq!(pinned, stats);
+    anycast::dataplane::unpin_maps(&dir).unwrap();
 }
