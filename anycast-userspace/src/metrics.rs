@@ -12,7 +12,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::api::Call;
 use crate::dataplane::stats::Stats;
-use crate::proto::Status;
+use crate::proto::{BackendStatus, Health, Status};
 
 fn escape(v: &str) -> String {
     v.replace('\\', "\\\\")
@@ -100,40 +100,26 @@ pub fn render(status: &Status, stats: Option<&Stats>) -> String {
             }
         }
     }
-    let n = "anycast_backend_healthy";
-    let mut f = Family::new(
-        &mut out,
-        n,
-        "gauge",
-        "1 if the backend is healthy, pending or unchecked; 0 if its health check failed.",
-    );
-    for v in &status.vips {
-        let vip = v.vip.to_string();
-        for b in &v.backends {
-            let addr = b.address.to_string();
-            f.sample(
-                n,
-                &[("vip", &vip), ("backend", &addr)],
-                u64::from(b.health != crate::proto::Health::Unhealthy),
-            );
-        }
-    }
-    let n = "anycast_backend_weight";
-    let mut f = Family::new(
-        &mut out,
-        n,
-        "gauge",
-        "Effective Maglev weight (config, runtime overrides and health applied).",
-    );
-    for v in &status.vips {
-        let vip = v.vip.to_string();
-        for b in &v.backends {
-            let addr = b.address.to_string();
-            f.sample(
-                n,
-                &[("vip", &vip), ("backend", &addr)],
-                u64::from(b.weight_effective),
-            );
+    for (n, help, value) in [
+        (
+            "anycast_backend_healthy",
+            "1 if the backend is healthy, pending or unchecked; 0 if its health check failed.",
+            (|b: &BackendStatus| u64::from(b.health != Health::Unhealthy))
+                as fn(&BackendStatus) -> u64,
+        ),
+        (
+            "anycast_backend_weight",
+            "Effective Maglev weight (config, runtime overrides and health applied).",
+            |b| u64::from(b.weight_effective),
+        ),
+    ] {
+        let mut f = Family::new(&mut out, n, "gauge", help);
+        for v in &status.vips {
+            let vip = v.vip.to_string();
+            for b in &v.backends {
+                let addr = b.address.to_string();
+                f.sample(n, &[("vip", &vip), ("backend", &addr)], value(b));
+            }
         }
     }
     let n = "anycast_vip_table_fingerprint_info";

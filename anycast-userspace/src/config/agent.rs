@@ -150,30 +150,31 @@ pub(super) fn validate_agent(raw: RawAgent) -> Result<AgentConfig, ConfigError> 
             return Err(invalid(field, format!("{name:?} is listed twice")));
         }
     }
-    let tunnel_source = match tunnel_source {
-        None => None,
-        Some(s) => match ip("agent.tunnel_source", &s)? {
-            IpAddr::V4(a) => Some(a),
-            IpAddr::V6(_) => {
-                return Err(invalid(
-                    "agent.tunnel_source",
-                    format!("{s:?} is not an IPv4 address (IPv6 goes in agent.tunnel_source_v6)"),
-                ));
-            }
-        },
-    };
-    let tunnel_source_v6 = match tunnel_source_v6 {
-        None => None,
-        Some(s) => match ip("agent.tunnel_source_v6", &s)? {
-            IpAddr::V6(a) => Some(a),
-            IpAddr::V4(_) => {
-                return Err(invalid(
-                    "agent.tunnel_source_v6",
-                    format!("{s:?} is not an IPv6 address (IPv4 goes in agent.tunnel_source)"),
-                ));
-            }
-        },
-    };
+    // Each tunnel source of its own family; the error says where the other one goes.
+    let tunnel_source = tunnel_source
+        .map(|s| match ip("agent.tunnel_source", &s)? {
+            IpAddr::V4(a) => Ok(a),
+            IpAddr::V6(_) => Err(wrong_family(
+                &s,
+                "agent.tunnel_source",
+                "IPv4",
+                "IPv6",
+                "_v6",
+            )),
+        })
+        .transpose()?;
+    let tunnel_source_v6 = tunnel_source_v6
+        .map(|s| match ip("agent.tunnel_source_v6", &s)? {
+            IpAddr::V6(a) => Ok(a),
+            IpAddr::V4(_) => Err(wrong_family(
+                &s,
+                "agent.tunnel_source_v6",
+                "IPv6",
+                "IPv4",
+                "",
+            )),
+        })
+        .transpose()?;
     let encapsulation = match encapsulation.as_deref() {
         None | Some("ipip") => Encapsulation::Ipip,
         Some("gue") => Encapsulation::Gue,
@@ -323,4 +324,12 @@ pub(super) fn validate_agent(raw: RawAgent) -> Result<AgentConfig, ConfigError> 
         conntrack_udp_timeout_s,
         conntrack_insert_limit,
     })
+}
+
+/// `"198.18.1.2" is not an IPv6 address (IPv4 goes in agent.tunnel_source)`.
+fn wrong_family(s: &str, field: &'static str, want: &str, got: &str, suffix: &str) -> ConfigError {
+    invalid(
+        field,
+        format!("{s:?} is not an {want} address ({got} goes in agent.tunnel_source{suffix})"),
+    )
 }

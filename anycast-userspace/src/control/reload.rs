@@ -17,71 +17,57 @@ pub enum ReloadError {
     Apply(#[source] Box<DataplaneError>),
 }
 
+const SIZED: &str = "the maps are sized at load time";
+
 /// A reason for a field to need a restart; checked on every reload.
 pub(super) fn restart_only(old: &Config, new: &Config) -> Result<(), ReloadError> {
     let (a, b) = (&old.agent, &new.agent);
-    let checks: [(&'static str, String, String, &'static str); 10] = [
+    // (field, how it shows, why it needs a restart)
+    let checks: [(
+        &'static str,
+        fn(&crate::config::AgentConfig) -> String,
+        &'static str,
+    ); 10] = [
         (
             "agent.interfaces",
-            format!("{:?}", a.interfaces),
-            format!("{:?}", b.interfaces),
+            |c| format!("{:?}", c.interfaces),
             "attaching to other interfaces needs a restart of the agent",
         ),
         (
             "agent.xdp_mode",
-            a.xdp_mode.to_string(),
-            b.xdp_mode.to_string(),
+            |c| c.xdp_mode.to_string(),
             "the attach mode is chosen at start",
         ),
-        (
-            "agent.ring_size",
-            a.ring_size.to_string(),
-            b.ring_size.to_string(),
-            "the maps are sized at load time",
-        ),
-        (
-            "agent.max_vips",
-            a.max_vips.to_string(),
-            b.max_vips.to_string(),
-            "the maps are sized at load time",
-        ),
-        (
-            "agent.max_backends",
-            a.max_backends.to_string(),
-            b.max_backends.to_string(),
-            "the maps are sized at load time",
-        ),
+        ("agent.ring_size", |c| c.ring_size.to_string(), SIZED),
+        ("agent.max_vips", |c| c.max_vips.to_string(), SIZED),
+        ("agent.max_backends", |c| c.max_backends.to_string(), SIZED),
         (
             "agent.conntrack_size",
-            a.conntrack_size.to_string(),
-            b.conntrack_size.to_string(),
-            "the maps are sized at load time",
+            |c| c.conntrack_size.to_string(),
+            SIZED,
         ),
         (
             "agent.pin_path",
-            a.pin_path.display().to_string(),
-            b.pin_path.display().to_string(),
+            |c| c.pin_path.display().to_string(),
             "the maps are pinned at start",
         ),
         (
             "agent.state_file",
-            a.state_file.display().to_string(),
-            b.state_file.display().to_string(),
+            |c| c.state_file.display().to_string(),
             "the state file is chosen at start",
         ),
         (
             "agent.api_socket",
-            format!("{:?}", a.api_socket),
-            format!("{:?}", b.api_socket),
+            |c| format!("{:?}", c.api_socket),
             "the control socket is bound at start",
         ),
         (
             "agent.metrics_listen",
-            format!("{:?}", a.metrics_listen),
-            format!("{:?}", b.metrics_listen),
+            |c| format!("{:?}", c.metrics_listen),
             "the metrics endpoint is bound at start",
         ),
     ];
+    let checks = checks.map(|(field, show, why)| (field, show(a), show(b), why));
     for (field, old, new, why) in checks {
         if old != new {
             return Err(ReloadError::NeedsRestart {
