@@ -5,6 +5,7 @@
 //! [`Request`] per line and reads one [`Response`] per line, in order. Requests go to the agent's
 //! main task ([`Call`]), which owns the state, so they are applied one at a time.
 
+use crate::error::{IoError, io_at};
 use std::io::{BufRead as _, BufReader, Write as _};
 use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
@@ -29,22 +30,12 @@ pub enum Call {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
-    #[error("{path}: {what}")]
-    Io {
-        what: &'static str,
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] IoError),
     #[error("another agent is answering on {0}; set agent.api_socket to another path")]
     InUse(PathBuf),
     #[error("the agent's answer is not JSON: {0}")]
     Garbled(String),
-}
-
-fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> ApiError {
-    let path = path.to_owned();
-    move |source| ApiError::Io { what, path, source }
 }
 
 /// Binds the socket: refuses to take over a live agent's socket, replaces a stale one.
@@ -56,17 +47,17 @@ pub fn bind(path: &Path) -> Result<UnixListener, ApiError> {
             .recursive(true)
             .mode(0o700)
             .create(dir)
-            .map_err(io("creating the socket's directory", dir))?;
+            .map_err(io_at("creating the socket's directory", dir))?;
     }
     if path.exists() {
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
             return Err(ApiError::InUse(path.to_owned()));
         }
-        std::fs::remove_file(path).map_err(io("removing a stale socket", path))?;
+        std::fs::remove_file(path).map_err(io_at("removing a stale socket", path))?;
     }
-    let listener = UnixListener::bind(path).map_err(io("binding the control socket", path))?;
+    let listener = UnixListener::bind(path).map_err(io_at("binding the control socket", path))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-        .map_err(io("making the control socket root-only", path))?;
+        .map_err(io_at("making the control socket root-only", path))?;
     Ok(listener)
 }
 
@@ -125,20 +116,20 @@ async fn connection(stream: UnixStream, calls: mpsc::Sender<Call>) {
 
 /// The CLI side: sends one request, returns the result or the agent's error message.
 pub fn call(path: &Path, req: &Request) -> Result<Result<serde_json::Value, String>, ApiError> {
-    let mut s = std::os::unix::net::UnixStream::connect(path).map_err(io(
+    let mut s = std::os::unix::net::UnixStream::connect(path).map_err(io_at(
         "connecting to the agent (is it running? is this its agent.api_socket?)",
         path,
     ))?;
     s.set_read_timeout(Some(Duration::from_secs(30)))
-        .map_err(io("setting a timeout", path))?;
+        .map_err(io_at("setting a timeout", path))?;
     let mut line = serde_json::to_string(req).expect("serializable");
     line.push('\n');
     s.write_all(line.as_bytes())
-        .map_err(io("sending the request", path))?;
+        .map_err(io_at("sending the request", path))?;
     let mut answer = String::new();
     BufReader::new(&s)
         .read_line(&mut answer)
-        .map_err(io("reading the answer", path))?;
+        .map_err(io_at("reading the answer", path))?;
     let r: Response =
         serde_json::from_str(&answer).map_err(|_| ApiError::Garbled(answer.trim().to_owned()))?;
     Ok(r.into_result())

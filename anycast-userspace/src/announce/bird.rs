@@ -2,6 +2,7 @@
 //! process.
 
 use super::*;
+use crate::error::{IoError, io_at};
 
 /// Prefix of the BIRD protocol names the agent drives.
 pub const PROTOCOL_PREFIX: &str = "anycast_vip_";
@@ -123,13 +124,8 @@ pub fn bgp_sessions(reply: &[String]) -> (usize, usize) {
 
 #[derive(Debug, thiserror::Error)]
 pub enum BirdError {
-    #[error("{what} {path}")]
-    Io {
-        what: &'static str,
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] IoError),
     #[error("BIRD answered {command:?} with {reply:?}")]
     Refused { command: String, reply: String },
     #[error("BIRD closed the control connection")]
@@ -149,13 +145,13 @@ pub struct BirdClient {
 
 impl BirdClient {
     pub async fn connect(path: &Path) -> Result<Self, BirdError> {
-        let s = UnixStream::connect(path)
-            .await
-            .map_err(|source| BirdError::Io {
+        let s = UnixStream::connect(path).await.map_err(|source| {
+            BirdError::Io(IoError {
                 what: "connecting to BIRD's control socket",
                 path: path.to_owned(),
                 source,
-            })?;
+            })
+        })?;
         let (r, w) = s.into_split();
         let mut c = Self {
             path: path.to_owned(),
@@ -171,15 +167,13 @@ impl BirdClient {
         let read = async {
             loop {
                 let mut l = String::new();
-                let n = self
-                    .read
-                    .read_line(&mut l)
-                    .await
-                    .map_err(|source| BirdError::Io {
+                let n = self.read.read_line(&mut l).await.map_err(|source| {
+                    BirdError::Io(IoError {
                         what: "reading from BIRD's control socket",
                         path: self.path.clone(),
                         source,
-                    })?;
+                    })
+                })?;
                 if n == 0 {
                     return Err(BirdError::Closed);
                 }
@@ -212,10 +206,12 @@ impl BirdClient {
         self.write
             .write_all(line.as_bytes())
             .await
-            .map_err(|source| BirdError::Io {
-                what: "writing to BIRD's control socket",
-                path: self.path.clone(),
-                source,
+            .map_err(|source| {
+                BirdError::Io(IoError {
+                    what: "writing to BIRD's control socket",
+                    path: self.path.clone(),
+                    source,
+                })
             })?;
         self.reply(command).await
     }
@@ -226,15 +222,11 @@ pub(super) fn spawn_bird(
     addresses: &BTreeSet<IpAddr>,
 ) -> Result<tokio::process::Child, BirdError> {
     use std::os::unix::fs::DirBuilderExt as _;
-    let io = |what, path: &Path| {
-        let path = path.to_owned();
-        move |source| BirdError::Io { what, path, source }
-    };
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(&m.run_dir)
-        .map_err(io("creating", &m.run_dir))?;
+        .map_err(io_at("creating", &m.run_dir))?;
     let conf = m.run_dir.join("bird.conf");
     let sock = m.run_dir.join("bird.ctl");
     write_bird_config(m, addresses, &BTreeSet::new())?;
@@ -267,7 +259,9 @@ pub(super) fn spawn_bird(
             Ok(())
         });
     }
-    let child = cmd.spawn().map_err(io("starting BIRD", &m.bird_binary))?;
+    let child = cmd
+        .spawn()
+        .map_err(io_at("starting BIRD", &m.bird_binary))?;
     info!(
         pid = child.id().unwrap_or(0),
         config = %conf.display(),
@@ -287,11 +281,7 @@ pub(super) fn write_bird_config(
 ) -> Result<PathBuf, BirdError> {
     let conf = m.run_dir.join("bird.conf");
     let tmp = m.run_dir.join("bird.conf.tmp");
-    let io = |what, path: &Path| {
-        let path = path.to_owned();
-        move |source| BirdError::Io { what, path, source }
-    };
-    std::fs::write(&tmp, bird_config(m, addresses, enabled)).map_err(io("writing", &tmp))?;
-    std::fs::rename(&tmp, &conf).map_err(io("renaming into place", &conf))?;
+    std::fs::write(&tmp, bird_config(m, addresses, enabled)).map_err(io_at("writing", &tmp))?;
+    std::fs::rename(&tmp, &conf).map_err(io_at("renaming into place", &conf))?;
     Ok(conf)
 }

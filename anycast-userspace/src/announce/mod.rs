@@ -27,6 +27,7 @@
 mod bird;
 mod policy;
 
+use crate::error::IoError;
 pub use bird::{BirdClient, BirdError, PROTOCOL_PREFIX, bgp_sessions, bird_config, protocol_name};
 use bird::{prefix_of, spawn_bird, write_bird_config};
 pub use policy::{Desired, SETTLE_LIMIT, Want, desired, gate};
@@ -454,10 +455,10 @@ async fn run(
                 Ok(()) => pending_configure = false,
                 Err(
                     e @ (BirdError::Refused { .. }
-                    | BirdError::Io {
+                    | BirdError::Io(IoError {
                         what: "writing" | "renaming into place",
                         ..
-                    }),
+                    })),
                 ) => {
                     error!(error = %crate::error::error_chain(&e), "the managed BIRD did not take its new config; it keeps the previous one");
                     pending_configure = false;

@@ -19,15 +19,17 @@ pub enum ReloadError {
 
 const SIZED: &str = "the maps are sized at load time";
 
+/// An `[agent]` field only a restart applies: its name, how it shows, why.
+type RestartOnly = (
+    &'static str,
+    fn(&crate::config::AgentConfig) -> String,
+    &'static str,
+);
+
 /// A reason for a field to need a restart; checked on every reload.
 pub(super) fn restart_only(old: &Config, new: &Config) -> Result<(), ReloadError> {
     let (a, b) = (&old.agent, &new.agent);
-    // (field, how it shows, why it needs a restart)
-    let checks: [(
-        &'static str,
-        fn(&crate::config::AgentConfig) -> String,
-        &'static str,
-    ); 10] = [
+    let checks: [RestartOnly; 10] = [
         (
             "agent.interfaces",
             |c| format!("{:?}", c.interfaces),

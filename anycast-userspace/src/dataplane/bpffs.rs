@@ -1,5 +1,6 @@
 //! The bpffs mount the pins live on: found, or mounted when missing.
 
+use crate::error::IoError;
 use std::path::{Path, PathBuf};
 
 use super::pins::PinError;
@@ -38,10 +39,12 @@ pub fn ensure_bpffs(pin_path: &Path) -> Result<Bpffs, PinError> {
             });
         }
     };
-    std::fs::create_dir_all(&dir).map_err(|source| PinError::Io {
-        what: "creating the parent directory of agent.pin_path",
-        path: dir.clone(),
-        source,
+    std::fs::create_dir_all(&dir).map_err(|source| {
+        PinError::Io(IoError {
+            what: "creating the parent directory of agent.pin_path",
+            path: dir.clone(),
+            source,
+        })
     })?;
     if is_bpffs(&dir) {
         return Ok(Bpffs::Present { dir });
@@ -50,10 +53,12 @@ pub fn ensure_bpffs(pin_path: &Path) -> Result<Bpffs, PinError> {
         dir: dir.clone(),
         why,
     };
-    let canonical = std::fs::canonicalize(&dir).map_err(|source| PinError::Io {
-        what: "resolving",
-        path: dir.clone(),
-        source,
+    let canonical = std::fs::canonicalize(&dir).map_err(|source| {
+        PinError::Io(IoError {
+            what: "resolving",
+            path: dir.clone(),
+            source,
+        })
     })?;
     if let Some(fstype) = mount_at(&canonical) {
         return Err(refuse(format!(
@@ -61,10 +66,12 @@ pub fn ensure_bpffs(pin_path: &Path) -> Result<Bpffs, PinError> {
         )));
     }
     let occupied = std::fs::read_dir(&dir)
-        .map_err(|source| PinError::Io {
-            what: "listing",
-            path: dir.clone(),
-            source,
+        .map_err(|source| {
+            PinError::Io(IoError {
+                what: "listing",
+                path: dir.clone(),
+                source,
+            })
         })?
         .next()
         .is_some();

@@ -51,6 +51,7 @@ mod memory;
 mod publish;
 mod snapshot;
 
+use crate::error::IoError;
 pub use aya_maps::AyaMaps;
 use aya_maps::map_err;
 pub use desired::{DesiredState, DesiredVip, addr_key_of, vip_key};
@@ -120,13 +121,8 @@ pub enum DataplaneError {
         #[source]
         source: aya::pin::PinError,
     },
-    #[error("{what} {path}")]
-    Io {
-        what: &'static str,
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] IoError),
 }
 
 /// Every map the agent writes or reads, for pinning.
@@ -292,10 +288,12 @@ impl Dataplane {
     /// Pins every map as `dir/maps/<NAME>` (see [`crate::dataplane::pins`]), replacing stale pins.
     pub fn pin_maps(&self, dir: &Path) -> Result<(), DataplaneError> {
         let dir = &crate::dataplane::pins::PinLayout::new(dir).maps_dir();
-        std::fs::create_dir_all(dir).map_err(|source| DataplaneError::Io {
-            what: "creating the pin directory (is bpffs mounted at /sys/fs/bpf?)",
-            path: dir.into(),
-            source,
+        std::fs::create_dir_all(dir).map_err(|source| {
+            DataplaneError::Io(IoError {
+                what: "creating the pin directory (is bpffs mounted at /sys/fs/bpf?)",
+                path: dir.into(),
+                source,
+            })
         })?;
         unpin_maps(dir)?;
         for name in ALL_MAPS {
@@ -321,11 +319,11 @@ pub fn unpin_maps(dir: &Path) -> Result<(), DataplaneError> {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(source) => {
-                return Err(DataplaneError::Io {
+                return Err(DataplaneError::Io(IoError {
                     what: "removing stale pin",
                     path,
                     source,
-                });
+                }));
             }
         }
     }

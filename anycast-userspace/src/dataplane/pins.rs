@@ -27,6 +27,7 @@
 
 pub use super::bpffs::{Bpffs, ensure_bpffs};
 
+use crate::error::IoError;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -42,13 +43,8 @@ use crate::dataplane::Geometry;
 pub enum PinError {
     #[error("parsing the eBPF object's map definitions: {0}")]
     Object(String),
-    #[error("{what} {path}")]
-    Io {
-        what: &'static str,
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] IoError),
     #[error("reading pinned map {path}")]
     Map {
         path: PathBuf,
@@ -120,10 +116,12 @@ impl PinLayout {
 
     pub fn create_dirs(&self) -> Result<(), PinError> {
         for dir in [self.maps_dir(), self.links_dir()] {
-            std::fs::create_dir_all(&dir).map_err(|source| PinError::Io {
-                what: "creating the pin directory",
-                path: dir,
-                source,
+            std::fs::create_dir_all(&dir).map_err(|source| {
+                PinError::Io(IoError {
+                    what: "creating the pin directory",
+                    path: dir,
+                    source,
+                })
             })?;
         }
         Ok(())
@@ -170,10 +168,12 @@ pub fn object_layouts(
     geometry: Geometry,
 ) -> Result<BTreeMap<String, MapLayout>, PinError> {
     let obj = aya_obj::Object::parse(object).map_err(|e| PinError::Object(e.to_string()))?;
-    let cpus = aya::util::nr_cpus().map_err(|(path, source)| PinError::Io {
-        what: "reading the number of possible CPUs from",
-        path: path.into(),
-        source,
+    let cpus = aya::util::nr_cpus().map_err(|(path, source)| {
+        PinError::Io(IoError {
+            what: "reading the number of possible CPUs from",
+            path: path.into(),
+            source,
+        })
     })?;
     let sized = [
         (map_names::RINGS, geometry.ring_entries()),
@@ -404,10 +404,12 @@ pub fn pin_created_maps(
         let Some(map) = ebpf.map(name) else { continue };
         let path = layout.map(name);
         remove_pin(&path)?;
-        map.pin(&path).map_err(|e| PinError::Io {
-            what: "pinning map at",
-            path: path.clone(),
-            source: std::io::Error::other(e),
+        map.pin(&path).map_err(|e| {
+            PinError::Io(IoError {
+                what: "pinning map at",
+                path: path.clone(),
+                source: std::io::Error::other(e),
+            })
         })?;
     }
     Ok(())
@@ -417,11 +419,11 @@ fn remove_pin(path: &Path) -> Result<bool, PinError> {
     match std::fs::remove_file(path) {
         Ok(()) => Ok(true),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
-        Err(source) => Err(PinError::Io {
+        Err(source) => Err(PinError::Io(IoError {
             what: "removing pin",
             path: path.to_owned(),
             source,
-        }),
+        })),
     }
 }
 
@@ -500,10 +502,12 @@ pub fn remove_link(layout: &PinLayout, interface: &str) -> Result<bool, PinError
 pub fn pin_program(prog: &mut Xdp, layout: &PinLayout) -> Result<(), PinError> {
     let path = layout.prog();
     remove_pin(&path)?;
-    prog.pin(&path).map_err(|e| PinError::Io {
-        what: "pinning the program at",
-        path,
-        source: std::io::Error::other(e),
+    prog.pin(&path).map_err(|e| {
+        PinError::Io(IoError {
+            what: "pinning the program at",
+            path,
+            source: std::io::Error::other(e),
+        })
     })
 }
 

@@ -16,6 +16,7 @@
 //!             "edge_drained":false}}
 //! ```
 
+use crate::error::IoError;
 use std::borrow::Borrow;
 use std::io::Write as _;
 use std::net::IpAddr;
@@ -48,7 +49,7 @@ impl StateFile {
     pub fn read_if_present(path: &Path) -> Result<Option<Self>, DataplaneError> {
         match Self::read(path) {
             Ok(s) => Ok(Some(s)),
-            Err(DataplaneError::Io { source, .. })
+            Err(DataplaneError::Io(IoError { source, .. }))
                 if source.kind() == std::io::ErrorKind::NotFound =>
             {
                 Ok(None)
@@ -58,24 +59,30 @@ impl StateFile {
     }
 
     pub fn read(path: &Path) -> Result<Self, DataplaneError> {
-        let text = std::fs::read_to_string(path).map_err(|source| DataplaneError::Io {
-            what: "reading agent state file",
-            path: path.into(),
-            source,
+        let text = std::fs::read_to_string(path).map_err(|source| {
+            DataplaneError::Io(IoError {
+                what: "reading agent state file",
+                path: path.into(),
+                source,
+            })
         })?;
-        serde_json::from_str(&text).map_err(|e| DataplaneError::Io {
-            what: "parsing agent state file",
-            path: path.into(),
-            source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+        serde_json::from_str(&text).map_err(|e| {
+            DataplaneError::Io(IoError {
+                what: "parsing agent state file",
+                path: path.into(),
+                source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+            })
         })
     }
 
     /// Written to a temporary file then renamed, so a reader never sees half a file.
     pub fn write(&self, path: &Path) -> Result<(), DataplaneError> {
-        let io = |what, source| DataplaneError::Io {
-            what,
-            path: path.into(),
-            source,
+        let io = |what, source| {
+            DataplaneError::Io(IoError {
+                what,
+                path: path.into(),
+                source,
+            })
         };
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(|e| io("creating the directory of", e))?;

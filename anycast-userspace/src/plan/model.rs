@@ -261,6 +261,19 @@ pub enum Outcome {
     },
 }
 
+impl Outcome {
+    /// The backend the flow goes to, if any (also when it would be dropped for want of a
+    /// tunnel source: the backend is chosen).
+    pub fn backend(&self) -> Option<IpAddr> {
+        match self {
+            Outcome::Local { backend, .. }
+            | Outcome::Encap { backend, .. }
+            | Outcome::NoTunnelSource { backend, .. } => Some(*backend),
+            Outcome::NotAVip | Outcome::NoBackend { .. } => None,
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Decision {
     pub flow: Flow,
