@@ -16,10 +16,10 @@
 //! the lab; configs, sockets and logs live in the lab's run directory.
 
 use std::collections::BTreeMap;
-use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use anycast::proto::Status;
 use nix::sys::signal::Signal;
 
 use crate::lab::reference::{self, *};
@@ -72,6 +72,15 @@ fn agent_spec(opts: &Options, ns: &str, vips: Option<&Vec<VipSpec>>) -> Result<A
 
 /// The agents that run in every BGP lab, by namespace.
 pub const HOSTS: [&str; 4] = [EDGE1, EDGE2, BACKEND1, BACKEND2];
+
+/// The short names of an edge's interface and of the router's end of its link.
+fn edge_devs(edge: &str) -> (&'static str, &'static str) {
+    match edge {
+        EDGE1 => ("e1-r", "r-e1"),
+        EDGE2 => ("e2-r", "r-e2"),
+        other => panic!("{other} is not an edge"),
+    }
+}
 
 /// The router-facing addresses of an edge and of the router's end of its link.
 pub fn edge_link(edge: &str) -> (&'static str, &'static str, &'static str, &'static str) {
@@ -267,9 +276,7 @@ impl BgpLab {
             &[("RUST_LOG", "info")],
         )?;
         self.agents.insert(edge.to_owned(), name.clone());
-        let dev = self
-            .lab
-            .ifname(if edge == EDGE1 { "e1-r" } else { "e2-r" })?;
+        let dev = self.lab.ifname(edge_devs(edge).0)?;
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             self.lab.check_alive()?;
@@ -414,42 +421,40 @@ impl BgpLab {
             .map_err(|e| LabError::Setup(format!("running anycast {args:?}: {e}")))
     }
 
-    /// `edge`'s status as JSON (through the control API).
-    pub fn status(&self, edge: &str) -> serde_json::Value {
-        anycast::api::call(&self.api_socket(edge), &anycast::proto::Request::Status)
-            .unwrap_or_else(|e| panic!("{edge}: status: {e}"))
-            .unwrap_or_else(|e| panic!("{edge}: status: {e}"))
+    /// The control API of the agent in `ns` (an edge or a backend).
+    pub fn client(&self, ns: &str) -> anycast::api::Client {
+        self.lab.agent_client(ns)
+    }
+
+    /// The status of the agent in `ns` (through the control API).
+    pub fn status(&self, ns: &str) -> Status {
+        self.client(ns)
+            .status()
+            .unwrap_or_else(|e| panic!("{ns}: status: {e}"))
     }
 
     /// Announcement per VIP label of `edge`: (announced, reason).
     pub fn announcements(&self, edge: &str) -> Vec<(String, bool, String)> {
-        self.status(edge)["vips"]
-            .as_array()
+        self.status(edge)
+            .vips
             .into_iter()
-            .flatten()
             .map(|v| {
-                (
-                    v["vip"].as_str().unwrap_or("?").to_owned(),
-                    v["announcement"]["announced"] == true,
-                    v["announcement"]["reason"]
-                        .as_str()
-                        .unwrap_or("")
-                        .to_owned(),
-                )
+                let (announced, reason) = v
+                    .announcement
+                    .map_or((false, String::new()), |a| (a.announced, a.reason));
+                (v.vip.to_string(), announced, reason)
             })
             .collect()
     }
 
     /// Packets `edge`'s dataplane counted for every VIP.
     pub fn vip_packets(&self, edge: &str) -> u64 {
-        let v = anycast::api::call(&self.api_socket(edge), &anycast::proto::Request::Stats)
+        self.client(edge)
+            .stats()
             .unwrap_or_else(|e| panic!("{edge}: stats: {e}"))
-            .unwrap_or_else(|e| panic!("{edge}: stats: {e}"));
-        v["vips"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|v| v["packets"].as_u64())
+            .vips
+            .iter()
+            .map(|v| v.traffic.packets)
             .sum()
     }
 
@@ -511,34 +516,40 @@ impl BgpLab {
             .collect()
     }
 
+    /// The neighbour entries of `edge`'s link to the router, as (namespace, device, address of
+    /// the other end): the router's of the edge's two addresses, the edge's of the router's.
+    fn link_neighbours<'e>(&self, edge: &'e str) -> Result<Vec<(&'e str, String, &'static str)>> {
+        let (e4, e6, r4, r6) = edge_link(edge);
+        let (edev, rdev) = edge_devs(edge);
+        let (edev, rdev) = (self.lab.ifname(edev)?, self.lab.ifname(rdev)?);
+        Ok(vec![
+            (ROUTER, rdev.clone(), e4),
+            (ROUTER, rdev, e6),
+            (edge, edev.clone(), r4),
+            (edge, edev, r6),
+        ])
+    }
+
     /// Cuts `edge` off as a dead switch port would, without any link going down: both ends'
     /// neighbour entries point at a MAC nobody has, so nothing either side sends (BGP, BFD,
     /// VIP packets, the edge's encapsulated packets) is accepted by the other.
     pub fn black_hole(&self, edge: &str) -> Result<()> {
-        let (e4, e6, r4, r6) = edge_link(edge);
-        let (edev, rdev) = if edge == EDGE1 {
-            (self.lab.ifname("e1-r")?, self.lab.ifname("r-e1")?)
-        } else {
-            (self.lab.ifname("e2-r")?, self.lab.ifname("r-e2")?)
-        };
         const NOBODY: &str = "02:00:00:00:de:ad";
-        for (ns, dev, addrs) in [(ROUTER, &rdev, [e4, e6]), (edge, &edev, [r4, r6])] {
-            for a in addrs {
-                self.lab.ip(
-                    ns,
-                    &[
-                        "neigh",
-                        "replace",
-                        a,
-                        "lladdr",
-                        NOBODY,
-                        "dev",
-                        dev,
-                        "nud",
-                        "permanent",
-                    ],
-                )?;
-            }
+        for (ns, dev, a) in self.link_neighbours(edge)? {
+            self.lab.ip(
+                ns,
+                &[
+                    "neigh",
+                    "replace",
+                    a,
+                    "lladdr",
+                    NOBODY,
+                    "dev",
+                    &dev,
+                    "nud",
+                    "permanent",
+                ],
+            )?;
         }
         Ok(())
     }
@@ -546,40 +557,27 @@ impl BgpLab {
     /// Undoes [`BgpLab::black_hole`]: the permanent neighbour entries go, and both ends resolve
     /// each other again.
     pub fn heal(&self, edge: &str) -> Result<()> {
-        let (e4, e6, r4, r6) = edge_link(edge);
-        let (edev, rdev) = if edge == EDGE1 {
-            (self.lab.ifname("e1-r")?, self.lab.ifname("r-e1")?)
-        } else {
-            (self.lab.ifname("e2-r")?, self.lab.ifname("r-e2")?)
-        };
-        for (ns, dev, addrs) in [(ROUTER, &rdev, [e4, e6]), (edge, &edev, [r4, r6])] {
-            for a in addrs {
-                self.lab.ip(ns, &["neigh", "del", a, "dev", dev])?;
-            }
+        for (ns, dev, a) in self.link_neighbours(edge)? {
+            self.lab.ip(ns, &["neigh", "del", a, "dev", &dev])?;
         }
         Ok(())
     }
 }
 
-/// The `anycast lookup` answer of `edge`'s running agent for a flow: the backend's server name.
+/// The `anycast lookup` answer of the agent on `socket` for a flow: the backend's server name.
 pub fn live_lookup(
     socket: &std::path::Path,
     protocol: &str,
     src: std::net::SocketAddr,
     dst: std::net::SocketAddr,
 ) -> String {
-    let v = anycast::api::call(
-        socket,
-        &anycast::proto::Request::Lookup {
-            flow: format!("{protocol} {src} {dst}"),
-        },
-    )
-    .unwrap_or_else(|e| panic!("lookup: {e}"))
-    .unwrap_or_else(|e| panic!("lookup: {e}"));
-    let backend: IpAddr = v["backend"]
-        .as_str()
-        .and_then(|b| b.parse().ok())
-        .unwrap_or_else(|| panic!("lookup {src} -> {dst}: no backend in {v}"));
+    let d = anycast::api::Client::new(socket)
+        .lookup(&format!("{protocol} {src} {dst}"))
+        .unwrap_or_else(|e| panic!("lookup: {e}"));
+    let backend = d
+        .outcome
+        .backend()
+        .unwrap_or_else(|| panic!("lookup {src} -> {dst}: no backend in {d:?}"));
     reference::backend_name(backend)
         .unwrap_or_else(|| panic!("unknown backend {backend}"))
         .to_owned()

@@ -37,7 +37,12 @@ fn config(k: usize) -> Config {
         .agent("max_vips", 2)
         .agent("max_backends", 8)
         .agent("conntrack_size", 1024)
-        .vips([VipBuilder::new(&VIP.to_string(), 80, "tcp").backend(&backend(k % 3).to_string(), 1)])
+        .vips(
+            [
+                VipBuilder::new(&VIP.to_string(), 80, "tcp")
+                    .backend(&backend(k % 3).to_string(), 1),
+            ],
+        )
         .build()
 }
 

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use anycast::proto::Status;
 use anycast_tests::lab::{AgentSpec, ChildSignals, End, Lab, Link, Topology, find_binary};
 
 const EDGE: &str = "edge";
@@ -54,21 +55,15 @@ fn write_config(lab: &Lab, name: &str, pin_path: &Path) -> PathBuf {
             if l.starts_with("pin_path") {
                 format!("pin_path = {:?}\n", pin_path.display().to_string())
             } else if l.starts_with("state_file") {
-                format!(
-                    "state_file = {:?}\n",
-                    lab.dir().join(format!("state-{name}.json"))
-                )
+                format!("state_file = {:?}\n", lab.agent_state_path(name))
             } else if l.starts_with("api_socket") {
-                format!(
-                    "api_socket = {:?}\n",
-                    lab.dir().join(format!("api-{name}.sock"))
-                )
+                format!("api_socket = {:?}\n", lab.agent_socket_path(name))
             } else {
                 format!("{l}\n")
             }
         })
         .collect();
-    let path = lab.dir().join(format!("agent-{name}.toml"));
+    let path = lab.agent_config_path(name);
     std::fs::write(&path, text + "metrics_listen = \"\"\n").expect("writing the config");
     path
 }
@@ -189,9 +184,9 @@ fn the_agent_mounts_bpffs_where_none_is_and_refuses_where_a_mount_would_hide_som
         ChildSignals::Default,
     )
     .expect("starting the agent");
-    let socket = dir.join("api-mounted.sock");
+    let socket = lab.agent_socket_path("mounted");
     let start = Instant::now();
-    let status = loop {
+    let program = loop {
         lab.check_alive().expect("the agent died");
         let out = Command::new(bin.as_ref())
             .args(["status", "--json", "--socket"])
@@ -199,9 +194,9 @@ fn the_agent_mounts_bpffs_where_none_is_and_refuses_where_a_mount_would_hide_som
             .output()
             .expect("anycast status");
         if out.status.success() {
-            let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status JSON");
-            if v["program"]["id"].is_u64() {
-                break v;
+            let status: Status = serde_json::from_slice(&out.stdout).expect("status JSON");
+            if let Some(id) = status.program.id {
+                break id;
             }
         }
         assert!(
@@ -213,9 +208,8 @@ fn the_agent_mounts_bpffs_where_none_is_and_refuses_where_a_mount_would_hide_som
     };
     let log = lab.log("agent-mounted");
     println!(
-        "agent with pin_path {} started, program {}; its log:",
+        "agent with pin_path {} started, program {program}; its log:",
         pin_path.display(),
-        status["program"]["id"]
     );
     for l in log
         .lines()
@@ -229,10 +223,8 @@ fn the_agent_mounts_bpffs_where_none_is_and_refuses_where_a_mount_would_hide_som
     );
     assert!(log.contains("mount namespace of the agent's own"), "{log}");
     // In the agent's mount namespace: a bpffs at the parent, holding the pins.
-    let pid = std::fs::read_to_string(dir.join("state-mounted.json"))
-        .ok()
-        .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
-        .and_then(|s| s["pid"].as_u64())
+    let pid = lab
+        .agent_pid("mounted")
         .expect("the agent's pid in its state file");
     let inside = |args: &[&str]| {
         let out = Command::new("nsenter")

@@ -20,10 +20,13 @@
 //!
 //! Timings are printed (`--nocapture`).
 
+use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use anycast_tests::lab::ConnsOptions;
+use anycast::proto::Health;
+use anycast_tests::lab::conns::Phase;
 use anycast_tests::lab::reference::*;
+use anycast_tests::lab::{ConnsOptions, LongLived};
 use anycast_tests::lab_bgp::{BgpLab, Options, live_lookup};
 
 /// One BGP lab at a time: BFD at 200 ms x 5 and the timing assertions need CPU, and four labs
@@ -46,21 +49,23 @@ fn start(test: &str, opts: Options) -> Option<(std::sync::MutexGuard<'static, ()
     Some((guard, lab))
 }
 
-fn conns(n: usize, duration: Duration) -> ConnsOptions {
-    ConnsOptions {
+/// `n` long-lived connections from the client to the IPv4 TCP VIP for `duration`, once every
+/// one of them is open and streaming (bounded wait).
+fn streaming(bgp: &BgpLab, n: usize, duration: Duration) -> LongLived {
+    let opts = ConnsOptions {
         conns: n,
         duration,
         ..ConnsOptions::default()
-    }
-}
-
-/// Waits (bounded) until every connection is open and streaming.
-fn wait_streaming(ll: &anycast_tests::lab::LongLived, n: usize) {
+    };
+    let ll = bgp
+        .lab
+        .start_long_lived(CLIENT, vip_v4_tcp(), opts)
+        .expect("starting long-lived connections");
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         let s = ll.snapshot();
-        if s.phase == "streaming" && s.established() == n {
-            return;
+        if s.phase == Phase::Streaming && s.established() == n {
+            return ll;
         }
         assert!(
             Instant::now() < deadline,
@@ -137,11 +142,7 @@ fn drain_edge_withdraws_within_a_second_and_no_connection_breaks() {
         return;
     };
     let n = 40;
-    let ll = bgp
-        .lab
-        .start_long_lived(CLIENT, vip_v4_tcp(), conns(n, Duration::from_secs(6)))
-        .unwrap();
-    wait_streaming(&ll, n);
+    let ll = streaming(&bgp, n, Duration::from_secs(6));
     std::thread::sleep(Duration::from_millis(500));
     let e1_before = bgp.vip_packets(EDGE1);
     assert!(
@@ -226,11 +227,7 @@ fn dead_edge_is_routed_around_within_bfd_time_and_other_backends_connections_sur
         return;
     };
     let n = 60;
-    let ll = bgp
-        .lab
-        .start_long_lived(CLIENT, vip_v4_tcp(), conns(n, Duration::from_secs(5)))
-        .unwrap();
-    wait_streaming(&ll, n);
+    let ll = streaming(&bgp, n, Duration::from_secs(5));
     std::thread::sleep(Duration::from_millis(300));
 
     bgp.black_hole(EDGE1).unwrap();
@@ -423,22 +420,17 @@ fn a_restarted_edge_announces_only_once_its_restored_health_is_confirmed() {
         return;
     };
     let settled = |b: &BgpLab| {
-        let st = b.status(EDGE1);
-        st["vips"].as_array().is_some_and(|vips| {
-            vips.iter().all(|v| {
-                v["backends"].as_array().is_some_and(|bs| {
-                    bs.iter().all(|b| {
-                        b["health"] == "healthy" && b["health_settled"].as_bool() == Some(true)
-                    })
-                })
-            })
+        b.status(EDGE1).vips.iter().all(|v| {
+            v.backends
+                .iter()
+                .all(|b| b.health == Health::Healthy && b.health_settled)
         })
     };
     let deadline = Instant::now() + Duration::from_secs(20);
     while !settled(&bgp) {
         assert!(
             Instant::now() < deadline,
-            "edge1's backends not all healthy and settled: {}",
+            "edge1's backends not all healthy and settled: {:?}",
             bgp.status(EDGE1)
         );
         std::thread::sleep(Duration::from_millis(50));
@@ -482,19 +474,14 @@ fn a_restarted_edge_announces_only_once_its_restored_health_is_confirmed() {
             "{prefix} announced before the new agent's checks found {backend} down:\n{log}"
         );
     }
-    let st = bgp.status(EDGE1);
-    for v in st["vips"].as_array().expect("vips") {
-        let b2 = v["backends"]
-            .as_array()
-            .expect("backends")
+    let backend2: [IpAddr; 2] = [BACKEND2_V4, BACKEND2_V6].map(|a| a.parse().expect("literal"));
+    for v in bgp.status(EDGE1).vips {
+        let b2 = v
+            .backends
             .iter()
-            .find(|b| b["address"] == BACKEND2_V4 || b["address"] == BACKEND2_V6)
+            .find(|b| backend2.contains(&b.address))
             .expect("backend2");
-        assert_eq!(
-            (b2["health"].as_str(), b2["slots"].as_u64()),
-            (Some("unhealthy"), Some(0)),
-            "{v}"
-        );
+        assert_eq!((b2.health, b2.slots), (Health::Unhealthy, 0), "{v:?}");
     }
     assert!(
         log.contains("held back until its health checks settle"),

@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use anycast::proto::{ReloadOutcome, Status};
 use anycast_tests::lab::find_binary;
 use anycast_tests::lab::reference::*;
 use anycast_tests::lab_bgp::{BgpLab, EDGES, Options, live_lookup};
@@ -24,18 +25,18 @@ const NEW_VIP: &str = "203.0.113.20";
 
 /// Replaces `edge`'s config file (the agent's file watch reloads it) and waits (bounded) until
 /// the agent reports a reload newer than the last one; returns that reload's outcome.
-fn reload(bgp: &BgpLab, edge: &str, text: &str) -> serde_json::Value {
-    let before = bgp.status(edge);
-    let count = |s: &serde_json::Value| {
-        s["reloads_ok"].as_u64().unwrap_or(0) + s["reloads_error"].as_u64().unwrap_or(0)
-    };
-    let n0 = count(&before);
+fn reload(bgp: &BgpLab, edge: &str, text: &str) -> ReloadOutcome {
+    let count = |s: &Status| s.reloads_ok + s.reloads_error;
+    let n0 = count(&bgp.status(edge));
     std::fs::write(bgp.lab.agent_config_path(edge), text).expect("writing the config");
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let s = bgp.status(edge);
-        if count(&s) > n0 {
-            return s["last_reload"].clone();
+        let n = count(&s);
+        if n > n0 {
+            return s
+                .last_reload
+                .unwrap_or_else(|| panic!("{edge}: {n} reloads, no last one"));
         }
         assert!(
             Instant::now() < deadline,
@@ -145,7 +146,7 @@ fn bgp_settings_and_vip_addresses_change_without_a_restart() {
     let t = Instant::now();
     for (edge, text) in EDGES.iter().zip(&base) {
         let r = reload(&bgp, edge, &with_new_vip(text));
-        assert_eq!(r["ok"], true, "{edge}: adding {NEW_VIP} was refused: {r}");
+        assert!(r.ok, "{edge}: adding {NEW_VIP} was refused: {r:?}");
     }
     let learned = bgp
         .wait_nexthops(NEW_VIP, &[EDGE1_V4, EDGE2_V4], Duration::from_secs(10))
@@ -202,7 +203,7 @@ fn bgp_settings_and_vip_addresses_change_without_a_restart() {
     let e1_timers = timers(&with_new_vip(&base[0]));
     let t = Instant::now();
     let r = reload(&bgp, EDGE1, &e1_timers);
-    assert_eq!(r["ok"], true, "edge1: changing the timers was refused: {r}");
+    assert!(r.ok, "edge1: changing the timers was refused: {r:?}");
     let conf = std::fs::read_to_string(bgp.edge_bird_dir(EDGE1).join("bird.conf")).unwrap();
     assert!(
         conf.contains("hold time 6;") && conf.contains("keepalive time 2;"),
@@ -238,7 +239,7 @@ fn bgp_settings_and_vip_addresses_change_without_a_restart() {
     let t = Instant::now();
     for (edge, text) in [(EDGE1, timers(&base[0])), (EDGE2, base[1].clone())] {
         let r = reload(&bgp, edge, &text);
-        assert_eq!(r["ok"], true, "{edge}: removing {NEW_VIP} was refused: {r}");
+        assert!(r.ok, "{edge}: removing {NEW_VIP} was refused: {r:?}");
     }
     let gone = bgp
         .wait_nexthops(NEW_VIP, &[], Duration::from_secs(10))
@@ -254,12 +255,11 @@ fn bgp_settings_and_vip_addresses_change_without_a_restart() {
         &bad[..bad.len().min(5)]
     );
     for edge in EDGES {
-        let st = bgp.status(edge);
-        let prefixes: Vec<String> = st["vips"]
-            .as_array()
+        let prefixes: Vec<String> = bgp
+            .status(edge)
+            .vips
             .into_iter()
-            .flatten()
-            .filter_map(|v| v["announcement"]["prefix"].as_str().map(str::to_owned))
+            .filter_map(|v| v.announcement.map(|a| a.prefix))
             .collect();
         assert!(
             !prefixes.iter().any(|p| p.starts_with(NEW_VIP)),
@@ -273,8 +273,8 @@ fn bgp_settings_and_vip_addresses_change_without_a_restart() {
         "\n[bgp]\nbird_binary = \"/usr/sbin/bird-other\"\n",
     );
     let r = reload(&bgp, EDGE2, &broken);
-    assert_eq!(r["ok"], false, "edge2 accepted a new bird_binary: {r}");
-    let msg = r["message"].as_str().unwrap_or_default();
+    assert!(!r.ok, "edge2 accepted a new bird_binary: {r:?}");
+    let msg = &r.message;
     assert!(
         msg.contains("bgp.bird_binary"),
         "the refusal does not name the field: {msg}"

@@ -66,7 +66,7 @@ use std::fmt::Write as _;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use anycast::proto::Request;
+use anycast_tests::lab::conns::Phase;
 use anycast_tests::lab::{
     self, ConnReport, ConnsOptions, ConnsReport, LongLived, VipSpec, reference,
 };
@@ -207,12 +207,6 @@ fn start(
 // ---------------------------------------------------------------------------------------------
 // The agents: stats, tables, backends.
 
-fn api(bgp: &BgpLab, ns: &str, request: &Request) -> serde_json::Value {
-    anycast::api::call(&bgp.api_socket(ns), request)
-        .unwrap_or_else(|e| panic!("{ns}: {request:?}: {e}"))
-        .unwrap_or_else(|e| panic!("{ns}: {request:?}: {e}"))
-}
-
 /// Runs the `anycast` CLI against the agent in `ns`; it must succeed. Returns its stdout.
 fn cli(bgp: &BgpLab, ns: &str, args: &[&str]) -> String {
     let out = bgp
@@ -234,14 +228,11 @@ fn all_counters(bgp: &BgpLab) -> Counters {
     HOSTS
         .iter()
         .map(|ns| {
-            let v = api(bgp, ns, &Request::Stats);
-            let c = v["counters"]
-                .as_object()
-                .unwrap_or_else(|| panic!("{ns}: stats without counters: {v}"))
-                .iter()
-                .map(|(k, n)| (k.clone(), n.as_u64().unwrap_or(0)))
-                .collect();
-            (*ns, c)
+            let stats = bgp
+                .client(ns)
+                .stats()
+                .unwrap_or_else(|e| panic!("{ns}: stats: {e}"));
+            (*ns, stats.counters.into_iter().collect())
         })
         .collect()
 }
@@ -262,15 +253,13 @@ fn delta(before: &Counters, after: &Counters) -> Counters {
 
 /// Every VIP's table fingerprint on the agent in `ns`, by VIP.
 fn fingerprints(bgp: &BgpLab, ns: &str) -> BTreeMap<String, String> {
-    let v = api(bgp, ns, &Request::Status);
-    v["vips"]
-        .as_array()
-        .unwrap_or_else(|| panic!("{ns}: status without vips: {v}"))
-        .iter()
-        .map(|x| {
+    bgp.status(ns)
+        .vips
+        .into_iter()
+        .map(|v| {
             (
-                x["vip"].as_str().unwrap_or("?").to_owned(),
-                x["fingerprint"].as_str().unwrap_or("none").to_owned(),
+                v.vip.to_string(),
+                v.fingerprint.unwrap_or_else(|| "none".to_owned()),
             )
         })
         .collect()
@@ -326,16 +315,8 @@ fn start_conns(bgp: &BgpLab) -> Running {
         .expect("starting IPv6 connections");
     let deadline = Instant::now() + Duration::from_secs(40);
     for (c, what) in [(&v4, "IPv4"), (&v6, "IPv6")] {
-        loop {
-            let s = c.snapshot();
-            if s.phase != "connecting" {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{what}: still connecting after 40 s:\n{s}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
+        if let Err(s) = c.wait_connected(deadline) {
+            panic!("{what}: still connecting after 40 s:\n{s}");
         }
     }
     Running { v4, v6 }
@@ -345,7 +326,8 @@ impl Running {
     fn assert_streaming(&self, what: &str) {
         for s in [self.v4.snapshot(), self.v6.snapshot()] {
             assert_eq!(
-                s.phase, "streaming",
+                s.phase,
+                Phase::Streaming,
                 "{what}: the connections stopped streaming before the changes were over:\n{s}"
             );
         }

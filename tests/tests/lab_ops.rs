@@ -5,13 +5,18 @@
 //! the one operated on. Measured numbers are printed (run with `--nocapture` to see them).
 
 use std::io::{Read as _, Write as _};
-use std::net::TcpStream;
+use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use anycast_tests::lab::conns::{ConnsOptions, ConnsReport, LongLived};
-use anycast_tests::lab::{ChildSignals, FlowTally, Lab, find_binary, reference};
+use anycast::api::Client;
+use anycast::config::VipId;
+use anycast::proto::{BackendStatus, Health, Status, VipStatus};
+use anycast_tests::lab::conns::{ConnsOptions, ConnsReport, LongLived, Phase};
+use anycast_tests::lab::{
+    ChildSignals, FlowTally, Lab, find_binary, reference, tcp_request_bound, without_colours,
+};
 
 const EDGE: &str = reference::EDGE1;
 const FLOWS: usize = 60;
@@ -30,24 +35,20 @@ struct Ops {
     bin: PathBuf,
     config: PathBuf,
     socket: PathBuf,
-    state: PathBuf,
+    agent: Client,
     restarts: usize,
 }
 
 impl Ops {
     /// The reference dataplane, VIPs routed to edge1, whose agent runs with health checks.
     fn start() -> Ops {
-        let mut lab = Lab::build(&reference::topology())
-            .unwrap_or_else(|e| panic!("building the reference topology: {e}"));
-        lab.start_dataplane()
-            .unwrap_or_else(|e| panic!("starting pass programs, agents and servers: {e}"));
+        let lab = reference::start().unwrap_or_else(|e| panic!("starting the reference lab: {e}"));
         reference::route_vips_to(&lab, EDGE).expect("routing the VIPs to edge1");
-        let dir = lab.dir().to_owned();
         let mut ops = Ops {
             bin: find_binary("anycast", "ANYCAST_BIN").expect("the anycast binary"),
-            config: dir.join(format!("agent-{EDGE}.toml")),
-            socket: dir.join(format!("api-{EDGE}.sock")),
-            state: dir.join(format!("state-{EDGE}.json")),
+            config: lab.agent_config_path(EDGE),
+            socket: lab.agent_socket_path(EDGE),
+            agent: lab.agent_client(EDGE),
             lab,
             restarts: 0,
         };
@@ -89,28 +90,21 @@ impl Ops {
             Duration::from_secs(10),
             "a good reload with health checks",
             |s| {
-                s["last_reload"]["ok"] == true
-                    && s["vips"].as_array().is_some_and(|v| {
-                        v.iter().all(|v| {
-                            v["backends"]
-                                .as_array()
-                                .is_some_and(|b| b.iter().all(|b| b["health"] == "healthy"))
-                        })
-                    })
+                reloaded(s, true)
+                    && s.vips
+                        .iter()
+                        .all(|v| v.backends.iter().all(|b| b.health == Health::Healthy))
             },
         );
         ops
     }
 
-    fn edge_pid(&self) -> i32 {
-        let s: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(&self.state).expect("state file"))
-                .expect("state file JSON");
-        s["pid"].as_i64().expect("pid") as i32
+    fn edge_pid(&self) -> nix::unistd::Pid {
+        self.lab.agent_pid(EDGE).expect("the edge agent's pid")
     }
 
     fn signal(&self, sig: nix::sys::signal::Signal) {
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.edge_pid()), sig)
+        nix::sys::signal::kill(self.edge_pid(), sig)
             .unwrap_or_else(|e| panic!("sending {sig} to the edge agent: {e}"));
     }
 
@@ -130,20 +124,17 @@ impl Ops {
             .expect("running anycast")
     }
 
-    fn status(&self) -> Option<serde_json::Value> {
-        let out = self.cli(&["status", "--json"]);
-        out.status
-            .success()
-            .then(|| serde_json::from_slice(&out.stdout).ok())
-            .flatten()
+    /// The edge agent's status; `None` when it does not answer.
+    fn status(&self) -> Option<Status> {
+        self.agent.status().ok()
     }
 
     fn wait_for(
         &self,
         limit: Duration,
         what: &str,
-        mut ok: impl FnMut(&serde_json::Value) -> bool,
-    ) -> (Duration, serde_json::Value) {
+        mut ok: impl FnMut(&Status) -> bool,
+    ) -> (Duration, Status) {
         let start = Instant::now();
         loop {
             if let Some(s) = self.status()
@@ -170,12 +161,10 @@ impl Ops {
         self.lab.log(&name)
     }
 
-    fn fingerprints(s: &serde_json::Value) -> Vec<String> {
-        s["vips"]
-            .as_array()
-            .expect("vips")
+    fn fingerprints(s: &Status) -> Vec<String> {
+        s.vips
             .iter()
-            .map(|v| format!("{} {}", v["vip"], v["fingerprint"]))
+            .map(|v| format!("{} {:?}", v.vip, v.fingerprint))
             .collect()
     }
 
@@ -183,7 +172,7 @@ impl Ops {
     /// it answers with a new program; returns how long that took. It starts with SIGINT, SIGTERM
     /// and SIGHUP blocked and ignored, as a careless parent can leave them (cargo xtask once
     /// did): the agent must take them back, or (f) sees it ignore SIGTERM.
-    fn restart_agent(&mut self, old_program: &serde_json::Value) -> (Duration, serde_json::Value) {
+    fn restart_agent(&mut self, old_program: Option<u32>) -> (Duration, Status) {
         self.restarts += 1;
         let start = Instant::now();
         let bin = self.bin.to_string_lossy().into_owned();
@@ -198,7 +187,7 @@ impl Ops {
             )
             .expect("starting the agent again");
         let (_, s) = self.wait_for(Duration::from_secs(20), "the new agent", |s| {
-            s["program"]["id"] != *old_program && s["program"]["id"].is_u64()
+            s.program.id.is_some() && s.program.id != old_program
         });
         (start.elapsed(), s)
     }
@@ -277,7 +266,7 @@ impl Ops {
 
     fn wait_streaming(&self, c: &LongLived, conns: usize) {
         let start = Instant::now();
-        while c.snapshot().established() < conns || c.snapshot().phase == "connecting" {
+        while c.snapshot().established() < conns || c.snapshot().phase == Phase::Connecting {
             assert!(
                 start.elapsed() < Duration::from_secs(20),
                 "connections not established:\n{}",
@@ -289,13 +278,32 @@ impl Ops {
 }
 
 /// The status entry of the IPv4 TCP VIP.
-fn vip_v4_tcp(s: &serde_json::Value) -> serde_json::Value {
-    let label = format!("{}:{}/tcp", reference::VIP_V4, reference::TCP_PORT);
-    s["vips"]
-        .as_array()
-        .and_then(|v| v.iter().find(|v| v["vip"] == label.as_str()))
-        .cloned()
-        .unwrap_or_else(|| panic!("no VIP {label} in {s}"))
+fn vip_v4_tcp(s: &Status) -> &VipStatus {
+    let vip: VipId = format!("{}:{}/tcp", reference::VIP_V4, reference::TCP_PORT)
+        .parse()
+        .expect("a VIP label");
+    s.vips
+        .iter()
+        .find(|v| v.vip == vip)
+        .unwrap_or_else(|| panic!("no VIP {vip} in {s:?}"))
+}
+
+/// The status of `backend` in `vip`'s.
+fn backend<'v>(vip: &'v VipStatus, backend: &str) -> &'v BackendStatus {
+    let address: IpAddr = backend.parse().expect("an address");
+    vip.backends
+        .iter()
+        .find(|b| b.address == address)
+        .unwrap_or_else(|| panic!("no backend {address} in {vip:?}"))
+}
+
+/// The last reload is reported and its outcome is `ok`.
+fn reloaded(s: &Status, ok: bool) -> bool {
+    s.last_reload.as_ref().is_some_and(|r| r.ok == ok)
+}
+
+fn last_reload_message(s: &Status) -> &str {
+    s.last_reload.as_ref().map_or("", |r| r.message.as_str())
 }
 
 fn with_health(config: &str) -> String {
@@ -313,46 +321,12 @@ fn with_health(config: &str) -> String {
     out
 }
 
-/// A log with the terminal colour sequences tracing puts around field names taken out.
-fn without_colours(log: &str) -> String {
-    let mut out = String::with_capacity(log.len());
-    let mut rest = log;
-    while let Some(i) = rest.find("\x1b[") {
-        out.push_str(&rest[..i]);
-        rest = &rest[i + 2..];
-        let end = rest
-            .find(|c: char| c.is_ascii_alphabetic())
-            .map_or(rest.len(), |e| e + 1);
-        rest = &rest[end..];
-    }
-    out.push_str(rest);
-    out
-}
-
 fn metric(text: &str, name: &str, label: &str) -> u64 {
     text.lines()
         .filter(|l| l.starts_with(name) && l.contains(label))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .map(|v| v as u64)
         .sum()
-}
-
-/// One request to the IPv4 TCP VIP from source port `port`; the backend's name.
-fn fixed_port_request(port: u16) -> std::io::Result<String> {
-    use socket2::{Domain, Socket, Type};
-    let s = Socket::new(Domain::IPV4, Type::STREAM, None)?;
-    s.set_reuse_address(true)?;
-    s.bind(&std::net::SocketAddr::from(([0, 0, 0, 0], port)).into())?;
-    s.connect_timeout(&reference::vip_v4_tcp().into(), Duration::from_secs(2))?;
-    let mut s: TcpStream = s.into();
-    s.set_read_timeout(Some(Duration::from_secs(2)))?;
-    s.write_all(b"GET / HTTP/1.0\r\n\r\n")?;
-    let mut reply = String::new();
-    s.read_to_string(&mut reply)?;
-    Ok(reply
-        .split_once("\r\n\r\n")
-        .map_or("(InvalidData)", |(_, b)| b.trim())
-        .to_owned())
 }
 
 /// Seconds since midnight UTC.
@@ -415,10 +389,7 @@ fn a_killed_backend_is_detected_and_new_flows_avoid_it_while_others_continue() {
         );
     }
     let (detection, st) = ops.wait_for(Duration::from_secs(10), "backend2 unhealthy", |s| {
-        vip_v4_tcp(s)["backends"].as_array().is_some_and(|b| {
-            b.iter()
-                .any(|b| b["address"] == reference::BACKEND2_V4 && b["health"] == "unhealthy")
-        })
+        backend(vip_v4_tcp(s), reference::BACKEND2_V4).health == Health::Unhealthy
     });
     let log = ops.agent_log();
     for l in log
@@ -437,14 +408,8 @@ fn a_killed_backend_is_detected_and_new_flows_avoid_it_while_others_continue() {
     println!(
         "OPS health detection: backend2 killed -> first unhealthy verdict after {logged:?} (agent log), shown by `anycast status` after {detection:?} (interval 200 ms, fall 2)"
     );
-    let b2 = vip_v4_tcp(&st)["backends"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|b| b["address"] == reference::BACKEND2_V4)
-        .unwrap()
-        .clone();
-    assert_eq!(b2["slots"], 0, "an unhealthy backend holds no slot: {b2}");
+    let b2 = backend(vip_v4_tcp(&st), reference::BACKEND2_V4);
+    assert_eq!(b2.slots, 0, "an unhealthy backend holds no slot: {b2:?}");
 
     // New flows from source ports outside the ephemeral range: the connections backend2's death
     // reset freed their ports at once, and a new connection reusing one of those 4-tuples would
@@ -454,8 +419,10 @@ fn a_killed_backend_is_detected_and_new_flows_avoid_it_while_others_continue() {
         .in_netns(reference::CLIENT, || {
             let mut tally = std::collections::BTreeMap::<String, usize>::new();
             for i in 0..FLOWS {
-                let name = fixed_port_request(20_000 + i as u16)
-                    .unwrap_or_else(|e| format!("({:?})", e.kind()));
+                let source = SocketAddr::from(([0, 0, 0, 0], 20_000 + i as u16));
+                let name =
+                    tcp_request_bound(source, reference::vip_v4_tcp(), Duration::from_secs(2))
+                        .map_or_else(|(_, e)| format!("({:?})", e.kind()), |(_, name)| name);
                 *tally.entry(name).or_default() += 1;
             }
             tally
@@ -503,14 +470,14 @@ fn a_broken_config_is_rejected_drain_works_through_the_cli_and_metrics_count_the
     let pushed = Instant::now();
     ops.push_config(&good.replacen("weight = 1", "weight = 70000", 1));
     let (_, st) = ops.wait_for(Duration::from_secs(5), "the reload to be rejected", |s| {
-        s["last_reload"]["ok"] == false
+        reloaded(s, false)
     });
     println!(
         "OPS broken config rejected in {:?}: {}",
         pushed.elapsed(),
-        st["last_reload"]["message"]
+        last_reload_message(&st)
     );
-    let msg = st["last_reload"]["message"].as_str().unwrap_or_default();
+    let msg = last_reload_message(&st);
     assert!(msg.contains("weight") && msg.contains("70000"), "{msg}");
     assert_eq!(Ops::fingerprints(&st), Ops::fingerprints(&before));
     let tally = ops
@@ -522,7 +489,7 @@ fn a_broken_config_is_rejected_drain_works_through_the_cli_and_metrics_count_the
     let pushed = Instant::now();
     ops.push_config(&good);
     let (reload, _) = ops.wait_for(Duration::from_secs(5), "the good config back", |s| {
-        s["last_reload"]["ok"] == true
+        reloaded(s, true)
     });
     println!(
         "OPS good config reloaded in {reload:?} ({:?} after the write)",
@@ -620,10 +587,10 @@ fn the_agent_sigkilled_restarted_and_upgraded_under_long_lived_connections_break
         .udp_flows(reference::CLIENT, reference::vip_v4_udp(), 20, BUDGET)
         .expect("client");
     assert_eq!(udp.failed(), 0, "no agent, dataplane must forward:\n{udp}");
-    let (restart, after) = ops.restart_agent(&before["program"]["id"]);
+    let (restart, after) = ops.restart_agent(before.program.id);
     println!(
-        "OPS restart after SIGKILL: new agent serving in {restart:?} (program {} -> {})",
-        before["program"]["id"], after["program"]["id"]
+        "OPS restart after SIGKILL: new agent serving in {restart:?} (program {:?} -> {:?})",
+        before.program.id, after.program.id
     );
     assert_eq!(
         Ops::fingerprints(&after),
@@ -663,10 +630,10 @@ fn the_agent_sigkilled_restarted_and_upgraded_under_long_lived_connections_break
         text.replace("conntrack_size = 16384", "conntrack_size = 32768"),
     )
     .unwrap();
-    let (upgrade, upgraded) = ops.restart_agent(&after["program"]["id"]);
+    let (upgrade, upgraded) = ops.restart_agent(after.program.id);
     println!(
-        "OPS upgrade (SIGTERM, new agent, program swapped in the pinned link): {upgrade:?} (program {} -> {})",
-        after["program"]["id"], upgraded["program"]["id"]
+        "OPS upgrade (SIGTERM, new agent, program swapped in the pinned link): {upgrade:?} (program {:?} -> {:?})",
+        after.program.id, upgraded.program.id
     );
     assert_eq!(Ops::fingerprints(&upgraded), Ops::fingerprints(&before));
     let log = without_colours(&ops.agent_log());
@@ -755,32 +722,23 @@ fn overrides_and_health_verdicts_survive_an_agent_restart_without_a_table_write(
             .signal("health-backend2", nix::sys::signal::Signal::SIGKILL),
         1
     );
-    let unhealthy = |s: &serde_json::Value| {
-        s["vips"].as_array().is_some_and(|v| {
-            v.iter().all(|v| {
-                v["backends"].as_array().is_some_and(|b| {
-                    b.iter().any(|b| {
-                        b["address"].as_str().is_some_and(|a| {
-                            a == reference::BACKEND2_V4 || a == reference::BACKEND2_V6
-                        }) && b["health"] == "unhealthy"
-                    })
-                })
-            })
+    let backend2: [IpAddr; 2] =
+        [reference::BACKEND2_V4, reference::BACKEND2_V6].map(|a| a.parse().expect("literal"));
+    let unhealthy = |s: &Status| {
+        s.vips.iter().all(|v| {
+            v.backends
+                .iter()
+                .any(|b| backend2.contains(&b.address) && b.health == Health::Unhealthy)
         })
     };
     let (_, before) = ops.wait_for(Duration::from_secs(10), "backend2 unhealthy", unhealthy);
-    let state: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&ops.state).expect("state file"))
-            .expect("state file JSON");
-    println!("state file runtime section: {}", state["runtime"]);
-    assert_eq!(
-        state["runtime"]["overrides"].as_array().map(Vec::len),
-        Some(2)
-    );
+    let state = ops.lab.agent_state(EDGE).expect("the state file");
+    println!("state file runtime section: {:?}", state.runtime);
+    assert_eq!(state.runtime.overrides.len(), 2);
 
     ops.signal(nix::sys::signal::Signal::SIGKILL);
     std::thread::sleep(Duration::from_millis(300));
-    let (restart, after) = ops.restart_agent(&before["program"]["id"]);
+    let (restart, after) = ops.restart_agent(before.program.id);
     println!("OPS restart with runtime state: new agent serving in {restart:?}");
     let log = without_colours(&ops.agent_log());
     for l in log.lines().filter(|l| {
@@ -804,16 +762,13 @@ fn overrides_and_health_verdicts_survive_an_agent_restart_without_a_table_write(
         Ops::fingerprints(&before),
         "the adopted tables changed"
     );
-    assert!(unhealthy(&after), "health verdicts not restored: {after}");
-    let b = |s: &serde_json::Value, addr: &str| {
-        vip_v4_tcp(s)["backends"]
-            .as_array()
-            .and_then(|b| b.iter().find(|b| b["address"] == addr).cloned())
-            .unwrap_or_else(|| panic!("no backend {addr} in {s}"))
-    };
-    let b1 = b(&after, reference::BACKEND1_V4);
-    assert!(b1["drained"] == true && b1["slots"] == 0, "{b1}");
-    assert_eq!(b(&after, reference::EDGE1_V4)["weight_override"], 1);
+    assert!(unhealthy(&after), "health verdicts not restored: {after:?}");
+    let b1 = backend(vip_v4_tcp(&after), reference::BACKEND1_V4);
+    assert!(b1.drained && b1.slots == 0, "{b1:?}");
+    assert_eq!(
+        backend(vip_v4_tcp(&after), reference::EDGE1_V4).weight_override,
+        Some(1)
+    );
     let tally = ops
         .lab
         .tcp_flows(reference::CLIENT, reference::vip_v4_tcp(), FLOWS, BUDGET)
@@ -832,15 +787,9 @@ fn overrides_and_health_verdicts_survive_an_agent_restart_without_a_table_write(
         "anycast undrain",
     );
     let st = ops.status().expect("status");
-    let b1 = b(&st, reference::BACKEND1_V4);
-    assert!(
-        b1["drained"] == false && b1["slots"].as_u64() > Some(0),
-        "{b1}"
-    );
-    assert_ne!(
-        vip_v4_tcp(&st)["fingerprint"],
-        vip_v4_tcp(&after)["fingerprint"]
-    );
+    let b1 = backend(vip_v4_tcp(&st), reference::BACKEND1_V4);
+    assert!(!b1.drained && b1.slots > 0, "{b1:?}");
+    assert_ne!(vip_v4_tcp(&st).fingerprint, vip_v4_tcp(&after).fingerprint);
     let tally = ops
         .lab
         .tcp_flows(reference::CLIENT, reference::vip_v4_tcp(), FLOWS, BUDGET)

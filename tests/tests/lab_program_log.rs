@@ -8,10 +8,9 @@
 //! different backend, so the address in a line tells which phase wrote it.
 
 use std::net::{SocketAddr, UdpSocket};
-use std::path::Path;
 use std::time::{Duration, Instant};
 
-use anycast_tests::lab::{Lab, find_binary, reference};
+use anycast_tests::lab::{Lab, find_binary, reference, without_colours};
 
 const EDGE: &str = reference::EDGE1;
 /// UDP datagrams per phase, each from its own socket (its own flow); a backend of weight 1 of 6
@@ -26,28 +25,9 @@ fn fib_fail_line(backend: &str) -> String {
 fn program_lines(log: &str, backend: &str) -> Vec<String> {
     let want = fib_fail_line(backend);
     log.lines()
-        .map(plain)
+        .map(without_colours)
         .filter(|l| l.contains("anycast::program") && l.contains(&want))
         .collect()
-}
-
-/// A log line without the terminal colour sequences the agent's text format writes
-/// (`ESC [ ... m`).
-fn plain(line: &str) -> String {
-    let mut out = String::with_capacity(line.len());
-    let mut chars = line.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for c in chars.by_ref() {
-                if c == 'm' {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 struct Phase<'a> {
@@ -99,13 +79,6 @@ fn wait_for_line(log: impl Fn() -> String, backend: &str, limit: Duration, what:
     }
 }
 
-fn agent_pid(state: &Path) -> i32 {
-    let s: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(state).expect("state file"))
-            .expect("state file JSON");
-    s["pid"].as_i64().expect("pid in the state file") as i32
-}
-
 #[test]
 fn the_agent_prints_program_lines_and_a_restarted_agent_those_written_while_none_ran() {
     if !anycast_tests::privileged(
@@ -113,14 +86,9 @@ fn the_agent_prints_program_lines_and_a_restarted_agent_those_written_while_none
     ) {
         return;
     }
-    let mut lab = Lab::build(&reference::topology())
-        .unwrap_or_else(|e| panic!("building the reference topology: {e}"));
-    lab.start_dataplane()
-        .unwrap_or_else(|e| panic!("starting pass programs, agents and servers: {e}"));
+    let mut lab = reference::start().unwrap_or_else(|e| panic!("starting the reference lab: {e}"));
     reference::route_vips_to(&lab, EDGE).expect("routing the VIPs to edge1");
-    let dir = lab.dir().to_owned();
-    let config = dir.join(format!("agent-{EDGE}.toml"));
-    let state = dir.join(format!("state-{EDGE}.json"));
+    let config = lab.agent_config_path(EDGE);
     let first = format!("agent-{EDGE}");
     let second = format!("agent-{EDGE}-restarted");
 
@@ -142,7 +110,7 @@ fn the_agent_prints_program_lines_and_a_restarted_agent_those_written_while_none
     // (2) SIGKILL: the program keeps forwarding, and keeps logging into the pinned ring buffer
     // with nobody reading. A second later (a new rate window), anomalies towards backend2.
     nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(agent_pid(&state)),
+        lab.agent_pid(EDGE).expect("the agent's pid"),
         nix::sys::signal::Signal::SIGKILL,
     )
     .expect("killing the agent");

@@ -105,22 +105,10 @@ fn client_reaches_edges_and_backends_through_the_router_with_plain_ping() {
         return;
     }
     let lab = Lab::build(&reference::topology()).expect("building the reference topology");
-    for target in [
-        reference::EDGE1_V4,
-        reference::EDGE2_V4,
-        reference::BACKEND1_V4,
-        reference::EDGE1_V6,
-        reference::BACKEND2_V6,
-    ] {
-        let out = lab
-            .exec(reference::CLIENT, &["ping", "-c", "1", "-w", "3", target])
-            .expect("running ping");
-        assert!(
-            out.status.success(),
-            "client cannot ping {target}:\n{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+    for target in reference::PING_TARGETS {
+        if let Err(out) = lab.ping(reference::CLIENT, target, 1) {
+            panic!("client cannot ping {target}:\n{out}");
+        }
     }
 }
 
@@ -189,16 +177,9 @@ fn pass_program_attaches_natively_and_detaches_on_drop() {
         "generic instead of native XDP on {dev}:\n{link}"
     );
     // Plain traffic still crosses the interface.
-    let out = lab
-        .exec(
-            reference::CLIENT,
-            &["ping", "-c", "1", "-w", "3", reference::EDGE1_V4],
-        )
-        .expect("ping");
-    assert!(
-        out.status.success(),
-        "ping across an XDP_PASS interface failed"
-    );
+    if let Err(out) = lab.ping(reference::CLIENT, reference::EDGE1_V4, 1) {
+        panic!("ping across an XDP_PASS interface failed:\n{out}");
+    }
 }
 
 #[test]

@@ -20,7 +20,11 @@ use std::time::{Duration, Instant};
 
 use anycast::config::Config;
 use anycast::plan::model::{self, Flow, Outcome};
-use anycast_tests::lab::{self, ConnsOptions, ConnsReport, FlowRecord, Lab, reference};
+use anycast_tests::lab::conns::Phase;
+use anycast_tests::lab::{self, ConnsOptions, ConnsReport, FlowRecord, FlowTally, Lab, reference};
+
+/// [`Lab::tcp_flows`] or [`Lab::udp_flows`].
+type Flows = fn(&Lab, &str, SocketAddr, usize, Duration) -> lab::Result<FlowTally>;
 
 /// backend1 : backend2 : edge1, as in [`reference::BACKEND_NAMES`].
 const WEIGHTS: [u32; 3] = [1, 2, 3];
@@ -283,17 +287,9 @@ fn non_vip_traffic_is_unaffected(lab: &mut Lab) {
         reference::BACKEND1_V4,
         reference::BACKEND2_V6,
     ] {
-        let out = lab
-            .exec(
-                reference::CLIENT,
-                &["ping", "-c", "3", "-i", "0.2", "-w", "5", target],
-            )
-            .expect("ping");
-        assert!(
-            out.status.success(),
-            "client cannot ping {target} with the program attached:\n{}",
-            String::from_utf8_lossy(&out.stdout)
-        );
+        if let Err(out) = lab.ping(reference::CLIENT, target, 3) {
+            panic!("client cannot ping {target} with the program attached:\n{out}");
+        }
     }
 
     // To the edges' own addresses, from the client: the program passes them to the stack.
@@ -303,32 +299,19 @@ fn non_vip_traffic_is_unaffected(lab: &mut Lab) {
         (reference::EDGE2_V4, "edge2-host"),
         (reference::EDGE2_V6, "edge2-host"),
     ] {
-        let tally = lab
-            .tcp_flows(
-                reference::CLIENT,
-                sock(addr, HOST_PORT_TCP),
-                20,
-                Duration::from_secs(20),
-            )
-            .expect("tcp client");
-        assert_eq!(
-            tally.per_backend.get(name),
-            Some(&20),
-            "TCP to {addr}:\n{tally}"
-        );
-        let tally = lab
-            .udp_flows(
-                reference::CLIENT,
-                sock(addr, HOST_PORT_UDP),
-                20,
-                Duration::from_secs(20),
-            )
-            .expect("udp client");
-        assert_eq!(
-            tally.per_backend.get(name),
-            Some(&20),
-            "UDP to {addr}:\n{tally}"
-        );
+        for (flows, what, port) in [
+            (Lab::tcp_flows as Flows, "TCP", HOST_PORT_TCP),
+            (Lab::udp_flows, "UDP", HOST_PORT_UDP),
+        ] {
+            let target = sock(addr, port);
+            let tally = flows(lab, reference::CLIENT, target, 20, Duration::from_secs(20))
+                .unwrap_or_else(|e| panic!("{what} client: {e}"));
+            assert_eq!(
+                tally.per_backend.get(name),
+                Some(&20),
+                "{what} to {addr}:\n{tally}"
+            );
+        }
     }
 
     // An edge's own connections out: the replies come in through its program.
@@ -359,17 +342,8 @@ fn non_vip_traffic_is_unaffected(lab: &mut Lab) {
 
 /// Waits until the connections stream, with a bound.
 fn wait_streaming(c: &lab::LongLived, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let s = c.snapshot();
-        if s.phase != "connecting" {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{what}: still connecting after 30 s:\n{s}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
+    if let Err(s) = c.wait_connected(Instant::now() + Duration::from_secs(30)) {
+        panic!("{what}: still connecting after 30 s:\n{s}");
     }
 }
 
@@ -458,7 +432,7 @@ fn long_lived_connections_survive_route_moves(encapsulation: &str) {
         edge2_during - edge2_before
     );
     assert!(
-        mid.0.phase == "streaming" && mid.1.phase == "streaming",
+        mid.0.phase == Phase::Streaming && mid.1.phase == Phase::Streaming,
         "the connections stopped streaming before the moves were over:\n{}\n{}",
         mid.0,
         mid.1

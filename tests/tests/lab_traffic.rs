@@ -3,18 +3,10 @@
 
 use std::time::Duration;
 
-use anycast_tests::lab::{FlowTally, Lab, reference};
+use anycast_tests::lab::{FlowTally, reference};
 
 const FLOWS: usize = 60;
 const BUDGET: Duration = Duration::from_secs(60);
-
-fn lab_with_dataplane() -> Lab {
-    let mut lab = Lab::build(&reference::topology())
-        .unwrap_or_else(|e| panic!("building the reference topology: {e}"));
-    lab.start_dataplane()
-        .unwrap_or_else(|e| panic!("starting pass programs, agents and servers: {e}"));
-    lab
-}
 
 /// Every flow answered, and by each of the VIP's three backends (with 60 flows and equal weights
 /// a backend with no flow at all has probability ~1e-10).
@@ -43,7 +35,7 @@ fn tcp_and_udp_flows_to_ipv4_and_ipv6_vips_are_spread_over_their_backends_and_pi
     ) {
         return;
     }
-    let lab = lab_with_dataplane();
+    let lab = reference::start().unwrap_or_else(|e| panic!("starting the reference lab: {e}"));
     for edge in [reference::EDGE1, reference::EDGE2] {
         reference::route_vips_to(&lab, edge).expect("routing the VIPs");
         for target in [reference::vip_v4_tcp(), reference::vip_v6_tcp()] {
@@ -59,23 +51,9 @@ fn tcp_and_udp_flows_to_ipv4_and_ipv6_vips_are_spread_over_their_backends_and_pi
             assert_spread(&tally, &format!("UDP to {target} via {edge}"));
         }
     }
-    for target in [
-        reference::EDGE1_V4,
-        reference::EDGE2_V4,
-        reference::BACKEND1_V4,
-        reference::EDGE1_V6,
-        reference::BACKEND2_V6,
-    ] {
-        let out = lab
-            .exec(
-                reference::CLIENT,
-                &["ping", "-c", "3", "-i", "0.2", "-w", "5", target],
-            )
-            .expect("ping");
-        assert!(
-            out.status.success(),
-            "client cannot ping {target} with agents running:\n{}",
-            String::from_utf8_lossy(&out.stdout)
-        );
+    for target in reference::PING_TARGETS {
+        if let Err(out) = lab.ping(reference::CLIENT, target, 3) {
+            panic!("client cannot ping {target} with agents running:\n{out}");
+        }
     }
 }

@@ -146,12 +146,8 @@ fn main() {
             println!(
                 "{:>5} {:<42} {:<10} {:>10} {:>10} {:>6} {:>6} {:>7}",
                 c.id,
-                c.local.map_or_else(|| "-".to_owned(), |a| a.to_string()),
-                if c.backend.is_empty() {
-                    "-"
-                } else {
-                    &c.backend
-                },
+                c.local_label(),
+                c.backend_label(),
                 c.sent,
                 c.received,
                 c.resets,

@@ -1,9 +1,48 @@
-//! The agent's TOML config for a lab agent, from its [`AgentSpec`].
+//! A lab agent's files: its TOML config (from its [`AgentSpec`]), control socket and state file,
+//! all in the lab's run directory and named after its namespace.
 
-use super::*;
+use std::path::PathBuf;
+
 use anycast::config::{ConfigBuilder, VipBuilder};
+use anycast::dataplane::stats::StateFile;
+
+use super::{AgentSpec, Lab, LabError, Result};
 
 impl Lab {
+    /// The config file [`Lab::start_agents`] writes for the agent in `ns`.
+    pub fn agent_config_path(&self, ns: &str) -> PathBuf {
+        self.dir.join(format!("agent-{ns}.toml"))
+    }
+
+    /// The control socket of the agent in `ns` (`anycast status --socket PATH`).
+    pub fn agent_socket_path(&self, ns: &str) -> PathBuf {
+        self.dir.join(format!("api-{ns}.sock"))
+    }
+
+    /// The state file of the agent in `ns` (`agent.state_file`).
+    pub fn agent_state_path(&self, ns: &str) -> PathBuf {
+        self.dir.join(format!("state-{ns}.json"))
+    }
+
+    /// The control API of the agent in `ns`.
+    pub fn agent_client(&self, ns: &str) -> anycast::api::Client {
+        anycast::api::Client::new(self.agent_socket_path(ns))
+    }
+
+    /// The state file the agent in `ns` last wrote.
+    pub fn agent_state(&self, ns: &str) -> Result<StateFile> {
+        StateFile::read(&self.agent_state_path(ns)).map_err(|e| LabError::Setup(e.to_string()))
+    }
+
+    /// The pid of the agent in `ns`, from its state file (the process itself, not the `nsenter`
+    /// of [`Lab::spawn`]: they are the same process, nsenter execs the command).
+    pub fn agent_pid(&self, ns: &str) -> Result<nix::unistd::Pid> {
+        let pid = self.agent_state(ns)?.pid;
+        i32::try_from(pid)
+            .map(nix::unistd::Pid::from_raw)
+            .map_err(|_| LabError::Setup(format!("pid {pid} in the state file of {ns}")))
+    }
+
     /// The agent's config file for `spec` (TOML, the contract of `anycast agent --config`).
     pub fn agent_config(&self, spec: &AgentSpec) -> Result<String> {
         let interfaces: Vec<String> = spec
@@ -21,14 +60,8 @@ impl Lab {
             // Each agent its own pins and state file: the defaults would be shared by every
             // agent of every lab on the machine.
             .agent("pin_path", path(self.bpffs.join(&spec.ns)))
-            .agent(
-                "state_file",
-                path(self.dir.join(format!("state-{}.json", spec.ns))),
-            )
-            .agent(
-                "api_socket",
-                path(self.dir.join(format!("api-{}.sock", spec.ns))),
-            )
+            .agent("state_file", path(self.agent_state_path(&spec.ns)))
+            .agent("api_socket", path(self.agent_socket_path(&spec.ns)))
             // Small connection table: labs run several agents on one machine.
             .agent("conntrack_size", 16384);
         if let Some(src) = &spec.tunnel_source {

@@ -1,7 +1,12 @@
 //! The processes a lab starts in its namespaces (agents, servers, BIRD, clients): spawned with
 //! their logs in the run directory, signalled and stopped by name, all killed with the lab.
 
-use super::*;
+use std::fs::File;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::{Lab, LabError, Result, io_err, tail};
 
 /// The signal state a [`Lab::spawn_with`] process starts with. Both parts survive exec (nsenter
 /// passes them on to the command it runs).
@@ -176,5 +181,38 @@ impl Lab {
             }
         }
         Ok(())
+    }
+}
+
+/// A log without the terminal colour sequences (`ESC [ ... m`) tracing's text format puts around
+/// levels and field names, so that `field=value` can be searched for.
+pub fn without_colours(log: &str) -> String {
+    let mut out = String::with_capacity(log.len());
+    let mut rest = log;
+    while let Some(i) = rest.find("\x1b[") {
+        out.push_str(&rest[..i]);
+        rest = &rest[i + 2..];
+        let end = rest
+            .find(|c: char| c.is_ascii_alphabetic())
+            .map_or(rest.len(), |e| e + 1);
+        rest = &rest[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn without_colours_removes_sgr_sequences_and_keeps_the_text() {
+        assert_eq!(
+            without_colours(
+                "\x1b[2mT\x1b[0m \x1b[33m WARN\x1b[0m \x1b[3mrc\x1b[0m\x1b[2m=\x1b[0m1"
+            ),
+            "T  WARN rc=1"
+        );
+        assert_eq!(without_colours("plain"), "plain");
     }
 }

@@ -22,7 +22,12 @@
 //! and the backends forward IP (the kernel's FIB helper refuses lookups on an interface that does
 //! not forward, and the packet would be dropped as `fib_fail`).
 
-use super::*;
+use std::net::{IpAddr, SocketAddr};
+
+use super::{
+    AgentSpec, End, Lab, LabError, Link, LoopbackAddr, Result, Route, ServerSpec, Sysctl, Topology,
+    VipSpec, XdpPass,
+};
 
 pub const CLIENT: &str = "client";
 pub const ROUTER: &str = "router";
@@ -46,6 +51,10 @@ pub const VIP_V4: &str = "203.0.113.10";
 pub const VIP_V6: &str = "2001:db8::10";
 pub const TCP_PORT: u16 = 80;
 pub const UDP_PORT: u16 = 7;
+
+/// What the labs ping from the client to see that the fabric carries plain traffic: both edges,
+/// both backends, both families.
+pub const PING_TARGETS: [&str; 5] = [EDGE1_V4, EDGE2_V4, BACKEND1_V4, EDGE1_V6, BACKEND2_V6];
 
 /// Names the servers answer with, in the order of [`backends_v4`].
 pub const BACKEND_NAMES: [&str; 3] = ["backend1", "backend2", "edge1"];
@@ -356,6 +365,14 @@ pub fn topology_with(opts: &Options) -> Topology {
         agents,
         servers,
     }
+}
+
+/// The reference topology built and its dataplane running ([`Lab::start_dataplane`]: pass
+/// programs, agents waited for until attached, servers), the VIPs routed to edge1.
+pub fn start() -> Result<Lab> {
+    let mut lab = Lab::build(&topology())?;
+    lab.start_dataplane()?;
+    Ok(lab)
 }
 
 /// Points the router's VIP routes at `edge` ([`EDGE1`] or [`EDGE2`]): what a BGP

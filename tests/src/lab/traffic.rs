@@ -1,7 +1,17 @@
 //! Traffic through a lab: short flows (counted by the backend that answered), long-lived
 //! connections, and single requests from inside a namespace.
 
-use super::*;
+use std::collections::BTreeMap;
+use std::io::{Read as _, Write as _};
+use std::net::{IpAddr, SocketAddr, TcpStream, UdpSocket};
+use std::time::{Duration, Instant};
+
+use super::{ConnsOptions, ConnsReport, Lab, LongLived, Result};
+
+/// One short flow's outcome: (source address, the name of the backend that answered), or what
+/// failed (with the source address if the socket got one).
+pub type FlowResult =
+    std::result::Result<(SocketAddr, String), (Option<SocketAddr>, std::io::Error)>;
 
 impl Lab {
     /// `count` TCP requests from `ns` to `target`, each its own connection (so its own source
@@ -58,7 +68,7 @@ impl Lab {
     }
 
     /// Starts `opts.conns` long-lived TCP connections from `ns` to `target` (an
-    /// `anycast-lab-server`), streaming both ways; see [`conns`]. Returns at once: move routes,
+    /// `anycast-lab-server`), streaming both ways; see [`conns`](super::conns). Returns at once: move routes,
     /// look at [`LongLived::snapshot`], then [`LongLived::stop`] or [`LongLived::wait`].
     pub fn start_long_lived(
         &self,
@@ -146,31 +156,61 @@ impl FlowRecord {
 }
 
 /// [`tcp_request`] that also tells the connection's source address.
-pub fn tcp_request_from(
-    target: SocketAddr,
-    timeout: Duration,
-) -> std::result::Result<(SocketAddr, String), (Option<SocketAddr>, std::io::Error)> {
-    let mut s = TcpStream::connect_timeout(&target, timeout).map_err(|e| (None, e))?;
+pub fn tcp_request_from(target: SocketAddr, timeout: Duration) -> FlowResult {
+    let s = TcpStream::connect_timeout(&target, timeout).map_err(|e| (None, e))?;
     let local = s.local_addr().map_err(|e| (None, e))?;
-    let result = (|| {
-        s.set_read_timeout(Some(timeout))?;
-        s.set_write_timeout(Some(timeout))?;
-        s.write_all(b"GET / HTTP/1.0\r\n\r\n")?;
-        let mut reply = String::new();
-        s.take(4096).read_to_string(&mut reply)?;
-        reply
-            .split_once("\r\n\r\n")
-            .map(|(_, b)| b.trim().to_owned())
-            .ok_or_else(|| {
-                std::io::Error::new(
-                    std::io::ErrorKind::InvalidData,
-                    format!("not an HTTP reply: {reply:?}"),
-                )
-            })
-    })();
-    result
+    http_name(s, timeout)
         .map(|name| (local, name))
         .map_err(|e| (Some(local), e))
+}
+
+/// [`tcp_request_from`] from a socket bound to `source` before it connects (port 0: a free
+/// port), so that the source address is known even when the connection fails. A fixed port is
+/// bound with SO_REUSEADDR: an earlier connection from it may still be in TIME_WAIT.
+pub fn tcp_request_bound(source: SocketAddr, target: SocketAddr, timeout: Duration) -> FlowResult {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(
+        Domain::for_address(target),
+        Type::STREAM,
+        Some(Protocol::TCP),
+    )
+    .map_err(|e| (None, e))?;
+    if source.port() != 0 {
+        socket.set_reuse_address(true).map_err(|e| (None, e))?;
+    }
+    socket.bind(&source.into()).map_err(|e| (None, e))?;
+    let local = socket
+        .local_addr()
+        .map_err(|e| (None, e))?
+        .as_socket()
+        .ok_or_else(|| {
+            let e = std::io::Error::other("the bound socket has no IP address");
+            (None, e)
+        })?;
+    socket
+        .connect_timeout(&target.into(), timeout)
+        .map_err(|e| (Some(local), e))?;
+    http_name(socket.into(), timeout)
+        .map(|name| (local, name))
+        .map_err(|e| (Some(local), e))
+}
+
+/// One HTTP-ish request on a connected stream; the name in the body of the answer.
+fn http_name(mut s: TcpStream, timeout: Duration) -> std::io::Result<String> {
+    s.set_read_timeout(Some(timeout))?;
+    s.set_write_timeout(Some(timeout))?;
+    s.write_all(b"GET / HTTP/1.0\r\n\r\n")?;
+    let mut reply = String::new();
+    s.take(4096).read_to_string(&mut reply)?;
+    reply
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.trim().to_owned())
+        .ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("not an HTTP reply: {reply:?}"),
+            )
+        })
 }
 
 /// Repeats `f` while it fails with EINTR (a signal for another thread of a test process can
@@ -185,11 +225,7 @@ fn retry_eintr<T>(mut f: impl FnMut() -> std::io::Result<T>) -> std::io::Result<
 }
 
 /// [`udp_request`] that also tells the socket's source address.
-pub fn udp_request_from(
-    target: SocketAddr,
-    payload: &[u8],
-    timeout: Duration,
-) -> std::result::Result<(SocketAddr, String), (Option<SocketAddr>, std::io::Error)> {
+pub fn udp_request_from(target: SocketAddr, payload: &[u8], timeout: Duration) -> FlowResult {
     let bind: SocketAddr = match target.ip() {
         IpAddr::V4(_) => "0.0.0.0:0".parse().expect("literal"),
         IpAddr::V6(_) => "[::]:0".parse().expect("literal"),

@@ -1,13 +1,13 @@
 //! Short flows: one TCP connection each, sent one after another, each recorded with the edge it
 //! entered through and the backend the agents predicted for it.
 
-use std::io::{Read as _, Write as _};
-use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anycast::api::Client;
+use anycast_tests::lab::tcp_request_bound;
 
 use crate::tracker::{self, Tracker};
 use crate::{EDGES, FLOW_TIMEOUT};
@@ -101,7 +101,13 @@ impl Sender<'_> {
 
     fn one(&self, phase: usize) -> Flow {
         let (started, since) = (Instant::now(), tracker::monotonic_ns());
-        let (local, answer) = short_flow(self.source, self.target);
+        // Bound before it connects, so that the source address is known even when the
+        // connection fails (to ask the agents which backend it was meant for).
+        let (local, answer) =
+            match tcp_request_bound(SocketAddr::new(self.source, 0), self.target, FLOW_TIMEOUT) {
+                Ok((local, name)) => (Some(local), Ok(name)),
+                Err((local, e)) => (local, Err(e.to_string())),
+            };
         let (via, predicted) = match local {
             Some(l) => (
                 self.tracker.via(l, self.target, since),
@@ -121,45 +127,4 @@ impl Sender<'_> {
             predicted,
         }
     }
-}
-
-/// One short flow from `source`: a socket bound before connecting, so its source address is
-/// known even when the connection fails (to ask the agents which backend it was meant for); then
-/// one HTTP-ish request, answered by the backend's name.
-fn short_flow(source: IpAddr, target: SocketAddr) -> (Option<SocketAddr>, Result<String, String>) {
-    use socket2::{Domain, Protocol, Socket, Type};
-    let socket = match Socket::new(
-        Domain::for_address(target),
-        Type::STREAM,
-        Some(Protocol::TCP),
-    ) {
-        Ok(s) => s,
-        Err(e) => return (None, Err(format!("socket: {e}"))),
-    };
-    let local = socket
-        .bind(&SocketAddr::new(source, 0).into())
-        .and_then(|()| socket.local_addr())
-        .ok()
-        .and_then(|a| a.as_socket());
-    if let Err(e) = socket.connect_timeout(&target.into(), FLOW_TIMEOUT) {
-        return (local, Err(format!("connect: {e}")));
-    }
-    let mut s: TcpStream = socket.into();
-    let result = (|| -> std::io::Result<String> {
-        s.set_read_timeout(Some(FLOW_TIMEOUT))?;
-        s.set_write_timeout(Some(FLOW_TIMEOUT))?;
-        s.write_all(b"GET / HTTP/1.0\r\n\r\n")?;
-        let mut reply = String::new();
-        (&mut s).take(4096).read_to_string(&mut reply)?;
-        reply
-            .split_once("\r\n\r\n")
-            .map(|(_, body)| body.trim().to_owned())
-            .ok_or_else(|| {
-                std::io::Error::new(
-                    std::io::ErrorKind::InvalidData,
-                    format!("not an HTTP reply: {reply:?}"),
-                )
-            })
-    })();
-    (local, result.map_err(|e| e.to_string()))
 }

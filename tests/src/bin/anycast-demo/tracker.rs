@@ -1,10 +1,9 @@
 //! Where a short flow lands: the edge it entered through, read from the edges' own
 //! connection-tracking maps, and the backend the edges' agents predict for it.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 
 use anycast::api::Client;
-use anycast::plan::model::{Decision, Outcome};
 use anycast_common::{ConnKey, ConnValue, PROTO_TCP, map_names};
 use anycast_tests::lab::reference;
 use anycast_tests::lab_bgp::BgpLab;
@@ -19,7 +18,7 @@ pub fn predict(agents: &[Client; 2], local: SocketAddr, target: SocketAddr) -> P
     let mut names = Vec::new();
     for (edge, agent) in EDGES.iter().zip(agents) {
         match agent.lookup(&flow) {
-            Ok(d) => match backend(&d).and_then(reference::backend_name) {
+            Ok(d) => match d.outcome.backend().and_then(reference::backend_name) {
                 Some(name) => names.push(name),
                 None => {
                     return Prediction::Unknown(format!(
@@ -35,16 +34,6 @@ pub fn predict(agents: &[Client; 2], local: SocketAddr, target: SocketAddr) -> P
         Prediction::Backend(names[0])
     } else {
         Prediction::Disagree(names)
-    }
-}
-
-/// The backend a decision sends the flow to, if any.
-fn backend(d: &Decision) -> Option<IpAddr> {
-    match d.outcome {
-        Outcome::Local { backend, .. }
-        | Outcome::Encap { backend, .. }
-        | Outcome::NoTunnelSource { backend, .. } => Some(backend),
-        Outcome::NotAVip | Outcome::NoBackend { .. } => None,
     }
 }
 
