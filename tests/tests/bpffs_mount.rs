@@ -3,6 +3,7 @@
 //! private mount namespace of its own (`unshare --mount --propagation private`), so whatever it
 //! mounts, right or wrong, never reaches the machine's mount table; the test checks that too.
 
+use anycast_tests::mount::Mount;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -81,30 +82,6 @@ fn host_mounts_under(dir: &Path) -> Vec<String> {
         .filter_map(|l| l.split(' ').nth(4).map(str::to_owned))
         .filter(|p| Path::new(p).starts_with(dir))
         .collect()
-}
-
-/// A tmpfs mounted by the test (like the lab's own bpffs), unmounted on drop.
-struct TmpfsMount(PathBuf);
-
-impl TmpfsMount {
-    fn new(dir: PathBuf) -> Self {
-        std::fs::create_dir_all(&dir).expect("creating the tmpfs mount point");
-        nix::mount::mount(
-            Some("tmpfs"),
-            &dir,
-            Some("tmpfs"),
-            nix::mount::MsFlags::empty(),
-            Some("size=1m"),
-        )
-        .expect("mounting a tmpfs");
-        Self(dir)
-    }
-}
-
-impl Drop for TmpfsMount {
-    fn drop(&mut self) {
-        let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
-    }
 }
 
 /// Runs an agent that must refuse to start; returns its stderr. Bounded: killed after 60 s.
@@ -282,21 +259,21 @@ fn the_agent_mounts_bpffs_where_none_is_and_refuses_where_a_mount_would_hide_som
     }
 
     // Refused: the parent is the mount point of another filesystem.
-    let tmpfs = TmpfsMount::new(dir.join("tmpfs"));
+    let tmpfs = Mount::tmpfs(&dir.join("tmpfs"));
     let err = agent_refuses(
         &lab,
-        &write_config(&lab, "tmpfs", &tmpfs.0.join("anycast")),
+        &write_config(&lab, "tmpfs", &tmpfs.path().join("anycast")),
         &[],
     );
     println!("parent is a tmpfs mount point: {}", err.trim());
     assert!(
         err.contains(&format!(
             "{} (agent.pin_path's parent) is not on a bpffs, and it is the mount point of a tmpfs filesystem",
-            tmpfs.0.display()
+            tmpfs.path().display()
         )),
         "{err}"
     );
-    assert!(!is_bpffs(&tmpfs.0));
+    assert!(!is_bpffs(tmpfs.path()));
 
     // Refused: the parent holds files.
     let full = dir.join("full");
