@@ -611,6 +611,15 @@ mod tests {
         assert_eq!(m.backends, Path::new("/p/maps/BACKENDS"));
     }
 
+    /// Why the plan replaces `map` (it must).
+    fn why_replaced<'a>(p: &'a AdoptPlan, map: &str) -> &'a str {
+        &p.replaced
+            .iter()
+            .find(|(n, _)| n == map)
+            .unwrap_or_else(|| panic!("{map} not replaced: {p:?}"))
+            .1
+    }
+
     #[test]
     fn replaced_tables_replace_conns_whose_entries_are_translated_over() {
         let p = plan_with(|h| h.get_mut(map_names::RINGS).unwrap().max_entries = 3 * 64 * 1013);
@@ -621,12 +630,7 @@ mod tests {
         core.sort_unstable();
         assert_eq!(created, core);
         assert!(p.adopted(map_names::STATS));
-        let why = &p
-            .replaced
-            .iter()
-            .find(|(n, _)| n == map_names::CONNS)
-            .unwrap()
-            .1;
+        let why = why_replaced(&p, map_names::CONNS);
         assert_eq!(why, "the tables and backends it refers to are replaced");
         assert!(p.migrate_conns.is_some());
     }
@@ -636,12 +640,7 @@ mod tests {
         let p = plan_with(|h| h.get_mut(map_names::CONNS).unwrap().value_size = 24);
         assert_eq!(p.migrate_conns, None);
         assert!(p.adopts_state(), "the tables stay: {p:?}");
-        let why = &p
-            .replaced
-            .iter()
-            .find(|(n, _)| n == map_names::CONNS)
-            .unwrap()
-            .1;
+        let why = why_replaced(&p, map_names::CONNS);
         assert!(
             why.ends_with("its value size changed, so its entries cannot be carried over"),
             "{why}"
