@@ -209,11 +209,7 @@ impl Client {
     }
 
     pub fn stats(&self) -> Result<Stats, ClientError> {
-        let v = self.request(&Request::Stats)?;
-        Stats::from_json(&v).ok_or_else(|| ClientError::Unexpected {
-            what: "stats",
-            error: v.to_string(),
-        })
+        self.typed(&Request::Stats, "stats")
     }
 }
 

@@ -102,13 +102,13 @@ impl StateFile {
     }
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Traffic {
     pub packets: u64,
     pub bytes: u64,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VipTraffic {
     pub id: u32,
     pub vip: String,
@@ -116,7 +116,7 @@ pub struct VipTraffic {
     pub traffic: Traffic,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BackendTraffic {
     pub id: u32,
     pub address: Option<IpAddr>,
@@ -126,10 +126,10 @@ pub struct BackendTraffic {
 }
 
 /// Counters summed over CPUs.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Stats {
     /// `(name, value)` for every counter, in [`counter::NAMES`] order; a JSON object.
-    #[serde(serialize_with = "ordered_map")]
+    #[serde(serialize_with = "ordered_map", deserialize_with = "counters_in_order")]
     pub counters: Vec<(String, u64)>,
     pub vips: Vec<VipTraffic>,
     pub backends: Vec<BackendTraffic>,
@@ -141,48 +141,6 @@ impl Stats {
             .iter()
             .find(|(n, _)| n == name)
             .map(|(_, v)| *v)
-    }
-
-    /// Reads back the JSON this type serializes to (the agent's answer to a stats request).
-    pub fn from_json(v: &serde_json::Value) -> Option<Self> {
-        let counters = counter::NAMES
-            .iter()
-            .map(|n| Some(((*n).to_string(), v["counters"][n].as_u64()?)))
-            .collect::<Option<Vec<_>>>()?;
-        let traffic = |x: &serde_json::Value| {
-            Some(Traffic {
-                packets: x["packets"].as_u64()?,
-                bytes: x["bytes"].as_u64()?,
-            })
-        };
-        let vips = v["vips"]
-            .as_array()?
-            .iter()
-            .map(|x| {
-                Some(VipTraffic {
-                    id: u32::try_from(x["id"].as_u64()?).ok()?,
-                    vip: x["vip"].as_str()?.to_owned(),
-                    traffic: traffic(x)?,
-                })
-            })
-            .collect::<Option<Vec<_>>>()?;
-        let backends = v["backends"]
-            .as_array()?
-            .iter()
-            .map(|x| {
-                Some(BackendTraffic {
-                    id: u32::try_from(x["id"].as_u64()?).ok()?,
-                    address: x["address"].as_str().and_then(|a| a.parse().ok()),
-                    local: x["local"].as_bool()?,
-                    traffic: traffic(x)?,
-                })
-            })
-            .collect::<Option<Vec<_>>>()?;
-        Some(Self {
-            counters,
-            vips,
-            backends,
-        })
     }
 
     pub fn render_text(&self) -> String {
@@ -215,6 +173,22 @@ impl Stats {
 
 fn ordered_map<S: serde::Serializer>(v: &[(String, u64)], s: S) -> Result<S::Ok, S::Error> {
     s.collect_map(v.iter().map(|(k, v)| (k, v)))
+}
+
+/// The counters object back in [`counter::NAMES`] order; every counter must be there (an agent
+/// of another version answers with another set).
+fn counters_in_order<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Vec<(String, u64)>, D::Error> {
+    let mut m = std::collections::BTreeMap::<String, u64>::deserialize(d)?;
+    counter::NAMES
+        .iter()
+        .map(|n| {
+            m.remove(*n)
+                .map(|v| ((*n).to_owned(), v))
+                .ok_or_else(|| serde::de::Error::custom(format!("no counter {n:?}")))
+        })
+        .collect()
 }
 
 fn sum_u64<T: Borrow<MapData>>(
@@ -483,6 +457,10 @@ mod tests {
         assert_eq!(j["vips"][0]["packets"], 2);
         assert_eq!(j["counters"]["pass"], 1);
         assert_eq!(j["backends"][0]["address"], "198.18.10.2");
-        assert_eq!(Stats::from_json(&j).unwrap(), st);
+        let mut missing = j.clone();
+        missing["counters"].as_object_mut().unwrap().remove("pass");
+        let e = serde_json::from_value::<Stats>(missing).unwrap_err().to_string();
+        assert!(e.contains("no counter \"pass\""), "{e}");
+        assert_eq!(serde_json::from_value::<Stats>(j).unwrap(), st);
     }
 }
