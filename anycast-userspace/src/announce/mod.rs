@@ -685,28 +685,38 @@ mod tests {
         assert_eq!((m.hold_time, m.keepalive_time, m.bfd), (90, 30, true));
         assert_eq!(ok.min_healthy_backends, 1);
         let err = |t: &str| validate(raw(t), None).unwrap_err().to_string();
-        assert!(err("neighbors = []").starts_with("bgp.local_as: required"));
-        assert!(err("local_as = 65001\nrouter_id = \"1.1.1.1\"").starts_with("bgp.neighbors:"));
-        assert!(
-            err("local_as = 65001\nneighbors = [{ address = \"x\", as = 1 }]")
-                .starts_with("bgp.router_id: required")
-        );
-        assert!(
-            err("local_as = 65001\nrouter_id = \"1.1.1.1\"\nneighbors = [{ address = \"x\", as = 1 }]")
-                .starts_with("bgp.neighbors[0].address: \"x\" is not an IP address")
-        );
-        assert!(
-            err("local_as = 65001\nrouter_id = \"1.1.1.1\"\nhold_time = 2\nneighbors = [{ address = \"1.1.1.2\", as = 1 }]")
-                .starts_with("bgp.hold_time: 2 s")
-        );
-        assert!(
-            err("local_as = 0\nrouter_id = \"1.1.1.1\"\nneighbors = [{ address = \"1.1.1.2\", as = 1 }]")
-                .starts_with("bgp.local_as: 0 is out of range")
-        );
-        assert!(
-            err("bird_socket = \"/run/bird/bird.ctl\"\nlocal_as = 65001")
-                .starts_with("bgp.local_as: only for a BIRD the agent manages")
-        );
+        let n = "neighbors = [{ address = \"1.1.1.2\", as = 1 }]";
+        for (text, want) in [
+            ("neighbors = []".to_owned(), "bgp.local_as: required"),
+            (
+                "local_as = 65001\nrouter_id = \"1.1.1.1\"".to_owned(),
+                "bgp.neighbors:",
+            ),
+            (
+                "local_as = 65001\nneighbors = [{ address = \"x\", as = 1 }]".to_owned(),
+                "bgp.router_id: required",
+            ),
+            (
+                "local_as = 65001\nrouter_id = \"1.1.1.1\"\nneighbors = [{ address = \"x\", as = 1 }]"
+                    .to_owned(),
+                "bgp.neighbors[0].address: \"x\" is not an IP address",
+            ),
+            (
+                format!("local_as = 65001\nrouter_id = \"1.1.1.1\"\nhold_time = 2\n{n}"),
+                "bgp.hold_time: 2 s",
+            ),
+            (
+                format!("local_as = 0\nrouter_id = \"1.1.1.1\"\n{n}"),
+                "bgp.local_as: 0 is out of range",
+            ),
+            (
+                "bird_socket = \"/run/bird/bird.ctl\"\nlocal_as = 65001".to_owned(),
+                "bgp.local_as: only for a BIRD the agent manages",
+            ),
+        ] {
+            let e = err(&text);
+            assert!(e.starts_with(want), "{text}: {e}");
+        }
         let ext = validate(raw("bird_socket = \"/run/bird/bird.ctl\""), None).unwrap();
         assert_eq!(ext.socket(), PathBuf::from("/run/bird/bird.ctl"));
     }

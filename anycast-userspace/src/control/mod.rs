@@ -492,48 +492,35 @@ mod tests {
         let mut c = start(&cfg_text());
         let before = journal_len(&c);
         let fp = c.status().vips[0].fingerprint.clone();
-        let e = reload(
-            &mut c,
-            &cfg_text().replacen("weight = 1", "weight = 70000", 1),
-        )
-        .unwrap_err();
-        assert_eq!(
-            e.to_string(),
-            "vip[0].backend[0].weight: 70000 is out of range 0..=65535"
-        );
-        let e = reload(
-            &mut c,
-            &cfg_text().replace("ring_size = 1009", "ring_size = 1013"),
-        )
-        .unwrap_err();
-        assert!(
-            e.to_string().starts_with(
-                "agent.ring_size: changed from 1009 to 1013; the maps are sized at load time"
+        let text = cfg_text();
+        for (from, to, want) in [
+            (
+                "weight = 1",
+                "weight = 70000",
+                "vip[0].backend[0].weight: 70000 is out of range 0..=65535",
             ),
-            "{e}"
-        );
-        let e = reload(
-            &mut c,
-            &cfg_text().replace("max_vips = 4", "max_vips = 4\nconntrack_size = 4096"),
-        )
-        .unwrap_err();
-        assert!(
-            e.to_string()
-                .starts_with("agent.conntrack_size: changed from 262144 to 4096"),
-            "{e}"
-        );
-        let e = reload(&mut c, &cfg_text().replace("[\"eth0\"]", "[\"eth1\"]")).unwrap_err();
-        assert!(
-            e.to_string().starts_with("agent.interfaces: changed from"),
-            "{e}"
-        );
-        // Remote backend without a tunnel source: check_local.
-        let e = reload(
-            &mut c,
-            &cfg_text().replace("tunnel_source = \"198.18.1.2\"\n", ""),
-        )
-        .unwrap_err();
-        assert!(e.to_string().contains("needs agent.tunnel_source"), "{e}");
+            (
+                "ring_size = 1009",
+                "ring_size = 1013",
+                "agent.ring_size: changed from 1009 to 1013; the maps are sized at load time",
+            ),
+            (
+                "max_vips = 4",
+                "max_vips = 4\nconntrack_size = 4096",
+                "agent.conntrack_size: changed from 262144 to 4096",
+            ),
+            ("[\"eth0\"]", "[\"eth1\"]", "agent.interfaces: changed from"),
+            // Remote backend without a tunnel source: check_local.
+            (
+                "tunnel_source = \"198.18.1.2\"\n",
+                "",
+                "vip[0].backend[0].address: 198.18.10.2 is a remote IPv4 backend",
+            ),
+        ] {
+            assert!(text.contains(from), "{from}");
+            let e = reload(&mut c, &text.replacen(from, to, 1)).unwrap_err();
+            assert!(e.to_string().starts_with(want), "{from} -> {to}: {e}");
+        }
         let e = c
             .reload("test", Config::parse("[agent"), BTreeSet::new())
             .unwrap_err();

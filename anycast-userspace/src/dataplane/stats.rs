@@ -459,7 +459,9 @@ mod tests {
         assert_eq!(j["backends"][0]["address"], "198.18.10.2");
         let mut missing = j.clone();
         missing["counters"].as_object_mut().unwrap().remove("pass");
-        let e = serde_json::from_value::<Stats>(missing).unwrap_err().to_string();
+        let e = serde_json::from_value::<Stats>(missing)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("no counter \"pass\""), "{e}");
         assert_eq!(serde_json::from_value::<Stats>(j).unwrap(), st);
     }
