@@ -123,6 +123,16 @@ impl<S: Sink> Controller<S> {
             .collect()
     }
 
+    /// Whether `backend` of `vip` is health-checked (one entry of [`Controller::checks`],
+    /// without building them all).
+    fn is_checked(&self, vip: VipId, backend: IpAddr) -> bool {
+        self.base.vips.iter().any(|v| {
+            v.health.is_some()
+                && VipId::of(v) == vip
+                && v.backends.iter().any(|b| b.address == backend)
+        })
+    }
+
     /// Known health of a checked backend (`None` = not checked).
     pub fn health(&self, vip: VipId, backend: IpAddr) -> Option<bool> {
         self.health.get(&(vip, backend)).copied()
@@ -132,7 +142,7 @@ impl<S: Sink> Controller<S> {
     /// no rise or fall under way): what the announcement gate waits for before a VIP is
     /// announced anew (`announce`).
     pub fn set_health_settled(&mut self, vip: VipId, backend: IpAddr, settled: bool) {
-        if !self.checks().contains_key(&(vip, backend)) {
+        if !self.is_checked(vip, backend) {
             return;
         }
         let changed = if settled {
@@ -157,11 +167,10 @@ impl<S: Sink> Controller<S> {
         &mut self,
         verdicts: impl IntoIterator<Item = (VipId, IpAddr, bool, &'a str)>,
     ) {
-        let checks = self.checks();
         let mut changed = BTreeSet::new();
         let mut first = false;
         for (vip, backend, healthy, detail) in verdicts {
-            if !checks.contains_key(&(vip, backend)) {
+            if !self.is_checked(vip, backend) {
                 continue; // a check of a backend a reload removed, reporting late
             }
             let old = self.health.insert((vip, backend), healthy);
