@@ -72,6 +72,7 @@ pub mod map_names {
     pub const CONNS: &str = "CONNS";
     pub const CONN_GUARD: &str = "CONN_GUARD";
     pub const LOG_RATE: &str = "LOG_RATE";
+    pub const NEXTHOPS: &str = "NEXTHOPS";
     /// aya-log's ring buffer of log records (defined by `aya-log-ebpf`, read by `aya-log`).
     pub const AYA_LOGS: &str = "AYA_LOGS";
 }
@@ -162,6 +163,26 @@ pub struct Backend {
     pub generation: u16,
 }
 const _: () = assert!(size_of::<Backend>() == 20);
+
+/// Entry of the `NEXTHOPS` array, indexed by backend id: how to reach a remote backend, as the
+/// agent resolved it from the kernel's routes, neighbours and links (the next-hop cache). The
+/// program uses it instead of `bpf_fib_lookup` while `ifindex != 0`, `generation` equals the
+/// backend's and the outer packet fits `mtu`; otherwise it asks the FIB (counted `fib_lookup`).
+#[repr(C, align(4))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NextHop {
+    /// Egress interface; 0 = no usable entry (unresolved neighbour, no route, not yet resolved).
+    pub ifindex: u32,
+    /// Largest outer packet (IP header included) the route carries.
+    pub mtu: u16,
+    /// `Backend::generation` of the backend this entry was resolved for: an entry left from an
+    /// id's earlier backend is never used for the next one.
+    pub generation: u16,
+    /// Destination MAC (the neighbour: gateway or backend) then source MAC (the egress
+    /// interface), in the order of the Ethernet header.
+    pub macs: [u8; 12],
+}
+const _: () = assert!(size_of::<NextHop>() == 20);
 
 /// `DataplaneConfig::flags`.
 pub const CFG_F_HAS_SRC_V4: u8 = 1;
@@ -399,7 +420,11 @@ pub mod counter {
     /// [`SECOND_CHANCE_TTL_MIN`](super::SECOND_CHANCE_TTL_MIN)): delivered here, never sent on
     /// again (a subset of `decap`).
     pub const SECOND_CHANCE_LAST_HOP: u32 = 26;
-    pub const COUNT: u32 = 27;
+    /// An encapsulated packet routed by `bpf_fib_lookup` because the next-hop cache
+    /// (`NEXTHOPS`) had no usable entry for its backend: not resolved yet, neighbour unresolved,
+    /// or the packet larger than the cached MTU (a subset of the encapsulation attempts).
+    pub const FIB_LOOKUP: u32 = 27;
+    pub const COUNT: u32 = 28;
 
     /// Names for display and metrics, indexed by counter.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -430,6 +455,7 @@ pub mod counter {
         "hint_sent",
         "second_chance_table",
         "second_chance_last_hop",
+        "fib_lookup",
     ];
 }
 
@@ -448,4 +474,5 @@ mod pod {
     unsafe impl aya::Pod for ConnValue {}
     unsafe impl aya::Pod for ConnGuard {}
     unsafe impl aya::Pod for LogRate {}
+    unsafe impl aya::Pod for NextHop {}
 }

@@ -97,6 +97,7 @@ fn steer(ctx: &XdpContext) -> Verdict {
         _ => return v,
     };
     if v.counter() != counter::ENCAP {
+        encap::log_failure();
         return v;
     }
     let Some(sc) = encap::scratch() else {

@@ -5,7 +5,7 @@
 use anycast_common::{
     AddrKey, Backend, ConnGuard, ConnKey, ConnValue, DEFAULT_CONNTRACK_SIZE, DEFAULT_MAX_BACKENDS,
     DEFAULT_MAX_VIPS, DEFAULT_RING_SIZE, DataplaneConfig, LogRate, MAX_DECAP_PREFIXES,
-    MAX_LOCAL_ADDRS, TABLES_PER_VIP, TrafficStats, VipKey, VipValue, counter, event,
+    MAX_LOCAL_ADDRS, NextHop, TABLES_PER_VIP, TrafficStats, VipKey, VipValue, counter, event,
 };
 use aya_ebpf::{
     bindings::BPF_F_NO_COMMON_LRU,
@@ -25,6 +25,11 @@ pub static RINGS: Array<u32> =
 
 #[map]
 pub static BACKENDS: Array<Backend> = Array::with_max_entries(DEFAULT_MAX_BACKENDS, 0);
+
+/// The next-hop cache, indexed by backend id (see `NextHop`): written by the agent from the
+/// kernel's routes and neighbours, read by `encap` instead of calling `bpf_fib_lookup`.
+#[map]
+pub static NEXTHOPS: Array<NextHop> = Array::with_max_entries(DEFAULT_MAX_BACKENDS, 0);
 
 #[map]
 pub static CONFIG: Array<DataplaneConfig> = Array::with_max_entries(1, 0);

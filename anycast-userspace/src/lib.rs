@@ -16,6 +16,7 @@ pub mod error;
 pub mod health;
 pub mod host;
 pub mod metrics;
+pub mod nexthop;
 pub mod plan;
 pub mod proto;
 

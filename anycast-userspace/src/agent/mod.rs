@@ -19,7 +19,8 @@ mod detach;
 mod tasks;
 
 pub use detach::{DetachReport, detach, previous_state};
-use tasks::{HealthChecks, watch_config};
+pub use tasks::targets_of;
+use tasks::{HealthChecks, NextHops, watch_config};
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
@@ -499,6 +500,14 @@ async fn attach_and_serve(
         None => error!("program log lines not read: the loaded program's id is unknown"),
     }
 
+    let nexthops = match NextHops::start(ctl) {
+        Ok(n) => Some(n),
+        Err(e) => {
+            error!(error = %e, "next-hop cache disabled; encapsulated packets use the kernel's FIB");
+            None
+        }
+    };
+
     let (health_tx, mut health_rx) = mpsc::unbounded_channel();
     let mut checks = HealthChecks::default();
     checks.reconcile(ctl, &health_tx);
@@ -553,6 +562,9 @@ async fn attach_and_serve(
                 Call::Metrics(reply) => { let _ = reply.send(ctl.metrics()); }
             },
         }
+        if let Some(n) = &nexthops {
+            n.update(ctl);
+        }
     };
     if let Some(a) = ctl.take_announcer() {
         let status = ctl.status();
@@ -562,6 +574,7 @@ async fn attach_and_serve(
         t.abort();
     }
     drop(checks);
+    drop(nexthops);
     info!(
         signal = which,
         pin_path = %layout.root().display(),

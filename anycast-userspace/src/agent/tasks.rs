@@ -1,7 +1,87 @@
-//! The agent's helpers beside the main loop: one health-check task per checked backend, and
-//! the config file watch.
+//! The agent's helpers beside the main loop: one health-check task per checked backend, the
+//! next-hop cache, and the config file watch.
 
 use super::*;
+
+use std::sync::Arc;
+
+use anycast_common::{CFG_F_HAS_SRC_V4, CFG_F_HAS_SRC_V6, NextHop};
+use tokio::sync::watch;
+
+use crate::dataplane::Publisher;
+use crate::nexthop::{self, Target, Targets};
+use crate::plan::maglev::key_addr;
+
+/// The next-hop cache's task (see [`crate::nexthop`]), fed the remote backends after every
+/// change. It owns the `NEXTHOPS` map, which the agent takes out of the loaded object: nothing
+/// else writes it, and it is not pinned (a restarted agent resolves again within milliseconds,
+/// and the program uses the FIB meanwhile).
+pub(super) struct NextHops {
+    targets: watch::Sender<Arc<Targets>>,
+    task: AbortHandle,
+}
+
+impl NextHops {
+    pub(super) fn start(ctl: &mut Controller<Dataplane>) -> Result<Self, String> {
+        let map = ctl
+            .sink_mut()
+            .ebpf_mut()
+            .take_map(map_names::NEXTHOPS)
+            .ok_or("map NEXTHOPS is not in the eBPF object")?;
+        let map = aya::maps::Array::<_, NextHop>::try_from(map).map_err(|e| e.to_string())?;
+        let (targets, rx) = watch::channel(Arc::new(targets_of(ctl.sink().publisher())));
+        let task = tokio::spawn(async move {
+            if let Err(e) = nexthop::run(rx, map).await {
+                error!(error = %error_chain(&e), "next-hop cache stopped; encapsulated packets use the kernel's FIB");
+            }
+        });
+        Ok(Self {
+            targets,
+            task: task.abort_handle(),
+        })
+    }
+
+    /// Hands the task the current remote backends, if they changed.
+    pub(super) fn update(&self, ctl: &Controller<Dataplane>) {
+        let t = targets_of(ctl.sink().publisher());
+        self.targets.send_if_modified(|cur| {
+            let changed = **cur != t;
+            if changed {
+                *cur = Arc::new(t);
+            }
+            changed
+        });
+    }
+}
+
+impl Drop for NextHops {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The remote backends the publisher wrote, and the tunnel sources of its `CONFIG`.
+pub fn targets_of(p: &Publisher) -> Targets {
+    let mut backends: Vec<Target> = p
+        .remote_backends()
+        .map(|(id, b)| Target {
+            id,
+            generation: b.generation,
+            address: key_addr(b.family, b.addr_be),
+        })
+        .collect();
+    backends.sort_by_key(|t| t.id);
+    let cfg = p.dataplane_config();
+    Targets {
+        backends,
+        source_v4: cfg
+            .filter(|c| c.flags & CFG_F_HAS_SRC_V4 != 0)
+            .map(|c| c.tunnel_src_v4_be.into()),
+        source_v6: cfg
+            .filter(|c| c.flags & CFG_F_HAS_SRC_V6 != 0)
+            .map(|c| c.tunnel_src_v6_be.into()),
+    }
+}
 
 /// One health-check task per checked (VIP, backend), kept in step with the config.
 #[derive(Default)]

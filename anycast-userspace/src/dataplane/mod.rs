@@ -210,6 +210,7 @@ impl Dataplane {
             .map_max_entries(map_names::VIP_STATS, geometry.max_vips)
             .map_max_entries(map_names::BACKENDS, geometry.max_backends)
             .map_max_entries(map_names::BACKEND_STATS, geometry.max_backends)
+            .map_max_entries(map_names::NEXTHOPS, geometry.max_backends)
             .map_max_entries(map_names::CONNS, geometry.conntrack_size)
             .load(object)
             .map_err(DataplaneError::Load)?;

@@ -97,6 +97,19 @@ impl Publisher {
         self.backend_ids.get(&address).copied()
     }
 
+    /// The backends written as remote (delivered by encapsulation), by id.
+    pub fn remote_backends(&self) -> impl Iterator<Item = (u32, &Backend)> {
+        self.backends_written
+            .iter()
+            .filter(|(_, b)| b.family != 0 && b.flags & BACKEND_F_LOCAL == 0)
+            .map(|(id, b)| (*id, b))
+    }
+
+    /// The `CONFIG` entry last written.
+    pub fn dataplane_config(&self) -> Option<&DataplaneConfig> {
+        self.config.as_ref()
+    }
+
     pub fn vip_value(&self, key: &VipKey) -> Option<VipValue> {
         self.vips.get(key).map(|e| e.value)
     }
