@@ -269,3 +269,96 @@ fn an_entry_is_used_only_for_its_generation_and_within_its_mtu() {
         },
     );
 }
+
+/// Polls `cached_dmac` (the dmac of a frame the cache routed, or `None`) every millisecond
+/// until `want` accepts it, and returns how long that took.
+async fn follow(
+    cached_dmac: &impl Fn() -> Option<[u8; 6]>,
+    what: String,
+    want: impl Fn([u8; 6]) -> bool,
+) {
+    let t0 = std::time::Instant::now();
+    loop {
+        if cached_dmac().is_some_and(&want) {
+            let took = t0.elapsed();
+            println!("{what}: followed in {:.1} ms", took.as_secs_f64() * 1e3);
+            assert!(took <= FOLLOW_BOUND, "{what}: took {took:?}");
+            return;
+        }
+        assert!(t0.elapsed() < 10 * FOLLOW_BOUND, "{what}: never followed");
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
+}
+
+/// How long a route or neighbour change may take to reach the cache (issue: within 100 ms).
+const FOLLOW_BOUND: std::time::Duration = std::time::Duration::from_millis(100);
+
+#[test]
+fn next_hops_follow_route_neighbour_and_ecmp_changes_within_100ms() {
+    let test = "next_hops_follow_route_neighbour_and_ecmp_changes_within_100ms";
+    if !anycast_tests::privileged(test) {
+        return;
+    }
+    let config = config(Encapsulation::Ipip);
+    let ns = fixture_netns();
+    // A second gateway on the link, and the MAC the first one moves to.
+    let (gw2_mac, moved_mac) = ([2, 0, 0, 0, 0, 4], [2, 0, 0, 0, 0, 5]);
+    let (gw2_v4, gw2_v6) = ("198.18.0.4", "fd00:18::4");
+    for gw2 in [gw2_v4, gw2_v6] {
+        ns.ip(&format!(
+            "neigh add {gw2} lladdr 02:00:00:00:00:04 dev {} nud permanent",
+            net::DEV
+        ));
+    }
+    ns.enter(|| {
+        let mut dp = Dataplane::from_config(&config);
+        dp.apply(&config, &local());
+        let targets = anycast::agent::targets_of(dp.agent().publisher());
+        let (_tx, rx) = tokio::sync::watch::channel(std::sync::Arc::new(targets));
+        let handle = dp.nexthops_handle();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("tokio runtime");
+        let ingress = Some(ifindex(net::DEV));
+        rt.block_on(async {
+            tokio::spawn(anycast::nexthop::run(rx, handle));
+            for (vip, backends, gw, gw2) in [
+                (config.vips[0].address, net::BACKENDS_V4, net::GW_V4.to_string(), gw2_v4),
+                (config.vips[1].address, net::BACKENDS_V6, net::GW_V6.to_string(), gw2_v6),
+            ] {
+                let f = frame(vip);
+                // The dmac a packet leaves with when the cache (not the FIB) routed it.
+                let cached_dmac = || {
+                    let before = counter(&dp, c::FIB_LOOKUP);
+                    let r = dp.run(&f, ingress).expect("test_run");
+                    let fib = counter(&dp, c::FIB_LOOKUP) > before;
+                    (r.action == XDP_TX && !fib).then(|| <[u8; 6]>::try_from(&r.output[..6]).expect("mac"))
+                };
+                follow(&cached_dmac, format!("{vip}: {}", "first resolution"), |m| m == net::GW_MAC).await;
+                ns.ip(&format!("route replace {backends} via {gw2} dev {}", net::DEV));
+                follow(&cached_dmac, format!("{vip}: {}", "route moved to the second gateway"), |m| m == gw2_mac).await;
+                ns.ip(&format!("neigh replace {gw2} lladdr 02:00:00:00:00:05 dev {} nud permanent", net::DEV));
+                follow(&cached_dmac, format!("{vip}: {}", "the gateway's MAC changed"), |m| m == moved_mac).await;
+                ns.ip(&format!(
+                    "route replace {backends} nexthop via {gw} dev {dev} nexthop via {gw2} dev {dev}",
+                    dev = net::DEV
+                ));
+                // The kernel's hash picks one of the two paths for this backend; the cache must
+                // follow the one the kernel's own lookup picks.
+                let backend = config.vips[if vip.is_ipv4() { 0 } else { 1 }].backends[0].address;
+                let edge = if vip.is_ipv4() { IpAddr::V4(net::EDGE_V4) } else { IpAddr::V6(net::EDGE_V6) };
+                let out = std::process::Command::new("ip")
+                    .args(["route", "get", &backend.to_string(), "from", &edge.to_string()])
+                    .output()
+                    .expect("ip route get");
+                let out = String::from_utf8_lossy(&out.stdout).into_owned();
+                let picked = if out.contains(&format!("via {gw2} ")) { moved_mac } else { net::GW_MAC };
+                assert!(out.contains(&format!("via {gw} ")) || out.contains(&format!("via {gw2} ")), "{out}");
+                follow(&cached_dmac, format!("{vip}: ECMP over both gateways ({})", out.trim()), |m| m == picked).await;
+                ns.ip(&format!("route replace {backends} via {gw} dev {}", net::DEV));
+                follow(&cached_dmac, format!("{vip}: {}", "route back to the first gateway"), |m| m == net::GW_MAC).await;
+            }
+        });
+    });
+}

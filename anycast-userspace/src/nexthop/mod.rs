@@ -307,7 +307,9 @@ mod tests {
             backends: vec![target(1, 1)],
             ..Targets::default()
         };
-        cache.apply(&mut map, &t, &[(target(1, 1), route(1))]).unwrap();
+        cache
+            .apply(&mut map, &t, &[(target(1, 1), route(1))])
+            .unwrap();
         let t = Targets {
             backends: vec![target(1, 2)],
             ..Targets::default()

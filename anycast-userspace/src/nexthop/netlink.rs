@@ -132,9 +132,7 @@ impl Resolver {
             return Resolution::Unresolved("route without an output interface".into());
         };
         let Some(&(Some(smac), link_mtu)) = links.get(&ifindex) else {
-            return Resolution::Unresolved(format!(
-                "interface {ifindex} has no Ethernet address"
-            ));
+            return Resolution::Unresolved(format!("interface {ifindex} has no Ethernet address"));
         };
         let neighbour = gateway.unwrap_or(dst);
         let Some(dmac) = neighbours.get(&(ifindex, neighbour)).copied().flatten() else {
