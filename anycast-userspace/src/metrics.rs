@@ -11,7 +11,7 @@ use axum::response::IntoResponse;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::api::Call;
-use crate::dataplane::stats::Stats;
+use crate::dataplane::stats::{Stats, Traffic};
 use crate::proto::{BackendStatus, Health, Status};
 
 fn escape(v: &str) -> String {
@@ -20,19 +20,29 @@ fn escape(v: &str) -> String {
         .replace('\n', "\\n")
 }
 
+/// One metric family: its `# HELP` and `# TYPE` lines, then its samples under the same name.
 struct Family<'a> {
     out: &'a mut String,
+    name: &'a str,
 }
 
 impl<'a> Family<'a> {
-    fn new(out: &'a mut String, name: &str, kind: &str, help: &str) -> Self {
-        let _ = writeln!(out, "# HELP {name} {help}");
-        let _ = writeln!(out, "# TYPE {name} {kind}");
-        Self { out }
+    fn counter(out: &'a mut String, name: &'a str, help: &str) -> Self {
+        Self::new(out, name, "counter", help)
     }
 
-    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: u64) {
-        self.out.push_str(name);
+    fn gauge(out: &'a mut String, name: &'a str, help: &str) -> Self {
+        Self::new(out, name, "gauge", help)
+    }
+
+    fn new(out: &'a mut String, name: &'a str, kind: &str, help: &str) -> Self {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} {kind}");
+        Self { out, name }
+    }
+
+    fn sample(&mut self, labels: &[(&str, &str)], value: u64) {
+        self.out.push_str(self.name);
         if !labels.is_empty() {
             self.out.push('{');
             for (i, (k, v)) in labels.iter().enumerate() {
@@ -52,38 +62,34 @@ impl<'a> Family<'a> {
 pub fn render(status: &Status, stats: Option<&Stats>) -> String {
     let mut out = String::new();
     if let Some(st) = stats {
-        let n = "anycast_packets_total";
-        let mut f = Family::new(
+        let mut f = Family::counter(
             &mut out,
-            n,
-            "counter",
+            "anycast_packets_total",
             "Packets by outcome of the XDP program (one outcome per packet; tx, redirect, fib_no_neigh, encap_gue, encap_cross_family detail encap).",
         );
         for (name, v) in &st.counters {
-            f.sample(n, &[("outcome", name)], *v);
+            f.sample(&[("outcome", name)], *v);
         }
         for (n, help, pick) in [
             (
                 "anycast_vip_packets_total",
                 "Packets steered per VIP.",
-                (|t: &crate::dataplane::stats::Traffic| t.packets)
-                    as fn(&crate::dataplane::stats::Traffic) -> u64,
+                (|t: &Traffic| t.packets) as fn(&Traffic) -> u64,
             ),
             ("anycast_vip_bytes_total", "Bytes steered per VIP.", |t| {
                 t.bytes
             }),
         ] {
-            let mut f = Family::new(&mut out, n, "counter", help);
+            let mut f = Family::counter(&mut out, n, help);
             for v in &st.vips {
-                f.sample(n, &[("vip", &v.vip)], pick(&v.traffic));
+                f.sample(&[("vip", &v.vip)], pick(&v.traffic));
             }
         }
         for (n, help, pick) in [
             (
                 "anycast_backend_packets_total",
                 "Packets sent to each backend.",
-                (|t: &crate::dataplane::stats::Traffic| t.packets)
-                    as fn(&crate::dataplane::stats::Traffic) -> u64,
+                (|t: &Traffic| t.packets) as fn(&Traffic) -> u64,
             ),
             (
                 "anycast_backend_bytes_total",
@@ -91,12 +97,12 @@ pub fn render(status: &Status, stats: Option<&Stats>) -> String {
                 |t| t.bytes,
             ),
         ] {
-            let mut f = Family::new(&mut out, n, "counter", help);
+            let mut f = Family::counter(&mut out, n, help);
             for b in &st.backends {
                 let addr = b
                     .address
                     .map_or_else(|| format!("id{}", b.id), |a| a.to_string());
-                f.sample(n, &[("backend", &addr)], pick(&b.traffic));
+                f.sample(&[("backend", &addr)], pick(&b.traffic));
             }
         }
     }
@@ -113,47 +119,45 @@ pub fn render(status: &Status, stats: Option<&Stats>) -> String {
             |b| u64::from(b.weight_effective),
         ),
     ] {
-        let mut f = Family::new(&mut out, n, "gauge", help);
+        let mut f = Family::gauge(&mut out, n, help);
         for v in &status.vips {
             let vip = v.vip.to_string();
             for b in &v.backends {
                 let addr = b.address.to_string();
-                f.sample(n, &[("vip", &vip), ("backend", &addr)], value(b));
+                f.sample(&[("vip", &vip), ("backend", &addr)], value(b));
             }
         }
     }
-    let n = "anycast_vip_table_fingerprint_info";
-    let mut f = Family::new(
+    let mut f = Family::gauge(
         &mut out,
-        n,
-        "gauge",
+        "anycast_vip_table_fingerprint_info",
         "The fingerprint of each VIP's live Maglev table; equal on edges that agree.",
     );
     for v in &status.vips {
         if let Some(fp) = &v.fingerprint {
-            f.sample(n, &[("vip", &v.vip.to_string()), ("fingerprint", fp)], 1);
+            f.sample(&[("vip", &v.vip.to_string()), ("fingerprint", fp)], 1);
         }
     }
     if status.bgp.is_some() {
-        let n = "anycast_vip_announced";
-        let mut f = Family::new(
+        let mut f = Family::gauge(
             &mut out,
-            n,
-            "gauge",
+            "anycast_vip_announced",
             "1 while BIRD announces the VIP's prefix over BGP, else 0 (see anycast status for why).",
         );
         for v in &status.vips {
             let on = v.announcement.as_ref().is_some_and(|a| a.announced);
-            f.sample(n, &[("vip", &v.vip.to_string())], u64::from(on));
+            f.sample(&[("vip", &v.vip.to_string())], u64::from(on));
         }
     }
-    let n = "anycast_config_reloads_total";
-    let mut f = Family::new(&mut out, n, "counter", "Config reloads by result.");
-    f.sample(n, &[("result", "ok")], status.reloads_ok);
-    f.sample(n, &[("result", "error")], status.reloads_error);
-    let n = "anycast_build_info";
-    let mut f = Family::new(&mut out, n, "gauge", "The agent's version.");
-    f.sample(n, &[("version", status.version.as_str())], 1);
+    let mut f = Family::counter(
+        &mut out,
+        "anycast_config_reloads_total",
+        "Config reloads by result.",
+    );
+    f.sample(&[("result", "ok")], status.reloads_ok);
+    f.sample(&[("result", "error")], status.reloads_error);
+    let mut f = Family::gauge(&mut out, "anycast_build_info", "The agent's version.");
+    f.sample(&[("version", status.version.as_str())], 1);
     out
 }
 

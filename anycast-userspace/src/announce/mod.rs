@@ -60,38 +60,34 @@ pub fn live_change(
     new: &BgpConfig,
 ) -> Result<(), (&'static str, String, String, &'static str)> {
     let path = |p: &Path| p.display().to_string();
+    let unchanged = |field, a: &Path, b: &Path, why| {
+        if a == b {
+            Ok(())
+        } else {
+            Err((field, path(a), path(b), why))
+        }
+    };
     match (&old.mode, &new.mode) {
         (BgpMode::Managed(a), BgpMode::Managed(b)) => {
-            if a.bird_binary != b.bird_binary {
-                return Err((
-                    "bgp.bird_binary",
-                    path(&a.bird_binary),
-                    path(&b.bird_binary),
-                    "the managed BIRD is started with the agent",
-                ));
-            }
-            if a.run_dir != b.run_dir {
-                return Err((
-                    "bgp.run_dir",
-                    path(&a.run_dir),
-                    path(&b.run_dir),
-                    "the managed BIRD's config and control socket live there",
-                ));
-            }
-            Ok(())
+            unchanged(
+                "bgp.bird_binary",
+                &a.bird_binary,
+                &b.bird_binary,
+                "the managed BIRD is started with the agent",
+            )?;
+            unchanged(
+                "bgp.run_dir",
+                &a.run_dir,
+                &b.run_dir,
+                "the managed BIRD's config and control socket live there",
+            )
         }
-        (BgpMode::External { bird_socket: a }, BgpMode::External { bird_socket: b }) => {
-            if a == b {
-                Ok(())
-            } else {
-                Err((
-                    "bgp.bird_socket",
-                    path(a),
-                    path(b),
-                    "the external BIRD the agent drives is chosen at start",
-                ))
-            }
-        }
+        (BgpMode::External { bird_socket: a }, BgpMode::External { bird_socket: b }) => unchanged(
+            "bgp.bird_socket",
+            a,
+            b,
+            "the external BIRD the agent drives is chosen at start",
+        ),
         (a, b) => {
             let describe = |m: &BgpMode| match m {
                 BgpMode::Managed(_) => "unset (managed BIRD)".to_owned(),
@@ -597,6 +593,14 @@ mod tests {
         toml::from_str(text).unwrap()
     }
 
+    /// The BIRD settings of a `[bgp]` section that must validate to managed mode.
+    fn managed_bird(text: &str) -> ManagedBird {
+        match validate(raw(text), None).unwrap().mode {
+            BgpMode::Managed(m) => m,
+            mode => panic!("not managed: {mode:?}"),
+        }
+    }
+
     #[test]
     fn the_gate_announces_anew_only_with_settled_health_and_a_session() {
         let want = |announce: bool, settling: Option<&str>| Want {
@@ -723,19 +727,14 @@ mod tests {
 
     #[test]
     fn generated_bird_config_holds_one_disabled_static_per_address_and_exports_only_those() {
-        let cfg = validate(
-            raw("local_as = 65001\nrouter_id = \"198.18.2.2\"\nneighbors = [{ address = \"198.18.2.1\", as = 65000 }, { address = \"fd00:2::1\", as = 65000 }]"),
-            None,
-        )
-        .unwrap();
-        let BgpMode::Managed(m) = &cfg.mode else {
-            panic!()
-        };
+        let m = managed_bird(
+            "local_as = 65001\nrouter_id = \"198.18.2.2\"\nneighbors = [{ address = \"198.18.2.1\", as = 65000 }, { address = \"fd00:2::1\", as = 65000 }]",
+        );
         let addrs: BTreeSet<IpAddr> = ["203.0.113.10", "2001:db8::10"]
             .iter()
             .map(|a| a.parse().unwrap())
             .collect();
-        let c = bird_config(m, &addrs, &BTreeSet::new());
+        let c = bird_config(&m, &addrs, &BTreeSet::new());
         assert!(c.contains("protocol static anycast_vip_203_0_113_10 {\n  disabled;\n  ipv4;\n  route 203.0.113.10/32 blackhole;"), "{c}");
         assert!(c.contains("route 2001:db8::10/128 blackhole;"));
         assert!(c.contains("neighbor 198.18.2.1 as 65000;"));
@@ -753,17 +752,12 @@ mod tests {
     }
     #[test]
     fn announced_prefixes_stay_enabled_in_a_rewritten_config() {
-        let cfg = validate(
-            raw("local_as = 65001\nrouter_id = \"198.18.2.2\"\nneighbors = [{ address = \"198.18.2.1\", as = 65000 }]"),
-            None,
-        )
-        .unwrap();
-        let BgpMode::Managed(m) = &cfg.mode else {
-            panic!()
-        };
+        let m = managed_bird(
+            "local_as = 65001\nrouter_id = \"198.18.2.2\"\nneighbors = [{ address = \"198.18.2.1\", as = 65000 }]",
+        );
         let a: IpAddr = "203.0.113.10".parse().unwrap();
         let b: IpAddr = "203.0.113.20".parse().unwrap();
-        let c = bird_config(m, &[a, b].into(), &[a].into());
+        let c = bird_config(&m, &[a, b].into(), &[a].into());
         assert!(
             c.contains("protocol static anycast_vip_203_0_113_10 {\n  ipv4;"),
             "{c}"

@@ -154,25 +154,13 @@ pub(super) fn validate_agent(raw: RawAgent) -> Result<AgentConfig, ConfigError> 
     let tunnel_source = tunnel_source
         .map(|s| match ip("agent.tunnel_source", &s)? {
             IpAddr::V4(a) => Ok(a),
-            IpAddr::V6(_) => Err(wrong_family(
-                &s,
-                "agent.tunnel_source",
-                "IPv4",
-                "IPv6",
-                "_v6",
-            )),
+            v6 => Err(wrong_family("agent.tunnel_source", &s, v6)),
         })
         .transpose()?;
     let tunnel_source_v6 = tunnel_source_v6
         .map(|s| match ip("agent.tunnel_source_v6", &s)? {
             IpAddr::V6(a) => Ok(a),
-            IpAddr::V4(_) => Err(wrong_family(
-                &s,
-                "agent.tunnel_source_v6",
-                "IPv6",
-                "IPv4",
-                "",
-            )),
+            v4 => Err(wrong_family("agent.tunnel_source_v6", &s, v4)),
         })
         .transpose()?;
     let encapsulation = match encapsulation.as_deref() {
@@ -262,26 +250,8 @@ pub(super) fn validate_agent(raw: RawAgent) -> Result<AgentConfig, ConfigError> 
     for (i, s) in local_addresses.iter().enumerate() {
         locals.push(ip(&format!("agent.local_addresses[{i}]"), s)?);
     }
-    let pin_path = PathBuf::from(pin_path.unwrap_or_else(|| DEFAULT_PIN_PATH.to_owned()));
-    if !pin_path.is_absolute() {
-        return Err(invalid(
-            "agent.pin_path",
-            format!(
-                "{:?} is not an absolute path",
-                pin_path.display().to_string()
-            ),
-        ));
-    }
-    let state_file = PathBuf::from(state_file.unwrap_or_else(|| DEFAULT_STATE_FILE.to_owned()));
-    if !state_file.is_absolute() {
-        return Err(invalid(
-            "agent.state_file",
-            format!(
-                "{:?} is not an absolute path",
-                state_file.display().to_string()
-            ),
-        ));
-    }
+    let pin_path = absolute_path("agent.pin_path", pin_path, DEFAULT_PIN_PATH)?;
+    let state_file = absolute_path("agent.state_file", state_file, DEFAULT_STATE_FILE)?;
     let api_socket = match api_socket.as_deref() {
         None => Some(PathBuf::from(DEFAULT_API_SOCKET)),
         Some("") => None,
@@ -326,10 +296,31 @@ pub(super) fn validate_agent(raw: RawAgent) -> Result<AgentConfig, ConfigError> 
     })
 }
 
-/// `"198.18.1.2" is not an IPv6 address (IPv4 goes in agent.tunnel_source)`.
-fn wrong_family(s: &str, field: &'static str, want: &str, got: &str, suffix: &str) -> ConfigError {
+/// `"198.18.1.2" is not an IPv6 address (IPv4 goes in agent.tunnel_source)`: a tunnel source of
+/// the other family, and the field it goes in.
+fn wrong_family(field: &str, s: &str, got: IpAddr) -> ConfigError {
+    let (want, got, other) = match got {
+        IpAddr::V4(_) => ("IPv6", "IPv4", "agent.tunnel_source"),
+        IpAddr::V6(_) => ("IPv4", "IPv6", "agent.tunnel_source_v6"),
+    };
     invalid(
         field,
-        format!("{s:?} is not an {want} address ({got} goes in agent.tunnel_source{suffix})"),
+        format!("{s:?} is not an {want} address ({got} goes in {other})"),
     )
+}
+
+/// The configured path, or `default` when unset; either must be absolute.
+fn absolute_path(
+    field: &str,
+    configured: Option<String>,
+    default: &str,
+) -> Result<PathBuf, ConfigError> {
+    let path = PathBuf::from(configured.unwrap_or_else(|| default.to_owned()));
+    if !path.is_absolute() {
+        return Err(invalid(
+            field,
+            format!("{:?} is not an absolute path", path.display().to_string()),
+        ));
+    }
+    Ok(path)
 }

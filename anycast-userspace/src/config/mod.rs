@@ -162,6 +162,23 @@ fn int_in<T: TryFrom<i64>>(field: &str, v: i64, lo: i64, hi: i64) -> Result<T, C
     T::try_from(v).map_err(|_| invalid(field, format!("{v} is out of range {lo}..={hi}")))
 }
 
+/// `vip: 2 VIPs configured, more than agent.max_vips = 1`.
+fn at_most(
+    field: &str,
+    count: usize,
+    what: &str,
+    limit_field: &str,
+    limit: u32,
+) -> Result<(), ConfigError> {
+    if count as u64 > u64::from(limit) {
+        return Err(invalid(
+            field,
+            format!("{count} {what} configured, more than {limit_field} = {limit}"),
+        ));
+    }
+    Ok(())
+}
+
 fn ip(field: &str, s: &str) -> Result<IpAddr, ConfigError> {
     s.parse()
         .map_err(|_| invalid(field, format!("{s:?} is not an IP address")))
@@ -283,30 +300,18 @@ impl Config {
                 health,
             });
         }
-        if vips.len() as u64 > u64::from(agent.max_vips) {
-            return Err(invalid(
-                "vip",
-                format!(
-                    "{} VIPs configured, more than agent.max_vips = {}",
-                    vips.len(),
-                    agent.max_vips
-                ),
-            ));
-        }
+        at_most("vip", vips.len(), "VIPs", "agent.max_vips", agent.max_vips)?;
         let unique: BTreeSet<IpAddr> = vips
             .iter()
             .flat_map(|v| v.backends.iter().map(|b| b.address))
             .collect();
-        if unique.len() as u64 > u64::from(agent.max_backends) {
-            return Err(invalid(
-                "vip.backend",
-                format!(
-                    "{} distinct backend addresses configured, more than agent.max_backends = {}",
-                    unique.len(),
-                    agent.max_backends
-                ),
-            ));
-        }
+        at_most(
+            "vip.backend",
+            unique.len(),
+            "distinct backend addresses",
+            "agent.max_backends",
+            agent.max_backends,
+        )?;
         Ok(Self { agent, vips, bgp })
     }
 
@@ -413,6 +418,14 @@ mod tests {
         good.replacen(from, to, 1)
     }
 
+    /// Each `(from, to, error)`: the good config with `from` replaced by `to` is refused with
+    /// exactly `error`.
+    fn assert_refused(cases: &[(&str, &str, &str)]) {
+        for &(from, to, want) in cases {
+            assert_eq!(err(&with(from, to)), want, "{from:?} -> {to:?}");
+        }
+    }
+
     #[test]
     fn accepts_the_documented_example_with_defaults() {
         let c = Config::parse(&good()).unwrap();
@@ -460,63 +473,70 @@ mod tests {
 
     #[test]
     fn rejects_bad_addresses_naming_the_field() {
-        let e = err(&good().replacen("198.18.10.2", "198.18.300.1", 1));
-        assert_eq!(
-            e,
-            "vip[0].backend[0].address: \"198.18.300.1\" is not an IP address"
-        );
-        let e = err(&with("\"2001:db8::10\"", "\"2001:db8::zz\""));
-        assert_eq!(e, "vip[1].address: \"2001:db8::zz\" is not an IP address");
-        let e = err(&with(
-            "tunnel_source = \"198.18.1.2\"",
-            "tunnel_source = \"fd00::1\"",
-        ));
-        assert!(
-            e.starts_with("agent.tunnel_source: \"fd00::1\" is not an IPv4 address"),
-            "{e}"
-        );
-        let e = err(&with(
-            "tunnel_source_v6 = \"fd00::1:2\"",
-            "tunnel_source_v6 = \"198.18.1.2\"",
-        ));
-        assert!(
-            e.starts_with("agent.tunnel_source_v6: \"198.18.1.2\" is not an IPv6 address"),
-            "{e}"
-        );
-        let e = err(&with("\"fd00::/8\"", "\"fd00::/200\""));
-        assert!(
-            e.starts_with("agent.decap_allow[1]: \"fd00::/200\" is not an IP prefix"),
-            "{e}"
-        );
-        let e = err(&with("\"198.18.0.0/15\"", "\"198.18.0.0\""));
-        assert!(
-            e.starts_with("agent.decap_allow[0]: \"198.18.0.0\" is not an IP prefix"),
-            "{e}"
-        );
-        let e = err(&with(
-            "hash_seed = 42",
-            "hash_seed = 42\nlocal_addresses = [\"x\"]",
-        ));
-        assert_eq!(e, "agent.local_addresses[0]: \"x\" is not an IP address");
+        assert_refused(&[
+            (
+                "198.18.10.2",
+                "198.18.300.1",
+                "vip[0].backend[0].address: \"198.18.300.1\" is not an IP address",
+            ),
+            (
+                "\"2001:db8::10\"",
+                "\"2001:db8::zz\"",
+                "vip[1].address: \"2001:db8::zz\" is not an IP address",
+            ),
+            (
+                "tunnel_source = \"198.18.1.2\"",
+                "tunnel_source = \"fd00::1\"",
+                "agent.tunnel_source: \"fd00::1\" is not an IPv4 address (IPv6 goes in agent.tunnel_source_v6)",
+            ),
+            (
+                "tunnel_source_v6 = \"fd00::1:2\"",
+                "tunnel_source_v6 = \"198.18.1.2\"",
+                "agent.tunnel_source_v6: \"198.18.1.2\" is not an IPv6 address (IPv4 goes in agent.tunnel_source)",
+            ),
+            (
+                "\"fd00::/8\"",
+                "\"fd00::/200\"",
+                "agent.decap_allow[1]: \"fd00::/200\" is not an IP prefix (expected e.g. \"198.18.0.0/15\" or \"fd00::/8\")",
+            ),
+            (
+                "\"198.18.0.0/15\"",
+                "\"198.18.0.0\"",
+                "agent.decap_allow[0]: \"198.18.0.0\" is not an IP prefix (expected e.g. \"198.18.0.0/15\" or \"fd00::/8\")",
+            ),
+            (
+                "hash_seed = 42",
+                "hash_seed = 42\nlocal_addresses = [\"x\"]",
+                "agent.local_addresses[0]: \"x\" is not an IP address",
+            ),
+        ]);
     }
 
     #[test]
     fn rejects_bad_ring_sizes() {
-        assert_eq!(
-            err(&with("ring_size = 65537", "ring_size = 65536")),
-            "agent.ring_size: 65536 is not prime (Maglev needs a prime table size, e.g. 65537)"
-        );
-        assert_eq!(
-            err(&with("ring_size = 65537", "ring_size = 5")),
-            "agent.ring_size: 5 is out of range 7..=1000003"
-        );
-        assert_eq!(
-            err(&with("ring_size = 65537", "ring_size = 1000033")),
-            "agent.ring_size: 1000033 is out of range 7..=1000003"
-        );
-        // 2 backends need at least 20 slots; 13 is prime but too small.
-        let e = err(&with("ring_size = 65537", "ring_size = 13"));
-        assert!(e.starts_with("agent.ring_size: 13 is less than 10 x the 2 backends of vip[0] (203.0.113.10:80/tcp)"), "{e}");
+        assert_refused(&[
+            (
+                "ring_size = 65537",
+                "ring_size = 65536",
+                "agent.ring_size: 65536 is not prime (Maglev needs a prime table size, e.g. 65537)",
+            ),
+            (
+                "ring_size = 65537",
+                "ring_size = 5",
+                "agent.ring_size: 5 is out of range 7..=1000003",
+            ),
+            (
+                "ring_size = 65537",
+                "ring_size = 1000033",
+                "agent.ring_size: 1000033 is out of range 7..=1000003",
+            ),
+            // 2 backends need at least 20 slots; 13 is prime but too small.
+            (
+                "ring_size = 65537",
+                "ring_size = 13",
+                "agent.ring_size: 13 is less than 10 x the 2 backends of vip[0] (203.0.113.10:80/tcp); use a prime >= 20",
+            ),
+        ]);
         // Under 100 x: accepted with a warning.
         let c = Config::parse(&with("ring_size = 65537", "ring_size = 101")).unwrap();
         assert!(c.warnings().iter().any(|w| {
@@ -540,105 +560,122 @@ mod tests {
             good()
         ))
         .unwrap();
-        let e = err(&with("198.18.10.3", "198.18.10.2"));
-        assert_eq!(
-            e,
-            "vip[0].backend[1].address: duplicate backend 198.18.10.2 (already listed for VIP 203.0.113.10:80/tcp)"
-        );
-        let e = err(&with(
-            "interfaces = [\"eth0\"]",
-            "interfaces = [\"eth0\", \"eth0\"]",
-        ));
-        assert_eq!(e, "agent.interfaces[1]: \"eth0\" is listed twice");
+        assert_refused(&[
+            (
+                "198.18.10.3",
+                "198.18.10.2",
+                "vip[0].backend[1].address: duplicate backend 198.18.10.2 (already listed for VIP 203.0.113.10:80/tcp)",
+            ),
+            (
+                "interfaces = [\"eth0\"]",
+                "interfaces = [\"eth0\", \"eth0\"]",
+                "agent.interfaces[1]: \"eth0\" is listed twice",
+            ),
+        ]);
     }
 
     #[test]
     fn rejects_bad_scalars() {
-        assert_eq!(
-            err(&with("weight = 2", "weight = 70000")),
-            "vip[0].backend[1].weight: 70000 is out of range 0..=65535"
-        );
-        assert_eq!(
-            err(&with("weight = 2", "weight = -1")),
-            "vip[0].backend[1].weight: -1 is out of range 0..=65535"
-        );
-        assert_eq!(
-            err(&with("port = 80", "port = 65536")),
-            "vip[0].port: 65536 is out of range 0..=65535"
-        );
-        assert_eq!(
-            err(&with("protocol = \"tcp\"", "protocol = \"sctp\"")),
-            "vip[0].protocol: \"sctp\" is not \"tcp\" or \"udp\""
-        );
-        assert_eq!(
-            err(&with("encapsulation = \"ipip\"", "encapsulation = \"gre\"")),
-            "agent.encapsulation: \"gre\" is not \"ipip\" or \"gue\""
-        );
-        assert_eq!(
-            err(&with("hash_seed = 42", "hash_seed = 4294967296")),
-            "agent.hash_seed: 4294967296 is out of range 0..=4294967295"
-        );
-        assert_eq!(
-            err(&with("hash_seed = 42", "hash_seed = 42\ngue_port = 0")),
-            "agent.gue_port: 0 is out of range 1..=65535"
-        );
-        assert!(
-            err(&with(
+        assert_refused(&[
+            (
+                "weight = 2",
+                "weight = 70000",
+                "vip[0].backend[1].weight: 70000 is out of range 0..=65535",
+            ),
+            (
+                "weight = 2",
+                "weight = -1",
+                "vip[0].backend[1].weight: -1 is out of range 0..=65535",
+            ),
+            (
+                "port = 80",
+                "port = 65536",
+                "vip[0].port: 65536 is out of range 0..=65535",
+            ),
+            (
+                "protocol = \"tcp\"",
+                "protocol = \"sctp\"",
+                "vip[0].protocol: \"sctp\" is not \"tcp\" or \"udp\"",
+            ),
+            (
+                "encapsulation = \"ipip\"",
+                "encapsulation = \"gre\"",
+                "agent.encapsulation: \"gre\" is not \"ipip\" or \"gue\"",
+            ),
+            (
                 "hash_seed = 42",
-                "hash_seed = 42\nxdp_mode = \"fast\""
-            ))
-            .starts_with("agent.xdp_mode: \"fast\" is not")
-        );
-        assert_eq!(
-            err(&with(
+                "hash_seed = 4294967296",
+                "agent.hash_seed: 4294967296 is out of range 0..=4294967295",
+            ),
+            (
                 "hash_seed = 42",
-                "hash_seed = 42\npin_path = \"bpf\""
-            )),
-            "agent.pin_path: \"bpf\" is not an absolute path"
-        );
-        assert_eq!(
-            err(&with("interfaces = [\"eth0\"]", "interfaces = []")),
-            "agent.interfaces: is empty; list at least one interface to attach to"
-        );
-        assert_eq!(
-            err(&with(
+                "hash_seed = 42\ngue_port = 0",
+                "agent.gue_port: 0 is out of range 1..=65535",
+            ),
+            (
+                "hash_seed = 42",
+                "hash_seed = 42\nxdp_mode = \"fast\"",
+                "agent.xdp_mode: \"fast\" is not \"native\", \"generic\" or \"native-or-generic\"",
+            ),
+            (
+                "hash_seed = 42",
+                "hash_seed = 42\npin_path = \"bpf\"",
+                "agent.pin_path: \"bpf\" is not an absolute path",
+            ),
+            (
+                "hash_seed = 42",
+                "hash_seed = 42\nstate_file = \"state.json\"",
+                "agent.state_file: \"state.json\" is not an absolute path",
+            ),
+            (
                 "interfaces = [\"eth0\"]",
-                "interfaces = [\"a-very-long-interface\"]"
-            )),
-            "agent.interfaces[0]: \"a-very-long-interface\" is not a valid interface name"
-        );
+                "interfaces = []",
+                "agent.interfaces: is empty; list at least one interface to attach to",
+            ),
+            (
+                "interfaces = [\"eth0\"]",
+                "interfaces = [\"a-very-long-interface\"]",
+                "agent.interfaces[0]: \"a-very-long-interface\" is not a valid interface name",
+            ),
+        ]);
     }
 
     #[test]
     fn rejects_unknown_fields_and_bad_toml() {
-        let e = Config::parse(&with("hash_seed = 42", "hash_seed = 42\nbogus = 1")).unwrap_err();
-        let full = format!("{e}: {}", std::error::Error::source(&e).unwrap());
-        assert!(full.contains("unknown field `bogus`"), "{full}");
-        let e = Config::parse(&with("weight = 2", "weigth = 2")).unwrap_err();
-        let full = format!("{e}: {}", std::error::Error::source(&e).unwrap());
-        assert!(full.contains("unknown field `weigth`"), "{full}");
-        let e = Config::parse(&with("hash_seed = 42\n", "")).unwrap_err();
-        let full = format!("{e}: {}", std::error::Error::source(&e).unwrap());
-        assert!(full.contains("missing field `hash_seed`"), "{full}");
+        for (from, to, want) in [
+            (
+                "hash_seed = 42",
+                "hash_seed = 42\nbogus = 1",
+                "unknown field `bogus`",
+            ),
+            ("weight = 2", "weigth = 2", "unknown field `weigth`"),
+            ("hash_seed = 42\n", "", "missing field `hash_seed`"),
+        ] {
+            let e = Config::parse(&with(from, to)).unwrap_err();
+            let full = format!("{e}: {}", std::error::Error::source(&e).unwrap());
+            assert!(full.contains(want), "{full}");
+        }
     }
 
     #[test]
     fn enforces_capacities() {
-        let e = err(&with("hash_seed = 42", "hash_seed = 42\nmax_vips = 1"));
-        assert_eq!(e, "vip: 2 VIPs configured, more than agent.max_vips = 1");
-        let e = err(&with("hash_seed = 42", "hash_seed = 42\nmax_backends = 1"));
-        assert_eq!(
-            e,
-            "vip.backend: 2 distinct backend addresses configured, more than agent.max_backends = 1"
-        );
-        let e = err(&with(
-            "ring_size = 65537",
-            "max_vips = 65536\nring_size = 1000003",
-        ));
-        assert!(
-            e.starts_with("agent.max_vips: 65536 x 3 tables x ring_size 1000003"),
-            "{e}"
-        );
+        assert_refused(&[
+            (
+                "hash_seed = 42",
+                "hash_seed = 42\nmax_vips = 1",
+                "vip: 2 VIPs configured, more than agent.max_vips = 1",
+            ),
+            (
+                "hash_seed = 42",
+                "hash_seed = 42\nmax_backends = 1",
+                "vip.backend: 2 distinct backend addresses configured, more than agent.max_backends = 1",
+            ),
+            (
+                "ring_size = 65537",
+                "max_vips = 65536\nring_size = 1000003",
+                "agent.max_vips: 65536 x 3 tables x ring_size 1000003 = 196608589824 entries, more than a BPF array can index",
+            ),
+        ]);
     }
 
     #[test]

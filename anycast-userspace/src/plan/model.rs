@@ -454,6 +454,11 @@ mod tests {
         Config::parse(&cfg_text()).unwrap()
     }
 
+    /// [`decide`] for a flow written as `anycast lookup` takes it.
+    fn decide_flow(c: &Config, local: &BTreeSet<IpAddr>, flow: &str) -> Decision {
+        decide(c, local, &flow.parse().unwrap())
+    }
+
     #[test]
     fn parses_flows() {
         let f: Flow = "tcp 198.51.100.7:40000 203.0.113.10:80".parse().unwrap();
@@ -501,11 +506,7 @@ mod tests {
     fn exact_port_wins_then_port_zero() {
         let c = cfg();
         let local = BTreeSet::new();
-        let d = decide(
-            &c,
-            &local,
-            &"tcp 198.51.100.7:40000 203.0.113.10:80".parse().unwrap(),
-        );
+        let d = decide_flow(&c, &local, "tcp 198.51.100.7:40000 203.0.113.10:80");
         match &d.outcome {
             Outcome::Encap { vip, backend, .. } => {
                 assert_eq!(vip.index, 0);
@@ -513,11 +514,7 @@ mod tests {
             }
             o => panic!("unexpected {o:?}"),
         }
-        let d = decide(
-            &c,
-            &local,
-            &"tcp 198.51.100.7:40000 203.0.113.10:443".parse().unwrap(),
-        );
+        let d = decide_flow(&c, &local, "tcp 198.51.100.7:40000 203.0.113.10:443");
         match &d.outcome {
             Outcome::Encap { vip, backend, .. } => {
                 assert_eq!(vip.index, 1);
@@ -526,11 +523,7 @@ mod tests {
             }
             o => panic!("unexpected {o:?}"),
         }
-        let d = decide(
-            &c,
-            &local,
-            &"udp 198.51.100.7:40000 203.0.113.10:80".parse().unwrap(),
-        );
+        let d = decide_flow(&c, &local, "udp 198.51.100.7:40000 203.0.113.10:80");
         assert_eq!(d.outcome, Outcome::NotAVip);
     }
 
@@ -538,11 +531,7 @@ mod tests {
     fn local_backend_is_delivered_locally() {
         let c = cfg();
         let local: BTreeSet<IpAddr> = ["198.18.20.2".parse().unwrap()].into();
-        let d = decide(
-            &c,
-            &local,
-            &"tcp 198.51.100.7:1 203.0.113.10:22".parse().unwrap(),
-        );
+        let d = decide_flow(&c, &local, "tcp 198.51.100.7:1 203.0.113.10:22");
         assert!(matches!(d.outcome, Outcome::Local { .. }), "{d}");
         assert!(
             d.to_string()
@@ -587,10 +576,10 @@ mod tests {
                 d.table_fingerprint.as_deref().unwrap()
             )
         );
-        let d = decide(
+        let d = decide_flow(
             &c,
             &BTreeSet::new(),
-            &"udp [2001:db8::1]:5353 [2001:db8::10]:53".parse().unwrap(),
+            "udp [2001:db8::1]:5353 [2001:db8::10]:53",
         );
         assert!(d.to_string().contains("vip [2001:db8::10]:53/udp"), "{d}");
         assert!(
@@ -598,17 +587,9 @@ mod tests {
                 .contains("backend 198.18.10.2 (remote, ipip, IPv6-in-IPv4)  table "),
             "{d}"
         );
-        let d = decide(
-            &c,
-            &BTreeSet::new(),
-            &"tcp 198.51.100.7:1 203.0.113.11:80".parse().unwrap(),
-        );
+        let d = decide_flow(&c, &BTreeSet::new(), "tcp 198.51.100.7:1 203.0.113.11:80");
         assert!(d.to_string().ends_with("no backend (dropped)"), "{d}");
-        let d = decide(
-            &c,
-            &BTreeSet::new(),
-            &"tcp 198.51.100.7:1 192.0.2.1:80".parse().unwrap(),
-        );
+        let d = decide_flow(&c, &BTreeSet::new(), "tcp 198.51.100.7:1 192.0.2.1:80");
         assert!(d.to_string().contains("not a VIP"), "{d}");
     }
 
@@ -633,10 +614,10 @@ mod tests {
         assert_eq!(vip_table(&c.vips[3], 1009, 42).fingerprint(), None);
         // Pinned value: a change here changes what operators compare across edges.
         assert_eq!(fp, "6bc2bf73db76bf42");
-        let d = decide(
+        let d = decide_flow(
             &c,
             &BTreeSet::new(),
-            &"tcp 198.51.100.7:40000 203.0.113.10:80".parse().unwrap(),
+            "tcp 198.51.100.7:40000 203.0.113.10:80",
         );
         assert_eq!(d.table_fingerprint.as_deref(), Some(fp.as_str()));
         assert!(d.to_string().ends_with(&format!("table {fp}")), "{d}");
@@ -645,10 +626,10 @@ mod tests {
     #[test]
     fn json_output() {
         let c = cfg();
-        let d = decide(
+        let d = decide_flow(
             &c,
             &BTreeSet::new(),
-            &"tcp 198.51.100.7:40000 203.0.113.10:443".parse().unwrap(),
+            "tcp 198.51.100.7:40000 203.0.113.10:443",
         );
         let j = serde_json::to_value(&d).unwrap();
         assert_eq!(j["outcome"], "encap");
@@ -665,11 +646,7 @@ mod tests {
     #[test]
     fn missing_tunnel_source_is_reported() {
         let c = Config::parse(&cfg_text().replace("tunnel_source = \"198.18.1.2\"\n", "")).unwrap();
-        let d = decide(
-            &c,
-            &BTreeSet::new(),
-            &"tcp 198.51.100.7:1 203.0.113.10:22".parse().unwrap(),
-        );
+        let d = decide_flow(&c, &BTreeSet::new(), "tcp 198.51.100.7:1 203.0.113.10:22");
         assert!(matches!(d.outcome, Outcome::NoTunnelSource { .. }));
     }
 }
