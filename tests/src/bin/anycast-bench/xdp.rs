@@ -1,0 +1,348 @@
+//! Per-packet cost of each XDP path through BPF_PROG_TEST_RUN, the encapsulating ones twice:
+//! routed by the next-hop cache (`NEXTHOPS`, filled by the agent's own resolver in the bench
+//! namespace) and by `bpf_fib_lookup` (entries cleared), interleaved round by round so that both
+//! see the same machine.
+//!
+//! Method:
+//! - Paths that leave the packet as it is (non-VIP pass, local VIP) run once with
+//!   `repeat = REPEAT`: the kernel runs the program that many times on the same buffer and
+//!   reports the average (net/bpf/test_run.c, `bpf_test_run`).
+//! - Paths that rewrite the packet (encapsulation, decapsulation) must not see their own output,
+//!   so they run `LOOP` separate test runs with `repeat = 1` and average the kernel's `duration`.
+//!   That figure includes the kernel's per-call timing overhead (clock reads and per-run setup
+//!   inside the timed region); the tool measures it on the pass path (loop of repeat=1 minus
+//!   repeat=N) and subtracts it from the loop rows.
+//! - "new flow" sends every run a TCP ACK of another flow (source address and port), so each
+//!   one misses connection tracking and inserts; the others repeat one flow, tracked after its
+//!   first packet.
+//! - Every path is checked to take the intended action, and for the cached rows not to call the
+//!   FIB (the `fib_lookup` counter), before it is timed.
+//! - Figures: min and median of `RUNS` rounds.
+
+use std::collections::BTreeSet;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::time::Duration;
+
+use anycast::config::{Config, Encapsulation, VipBuilder};
+use anycast_common::{NextHop, counter};
+use anycast_tests::fixture::{
+    Dataplane, XDP_PASS, XDP_TX, action_name, fixture_netns, ifindex, net,
+};
+use anycast_tests::packet::{self as p, V4, V6};
+
+const RUNS: usize = 7;
+const REPEAT: u32 = 1_000_000;
+const LOOP: u32 = 100_000;
+
+/// The fixture namespace's edge (acf0, 198.18.0.1 / fd00:18::1) with one VIP per path: IPv4 and
+/// IPv6 VIPs on IPv4 and IPv6 remote backends, and a VIP whose backend is this host.
+pub fn config() -> Config {
+    let vip =
+        |address: &str, backend: &str| VipBuilder::new(address, 80, "tcp").backend(backend, 1);
+    net::edge_config()
+        .agent("hash_seed", 1)
+        .agent("max_backends", 16)
+        .agent("conntrack_size", 262_144)
+        .agent("decap_allow", vec!["198.18.5.0/24", "fd00:5::/64"])
+        .vips([
+            vip("203.0.113.10", "198.19.1.10"),
+            vip("2001:db8::10", "fd00:1::10"),
+            vip("2001:db8::11", "198.19.1.11"),
+            vip("203.0.113.11", "fd00:1::11"),
+            vip("203.0.113.12", "198.18.0.1"),
+        ])
+        .build()
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Method {
+    /// One test run, `repeat = REPEAT`.
+    Repeat,
+    /// `LOOP` test runs with `repeat = 1`.
+    Loop,
+}
+
+struct Path {
+    name: String,
+    encap: Encapsulation,
+    /// Cycled through, one per run.
+    frames: Vec<Vec<u8>>,
+    action: u32,
+    method: Method,
+    /// Encapsulates: timed with the cache and with the FIB.
+    routed: bool,
+}
+
+const BODY: [u8; 64] = [0x5a; 64];
+
+fn client4() -> Ipv4Addr {
+    Ipv4Addr::new(198, 18, 100, 7)
+}
+
+fn client6() -> Ipv6Addr {
+    "fd00:100::7".parse().expect("v6")
+}
+
+fn tcp4(dst: &str) -> Vec<u8> {
+    p::frame(
+        None,
+        &V4::new(client4(), dst.parse().expect("v4")).tcp(40000, 80, &BODY),
+    )
+}
+
+fn tcp6(dst: &str) -> Vec<u8> {
+    p::frame(
+        None,
+        &V6::new(client6(), dst.parse().expect("v6")).tcp(40000, 80, &BODY),
+    )
+}
+
+/// `LOOP` ACKs of distinct flows to `dst` (source 198.18.128.0/17 x ports).
+fn new_flows4(dst: &str) -> Vec<Vec<u8>> {
+    let dst: Ipv4Addr = dst.parse().expect("v4");
+    (0..LOOP)
+        .map(|i| {
+            let src = Ipv4Addr::new(198, 18, 128 | (i >> 16) as u8, (i >> 8) as u8);
+            p::frame(
+                None,
+                &V4::new(src, dst).tcp(1024 + (i & 0xff) as u16, 80, &BODY),
+            )
+        })
+        .collect()
+}
+
+fn paths() -> Vec<Path> {
+    let inner = V4::new(client4(), "203.0.113.10".parse().expect("v4")).tcp(40000, 80, &BODY);
+    let tunnel_src = Ipv4Addr::new(198, 18, 5, 1);
+    let decap_ipip = p::frame(None, &p::ipip_v4(tunnel_src, net::EDGE_V4, &inner));
+    let decap_gue = p::frame(
+        None,
+        &V4::new(tunnel_src, net::EDGE_V4).udp(
+            50000,
+            anycast_common::GUE_DEFAULT_PORT,
+            &p::gue_v0(&inner, 0),
+        ),
+    );
+    use Encapsulation::{Gue, Ipip};
+    use Method::{Loop, Repeat};
+    let path = |name: &str, encap, frames, action, method, routed| Path {
+        name: name.to_owned(),
+        encap,
+        frames,
+        action,
+        method,
+        routed,
+    };
+    let mut v = vec![
+        path(
+            "non-VIP pass (IPv4 TCP)",
+            Ipip,
+            vec![tcp4("203.0.113.99")],
+            XDP_PASS,
+            Repeat,
+            false,
+        ),
+        path(
+            "non-VIP pass (IPv4 TCP), repeat=1 loop",
+            Ipip,
+            vec![tcp4("203.0.113.99")],
+            XDP_PASS,
+            Loop,
+            false,
+        ),
+        path(
+            "local VIP (IPv4 TCP, tracked)",
+            Ipip,
+            vec![tcp4("203.0.113.12")],
+            XDP_PASS,
+            Repeat,
+            false,
+        ),
+    ];
+    for (encap, e) in [(Ipip, "IPIP"), (Gue, "GUE")] {
+        for (pair, frame) in [
+            ("4in4", tcp4("203.0.113.10")),
+            ("6in6", tcp6("2001:db8::10")),
+            ("6in4", tcp6("2001:db8::11")),
+            ("4in6", tcp4("203.0.113.11")),
+        ] {
+            v.push(path(
+                &format!("{e} {pair}, tracked"),
+                encap,
+                vec![frame],
+                XDP_TX,
+                Loop,
+                true,
+            ));
+        }
+    }
+    v.push(path(
+        "IPIP 4in4, new flow (ACK: insert)",
+        Ipip,
+        new_flows4("203.0.113.10"),
+        XDP_TX,
+        Loop,
+        true,
+    ));
+    v.push(path(
+        "decap IPIP (4in4)",
+        Ipip,
+        vec![decap_ipip],
+        XDP_PASS,
+        Loop,
+        false,
+    ));
+    v.push(path(
+        "decap GUE (4in4)",
+        Gue,
+        vec![decap_gue],
+        XDP_PASS,
+        Loop,
+        false,
+    ));
+    v
+}
+
+/// One timed sample of `path`: ns per packet as the kernel measured it.
+fn sample(dp: &Dataplane, path: &Path, ingress: Option<u32>) -> f64 {
+    match path.method {
+        Method::Repeat => {
+            let r = dp
+                .run_repeat(&path.frames[0], ingress, REPEAT)
+                .expect("test_run");
+            r.duration.as_secs_f64() * 1e9
+        }
+        Method::Loop => {
+            let mut total = Duration::ZERO;
+            for i in 0..LOOP as usize {
+                let f = &path.frames[i % path.frames.len()];
+                total += dp.run(f, ingress).expect("test_run").duration;
+            }
+            total.as_secs_f64() * 1e9 / f64::from(LOOP)
+        }
+    }
+}
+
+/// (min, median).
+fn stats(mut v: Vec<f64>) -> (f64, f64) {
+    v.sort_by(f64::total_cmp);
+    (v[0], v[v.len() / 2])
+}
+
+struct Row {
+    name: String,
+    action: String,
+    method: Method,
+    len: usize,
+    fib: (f64, f64),
+    cache: Option<(f64, f64)>,
+}
+
+pub fn run() {
+    let mut config = config();
+    let local: BTreeSet<IpAddr> = [IpAddr::V4(net::EDGE_V4), IpAddr::V6(net::EDGE_V6)].into();
+    let ns = fixture_netns();
+    let paths = paths();
+    let rows = ns.enter(|| {
+        let mut dp = Dataplane::from_config(&config);
+        let ingress = Some(ifindex(net::DEV));
+        let mut rows = Vec::new();
+        for path in &paths {
+            config.agent.encapsulation = path.encap;
+            dp.apply(&config, &local);
+            dp.clear_conns();
+            let resolved = dp.cache_nexthops();
+            let cached: Vec<(u32, NextHop)> = resolved
+                .iter()
+                .map(|(t, _)| (t.id, dp.nexthop(t.id)))
+                .collect();
+            let set = |dp: &mut Dataplane, on: bool| {
+                for (id, nh) in &cached {
+                    dp.set_nexthop(*id, if on { *nh } else { NextHop::default() });
+                }
+            };
+            let mut variants = vec![false];
+            if path.routed {
+                variants.push(true);
+            }
+            for &on in &variants {
+                set(&mut dp, on);
+                let before = dp.stats()[counter::FIB_LOOKUP as usize];
+                let check = dp.run(&path.frames[0], ingress).expect("test_run");
+                assert_eq!(
+                    check.action,
+                    path.action,
+                    "{}: expected {}, got {}",
+                    path.name,
+                    action_name(path.action),
+                    action_name(check.action)
+                );
+                let lookups = dp.stats()[counter::FIB_LOOKUP as usize] - before;
+                if path.routed {
+                    assert_eq!(
+                        lookups,
+                        u64::from(!on),
+                        "{}: cache {on}: FIB lookups",
+                        path.name
+                    );
+                }
+            }
+            let mut samples = vec![Vec::new(), Vec::new()];
+            for _ in 0..RUNS {
+                for &on in &variants {
+                    set(&mut dp, on);
+                    samples[usize::from(on)].push(sample(&dp, path, ingress));
+                }
+            }
+            rows.push(Row {
+                name: path.name.clone(),
+                action: action_name(path.action),
+                method: path.method,
+                len: path.frames[0].len(),
+                fib: stats(samples[0].clone()),
+                cache: path.routed.then(|| stats(samples[1].clone())),
+            });
+        }
+        rows
+    });
+
+    let repeat = rows
+        .iter()
+        .find(|r| r.method == Method::Repeat)
+        .map_or(0.0, |r| r.fib.1);
+    let looped = rows
+        .iter()
+        .find(|r| r.method == Method::Loop && r.action == action_name(XDP_PASS))
+        .map_or(0.0, |r| r.fib.1);
+    let overhead = looped - repeat;
+    println!("## XDP paths (BPF_PROG_TEST_RUN; min / median of {RUNS} rounds, ns/packet)\n");
+    println!(
+        "Loop rows: {LOOP} runs of repeat=1 each, less the per-call timing overhead of \
+         {overhead:.1} ns (non-VIP pass, loop minus repeat={REPEAT}). Encapsulating rows: routed by \
+         `bpf_fib_lookup` (next-hop cache empty) and by the cache, interleaved.\n"
+    );
+    println!(
+        "| path | action | frame bytes | min / median (encapsulating: FIB) | cache: min / median | cache / FIB (median) |"
+    );
+    println!("|---|---|---:|---:|---:|---:|");
+    for r in &rows {
+        let less = if r.method == Method::Loop {
+            overhead
+        } else {
+            0.0
+        };
+        let fmt = |(min, med): (f64, f64)| format!("{:.0} / {:.0}", min - less, med - less);
+        let (cache, ratio) = match r.cache {
+            Some(c) => (fmt(c), format!("{:.2}", (c.1 - less) / (r.fib.1 - less))),
+            None => ("".into(), "".into()),
+        };
+        println!(
+            "| {} | {} | {} | {} | {cache} | {ratio} |",
+            r.name,
+            r.action,
+            r.len,
+            fmt(r.fib)
+        );
+    }
+    println!();
+}
