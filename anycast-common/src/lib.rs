@@ -183,6 +183,18 @@ pub struct NextHop {
     pub macs: [u8; 12],
 }
 const _: () = assert!(size_of::<NextHop>() == 20);
+const _: () = assert!(core::mem::offset_of!(NextHop, macs) == 8);
+
+impl NextHop {
+    /// `macs` as three words (bytes in memory order), for three stores into a frame.
+    #[inline(always)]
+    pub fn mac_words(&self) -> [u32; 3] {
+        let p = self.macs.as_ptr().cast::<u32>();
+        // SAFETY: 12 bytes in bounds; `macs` sits at offset 8 of an `align(4)` struct, so each
+        // word is aligned (the BPF backend then emits three word loads, not twelve byte loads).
+        unsafe { [p.read(), p.add(1).read(), p.add(2).read()] }
+    }
+}
 
 /// `DataplaneConfig::flags`.
 pub const CFG_F_HAS_SRC_V4: u8 = 1;

@@ -36,7 +36,7 @@ use crate::{
     Verdict,
     csum::{add_addr, add32, be16, finish, fold, pair},
     log, maps,
-    packet::{addr_word, addr_words, copy_words, u16_be_at, window, word_at, write_word},
+    packet::{addr_word, addr_words, copy_words, u16_be_at, window, word, word_at, write_word},
     parse::{ETH_LEN, ETH_P_IP, ETH_P_IPV6, IPV4_LEN, IPV6_LEN, Ip, UDP_LEN},
 };
 
@@ -102,6 +102,9 @@ pub struct Scratch {
     /// lengths. Reset by the one who logs it.
     pub fail: u32,
     pub fail_args: [u32; 2],
+    /// The next hop's destination then source MAC as three words in header order, from the
+    /// cache or the FIB, written into the frame with three stores.
+    pub macs: [u32; 3],
 }
 
 pub const FAIL_NONE: u32 = 0;
@@ -231,18 +234,24 @@ pub fn encapsulate(ctx: &XdpContext, ip: &Ip, cfg: &DataplaneConfig) -> Verdict 
                 && nh.generation == backend.generation
                 && outer_len <= u32::from(nh.mtu) =>
         {
-            // Into the scratch's FIB result, so that one transmit path serves both sources
-            // (and no map pointer stays live across the head adjustment).
+            // Into the scratch, so that one transmit path serves both sources (and no map
+            // pointer stays live across the head adjustment).
             fib.ifindex = nh.ifindex;
-            let (d, s) = nh.macs.split_at(6);
-            fib.dmac.copy_from_slice(d);
-            fib.smac.copy_from_slice(s);
+            sc.macs = nh.mac_words();
             true
         }
         _ => {
             maps::count(counter::FIB_LOOKUP);
             match fib_route(ctx, ip, cfg, u32::from(outer_proto) << 16 | outer_len) {
-                FIB_RESOLVED => true,
+                FIB_RESOLVED => {
+                    let (d, m) = (fib.dmac, fib.smac);
+                    sc.macs = [
+                        word([d[0], d[1], d[2], d[3]]),
+                        word([d[4], d[5], m[0], m[1]]),
+                        word([m[2], m[3], m[4], m[5]]),
+                    ];
+                    true
+                }
                 FIB_UNRESOLVED => false,
                 v => return Verdict(v),
             }
@@ -261,8 +270,9 @@ pub fn encapsulate(ctx: &XdpContext, ip: &Ip, cfg: &DataplaneConfig) -> Verdict 
         let Some(mut macs) = window::<12>(ctx, 0) else {
             return Verdict::drop(counter::INTERNAL_ERROR);
         };
-        macs.put::<0, 6>(&fib.dmac);
-        macs.put::<6, 6>(&fib.smac);
+        macs.put_word::<0>(sc.macs[0]);
+        macs.put_word::<4>(sc.macs[1]);
+        macs.put_word::<8>(sc.macs[2]);
     } else {
         // Keep the frame's own MACs (destination = this host, so the stack accepts it). They
         // still sit at the old start of the frame, `delta` bytes in (delta >= 16, so the copy
@@ -271,7 +281,8 @@ pub fn encapsulate(ctx: &XdpContext, ip: &Ip, cfg: &DataplaneConfig) -> Verdict 
             return Verdict::drop(counter::INTERNAL_ERROR);
         }
     }
-    let ethertype = if outer_v4 { ETH_P_IP } else { ETH_P_IPV6 }.to_be_bytes();
+    // In memory order, as one half-word store writes it.
+    let ethertype = u16::from_le_bytes(if outer_v4 { ETH_P_IP } else { ETH_P_IPV6 }.to_be_bytes());
     let len_be = (outer_len as u16).to_be_bytes();
 
     if outer_v4 {
@@ -284,40 +295,34 @@ pub fn encapsulate(ctx: &XdpContext, ip: &Ip, cfg: &DataplaneConfig) -> Verdict 
             + pair(ttl, outer_proto)
             + add32(add32(0, src_w[0]), dst_w[0]);
         let c = finish(sum);
-        hdr.put::<12, 2>(&ethertype);
-        hdr.put::<ETH_LEN, 8>(&[0x45, ip.tos, len_be[0], len_be[1], 0, 0, 0x40, 0]);
-        hdr.put::<{ ETH_LEN + 8 }, 4>(&[ttl, outer_proto, c[0], c[1]]);
-        if write_word(ctx, ETH_LEN + 12, src_w[0]).is_none()
-            || write_word(ctx, ETH_LEN + 16, dst_w[0]).is_none()
-        {
-            return Verdict::drop(counter::INTERNAL_ERROR);
-        }
+        hdr.put_half::<12>(ethertype);
+        hdr.put_word::<ETH_LEN>(word([0x45, ip.tos, len_be[0], len_be[1]]));
+        hdr.put_word::<{ ETH_LEN + 4 }>(word([0, 0, 0x40, 0]));
+        hdr.put_word::<{ ETH_LEN + 8 }>(word([ttl, outer_proto, c[0], c[1]]));
+        hdr.put_word::<{ ETH_LEN + 12 }>(src_w[0]);
+        hdr.put_word::<{ ETH_LEN + 16 }>(dst_w[0]);
     } else {
         let Some(mut hdr) = window::<{ ETH_LEN + IPV6_LEN }>(ctx, 0) else {
             return Verdict::drop(counter::INTERNAL_ERROR);
         };
         let fl = flow_label(hash);
         let plen = ((outer_len as usize - IPV6_LEN) as u16).to_be_bytes();
-        hdr.put::<12, 2>(&ethertype);
-        hdr.put::<ETH_LEN, 8>(&[
+        hdr.put_half::<12>(ethertype);
+        hdr.put_word::<ETH_LEN>(word([
             0x60 | (ip.tos >> 4),
             (ip.tos << 4) | ((fl >> 16) as u8 & 0x0f),
             (fl >> 8) as u8,
             fl as u8,
-            plen[0],
-            plen[1],
-            outer_proto,
-            ttl,
-        ]);
-        let mut i = 0;
-        while i < 4 {
-            if write_word(ctx, ETH_LEN + 8 + i * 4, src_w[i]).is_none()
-                || write_word(ctx, ETH_LEN + 24 + i * 4, dst_w[i]).is_none()
-            {
-                return Verdict::drop(counter::INTERNAL_ERROR);
-            }
-            i += 1;
-        }
+        ]));
+        hdr.put_word::<{ ETH_LEN + 4 }>(word([plen[0], plen[1], outer_proto, ttl]));
+        hdr.put_word::<{ ETH_LEN + 8 }>(src_w[0]);
+        hdr.put_word::<{ ETH_LEN + 12 }>(src_w[1]);
+        hdr.put_word::<{ ETH_LEN + 16 }>(src_w[2]);
+        hdr.put_word::<{ ETH_LEN + 20 }>(src_w[3]);
+        hdr.put_word::<{ ETH_LEN + 24 }>(dst_w[0]);
+        hdr.put_word::<{ ETH_LEN + 28 }>(dst_w[1]);
+        hdr.put_word::<{ ETH_LEN + 32 }>(dst_w[2]);
+        hdr.put_word::<{ ETH_LEN + 36 }>(dst_w[3]);
     }
     if gue {
         let udp_len = (ip.ip_len as usize + UDP_LEN + GUE_LEN + hint_len) as u16;
@@ -352,20 +357,9 @@ pub fn encapsulate(ctx: &XdpContext, ip: &Ip, cfg: &DataplaneConfig) -> Verdict 
         let Some(mut udp) = window::<{ UDP_LEN + GUE_LEN }>(ctx, ETH_LEN + outer_ip_len) else {
             return Verdict::drop(counter::INTERNAL_ERROR);
         };
-        udp.put::<0, 12>(&[
-            sp[0],
-            sp[1],
-            dp[0],
-            dp[1],
-            ul[0],
-            ul[1],
-            check[0],
-            check[1],
-            hint_words,
-            inner_proto,
-            0,
-            0,
-        ]);
+        udp.put_word::<0>(word([sp[0], sp[1], dp[0], dp[1]]));
+        udp.put_word::<4>(word([ul[0], ul[1], check[0], check[1]]));
+        udp.put_word::<8>(word([hint_words, inner_proto, 0, 0]));
         let h = ETH_LEN + outer_ip_len + UDP_LEN + GUE_LEN;
         if hint_words == GUE_HINT_WORDS_V4 {
             if write_word(ctx, h, hint_magic).is_none()

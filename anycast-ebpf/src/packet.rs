@@ -111,6 +111,29 @@ impl<const N: usize> Window<N> {
             i += 1;
         }
     }
+
+    /// Writes a 32-bit word (bytes in memory order, as [`word_at`] reads them) at `OFF`: one
+    /// store instead of four. Same alignment argument as `word_at`.
+    #[inline(always)]
+    pub fn put_word<const OFF: usize>(&mut self, w: u32) {
+        const { assert!(OFF + 4 <= N, "write past the end of the window") };
+        // SAFETY: OFF + 4 <= N bytes checked against data_end by ptr_at; see word_at.
+        unsafe { self.0.add(OFF).cast::<u32>().write(w) };
+    }
+
+    /// Writes a 16-bit half word (bytes in memory order) at `OFF`.
+    #[inline(always)]
+    pub fn put_half<const OFF: usize>(&mut self, h: u16) {
+        const { assert!(OFF + 2 <= N, "write past the end of the window") };
+        // SAFETY: as in put_word.
+        unsafe { self.0.add(OFF).cast::<u16>().write(h) };
+    }
+}
+
+/// The word whose memory bytes are `b` (the inverse of a little-endian load of packet memory).
+#[inline(always)]
+pub const fn word(b: [u8; 4]) -> u32 {
+    u32::from_le_bytes(b)
 }
 
 /// The word of a 4-byte address stored in a map value, at a 4-aligned offset of an `align(4)`

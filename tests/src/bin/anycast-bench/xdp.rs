@@ -18,6 +18,10 @@
 //! - Every path is checked to take the intended action, and for the cached rows not to call the
 //!   FIB (the `fib_lookup` counter), before it is timed.
 //! - Figures: min and median of `RUNS` rounds.
+//! - `--baseline OBJECT` (another build of the eBPF object, e.g. from a `git worktree` of an
+//!   earlier commit: `target/release/build/anycast-userspace-*/out/anycast`) adds its figures
+//!   (cached, for encapsulating paths), interleaved with this build's in the same rounds, and the
+//!   ratio between them.
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -236,71 +240,95 @@ struct Row {
     len: usize,
     fib: (f64, f64),
     cache: Option<(f64, f64)>,
+    /// The baseline object's figure (its cached one for encapsulating paths).
+    baseline: Option<(f64, f64)>,
 }
 
-pub fn run() {
+/// Loads `object`, publishes `config`, fills the next-hop cache, and checks `path`'s action
+/// with the cache off and (for encapsulating paths) on.
+fn prepare(
+    object: &[u8],
+    config: &Config,
+    local: &BTreeSet<IpAddr>,
+    path: &Path,
+    ingress: Option<u32>,
+) -> (Dataplane, Vec<(u32, NextHop)>) {
+    let mut dp = Dataplane::from_config_object(config, object);
+    dp.apply(config, local);
+    let resolved = dp.cache_nexthops();
+    let cached: Vec<(u32, NextHop)> = resolved
+        .iter()
+        .map(|(t, _)| (t.id, dp.nexthop(t.id)))
+        .collect();
+    for on in [false, true] {
+        if on && !path.routed {
+            continue;
+        }
+        set_cache(&mut dp, &cached, on);
+        let before = dp.stats()[counter::FIB_LOOKUP as usize];
+        let check = dp.run(&path.frames[0], ingress).expect("test_run");
+        assert_eq!(
+            check.action,
+            path.action,
+            "{}: expected {}, got {}",
+            path.name,
+            action_name(path.action),
+            action_name(check.action)
+        );
+        let lookups = dp.stats()[counter::FIB_LOOKUP as usize] - before;
+        if path.routed {
+            assert_eq!(
+                lookups,
+                u64::from(!on),
+                "{}: cache {on}: FIB lookups",
+                path.name
+            );
+        }
+    }
+    (dp, cached)
+}
+
+fn set_cache(dp: &mut Dataplane, cached: &[(u32, NextHop)], on: bool) {
+    for (id, nh) in cached {
+        dp.set_nexthop(*id, if on { *nh } else { NextHop::default() });
+    }
+}
+
+pub fn run(baseline: Option<&[u8]>) {
     let mut config = config();
     let local: BTreeSet<IpAddr> = [IpAddr::V4(net::EDGE_V4), IpAddr::V6(net::EDGE_V6)].into();
     let ns = fixture_netns();
     let paths = paths();
     let rows = ns.enter(|| {
-        let mut dp = Dataplane::from_config(&config);
         let ingress = Some(ifindex(net::DEV));
         let mut rows = Vec::new();
         for path in &paths {
             config.agent.encapsulation = path.encap;
-            dp.apply(&config, &local);
-            dp.clear_conns();
-            let resolved = dp.cache_nexthops();
-            let cached: Vec<(u32, NextHop)> = resolved
-                .iter()
-                .map(|(t, _)| (t.id, dp.nexthop(t.id)))
-                .collect();
-            let set = |dp: &mut Dataplane, on: bool| {
-                for (id, nh) in &cached {
-                    dp.set_nexthop(*id, if on { *nh } else { NextHop::default() });
-                }
-            };
-            let mut variants = vec![false];
-            if path.routed {
-                variants.push(true);
-            }
-            for &on in &variants {
-                set(&mut dp, on);
-                let before = dp.stats()[counter::FIB_LOOKUP as usize];
-                let check = dp.run(&path.frames[0], ingress).expect("test_run");
-                assert_eq!(
-                    check.action,
-                    path.action,
-                    "{}: expected {}, got {}",
-                    path.name,
-                    action_name(path.action),
-                    action_name(check.action)
-                );
-                let lookups = dp.stats()[counter::FIB_LOOKUP as usize] - before;
-                if path.routed {
-                    assert_eq!(
-                        lookups,
-                        u64::from(!on),
-                        "{}: cache {on}: FIB lookups",
-                        path.name
-                    );
-                }
-            }
-            let mut samples = vec![Vec::new(), Vec::new()];
+            let (mut dp, cached) = prepare(anycast::EBPF_OBJECT, &config, &local, path, ingress);
+            let mut base = baseline.map(|o| prepare(o, &config, &local, path, ingress));
+            // Samples: FIB, cache, baseline; each round takes one of each.
+            let mut samples = [Vec::new(), Vec::new(), Vec::new()];
             for _ in 0..RUNS {
-                for &on in &variants {
-                    set(&mut dp, on);
-                    samples[usize::from(on)].push(sample(&dp, path, ingress));
+                set_cache(&mut dp, &cached, false);
+                samples[0].push(sample(&dp, path, ingress));
+                if path.routed {
+                    set_cache(&mut dp, &cached, true);
+                    samples[1].push(sample(&dp, path, ingress));
+                }
+                if let Some((b, c)) = &mut base {
+                    set_cache(b, c, path.routed);
+                    samples[2].push(sample(b, path, ingress));
                 }
             }
+            let [fib, cache, base] = samples;
             rows.push(Row {
                 name: path.name.clone(),
                 action: action_name(path.action),
                 method: path.method,
                 len: path.frames[0].len(),
-                fib: stats(samples[0].clone()),
-                cache: path.routed.then(|| stats(samples[1].clone())),
+                fib: stats(fib),
+                cache: path.routed.then(|| stats(cache)),
+                baseline: baseline.is_some().then(|| stats(base)),
             });
         }
         rows
@@ -321,10 +349,19 @@ pub fn run() {
          {overhead:.1} ns (non-VIP pass, loop minus repeat={REPEAT}). Encapsulating rows: routed by \
          `bpf_fib_lookup` (next-hop cache empty) and by the cache, interleaved.\n"
     );
+    let with_base = baseline.is_some();
     println!(
-        "| path | action | frame bytes | min / median (encapsulating: FIB) | cache: min / median | cache / FIB (median) |"
+        "| path | action | frame bytes | min / median (encapsulating: FIB) | cache: min / median | cache / FIB (median) |{}",
+        if with_base {
+            " baseline: min / median | this / baseline (median) |"
+        } else {
+            ""
+        }
     );
-    println!("|---|---|---:|---:|---:|---:|");
+    println!(
+        "|---|---|---:|---:|---:|---:|{}",
+        if with_base { "---:|---:|" } else { "" }
+    );
     for r in &rows {
         let less = if r.method == Method::Loop {
             overhead
@@ -334,10 +371,17 @@ pub fn run() {
         let fmt = |(min, med): (f64, f64)| format!("{:.0} / {:.0}", min - less, med - less);
         let (cache, ratio) = match r.cache {
             Some(c) => (fmt(c), format!("{:.2}", (c.1 - less) / (r.fib.1 - less))),
-            None => ("".into(), "".into()),
+            None => (String::new(), String::new()),
+        };
+        let base = match r.baseline {
+            Some(b) => {
+                let this = r.cache.unwrap_or(r.fib);
+                format!(" {} | {:.2} |", fmt(b), (this.1 - less) / (b.1 - less))
+            }
+            None => String::new(),
         };
         println!(
-            "| {} | {} | {} | {} | {cache} | {ratio} |",
+            "| {} | {} | {} | {} | {cache} | {ratio} |{base}",
             r.name,
             r.action,
             r.len,
