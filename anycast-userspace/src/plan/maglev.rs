@@ -102,9 +102,22 @@ pub fn canonical_order(backends: &[MaglevBackend]) -> Vec<MaglevBackend> {
 /// Builds the table: for each of the `ring_size` slots, an index into
 /// [`canonical_order`]`(backends)`. Empty when no backend has a non-zero weight.
 ///
-/// `ring_size` must be prime (validated in the config) and backend addresses distinct.
+/// `ring_size` must be prime (validated in the config), at most 2^31, and backend addresses
+/// distinct.
+///
+/// Each claim takes the first free slot on the claimer's permutation, searching on from its
+/// previous claim (from `offset` for the first). How that slot is found changes as the table
+/// fills, never which slot it is (the test `build_matches_the_reference_walk` compares with the
+/// plain walk, one slot at a time): while under 30% of the slots are taken, walk two slots per
+/// step; up to 80%, test four at a time without branching on which is free (a branch per slot
+/// is mispredicted about every other claim there); then two per step again; and once fewer
+/// than about `sqrt(ring_size)` slots are free, where a walk costs about `ring_size / free`
+/// probes per claim, count the steps to each free slot instead (`Fill::scan`). Timings:
+/// BENCHMARKS.md, "Maglev table build".
 pub fn build(backends: &[MaglevBackend], ring_size: u32, seed: u32) -> Vec<u32> {
     assert!(ring_size >= 2, "ring_size {ring_size} is too small");
+    // Slots are u32 and `slot + skip` (< 2 ring_size) must not wrap; see `Stride`.
+    assert!(ring_size <= 1 << 31, "ring_size {ring_size} is too large");
     let sorted = canonical_order(backends);
     debug_assert!(
         sorted
@@ -117,54 +130,313 @@ pub fn build(backends: &[MaglevBackend], ring_size: u32, seed: u32) -> Vec<u32> 
     }
     let m = ring_size;
     let (s1, s2) = permutation_seeds(seed);
-
-    struct Cursor {
-        index: u32,
-        weight: u64,
-        pos: u32,
-        skip: u32,
-    }
-    let mut cursors: Vec<Cursor> = sorted
+    let cursors = sorted
         .iter()
         .enumerate()
         .filter(|(_, b)| b.weight > 0)
         .map(|(i, b)| {
             let (w, n) = b.words();
+            let skip = murmur3_words(s2, &w[..n]) % (m - 1) + 1;
             Cursor {
-                index: i as u32,
-                weight: u64::from(b.weight),
                 pos: murmur3_words(s1, &w[..n]) % m,
-                skip: murmur3_words(s2, &w[..n]) % (m - 1) + 1,
+                skip,
+                skip2: Stride::new(skip, m).from(skip),
+                index: i as u32,
+                weight: b.weight,
+                carry: 0,
             }
         })
         .collect();
+    let mut fill = Fill {
+        m,
+        wmax,
+        cursors,
+        next: 0,
+        taken: vec![0; m.div_ceil(64) as usize],
+        table: vec![EMPTY; m as usize],
+        free: m,
+    };
+    // Free slots left after `tenths` tenths of the table are taken.
+    let free_after = |tenths: u64| (u64::from(m) - u64::from(m) * tenths / 10) as u32;
+    let scan_below = m.isqrt().min(m - 1);
+    fill.walk::<false>(free_after(3).max(scan_below));
+    fill.walk::<true>(free_after(8).max(scan_below));
+    fill.walk::<false>(scan_below);
+    fill.scan();
+    fill.table
+}
 
-    const EMPTY: u32 = u32::MAX;
-    let mut table = vec![EMPTY; m as usize];
-    let mut filled = 0u32;
-    let wmax = u64::from(wmax);
-    let mut round = 0u64;
-    'rounds: loop {
-        for c in &mut cursors {
-            let claims = (round + 1) * c.weight / wmax - round * c.weight / wmax;
-            for _ in 0..claims {
-                // The permutation visits every slot, and a free one exists while filled < m.
-                while table[c.pos as usize] != EMPTY {
-                    c.pos += c.skip;
-                    if c.pos >= m {
-                        c.pos -= m;
-                    }
+/// A slot no backend holds yet, while the table is being built.
+const EMPTY: u32 = u32::MAX;
+
+/// One weighted backend's place on its permutation `offset + j * skip mod M`.
+struct Cursor {
+    /// The slot it claimed last, or `offset` before its first claim; every slot before this one
+    /// on the permutation is taken.
+    pos: u32,
+    skip: u32,
+    /// `2 * skip mod M`, to test two slots per step.
+    skip2: u32,
+    /// Index into the canonical order.
+    index: u32,
+    weight: u32,
+    /// `round * weight mod wmax`.
+    carry: u32,
+}
+
+impl Cursor {
+    /// Whether this backend claims a slot in the current round (and moves it to the next).
+    /// `floor((r+1) w / wmax) - floor(r w / wmax)` is 0 or 1 as `w <= wmax`, and 1 exactly when
+    /// `(r w mod wmax) + w >= wmax`; `carry < wmax - w` is that test without overflow.
+    #[inline(always)]
+    fn claims(&mut self, wmax: u32) -> bool {
+        let gap = wmax - self.weight;
+        if self.carry < gap {
+            self.carry += self.weight;
+            false
+        } else {
+            self.carry -= gap;
+            true
+        }
+    }
+}
+
+/// A step of `s` slots around a ring of `m <= 2^31` slots, kept as `s` and `s - m` (wrapping):
+/// from a slot `p < m` the next one is `min(p + s, p + s - m)`, since when `p + s < m` the
+/// second sum wraps to at least 2^31. Two independent additions and a `min` compile to a
+/// conditional move; `p + s` then `- m` when too big made each probe wait on a longer
+/// dependency chain, or became a branch taken at random.
+#[derive(Clone, Copy)]
+struct Stride {
+    s: u32,
+    s_minus_m: u32,
+}
+
+impl Stride {
+    #[inline(always)]
+    fn new(s: u32, m: u32) -> Self {
+        Self {
+            s,
+            s_minus_m: s.wrapping_sub(m),
+        }
+    }
+
+    #[inline(always)]
+    fn from(self, p: u32) -> u32 {
+        p.wrapping_add(self.s).min(p.wrapping_add(self.s_minus_m))
+    }
+}
+
+/// The table under construction.
+struct Fill {
+    m: u32,
+    wmax: u32,
+    cursors: Vec<Cursor>,
+    /// The cursor whose turn is next in the current round.
+    next: usize,
+    /// One bit per slot, set when the slot is taken: 8 KiB at M = 65537, where the table itself
+    /// (256 KiB) would not stay in the L1 cache.
+    taken: Vec<u64>,
+    table: Vec<u32>,
+    free: u32,
+}
+
+#[inline(always)]
+fn is_taken(taken: &[u64], p: u32) -> bool {
+    taken[(p >> 6) as usize] & (1 << (p & 63)) != 0
+}
+
+impl Fill {
+    /// Claims slots in round order by walking each claimer's permutation to its first free
+    /// slot, until `until` slots are free. `FOUR`: four slots per step, see [`first_free4`].
+    #[inline(always)]
+    fn walk<const FOUR: bool>(&mut self, until: u32) {
+        // Locals rather than fields, so that the hot loop keeps them in registers.
+        let Fill {
+            m,
+            wmax,
+            cursors,
+            next,
+            taken,
+            table,
+            free,
+        } = self;
+        let (m, wmax) = (*m, *wmax);
+        let (taken, table) = (&mut taken[..], &mut table[..]);
+        let mut left = *free;
+        let mut start = *next;
+        while left > until {
+            for (i, c) in cursors[start..].iter_mut().enumerate() {
+                if !c.claims(wmax) {
+                    continue;
                 }
-                table[c.pos as usize] = c.index;
-                filled += 1;
-                if filled == m {
-                    break 'rounds;
+                let p = if FOUR {
+                    first_free4(taken, c, m)
+                } else {
+                    first_free2(taken, c, m)
+                };
+                taken[(p >> 6) as usize] |= 1 << (p & 63);
+                table[p as usize] = c.index;
+                c.pos = p;
+                left -= 1;
+                if left == until {
+                    *free = left;
+                    *next = start + i + 1;
+                    return;
                 }
             }
+            start = 0;
         }
-        round += 1;
     }
-    table
+
+    /// The last claims, once few slots are free. The first free slot on a permutation is the
+    /// free slot `e` that is the fewest steps from the cursor, `(e - pos) * skip^-1 mod M`: one
+    /// multiplication per free slot per claim instead of about `M / free` probes.
+    fn scan(&mut self) {
+        if self.free == 0 {
+            return;
+        }
+        let m = self.m;
+        let modulus = Modulus::new(m);
+        let mut open_slots = Vec::with_capacity(self.free as usize);
+        for (w, &bits) in self.taken.iter().enumerate() {
+            let mut open = !bits;
+            while open != 0 {
+                let p = w as u32 * 64 + open.trailing_zeros();
+                if p < m {
+                    open_slots.push(p);
+                }
+                open &= open - 1;
+            }
+        }
+        // Computed on a backend's first claim here; 0: not yet (no inverse is 0).
+        let mut inverses = vec![0u32; self.cursors.len()];
+        let mut i = self.next;
+        loop {
+            if i == self.cursors.len() {
+                i = 0;
+            }
+            let c = &mut self.cursors[i];
+            let inv = &mut inverses[i];
+            i += 1;
+            if !c.claims(self.wmax) {
+                continue;
+            }
+            if *inv == 0 {
+                *inv = inverse(c.skip, m).unwrap_or(0);
+            }
+            let k = if *inv != 0 {
+                let (pos, inv) = (c.pos, *inv);
+                // Steps to each free slot, and where the slot is in `open_slots`; the steps are
+                // distinct (multiplying by `inv` is a bijection mod M), so the minimum is unique.
+                let mut best = u64::MAX;
+                for (k, &e) in open_slots.iter().enumerate() {
+                    let steps = modulus.mul(e + (m - pos), inv);
+                    best = best.min(u64::from(steps) << 32 | k as u64);
+                }
+                best as u32 as usize
+            } else {
+                // `skip` shares a factor with M, so M is not prime: walk.
+                let (mut p, s) = (c.pos, Stride::new(c.skip, m));
+                while is_taken(&self.taken, p) {
+                    p = s.from(p);
+                }
+                open_slots
+                    .iter()
+                    .position(|&e| e == p)
+                    .expect("a free slot")
+            };
+            let p = open_slots.swap_remove(k);
+            self.taken[(p >> 6) as usize] |= 1 << (p & 63);
+            self.table[p as usize] = c.index;
+            c.pos = p;
+            if open_slots.is_empty() {
+                return;
+            }
+        }
+    }
+}
+
+/// The first free slot on `c`'s permutation from `c.pos` on, two slots per step: the next
+/// slot and the one after are both computed from the current one, so the chain of dependent
+/// additions is half as long.
+#[inline(always)]
+fn first_free2(taken: &[u64], c: &Cursor, m: u32) -> u32 {
+    let (s1, s2) = (Stride::new(c.skip, m), Stride::new(c.skip2, m));
+    let mut p = c.pos;
+    loop {
+        if !is_taken(taken, p) {
+            return p;
+        }
+        let p1 = s1.from(p);
+        if !is_taken(taken, p1) {
+            return p1;
+        }
+        p = s2.from(p);
+    }
+}
+
+/// As [`first_free2`], testing four slots per step and picking the first free one of them
+/// without a branch: when about half the slots are taken, a branch per slot is mispredicted
+/// about once per claim, and four tests cost less than that.
+#[inline(always)]
+fn first_free4(taken: &[u64], c: &Cursor, m: u32) -> u32 {
+    let (s1, s2) = (c.skip, c.skip2);
+    let s3 = Stride::new(s2, m).from(s1);
+    let s4 = Stride::new(s2, m).from(s2);
+    let [s1, s2, s3, s4] = [s1, s2, s3, s4].map(|s| Stride::new(s, m));
+    let mut p = c.pos;
+    loop {
+        let (p1, p2, p3) = (s1.from(p), s2.from(p), s3.from(p));
+        let four = u32::from(is_taken(taken, p))
+            | u32::from(is_taken(taken, p1)) << 1
+            | u32::from(is_taken(taken, p2)) << 2
+            | u32::from(is_taken(taken, p3)) << 3;
+        if four == 0b1111 {
+            p = s4.from(p);
+            continue;
+        }
+        let k = (!four).trailing_zeros();
+        let (even, odd) = if k & 1 == 0 { (p, p2) } else { (p1, p3) };
+        return if k & 2 == 0 { even } else { odd };
+    }
+}
+
+/// `a * b mod m` by Barrett reduction with `mu = floor((2^64 - 1) / m)`, for `a * b < 2^63`:
+/// the estimated quotient is then at most one too small.
+#[derive(Clone, Copy)]
+struct Modulus {
+    m: u64,
+    mu: u64,
+}
+
+impl Modulus {
+    fn new(m: u32) -> Self {
+        Self {
+            m: u64::from(m),
+            mu: u64::MAX / u64::from(m),
+        }
+    }
+
+    #[inline(always)]
+    fn mul(self, a: u32, b: u32) -> u32 {
+        let x = u64::from(a) * u64::from(b);
+        let q = ((u128::from(x) * u128::from(self.mu)) >> 64) as u64;
+        let r = x - q * self.m;
+        r.min(r.wrapping_sub(self.m)) as u32
+    }
+}
+
+/// `a^-1 mod m` (extended Euclid), if `gcd(a, m) == 1`.
+fn inverse(a: u32, m: u32) -> Option<u32> {
+    let (mut r0, mut r1) = (m, a);
+    let (mut t0, mut t1) = (0i64, 1i64);
+    while r1 != 0 {
+        let q = r0 / r1;
+        (r0, r1) = (r1, r0 - q * r1);
+        (t0, t1) = (t1, t0 - i64::from(q) * t1);
+    }
+    (r0 == 1).then(|| t0.rem_euclid(i64::from(m)) as u32)
 }
 
 /// Slots held by each backend (indexed like [`canonical_order`]).
@@ -352,11 +624,111 @@ mod tests {
         let t = build(&b, M, 42);
         let took = start.elapsed();
         assert_eq!(t.len(), M as usize);
-        // Generous so a debug build on a loaded CI machine passes; release takes a few ms.
+        // Generous so a debug build on a loaded CI machine passes; release takes about 1 ms.
         assert!(
             took.as_secs_f64() < if cfg!(debug_assertions) { 2.0 } else { 0.05 },
             "took {took:?}"
         );
+    }
+
+    /// The build as first written, kept as the definition [`build`] must match: claims per
+    /// round from the floors of the weights, and each claim walks its permutation one slot at a
+    /// time, with the table itself recording which slots are taken.
+    fn reference_build(backends: &[MaglevBackend], ring_size: u32, seed: u32) -> Vec<u32> {
+        let sorted = canonical_order(backends);
+        let wmax = sorted.iter().map(|b| b.weight).max().unwrap_or(0);
+        if wmax == 0 {
+            return Vec::new();
+        }
+        let m = ring_size;
+        let (s1, s2) = permutation_seeds(seed);
+        struct Cursor {
+            index: u32,
+            weight: u64,
+            pos: u32,
+            skip: u32,
+        }
+        let mut cursors: Vec<Cursor> = sorted
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| b.weight > 0)
+            .map(|(i, b)| {
+                let (w, n) = b.words();
+                Cursor {
+                    index: i as u32,
+                    weight: u64::from(b.weight),
+                    pos: murmur3_words(s1, &w[..n]) % m,
+                    skip: murmur3_words(s2, &w[..n]) % (m - 1) + 1,
+                }
+            })
+            .collect();
+        let mut table = vec![EMPTY; m as usize];
+        let mut filled = 0u32;
+        let wmax = u64::from(wmax);
+        let mut round = 0u64;
+        'rounds: loop {
+            for c in &mut cursors {
+                let claims = (round + 1) * c.weight / wmax - round * c.weight / wmax;
+                for _ in 0..claims {
+                    while table[c.pos as usize] != EMPTY {
+                        c.pos += c.skip;
+                        if c.pos >= m {
+                            c.pos -= m;
+                        }
+                    }
+                    table[c.pos as usize] = c.index;
+                    filled += 1;
+                    if filled == m {
+                        break 'rounds;
+                    }
+                }
+            }
+            round += 1;
+        }
+        table
+    }
+
+    /// Weights for 1..=2000 backends: all equal, small, up to the config's maximum, or any u32
+    /// (zeros included, so some backends are drained).
+    fn weight_lists() -> impl Strategy<Value = Vec<u32>> {
+        let n = 1usize..=2000;
+        prop_oneof![
+            n.clone().prop_map(|n| vec![1; n]),
+            proptest::collection::vec(0u32..5, n.clone()),
+            proptest::collection::vec(0u32..=65_535, n.clone()),
+            proptest::collection::vec(any::<u32>(), n),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(96))]
+
+        /// Every phase of [`build`] (walks two and four slots per step, the scan of the last
+        /// free slots) takes the slot the one-slot walk takes, for any ring size from 2 up,
+        /// backend count, weights and families.
+        #[test]
+        fn build_matches_the_reference_walk(
+            ring_size in proptest::sample::select(vec![2u32, 3, 7, 13, 251, 257, 1009, 4099, 65521, 65537]),
+            seed in any::<u32>(),
+            weights in weight_lists(),
+            families in any::<u64>(),
+            base4 in any::<u32>(),
+            base6 in any::<u128>(),
+        ) {
+            let backends: Vec<_> = weights
+                .iter()
+                .enumerate()
+                .map(|(i, &w)| {
+                    let address = if families >> (i % 64) & 1 == 0 {
+                        IpAddr::V4(Ipv4Addr::from(base4.wrapping_add((i as u32).wrapping_mul(0x9e37_79b1))))
+                    } else {
+                        IpAddr::V6(Ipv6Addr::from(base6.wrapping_add(i as u128)))
+                    };
+                    MaglevBackend::new(address, w)
+                })
+                .collect();
+            prop_assert_eq!(build(&backends, ring_size, seed), reference_build(&backends, ring_size, seed));
+        }
     }
 
     proptest! {
