@@ -9,10 +9,11 @@
 //! remove what a crashed run left. Lab hosts use 198.18.0.0/15 and fd00::/8, VIPs
 //! 203.0.113.0/24 and 2001:db8::/32.
 //!
-//! Commands run inside a namespace through `nsenter --net=/run/netns/NAME`, which (unlike
-//! `ip netns exec`) keeps the caller's mount namespace, so agents see the lab's bpffs mount.
-//! Each lab mounts its own bpffs instance at `/run/anycast-lab/<prefix>/bpf`: agents pin there,
-//! and unmounting it on drop removes every pin at once.
+//! Namespaces are created, entered and deleted through [`crate::netns`]. Commands run inside a
+//! namespace through `nsenter --net=/run/netns/NAME`, which (unlike `ip netns exec`) keeps the
+//! caller's mount namespace, so agents see the lab's bpffs mount. Each lab mounts its own bpffs
+//! instance at `/run/anycast-lab/<prefix>/bpf` ([`crate::mount::Mount`]): agents pin there, and
+//! unmounting it on drop removes every pin at once.
 //!
 //! Binaries: the agent is found through `ANYCAST_BIN`, else as `anycast` next to the running
 //! executable or one directory up (a test runs from `target/<profile>/deps/`, a binary from
@@ -46,6 +47,10 @@ pub enum LabError {
     },
     #[error("{what} not found: {hint}")]
     Binary { what: String, hint: String },
+    #[error(transparent)]
+    Netns(#[from] crate::netns::NetnsError),
+    #[error(transparent)]
+    Mount(#[from] crate::mount::MountError),
     #[error("{0}")]
     Setup(String),
 }
@@ -65,7 +70,7 @@ mod topology;
 mod traffic;
 
 pub use conns::{ConnReport, ConnsOptions, ConnsReport, LongLived};
-pub use exec::{find_binary, in_netns};
+pub use exec::find_binary;
 pub use prefix::{clean_prefix, install_interrupt_cleanup};
 pub use process::{ChildSignals, without_colours};
 pub use topology::{
@@ -73,8 +78,8 @@ pub use topology::{
     XdpPass,
 };
 pub use traffic::{
-    FlowRecord, FlowResult, FlowTally, tcp_request, tcp_request_bound, tcp_request_from,
-    udp_request, udp_request_from,
+    FlowRecord, FlowResult, FlowTally, Flows, Transport, tcp_request, tcp_request_bound,
+    tcp_request_from, udp_request, udp_request_from,
 };
 
 fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> LabError {
@@ -88,8 +93,8 @@ pub struct Lab {
     prefix: String,
     topology: Topology,
     dir: PathBuf,
-    bpffs: PathBuf,
-    namespaces: Vec<String>,
+    bpffs: Option<crate::mount::Mount>,
+    namespaces: Vec<crate::netns::Netns>,
     background: Vec<process::Background>,
     pass_programs: Vec<dataplane::PassProgram>,
 }
@@ -124,13 +129,21 @@ impl Lab {
     }
 
     /// Full names of the namespaces this lab created.
-    pub fn namespaces(&self) -> &[String] {
-        &self.namespaces
+    pub fn namespaces(&self) -> Vec<&str> {
+        self.namespaces
+            .iter()
+            .map(crate::netns::Netns::name)
+            .collect()
     }
 
     /// Directory for this lab's files (agent configs, logs).
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// Where the lab's own bpffs is mounted (agents pin below it).
+    fn bpffs(&self) -> PathBuf {
+        self.dir.join("bpf")
     }
 }
 

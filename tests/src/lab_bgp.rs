@@ -27,6 +27,8 @@ use crate::lab::{
     AgentSpec, Lab, LabError, LabHealth, Result, ServerSpec, Sysctl, Topology, VipSpec, find_binary,
 };
 
+mod serial;
+
 pub const ROUTER_AS: u32 = 65000;
 /// Both edges: identical attributes (AS path, origin, no MED) are what ECMP needs.
 pub const EDGE_AS: u32 = 65001;

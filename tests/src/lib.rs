@@ -20,6 +20,15 @@ pub fn privileged(test: &str) -> bool {
     false
 }
 
+/// The running test's name (`module::test`), for messages: libtest runs every test on a thread
+/// named after it. Outside a test, the thread's name (`main`) or `unnamed thread`.
+pub fn test_name() -> String {
+    std::thread::current()
+        .name()
+        .unwrap_or("unnamed thread")
+        .to_owned()
+}
+
 /// Network-namespace labs (reference topology, agents, backend servers).
 pub mod lab;
 
@@ -28,5 +37,6 @@ pub mod lab_bgp;
 
 pub mod fixture;
 pub mod mount;
+pub mod netns;
 pub mod one_vip;
 pub mod packet;

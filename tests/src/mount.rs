@@ -3,6 +3,22 @@
 
 use std::path::{Path, PathBuf};
 
+#[derive(Debug, thiserror::Error)]
+#[error("{what} a {fstype} at {}", dir.display())]
+pub struct MountError {
+    what: &'static str,
+    fstype: &'static str,
+    dir: PathBuf,
+    #[source]
+    source: std::io::Error,
+}
+
+impl MountError {
+    fn panic(self) -> Mount {
+        panic!("{self}: {}", self.source)
+    }
+}
+
 /// A mount made by the test; lazily unmounted (and its directory removed, when the test
 /// created it) on drop.
 pub struct Mount {
@@ -17,9 +33,15 @@ impl Mount {
     /// If the directory cannot be made or the mount fails: the test cannot go on.
     pub fn bpffs(name: &str) -> Self {
         let dir = std::env::temp_dir().join(format!("anycast-{name}-{}", std::process::id()));
-        let mut m = Self::new("bpf", &dir, None);
+        let mut m = Self::new("bpf", &dir, None).unwrap_or_else(MountError::panic);
         m.remove_dir = true;
         m
+    }
+
+    /// A bpffs at `dir` (created if missing; left in place on drop), or why not: for a harness
+    /// that reports its errors (the lab) rather than panicking.
+    pub fn bpffs_at(dir: &Path) -> Result<Self, MountError> {
+        Self::new("bpf", dir, None)
     }
 
     /// A 1 MiB tmpfs at `dir` (created if missing; left in place on drop).
@@ -27,12 +49,17 @@ impl Mount {
     /// # Panics
     /// As [`Mount::bpffs`].
     pub fn tmpfs(dir: &Path) -> Self {
-        Self::new("tmpfs", dir, Some("size=1m"))
+        Self::new("tmpfs", dir, Some("size=1m")).unwrap_or_else(MountError::panic)
     }
 
-    fn new(fstype: &str, dir: &Path, data: Option<&str>) -> Self {
-        std::fs::create_dir_all(dir)
-            .unwrap_or_else(|e| panic!("creating the mount point {}: {e}", dir.display()));
+    fn new(fstype: &'static str, dir: &Path, data: Option<&str>) -> Result<Self, MountError> {
+        let err = |what, source| MountError {
+            what,
+            fstype,
+            dir: dir.to_owned(),
+            source,
+        };
+        std::fs::create_dir_all(dir).map_err(|e| err("creating the mount point for", e))?;
         nix::mount::mount(
             Some(fstype),
             dir,
@@ -40,11 +67,11 @@ impl Mount {
             nix::mount::MsFlags::empty(),
             data,
         )
-        .unwrap_or_else(|e| panic!("mounting a {fstype} at {}: {e}", dir.display()));
-        Self {
+        .map_err(|e| err("mounting", e.into()))?;
+        Ok(Self {
             path: dir.to_owned(),
             remove_dir: false,
-        }
+        })
     }
 
     pub fn path(&self) -> &Path {

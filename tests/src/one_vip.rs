@@ -28,9 +28,8 @@ pub const A: u32 = 0;
 pub const B: u32 = 1;
 pub const LOCAL: u32 = 2;
 
-pub const TCP_SYN: u8 = 0x02;
-pub const TCP_RST: u8 = 0x04;
-pub const TCP_ACK: u8 = 0x10;
+/// The flags [`tcp_segment`] takes.
+pub use crate::packet::{TCP_ACK, TCP_RST, TCP_SYN};
 
 /// A backend's address: two in the backends' range, `LOCAL` is the edge itself.
 pub fn backend_addr(id: u32) -> Ipv4Addr {

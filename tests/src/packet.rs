@@ -22,6 +22,11 @@ pub const ETH_P_IPV6: u16 = 0x86dd;
 pub const ETH_P_ARP: u16 = 0x0806;
 pub const ETH_P_8021Q: u16 = 0x8100;
 
+/// TCP header flag bits (RFC 9293, section 3.1), for segments built byte by byte.
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
+pub const TCP_ACK: u8 = 0x10;
+
 /// Outer TTL / hop limit the program writes (contract).
 pub const OUTER_TTL: u8 = 64;
 

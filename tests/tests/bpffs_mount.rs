@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anycast::proto::Status;
-use anycast_tests::lab::{AgentSpec, ChildSignals, End, Lab, Link, Topology, find_binary};
+use anycast_tests::lab::{AgentSpec, End, Lab, Link, Topology, find_binary};
 
 const EDGE: &str = "edge";
 
@@ -87,9 +87,8 @@ fn host_mounts_under(dir: &Path) -> Vec<String> {
 /// Runs an agent that must refuse to start; returns its stderr. Bounded: killed after 60 s.
 fn agent_refuses(lab: &Lab, config: &Path, wrapper: &[&str]) -> String {
     let bin = find_binary("anycast", "ANYCAST_BIN").expect("the anycast binary");
-    let mut c = Command::new("nsenter");
-    c.arg(format!("--net=/run/netns/{}", lab.ns(EDGE)))
-        .args(["--", "unshare", "--mount", "--propagation", "private", "--"])
+    let mut c = lab.command(EDGE);
+    c.args(["unshare", "--mount", "--propagation", "private", "--"])
         .args(wrapper)
         .arg(&bin)
         .args(["agent", "--config"])
@@ -143,7 +142,7 @@ fn the_agent_mounts_bpffs_where_none_is_and_refuses_where_a_mount_would_hide_som
     let config = write_config(&lab, "mounted", &pin_path);
     let bin = find_binary("anycast", "ANYCAST_BIN").expect("the anycast binary");
     let (bin, cfg) = (bin.to_string_lossy(), config.to_string_lossy());
-    lab.spawn_with(
+    lab.spawn(
         EDGE,
         "agent-mounted",
         &[
@@ -158,7 +157,6 @@ fn the_agent_mounts_bpffs_where_none_is_and_refuses_where_a_mount_would_hide_som
             &cfg,
         ],
         &[("RUST_LOG", "info")],
-        ChildSignals::Default,
     )
     .expect("starting the agent");
     let socket = lab.agent_socket_path("mounted");

@@ -26,27 +26,18 @@ use std::time::{Duration, Instant};
 use anycast::proto::Health;
 use anycast_tests::lab::conns::Phase;
 use anycast_tests::lab::reference::*;
-use anycast_tests::lab::{ConnsOptions, LongLived};
+use anycast_tests::lab::{ConnsOptions, LongLived, Transport};
 use anycast_tests::lab_bgp::{BgpLab, Options, live_lookup};
 
-/// One BGP lab at a time: BFD at 200 ms x 5 and the timing assertions need CPU, and four labs
-/// (eleven agents, six BIRDs, debug builds) on a 2-core machine make BFD flap.
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn start(test: &str, opts: Options) -> Option<(std::sync::MutexGuard<'static, ()>, BgpLab)> {
-    if !anycast_tests::privileged(test) {
-        return None;
-    }
-    let guard = SERIAL
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    let t = Instant::now();
-    let lab = BgpLab::start(opts).unwrap_or_else(|e| panic!("{test}: starting the BGP lab: {e}"));
+/// Waits (at most `limit`) until the router routes the IPv4 VIP over both edges again, and
+/// prints how long after `since` that was; panics with edge1's log if it does not.
+fn both_edges_again(bgp: &BgpLab, since: Instant, limit: Duration, what: &str) {
+    bgp.wait_nexthops(VIP_V4, &[EDGE1_V4, EDGE2_V4], limit)
+        .unwrap_or_else(|e| panic!("{what}: {e}\nedge1 log:\n{}", bgp.edge_log(EDGE1)));
     eprintln!(
-        "{test}: lab up, both edges announced, in {:.2} s",
-        t.elapsed().as_secs_f64()
+        "{what}: ECMP over both edges again after {:.0} ms",
+        since.elapsed().as_secs_f64() * 1e3
     );
-    Some((guard, lab))
 }
 
 /// `n` long-lived connections from the client to the IPv4 TCP VIP for `duration`, once every
@@ -79,7 +70,7 @@ fn streaming(bgp: &BgpLab, n: usize, duration: Duration) -> LongLived {
 
 #[test]
 fn ecmp_spreads_clients_over_both_edges_and_flows_land_on_the_lookup_backend() {
-    let Some((_serial, bgp)) = start("ecmp", Options::default()) else {
+    let Some((_serial, bgp)) = BgpLab::start_serial(Options::default()) else {
         return;
     };
     for vip in [VIP_V4, VIP_V6] {
@@ -96,8 +87,9 @@ fn ecmp_spreads_clients_over_both_edges_and_flows_land_on_the_lookup_backend() {
     for (target, n) in [(vip_v4_tcp(), 150), (vip_v6_tcp(), 60)] {
         let records = bgp
             .lab
-            .tcp_flow_records(CLIENT, target, n, Duration::from_secs(40))
-            .unwrap();
+            .flows(CLIENT, Transport::Tcp, target, n, Duration::from_secs(40))
+            .unwrap()
+            .records();
         assert_eq!(records.len(), n, "flows not sent within the time budget");
         for r in records {
             let local = r.local.expect("connected");
@@ -138,11 +130,10 @@ fn ecmp_spreads_clients_over_both_edges_and_flows_land_on_the_lookup_backend() {
 
 #[test]
 fn drain_edge_withdraws_within_a_second_and_no_connection_breaks() {
-    let Some((_serial, bgp)) = start("drain_edge", Options::default()) else {
+    let Some((_serial, bgp)) = BgpLab::start_serial(Options::default()) else {
         return;
     };
-    let n = 40;
-    let ll = streaming(&bgp, n, Duration::from_secs(6));
+    let ll = streaming(&bgp, 40, Duration::from_secs(6));
     std::thread::sleep(Duration::from_millis(500));
     let e1_before = bgp.vip_packets(EDGE1);
     assert!(
@@ -213,17 +204,12 @@ fn drain_edge_withdraws_within_a_second_and_no_connection_breaks() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    bgp.wait_nexthops(VIP_V4, &[EDGE1_V4, EDGE2_V4], Duration::from_secs(5))
-        .unwrap();
-    eprintln!(
-        "undrain-edge: ECMP over both edges again after {:.0} ms",
-        t.elapsed().as_secs_f64() * 1e3
-    );
+    both_edges_again(&bgp, t, Duration::from_secs(5), "undrain-edge");
 }
 
 #[test]
 fn dead_edge_is_routed_around_within_bfd_time_and_other_backends_connections_survive() {
-    let Some((_serial, bgp)) = start("dead_edge", Options::default()) else {
+    let Some((_serial, bgp)) = BgpLab::start_serial(Options::default()) else {
         return;
     };
     let n = 60;
@@ -303,12 +289,7 @@ fn dead_edge_is_routed_around_within_bfd_time_and_other_backends_connections_sur
     }
     bgp.heal(EDGE1).unwrap();
     let t = Instant::now();
-    bgp.wait_nexthops(VIP_V4, &[EDGE1_V4, EDGE2_V4], Duration::from_secs(30))
-        .unwrap_or_else(|e| panic!("{e}\nedge1 log:\n{}", bgp.edge_log(EDGE1)));
-    eprintln!(
-        "dead edge healed: announced from edge1 again {:.0} ms later",
-        t.elapsed().as_secs_f64() * 1e3
-    );
+    both_edges_again(&bgp, t, Duration::from_secs(30), "dead edge healed");
     let log = bgp.current_edge_log(EDGE1);
     assert!(
         log.contains("no BGP session established: every VIP withdrawn")
@@ -319,13 +300,10 @@ fn dead_edge_is_routed_around_within_bfd_time_and_other_backends_connections_sur
 
 #[test]
 fn vip_with_all_backends_unhealthy_is_withdrawn_from_that_edge_and_announced_on_recovery() {
-    let Some((_serial, mut bgp)) = start(
-        "all_unhealthy",
-        Options {
-            edge1_health: true,
-            ..Options::default()
-        },
-    ) else {
+    let Some((_serial, mut bgp)) = BgpLab::start_serial(Options {
+        edge1_health: true,
+        ..Options::default()
+    }) else {
         return;
     };
     let metric =
@@ -376,8 +354,15 @@ fn vip_with_all_backends_unhealthy_is_withdrawn_from_that_edge_and_announced_on_
     assert!(metrics(&bgp).contains(&metric(0)));
     let tally = bgp
         .lab
-        .tcp_flows(CLIENT, vip_v4_tcp(), 20, Duration::from_secs(20))
-        .unwrap();
+        .flows(
+            CLIENT,
+            Transport::Tcp,
+            vip_v4_tcp(),
+            20,
+            Duration::from_secs(20),
+        )
+        .unwrap()
+        .tally();
     assert_eq!(
         tally.answered(),
         20,
@@ -386,11 +371,11 @@ fn vip_with_all_backends_unhealthy_is_withdrawn_from_that_edge_and_announced_on_
 
     bgp.restart_health_servers().unwrap();
     let t = Instant::now();
-    bgp.wait_nexthops(VIP_V4, &[EDGE1_V4, EDGE2_V4], Duration::from_secs(15))
-        .unwrap_or_else(|e| panic!("{e}\nedge1 log:\n{}", bgp.edge_log(EDGE1)));
-    eprintln!(
-        "recovered: announced from edge1 again after {:.0} ms (rise 2)",
-        t.elapsed().as_secs_f64() * 1e3
+    both_edges_again(
+        &bgp,
+        t,
+        Duration::from_secs(15),
+        "health recovered (rise 2)",
     );
     assert!(metrics(&bgp).contains(&metric(1)));
     let log = bgp.edge_log(EDGE1);
@@ -409,14 +394,11 @@ fn vip_with_all_backends_unhealthy_is_withdrawn_from_that_edge_and_announced_on_
 /// then, and announce with backend2 out of its table.
 #[test]
 fn a_restarted_edge_announces_only_once_its_restored_health_is_confirmed() {
-    let Some((_serial, mut bgp)) = start(
-        "health_gate",
-        Options {
-            edge1_health: true,
-            health_interval_ms: Some(2000),
-            ..Options::default()
-        },
-    ) else {
+    let Some((_serial, mut bgp)) = BgpLab::start_serial(Options {
+        edge1_health: true,
+        health_interval_ms: Some(2000),
+        ..Options::default()
+    }) else {
         return;
     };
     let settled = |b: &BgpLab| {

@@ -65,8 +65,8 @@ impl RouteWatch {
                     (VIP_V4, "-4", [EDGE1_V4, EDGE2_V4]),
                     (VIP_V6, "-6", [EDGE1_V6, EDGE2_V6]),
                 ] {
-                    let out = std::process::Command::new("ip")
-                        .args(["-n", &ns, family, "route", "show", vip])
+                    let out = anycast_tests::netns::ip(&ns)
+                        .args([family, "route", "show", vip])
                         .output()
                         .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
                         .unwrap_or_default();

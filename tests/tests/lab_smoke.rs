@@ -2,28 +2,21 @@
 //! IP between its hosts, and leaves nothing behind, not even when the test panics.
 
 use std::path::Path;
+use std::time::Duration;
 
 use anycast_tests::lab::{Lab, reference};
+use anycast_tests::netns::with_prefix as namespaces_with_prefix;
 
-fn namespaces_with_prefix(prefix: &str) -> Vec<String> {
-    std::fs::read_dir("/run/netns")
-        .map(|d| {
-            d.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| n.starts_with(prefix))
-                .collect()
-        })
-        .unwrap_or_default()
+/// The reference topology built (no dataplane); `None` where the running test is skipped
+/// ([`anycast_tests::privileged`]).
+fn built() -> Option<Lab> {
+    anycast_tests::privileged(&anycast_tests::test_name())
+        .then(|| Lab::build(&reference::topology()).expect("building the reference topology"))
 }
 
 #[test]
 fn reference_topology_creates_its_namespaces_and_removes_them_on_drop() {
-    if !anycast_tests::privileged(
-        "reference_topology_creates_its_namespaces_and_removes_them_on_drop",
-    ) {
-        return;
-    }
-    let lab = Lab::build(&reference::topology()).expect("building the reference topology");
+    let Some(lab) = built() else { return };
     let prefix = lab.prefix().to_owned();
     let mut present = namespaces_with_prefix(&prefix);
     present.sort();
@@ -73,10 +66,7 @@ fn lab_is_removed_when_the_test_panics() {
 
 #[test]
 fn lab_interfaces_never_appear_in_the_root_namespace() {
-    if !anycast_tests::privileged("lab_interfaces_never_appear_in_the_root_namespace") {
-        return;
-    }
-    let lab = Lab::build(&reference::topology()).expect("building the reference topology");
+    let Some(lab) = built() else { return };
     let root_links = std::process::Command::new("ip")
         .args(["-o", "link"])
         .output()
@@ -99,12 +89,7 @@ fn lab_interfaces_never_appear_in_the_root_namespace() {
 
 #[test]
 fn client_reaches_edges_and_backends_through_the_router_with_plain_ping() {
-    if !anycast_tests::privileged(
-        "client_reaches_edges_and_backends_through_the_router_with_plain_ping",
-    ) {
-        return;
-    }
-    let lab = Lab::build(&reference::topology()).expect("building the reference topology");
+    let Some(lab) = built() else { return };
     for target in reference::PING_TARGETS {
         if let Err(out) = lab.ping(reference::CLIENT, target, 1) {
             panic!("client cannot ping {target}:\n{out}");
@@ -114,11 +99,8 @@ fn client_reaches_edges_and_backends_through_the_router_with_plain_ping() {
 
 #[test]
 fn agent_config_follows_the_toml_contract() {
-    if !anycast_tests::privileged("agent_config_follows_the_toml_contract") {
-        return;
-    }
-    let topology = reference::topology();
-    let lab = Lab::build(&topology).expect("building the reference topology");
+    let Some(lab) = built() else { return };
+    let topology = lab.topology();
     let edge = lab.agent_config(&topology.agents[0]).expect("edge config");
     assert!(
         edge.contains(&format!(
@@ -157,10 +139,7 @@ fn agent_config_follows_the_toml_contract() {
 
 #[test]
 fn pass_program_attaches_natively_and_detaches_on_drop() {
-    if !anycast_tests::privileged("pass_program_attaches_natively_and_detaches_on_drop") {
-        return;
-    }
-    let mut lab = Lab::build(&reference::topology()).expect("building the reference topology");
+    let Some(mut lab) = built() else { return };
     lab.attach_pass(reference::ROUTER, "r-e1")
         .expect("attaching anycast_pass");
     let dev = lab.ifname("r-e1").unwrap();
@@ -184,10 +163,7 @@ fn pass_program_attaches_natively_and_detaches_on_drop() {
 
 #[test]
 fn backend_servers_answer_with_their_own_names() {
-    if !anycast_tests::privileged("backend_servers_answer_with_their_own_names") {
-        return;
-    }
-    let mut lab = Lab::build(&reference::topology()).expect("building the reference topology");
+    let Some(mut lab) = built() else { return };
     lab.start_servers().expect("starting the backend servers");
     // From inside each host to the VIP on its own `lo`: no XDP involved.
     for (ns, name) in [
@@ -195,25 +171,10 @@ fn backend_servers_answer_with_their_own_names() {
         (reference::BACKEND2, "backend2"),
         (reference::EDGE1, "edge1"),
     ] {
-        for target in [reference::vip_v4_tcp(), reference::vip_v6_tcp()] {
-            let tally = lab
-                .tcp_flows(ns, target, 3, std::time::Duration::from_secs(10))
-                .expect("tcp client");
-            assert_eq!(
-                tally.per_backend.get(name),
-                Some(&3),
-                "TCP {target} in {ns}:\n{tally}"
-            );
-        }
-        for target in [reference::vip_v4_udp(), reference::vip_v6_udp()] {
-            let tally = lab
-                .udp_flows(ns, target, 3, std::time::Duration::from_secs(10))
-                .expect("udp client");
-            assert_eq!(
-                tally.per_backend.get(name),
-                Some(&3),
-                "UDP {target} in {ns}:\n{tally}"
-            );
+        for (transport, target) in reference::vip_targets() {
+            lab.flows(ns, transport, target, 3, Duration::from_secs(10))
+                .unwrap_or_else(|e| panic!("{transport} client: {e}"))
+                .assert_all_answered_by(name, &format!("{transport} {target} in {ns}"));
         }
     }
 }

@@ -21,10 +21,7 @@ use std::time::{Duration, Instant};
 use anycast::config::Config;
 use anycast::plan::model::{self, Flow, Outcome};
 use anycast_tests::lab::conns::Phase;
-use anycast_tests::lab::{self, ConnsOptions, ConnsReport, FlowRecord, FlowTally, Lab, reference};
-
-/// [`Lab::tcp_flows`] or [`Lab::udp_flows`].
-type Flows = fn(&Lab, &str, SocketAddr, usize, Duration) -> lab::Result<FlowTally>;
+use anycast_tests::lab::{self, ConnsOptions, ConnsReport, FlowRecord, Lab, Transport, reference};
 
 /// backend1 : backend2 : edge1, as in [`reference::BACKEND_NAMES`].
 const WEIGHTS: [u32; 3] = [1, 2, 3];
@@ -181,11 +178,20 @@ fn flows_land_on_predicted_backends(
     for edge in [reference::EDGE1, reference::EDGE2] {
         reference::route_vips_to(lab, edge).expect("routing the VIPs");
         let started = Instant::now();
-        let records: Vec<FlowRecord> = match protocol {
-            "tcp" => lab.tcp_flow_records(reference::CLIENT, target, FLOWS_PER_EDGE, FLOW_BUDGET),
-            _ => lab.udp_flow_records(reference::CLIENT, target, FLOWS_PER_EDGE, FLOW_BUDGET),
-        }
-        .expect("client");
+        let transport = match protocol {
+            "tcp" => Transport::Tcp,
+            _ => Transport::Udp,
+        };
+        let records: Vec<FlowRecord> = lab
+            .flows(
+                reference::CLIENT,
+                transport,
+                target,
+                FLOWS_PER_EDGE,
+                FLOW_BUDGET,
+            )
+            .expect("client")
+            .records();
         let what = format!("{protocol} to {target} via {edge}");
         assert_eq!(records.len(), FLOWS_PER_EDGE, "{what}: time budget ran out");
         let mut wrong = Vec::new();
@@ -299,44 +305,43 @@ fn non_vip_traffic_is_unaffected(lab: &mut Lab) {
         (reference::EDGE2_V4, "edge2-host"),
         (reference::EDGE2_V6, "edge2-host"),
     ] {
-        for (flows, what, port) in [
-            (Lab::tcp_flows as Flows, "TCP", HOST_PORT_TCP),
-            (Lab::udp_flows, "UDP", HOST_PORT_UDP),
+        for (transport, port) in [
+            (Transport::Tcp, HOST_PORT_TCP),
+            (Transport::Udp, HOST_PORT_UDP),
         ] {
-            let target = sock(addr, port);
-            let tally = flows(lab, reference::CLIENT, target, 20, Duration::from_secs(20))
-                .unwrap_or_else(|e| panic!("{what} client: {e}"));
-            assert_eq!(
-                tally.per_backend.get(name),
-                Some(&20),
-                "{what} to {addr}:\n{tally}"
-            );
+            lab.flows(
+                reference::CLIENT,
+                transport,
+                sock(addr, port),
+                20,
+                Duration::from_secs(20),
+            )
+            .unwrap_or_else(|e| panic!("{transport} client: {e}"))
+            .assert_all_answered_by(name, &format!("{transport} to {addr}"));
         }
     }
 
     // An edge's own connections out: the replies come in through its program.
     for edge in [reference::EDGE1, reference::EDGE2] {
         for addr in [reference::BACKEND1_V4, reference::BACKEND1_V6] {
-            let tally = lab
-                .tcp_flows(edge, sock(addr, HOST_PORT_TCP), 20, Duration::from_secs(20))
-                .expect("tcp client");
-            assert_eq!(
-                tally.per_backend.get("backend1-host"),
-                Some(&20),
-                "TCP from {edge} to {addr}:\n{tally}"
-            );
+            let target = sock(addr, HOST_PORT_TCP);
+            lab.flows(edge, Transport::Tcp, target, 20, Duration::from_secs(20))
+                .expect("tcp client")
+                .assert_all_answered_by("backend1-host", &format!("TCP from {edge} to {addr}"));
         }
     }
 
     // And the VIP still works alongside.
     let tally = lab
-        .tcp_flows(
+        .flows(
             reference::CLIENT,
+            Transport::Tcp,
             reference::vip_v4_tcp(),
             30,
             Duration::from_secs(20),
         )
-        .expect("tcp client");
+        .expect("tcp client")
+        .tally();
     assert_eq!(tally.answered(), 30, "VIP:\n{tally}");
 }
 
@@ -445,24 +450,20 @@ fn long_lived_connections_survive_route_moves(encapsulation: &str) {
     check_long_lived(&r6, &predictor, &format!("{encapsulation}, IPv6 VIP"));
 }
 
+/// Each test once per encapsulation: modules `ipip` and `gue`.
 macro_rules! per_encapsulation {
     ($($name:ident => $body:ident;)*) => {
-        mod ipip {
+        per_encapsulation!(@module ipip $($name => $body;)*);
+        per_encapsulation!(@module gue $($name => $body;)*);
+    };
+    (@module $encap:ident $($name:ident => $body:ident;)*) => {
+        mod $encap {
             $(#[test]
             fn $name() {
-                if !anycast_tests::privileged(concat!("ipip::", stringify!($name))) {
+                if !anycast_tests::privileged(concat!(stringify!($encap), "::", stringify!($name))) {
                     return;
                 }
-                super::$body("ipip");
-            })*
-        }
-        mod gue {
-            $(#[test]
-            fn $name() {
-                if !anycast_tests::privileged(concat!("gue::", stringify!($name))) {
-                    return;
-                }
-                super::$body("gue");
+                super::$body(stringify!($encap));
             })*
         }
     };

@@ -30,25 +30,18 @@ fn assert_spread(tally: &FlowTally, what: &str) {
 /// checks (predicted backends, weights, GUE, route moves) are in `lab_steering.rs`.
 #[test]
 fn tcp_and_udp_flows_to_ipv4_and_ipv6_vips_are_spread_over_their_backends_and_ping_passes() {
-    if !anycast_tests::privileged(
-        "tcp_and_udp_flows_to_ipv4_and_ipv6_vips_are_spread_over_their_backends_and_ping_passes",
-    ) {
+    if !anycast_tests::privileged(&anycast_tests::test_name()) {
         return;
     }
     let lab = reference::start().unwrap_or_else(|e| panic!("starting the reference lab: {e}"));
     for edge in [reference::EDGE1, reference::EDGE2] {
         reference::route_vips_to(&lab, edge).expect("routing the VIPs");
-        for target in [reference::vip_v4_tcp(), reference::vip_v6_tcp()] {
+        for (transport, target) in reference::vip_targets() {
             let tally = lab
-                .tcp_flows(reference::CLIENT, target, FLOWS, BUDGET)
-                .expect("client");
-            assert_spread(&tally, &format!("TCP to {target} via {edge}"));
-        }
-        for target in [reference::vip_v4_udp(), reference::vip_v6_udp()] {
-            let tally = lab
-                .udp_flows(reference::CLIENT, target, FLOWS, BUDGET)
-                .expect("client");
-            assert_spread(&tally, &format!("UDP to {target} via {edge}"));
+                .flows(reference::CLIENT, transport, target, FLOWS, BUDGET)
+                .expect("client")
+                .tally();
+            assert_spread(&tally, &format!("{transport} to {target} via {edge}"));
         }
     }
     for target in reference::PING_TARGETS {

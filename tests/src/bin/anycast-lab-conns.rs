@@ -9,7 +9,7 @@
 //! --duration SECS  streaming time once all are open (default 10, at most 3600)
 //! --rate BYTES     bytes per second per connection, each way (default 16384)
 //! --stall-ms MS    no echo for this long with bytes outstanding = a stall (default 1000)
-//! --netns NAME     enter /run/netns/NAME first (else: the current namespace)
+//! --netns NAME     enter the named namespace NAME (/run/netns/NAME) first (else: the current one)
 //! --progress SECS  print a progress line this often (default 0: none)
 //! --per-conn       print one line per connection at the end
 //! ```
@@ -98,11 +98,10 @@ fn main() {
     }
 
     let conns = match &netns {
-        Some(name) => LongLived::start_in(&format!("/run/netns/{name}"), target, opts.clone())
-            .unwrap_or_else(|e| {
-                eprintln!("anycast-lab-conns: {e}");
-                std::process::exit(2)
-            }),
+        Some(name) => LongLived::start_in(name, target, opts.clone()).unwrap_or_else(|e| {
+            eprintln!("anycast-lab-conns: {e}");
+            std::process::exit(2)
+        }),
         None => LongLived::start(target, opts.clone()),
     };
     eprintln!(
@@ -118,19 +117,7 @@ fn main() {
             break;
         }
         if progress > 0 && Instant::now() >= next_progress {
-            let s = conns.snapshot();
-            println!(
-                "{:>6.1}s {:<10} established {:>4}/{} live {:>4} sent {:>10} received {:>10} resets {} stalls {}",
-                s.elapsed.as_secs_f64(),
-                s.phase,
-                s.established(),
-                s.requested,
-                s.live(),
-                human_bytes(s.sent()),
-                human_bytes(s.received()),
-                s.resets(),
-                s.stalls()
-            );
+            println!("{}", conns.snapshot().progress());
             next_progress += Duration::from_secs(progress);
         }
         std::thread::sleep(Duration::from_millis(50));
@@ -138,23 +125,7 @@ fn main() {
     let report = conns.stop();
     print!("{report}");
     if per_conn {
-        println!(
-            "{:>5} {:<42} {:<10} {:>10} {:>10} {:>6} {:>6} {:>7}",
-            "id", "local", "backend", "sent", "received", "resets", "stalls", "gap_ms"
-        );
-        for c in &report.conns {
-            println!(
-                "{:>5} {:<42} {:<10} {:>10} {:>10} {:>6} {:>6} {:>7}",
-                c.id,
-                c.local_label(),
-                c.backend_label(),
-                c.sent,
-                c.received,
-                c.resets,
-                c.stalls,
-                c.max_gap.as_millis()
-            );
-        }
+        print!("{}", report.per_conn());
     }
     std::process::exit(if report.is_clean() { 0 } else { 1 });
 }

@@ -59,7 +59,7 @@ impl Lab {
             .agent("hash_seed", spec.hash_seed)
             // Each agent its own pins and state file: the defaults would be shared by every
             // agent of every lab on the machine.
-            .agent("pin_path", path(self.bpffs.join(&spec.ns)))
+            .agent("pin_path", path(self.bpffs().join(&spec.ns)))
             .agent("state_file", path(self.agent_state_path(&spec.ns)))
             .agent("api_socket", path(self.agent_socket_path(&spec.ns)))
             // Small connection table: labs run several agents on one machine.

@@ -66,25 +66,19 @@ pub struct LongLived {
 }
 
 impl LongLived {
-    /// Starts the connections from the calling process's current network namespace.
+    /// Starts the connections from the calling thread's current network namespace.
     pub fn start(target: SocketAddr, opts: ConnsOptions) -> LongLived {
         Self::spawn(None, target, opts).expect("no namespace to enter")
     }
 
-    /// Starts the connections from a thread that has entered the namespace at `netns_path`
-    /// (`/run/netns/NAME`); the caller's threads stay where they are.
-    pub fn start_in(
-        netns_path: &str,
-        target: SocketAddr,
-        opts: ConnsOptions,
-    ) -> super::Result<LongLived> {
-        let file = std::fs::File::open(netns_path)
-            .map_err(super::io_err(format!("opening {netns_path}")))?;
-        Self::spawn(Some((netns_path.to_owned(), file)), target, opts)
+    /// Starts the connections from a thread that has entered the named network namespace `ns`
+    /// ([`crate::netns::enter`]); the caller's threads stay where they are.
+    pub fn start_in(ns: &str, target: SocketAddr, opts: ConnsOptions) -> super::Result<LongLived> {
+        Self::spawn(Some(ns.to_owned()), target, opts)
     }
 
     fn spawn(
-        netns: Option<(String, std::fs::File)>,
+        ns: Option<String>,
         target: SocketAddr,
         opts: ConnsOptions,
     ) -> super::Result<LongLived> {
@@ -98,18 +92,17 @@ impl LongLived {
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<super::Result<()>>();
         let (stop2, shared2) = (stop.clone(), shared.clone());
         let thread = std::thread::spawn(move || {
-            // setns(CLONE_NEWNET) moves only this thread: the caller's threads stay put.
-            if let Some((path, file)) = netns
-                && let Err(e) = nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
-            {
-                let _ = ready_tx.send(Err(super::LabError::Io {
-                    what: format!("entering {path}"),
-                    source: e.into(),
-                }));
-                return ConnsReport::default();
+            let run = || {
+                let _ = ready_tx.send(Ok(()));
+                stream::run(target, &opts, &stop2, &shared2)
+            };
+            match ns {
+                None => run(),
+                Some(ns) => crate::netns::enter(&ns, run).unwrap_or_else(|e| {
+                    let _ = ready_tx.send(Err(e.into()));
+                    ConnsReport::default()
+                }),
             }
-            let _ = ready_tx.send(Ok(()));
-            stream::run(target, &opts, &stop2, &shared2)
         });
         match ready_rx.recv() {
             Ok(Ok(())) => Ok(LongLived {

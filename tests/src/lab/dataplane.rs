@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use super::{Lab, LabError, Result, find_binary, in_netns, io_err, tail};
+use super::{Lab, LabError, Result, find_binary, io_err, tail};
 
 /// How long [`Lab::start_agents`] waits for every agent to attach its program.
 const AGENT_ATTACH_TIMEOUT: Duration = Duration::from_secs(90);
@@ -17,28 +17,28 @@ impl Lab {
     /// Attaches the `anycast_pass` program (XDP_PASS) natively to `interface` in `ns`.
     pub fn attach_pass(&mut self, ns: &str, interface: &str) -> Result<()> {
         let dev = self.ifname(interface)?;
-        let full = self.ns(ns);
         let xdp_err = |message: String| LabError::Xdp {
-            ns: full.clone(),
+            ns: self.ns(ns),
             interface: dev.clone(),
             message,
         };
-        let ebpf = in_netns(&full, || -> Result<aya::Ebpf, String> {
-            use aya::programs::{Xdp, xdp::XdpMode};
-            let mut ebpf = aya::Ebpf::load(anycast::EBPF_OBJECT)
-                .map_err(|e| format!("loading the object: {e}"))?;
-            let prog: &mut Xdp = ebpf
-                .program_mut("anycast_pass")
-                .ok_or("the object has no program `anycast_pass`")?
-                .try_into()
-                .map_err(|e| format!("anycast_pass is not XDP: {e}"))?;
-            prog.load().map_err(|e| format!("load: {e}"))?;
-            // Native: generic mode would hide the very behaviour this program exists for.
-            prog.attach(&dev, XdpMode::Driver)
-                .map_err(|e| format!("attach (driver mode): {e}"))?;
-            Ok(ebpf)
-        })?
-        .map_err(xdp_err)?;
+        let ebpf = self
+            .in_netns(ns, || -> Result<aya::Ebpf, String> {
+                use aya::programs::{Xdp, xdp::XdpMode};
+                let mut ebpf = aya::Ebpf::load(anycast::EBPF_OBJECT)
+                    .map_err(|e| format!("loading the object: {e}"))?;
+                let prog: &mut Xdp = ebpf
+                    .program_mut("anycast_pass")
+                    .ok_or("the object has no program `anycast_pass`")?
+                    .try_into()
+                    .map_err(|e| format!("anycast_pass is not XDP: {e}"))?;
+                prog.load().map_err(|e| format!("load: {e}"))?;
+                // Native: generic mode would hide the very behaviour this program exists for.
+                prog.attach(&dev, XdpMode::Driver)
+                    .map_err(|e| format!("attach (driver mode): {e}"))?;
+                Ok(ebpf)
+            })?
+            .map_err(xdp_err)?;
         self.pass_programs.push(PassProgram { _ebpf: ebpf });
         Ok(())
     }

@@ -1,24 +1,23 @@
-//! Running commands and code inside a lab's namespaces, and finding the workspace's binaries.
+//! Running commands and code inside a lab's namespaces (through [`crate::netns`]), and finding
+//! the workspace's binaries.
 
-use std::fs::File;
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 
 use super::{Lab, LabError, Result, io_err};
+use crate::netns;
 
 impl Lab {
-    /// `nsenter --net=/run/netns/NAME --`: unlike `ip netns exec`, it keeps the caller's mount
-    /// namespace, so agents see the lab's bpffs mount.
-    pub(super) fn enter(&self, ns: &str) -> Command {
-        let mut c = Command::new("nsenter");
-        c.arg(format!("--net=/run/netns/{}", self.ns(ns))).arg("--");
-        c
+    /// A command to run in namespace `ns` (short name): add the program and its arguments. See
+    /// [`netns::command`]: the lab's bpffs mount stays visible.
+    pub fn command(&self, ns: &str) -> Command {
+        netns::command(&self.ns(ns))
     }
 
     /// Runs a command inside namespace `ns` (short name) and returns its output, whatever its
     /// exit status.
     pub fn exec(&self, ns: &str, args: &[&str]) -> Result<Output> {
-        let mut c = self.enter(ns);
+        let mut c = self.command(ns);
         c.args(args).stdin(Stdio::null());
         c.output()
             .map_err(io_err(format!("running {args:?} in {ns}")))
@@ -26,9 +25,7 @@ impl Lab {
 
     /// Like [`Lab::exec`], but an error unless the command succeeds; returns its stdout.
     pub fn exec_ok(&self, ns: &str, args: &[&str]) -> Result<String> {
-        let mut c = self.enter(ns);
-        c.args(args);
-        run_checked(&mut c)
+        run_checked(self.command(ns).args(args))
     }
 
     /// `count` pings from `ns` to `target`, 0.2 s apart, within `count + 2` seconds: `Ok` when
@@ -54,7 +51,7 @@ impl Lab {
 
     /// `ip -n <ns> ARGS`.
     pub fn ip(&self, ns: &str, args: &[&str]) -> Result<String> {
-        run_checked(Command::new("ip").arg("-n").arg(self.ns(ns)).args(args))
+        run_checked(netns::ip(&self.ns(ns)).args(args))
     }
 
     /// Adds or replaces a route (`ip route replace`); routes to IPv6 prefixes are recognised by a `:`.
@@ -68,31 +65,11 @@ impl Lab {
             .map(drop)
     }
 
-    /// Runs `f` on a thread that has entered namespace `ns`: sockets it creates live there.
-    pub fn in_netns<T: Send>(&self, ns: &str, f: impl FnOnce() -> T + Send) -> Result<T> {
-        in_netns(&self.ns(ns), f)
+    /// Runs `f` inside namespace `ns` ([`netns::enter`]: on the calling thread, which returns
+    /// to its own namespace afterwards): sockets it creates live there.
+    pub fn in_netns<T>(&self, ns: &str, f: impl FnOnce() -> T) -> Result<T> {
+        Ok(netns::enter(&self.ns(ns), f)?)
     }
-}
-
-/// Runs `f` on a new thread that has entered the network namespace named `ns_full`.
-pub fn in_netns<T: Send>(ns_full: &str, f: impl FnOnce() -> T + Send) -> Result<T> {
-    let path = format!("/run/netns/{ns_full}");
-    let file = File::open(&path).map_err(io_err(format!("opening {path}")))?;
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            // setns(CLONE_NEWNET) changes only this thread's namespace (a fresh thread, so the
-            // caller's own thread never leaves the root namespace).
-            nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).map_err(|e| {
-                LabError::Io {
-                    what: format!("entering {ns_full}"),
-                    source: e.into(),
-                }
-            })?;
-            Ok(f())
-        })
-        .join()
-        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-    })
 }
 
 /// Finds a workspace binary: `$env_var`, else next to the current executable or one directory

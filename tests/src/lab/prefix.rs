@@ -3,24 +3,15 @@
 //! it is removed at the end.
 
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use super::{LabError, RUN_DIR, Result, io_err};
+use crate::netns;
 
 /// The prefixes of this process's live labs (see [`install_interrupt_cleanup`]).
 static LIVE_LABS: Mutex<Vec<String>> = Mutex::new(Vec::new());
 static COUNTER: AtomicU32 = AtomicU32::new(0);
-
-fn namespace_exists_with_prefix(prefix: &str) -> bool {
-    std::fs::read_dir("/run/netns")
-        .map(|d| {
-            d.flatten()
-                .any(|e| e.file_name().to_string_lossy().starts_with(prefix))
-        })
-        .unwrap_or(false)
-}
 
 /// A prefix no other lab uses, claimed by creating its run directory: `mkdir` is atomic, so two
 /// test processes whose pids agree modulo 10,000 cannot both take it (and one's cleanup then
@@ -30,7 +21,7 @@ pub(super) fn claim() -> Result<String> {
     for _ in 0..10_000 {
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let prefix = format!("ac{:04}{:02}-", std::process::id() % 10_000, n % 100);
-        if namespace_exists_with_prefix(&prefix) {
+        if !netns::with_prefix(&prefix).is_empty() {
             continue;
         }
         match std::fs::create_dir(Path::new(RUN_DIR).join(&prefix)) {
@@ -53,31 +44,11 @@ pub(super) fn release(prefix: &str) {
     }
 }
 
-/// Deletes every namespace whose name starts with `prefix` (killing the processes in it first)
-/// and the lab's run directory with its bpffs. The same logic as `cargo xtask clean-lab`.
+/// Deletes every namespace whose name starts with `prefix` (killing the processes in it first,
+/// [`netns::delete_with_prefix`]) and the lab's run directory with its bpffs. The same logic as
+/// `cargo xtask clean-lab`.
 pub fn clean_prefix(prefix: &str) {
-    if let Ok(dir) = std::fs::read_dir("/run/netns") {
-        for entry in dir.flatten() {
-            let ns = entry.file_name().to_string_lossy().into_owned();
-            if !ns.starts_with(prefix) {
-                continue;
-            }
-            if let Ok(out) = Command::new("ip").args(["netns", "pids", &ns]).output() {
-                for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
-                    if let Ok(pid) = pid.parse::<i32>() {
-                        let _ = nix::sys::signal::kill(
-                            nix::unistd::Pid::from_raw(pid),
-                            nix::sys::signal::Signal::SIGKILL,
-                        );
-                    }
-                }
-            }
-            let _ = Command::new("ip")
-                .args(["netns", "del", &ns])
-                .stderr(Stdio::null())
-                .status();
-        }
-    }
+    netns::delete_with_prefix(prefix);
     let dir = Path::new(RUN_DIR).join(prefix);
     let _ = nix::mount::umount2(&dir.join("bpf"), nix::mount::MntFlags::MNT_DETACH);
     let _ = std::fs::remove_dir_all(&dir);

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use super::{Lab, LabError, Result, io_err, tail};
 
-/// The signal state a [`Lab::spawn_with`] process starts with. Both parts survive exec (nsenter
-/// passes them on to the command it runs).
+/// The signal state a background process starts with ([`ChildSignals::apply`]). Both parts
+/// survive exec (nsenter passes them on to the command it runs).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ChildSignals {
     /// An empty mask; SIGINT, SIGTERM and SIGHUP at their default disposition.
@@ -21,7 +21,8 @@ pub enum ChildSignals {
 }
 
 impl ChildSignals {
-    fn apply(self, c: &mut Command) {
+    /// Makes `c`'s child start with this signal state, whatever this process has.
+    pub fn apply(self, c: &mut Command) {
         use std::os::unix::process::CommandExt as _;
         let hostile = self == ChildSignals::BlockedAndIgnored;
         // SAFETY: only async-signal-safe calls (sigemptyset, sigaddset, pthread_sigmask,
@@ -71,30 +72,23 @@ impl Lab {
         args: &[&str],
         env: &[(&str, &str)],
     ) -> Result<()> {
-        self.spawn_with(ns, name, args, env, ChildSignals::Default)
+        let mut c = self.command(ns);
+        c.args(args).envs(env.iter().copied());
+        ChildSignals::Default.apply(&mut c);
+        self.spawn_command(name, c)
     }
 
-    /// Like [`Lab::spawn`], with the signal state the process starts with chosen.
-    pub fn spawn_with(
-        &mut self,
-        ns: &str,
-        name: &str,
-        args: &[&str],
-        env: &[(&str, &str)],
-        signals: ChildSignals,
-    ) -> Result<()> {
+    /// Starts `cmd` as a background process under `name`, like [`Lab::spawn`] but with the
+    /// command (usually a [`Lab::command`]) and its signal state ([`ChildSignals::apply`]) set
+    /// up by the caller.
+    pub fn spawn_command(&mut self, name: &str, mut cmd: Command) -> Result<()> {
         let log = self.dir.join(format!("{name}.log"));
         let out = File::create(&log).map_err(io_err(format!("creating {}", log.display())))?;
         let err = out.try_clone().map_err(io_err("cloning log file"))?;
-        let mut c = self.enter(ns);
-        c.args(args).stdin(Stdio::null()).stdout(out).stderr(err);
-        for (k, v) in env {
-            c.env(k, v);
-        }
-        signals.apply(&mut c);
-        let child = c
+        cmd.stdin(Stdio::null()).stdout(out).stderr(err);
+        let child = cmd
             .spawn()
-            .map_err(io_err(format!("starting {args:?} in {ns}")))?;
+            .map_err(io_err(format!("starting {name}: {cmd:?}")))?;
         self.background.push(Background {
             name: name.to_owned(),
             child,

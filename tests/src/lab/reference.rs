@@ -26,7 +26,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use super::{
     AgentSpec, End, Lab, LabError, Link, LoopbackAddr, Result, Route, ServerSpec, Sysctl, Topology,
-    VipSpec, XdpPass,
+    Transport, VipSpec, XdpPass,
 };
 
 pub const CLIENT: &str = "client";
@@ -78,6 +78,17 @@ pub fn vip_v6_tcp() -> SocketAddr {
 }
 pub fn vip_v6_udp() -> SocketAddr {
     SocketAddr::new(VIP_V6.parse().expect("literal"), UDP_PORT)
+}
+
+/// Every VIP service as a target for [`Lab::flows`]: TCP and UDP, each on the IPv4 and on the
+/// IPv6 VIP.
+pub fn vip_targets() -> [(Transport, SocketAddr); 4] {
+    [
+        (Transport::Tcp, vip_v4_tcp()),
+        (Transport::Tcp, vip_v6_tcp()),
+        (Transport::Udp, vip_v4_udp()),
+        (Transport::Udp, vip_v6_udp()),
+    ]
 }
 
 pub fn backends_v4() -> Vec<(String, u32)> {
@@ -164,11 +175,58 @@ pub fn edge_addresses(edge: &str) -> Option<[&'static str; 2]> {
     }
 }
 
-fn end(ns: &str, name: &str, v4: &str, v6: &str, len6: u8) -> End {
+/// A host around the router and its veth to it.
+struct Spoke {
+    ns: &'static str,
+    /// The host's end of the veth, and the router's.
+    dev: &'static str,
+    router_dev: &'static str,
+    /// The host's addresses on the link (a /24 and a /64), and the router's: its default gateway.
+    v4: &'static str,
+    v6: &'static str,
+    router_v4: &'static str,
+    router_v6: &'static str,
+}
+
+const fn spoke(
+    ns: &'static str,
+    [dev, router_dev]: [&'static str; 2],
+    [v4, v6]: [&'static str; 2],
+    [router_v4, router_v6]: [&'static str; 2],
+) -> Spoke {
+    Spoke {
+        ns,
+        dev,
+        router_dev,
+        v4,
+        v6,
+        router_v4,
+        router_v6,
+    }
+}
+
+/// Every host but the router, in the order of [`topology`]'s links; all but the client run an
+/// agent and carry the VIPs on `lo`.
+#[rustfmt::skip]
+const SPOKES: [Spoke; 5] = [
+    //    namespace  veth ends          the host's addresses        the router's
+    spoke(CLIENT,   ["c-r",  "r-c"],  [CLIENT_V4,   CLIENT_V6],   ["198.18.1.1",  "fd00:1::1"]),
+    spoke(EDGE1,    ["e1-r", "r-e1"], [EDGE1_V4,    EDGE1_V6],    ["198.18.2.1",  "fd00:2::1"]),
+    spoke(EDGE2,    ["e2-r", "r-e2"], [EDGE2_V4,    EDGE2_V6],    ["198.18.3.1",  "fd00:3::1"]),
+    spoke(BACKEND1, ["b1-r", "r-b1"], [BACKEND1_V4, BACKEND1_V6], ["198.18.10.1", "fd00:10::1"]),
+    spoke(BACKEND2, ["b2-r", "r-b2"], [BACKEND2_V4, BACKEND2_V6], ["198.18.11.1", "fd00:11::1"]),
+];
+
+/// The spokes with an agent: every one but the client.
+fn agent_spokes() -> impl Iterator<Item = &'static Spoke> {
+    SPOKES.iter().filter(|s| s.ns != CLIENT)
+}
+
+fn end(ns: &str, name: &str, v4: &str, v6: &str) -> End {
     End {
         ns: ns.to_owned(),
         name: name.to_owned(),
-        addrs: vec![format!("{v4}/24"), format!("{v6}/{len6}")],
+        addrs: vec![format!("{v4}/24"), format!("{v6}/64")],
     }
 }
 
@@ -188,19 +246,12 @@ fn route(ns: &str, dst: &str, via: &str) -> Route {
     }
 }
 
-fn agent(
-    ns: &str,
-    interface: &str,
-    v4: &str,
-    v6: &str,
-    vips: Vec<VipSpec>,
-    encapsulation: &str,
-) -> AgentSpec {
+fn agent(s: &Spoke, vips: Vec<VipSpec>, encapsulation: &str) -> AgentSpec {
     AgentSpec {
-        ns: ns.to_owned(),
-        interfaces: vec![interface.to_owned()],
-        tunnel_source: Some(v4.to_owned()),
-        tunnel_source_v6: Some(v6.to_owned()),
+        ns: s.ns.to_owned(),
+        interfaces: vec![s.dev.to_owned()],
+        tunnel_source: Some(s.v4.to_owned()),
+        tunnel_source_v6: Some(s.v6.to_owned()),
         encapsulation: encapsulation.to_owned(),
         decap_allow: vec!["198.18.0.0/15".to_owned(), "fd00::/8".to_owned()],
         ring_size: RING_SIZE,
@@ -242,102 +293,52 @@ pub fn topology_with(opts: &Options) -> Topology {
         sysctls.push(sysctl(ns, "net.ipv4.conf.all.accept_local", "1"));
     }
 
-    let link = |a: End, b: End, mtu: u32| Link {
-        a,
-        b,
-        mtu,
-        tx_checksum_off: true,
-    };
-    let links = vec![
-        link(
-            end(CLIENT, "c-r", CLIENT_V4, CLIENT_V6, 64),
-            end(ROUTER, "r-c", "198.18.1.1", "fd00:1::1", 64),
-            CLIENT_MTU,
-        ),
-        link(
-            end(EDGE1, "e1-r", EDGE1_V4, EDGE1_V6, 64),
-            end(ROUTER, "r-e1", "198.18.2.1", "fd00:2::1", 64),
-            FABRIC_MTU,
-        ),
-        link(
-            end(EDGE2, "e2-r", EDGE2_V4, EDGE2_V6, 64),
-            end(ROUTER, "r-e2", "198.18.3.1", "fd00:3::1", 64),
-            FABRIC_MTU,
-        ),
-        link(
-            end(BACKEND1, "b1-r", BACKEND1_V4, BACKEND1_V6, 64),
-            end(ROUTER, "r-b1", "198.18.10.1", "fd00:10::1", 64),
-            FABRIC_MTU,
-        ),
-        link(
-            end(BACKEND2, "b2-r", BACKEND2_V4, BACKEND2_V6, 64),
-            end(ROUTER, "r-b2", "198.18.11.1", "fd00:11::1", 64),
-            FABRIC_MTU,
-        ),
-    ];
+    let links = SPOKES
+        .iter()
+        .map(|s| Link {
+            a: end(s.ns, s.dev, s.v4, s.v6),
+            b: end(ROUTER, s.router_dev, s.router_v4, s.router_v6),
+            mtu: if s.ns == CLIENT {
+                CLIENT_MTU
+            } else {
+                FABRIC_MTU
+            },
+            tx_checksum_off: true,
+        })
+        .collect();
 
     let mut loopback = Vec::new();
-    for ns in [EDGE1, EDGE2, BACKEND1, BACKEND2] {
-        loopback.push(LoopbackAddr {
-            ns: ns.to_owned(),
-            addr: format!("{VIP_V4}/32"),
-        });
-        loopback.push(LoopbackAddr {
-            ns: ns.to_owned(),
-            addr: format!("{VIP_V6}/128"),
-        });
+    for s in agent_spokes() {
+        for addr in [format!("{VIP_V4}/32"), format!("{VIP_V6}/128")] {
+            loopback.push(LoopbackAddr {
+                ns: s.ns.to_owned(),
+                addr,
+            });
+        }
     }
 
-    let mut routes = vec![
-        route(CLIENT, "default", "198.18.1.1"),
-        route(CLIENT, "default", "fd00:1::1"),
-    ];
-    for (ns, v4, v6) in [
-        (EDGE1, "198.18.2.1", "fd00:2::1"),
-        (EDGE2, "198.18.3.1", "fd00:3::1"),
-        (BACKEND1, "198.18.10.1", "fd00:10::1"),
-        (BACKEND2, "198.18.11.1", "fd00:11::1"),
-    ] {
-        routes.push(route(ns, "default", v4));
-        routes.push(route(ns, "default", v6));
+    let mut routes = Vec::new();
+    for s in &SPOKES {
+        routes.push(route(s.ns, "default", s.router_v4));
+        routes.push(route(s.ns, "default", s.router_v6));
     }
     routes.push(route(ROUTER, &format!("{VIP_V4}/32"), EDGE1_V4));
     routes.push(route(ROUTER, &format!("{VIP_V6}/128"), EDGE1_V6));
 
     // Edges transmit encapsulated packets with XDP_TX, and so do backends giving a second
     // chance: the router's ends of their veths need a native XDP program.
-    let xdp_pass = ["r-e1", "r-e2", "r-b1", "r-b2"]
-        .iter()
-        .map(|i| XdpPass {
+    let xdp_pass = agent_spokes()
+        .map(|s| XdpPass {
             ns: ROUTER.to_owned(),
-            interface: (*i).to_owned(),
+            interface: s.router_dev.to_owned(),
         })
         .collect();
 
-    let encap = opts.encapsulation.as_str();
-    let agents = vec![
-        agent(EDGE1, "e1-r", EDGE1_V4, EDGE1_V6, vips_with(opts), encap),
-        agent(EDGE2, "e2-r", EDGE2_V4, EDGE2_V6, vips_with(opts), encap),
-        // The backends' agents have the edges' VIP tables (the same config): they decapsulate,
-        // and compute the previous owner of a flow they have no socket for (second chance
-        // under IPIP).
-        agent(
-            BACKEND1,
-            "b1-r",
-            BACKEND1_V4,
-            BACKEND1_V6,
-            vips_with(opts),
-            encap,
-        ),
-        agent(
-            BACKEND2,
-            "b2-r",
-            BACKEND2_V4,
-            BACKEND2_V6,
-            vips_with(opts),
-            encap,
-        ),
-    ];
+    // The backends' agents have the edges' VIP tables (the same config): they decapsulate, and
+    // compute the previous owner of a flow they have no socket for (second chance under IPIP).
+    let agents = agent_spokes()
+        .map(|s| agent(s, vips_with(opts), &opts.encapsulation))
+        .collect();
 
     let vip_addrs = vec![VIP_V4.to_owned(), VIP_V6.to_owned()];
     let servers = [

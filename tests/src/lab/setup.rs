@@ -2,23 +2,24 @@
 //! no processes), and taking all of it down again when the [`Lab`] drops.
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use super::exec::run_checked;
-use super::{Lab, LabError, RUN_DIR, Result, Topology, io_err, prefix, tail};
+use super::{Lab, RUN_DIR, Result, Topology, prefix, tail};
+use crate::mount::Mount;
+use crate::netns::Netns;
 
 impl Lab {
     /// Creates namespaces, sysctls, links, addresses and routes (no BPF, no processes).
     pub fn build(topology: &Topology) -> Result<Lab> {
         let prefix = prefix::claim()?;
         let dir = Path::new(RUN_DIR).join(&prefix);
-        let bpffs = dir.join("bpf");
         let mut lab = Lab {
             prefix,
             topology: topology.clone(),
             dir,
-            bpffs,
+            bpffs: None,
             namespaces: Vec::new(),
             background: Vec::new(),
             pass_programs: Vec::new(),
@@ -28,25 +29,11 @@ impl Lab {
     }
 
     fn create(&mut self) -> Result<()> {
-        std::fs::create_dir_all(&self.bpffs)
-            .map_err(io_err(format!("creating {}", self.bpffs.display())))?;
-        nix::mount::mount(
-            Some("bpf"),
-            &self.bpffs,
-            Some("bpf"),
-            nix::mount::MsFlags::empty(),
-            None::<&str>,
-        )
-        .map_err(|e| LabError::Io {
-            what: format!("mounting bpffs at {}", self.bpffs.display()),
-            source: e.into(),
-        })?;
+        self.bpffs = Some(Mount::bpffs_at(&self.bpffs())?);
 
         let t = self.topology.clone();
         for ns in &t.namespaces {
-            let full = self.ns(ns);
-            run_checked(Command::new("ip").args(["netns", "add", &full]))?;
-            self.namespaces.push(full);
+            self.namespaces.push(Netns::create(&self.ns(ns))?);
             self.ip(ns, &["link", "set", "lo", "up"])?;
         }
         for s in &t.sysctls {
@@ -134,12 +121,11 @@ impl Drop for Lab {
             let _ = b.child.wait();
         }
         self.pass_programs.clear();
-        for ns in self.namespaces.iter().rev() {
-            let _ = Command::new("ip")
-                .args(["netns", "del", ns])
-                .stderr(Stdio::null())
-                .status();
+        while let Some(ns) = self.namespaces.pop() {
+            drop(ns);
         }
+        // Unmounting the bpffs removes every pin the agents left.
+        self.bpffs = None;
         // Backstop: whatever else carries the prefix (processes the agents forked, a namespace
         // created but not yet recorded when `create` failed).
         prefix::release(&self.prefix);

@@ -14,43 +14,19 @@ pub type FlowResult =
     std::result::Result<(SocketAddr, String), (Option<SocketAddr>, std::io::Error)>;
 
 impl Lab {
-    /// `count` TCP requests from `ns` to `target`, each its own connection (so its own source
-    /// port, so its own flow), bounded by `budget` in total; tallies which backend answered.
-    pub fn tcp_flows(
-        &self,
-        ns: &str,
-        target: SocketAddr,
-        count: usize,
-        budget: Duration,
-    ) -> Result<FlowTally> {
-        let flows = self.flows(ns, Transport::Tcp, target, count, budget)?;
-        Ok(FlowTally::of(flows, count))
-    }
-
-    /// Like [`Lab::tcp_flows`] with UDP datagrams, each from a fresh socket (fresh source port).
-    pub fn udp_flows(
-        &self,
-        ns: &str,
-        target: SocketAddr,
-        count: usize,
-        budget: Duration,
-    ) -> Result<FlowTally> {
-        let flows = self.flows(ns, Transport::Udp, target, count, budget)?;
-        Ok(FlowTally::of(flows, count))
-    }
-
     /// `count` short flows from `ns` to `target`, one after the other, until `budget` is spent:
     /// each a TCP request on its own connection or a UDP datagram from its own socket (so its
-    /// own source port, so its own flow).
-    fn flows(
+    /// own source port, so its own flow). Read them as a [`Flows::tally`] of who answered, or
+    /// flow by flow ([`Flows::records`]).
+    pub fn flows(
         &self,
         ns: &str,
         transport: Transport,
         target: SocketAddr,
         count: usize,
         budget: Duration,
-    ) -> Result<Vec<FlowResult>> {
-        self.in_netns(ns, || {
+    ) -> Result<Flows> {
+        let results = self.in_netns(ns, || {
             let deadline = Instant::now() + budget;
             (0..count)
                 .map_while(|i| {
@@ -64,6 +40,11 @@ impl Lab {
                     })
                 })
                 .collect()
+        })?;
+        Ok(Flows {
+            target,
+            count,
+            results,
         })
     }
 
@@ -76,7 +57,7 @@ impl Lab {
         target: SocketAddr,
         opts: ConnsOptions,
     ) -> Result<LongLived> {
-        LongLived::start_in(&format!("/run/netns/{}", self.ns(ns)), target, opts)
+        LongLived::start_in(&self.ns(ns), target, opts)
     }
 
     /// [`Lab::start_long_lived`] with `n` connections streaming for `duration`, waited for.
@@ -94,36 +75,81 @@ impl Lab {
         };
         Ok(self.start_long_lived(ns, target, opts)?.wait())
     }
+}
 
-    /// Like [`Lab::tcp_flows`], but keeps each flow: its source address and who answered.
-    pub fn tcp_flow_records(
-        &self,
-        ns: &str,
-        target: SocketAddr,
-        count: usize,
-        budget: Duration,
-    ) -> Result<Vec<FlowRecord>> {
-        let flows = self.flows(ns, Transport::Tcp, target, count, budget)?;
-        Ok(FlowRecord::of(target, flows))
-    }
+/// What a short flow of [`Lab::flows`] is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transport {
+    /// One HTTP-ish request on its own TCP connection.
+    Tcp,
+    /// One datagram from its own UDP socket, echoed back.
+    Udp,
+}
 
-    /// Like [`Lab::udp_flows`], but keeps each flow: its source address and who answered.
-    pub fn udp_flow_records(
-        &self,
-        ns: &str,
-        target: SocketAddr,
-        count: usize,
-        budget: Duration,
-    ) -> Result<Vec<FlowRecord>> {
-        let flows = self.flows(ns, Transport::Udp, target, count, budget)?;
-        Ok(FlowRecord::of(target, flows))
+impl std::fmt::Display for Transport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(match self {
+            Transport::Tcp => "TCP",
+            Transport::Udp => "UDP",
+        })
     }
 }
 
-#[derive(Clone, Copy, Debug)]
-enum Transport {
-    Tcp,
-    Udp,
+/// The short flows of one [`Lab::flows`] call, in the order they were sent.
+#[derive(Debug)]
+pub struct Flows {
+    target: SocketAddr,
+    /// How many were asked for: those missing from `results` were not sent in time.
+    count: usize,
+    results: Vec<FlowResult>,
+}
+
+impl Flows {
+    /// Which backend answered how many flows, and what went wrong with the others.
+    pub fn tally(&self) -> FlowTally {
+        let mut tally = FlowTally {
+            not_sent: self.count.saturating_sub(self.results.len()),
+            ..FlowTally::default()
+        };
+        for f in &self.results {
+            match f {
+                Ok((_, name)) => *tally.per_backend.entry(name.clone()).or_default() += 1,
+                Err((_, e)) => {
+                    *tally.failures.entry(format!("{:?}", e.kind())).or_default() += 1;
+                }
+            }
+        }
+        tally
+    }
+
+    /// Panics, with the tally, unless `backend` answered every flow asked for.
+    pub fn assert_all_answered_by(&self, backend: &str, what: &str) {
+        let tally = self.tally();
+        assert_eq!(
+            tally.per_backend.get(backend),
+            Some(&self.count),
+            "{what}:\n{tally}"
+        );
+    }
+
+    /// Each flow: its source address and who answered.
+    pub fn records(&self) -> Vec<FlowRecord> {
+        self.results
+            .iter()
+            .map(|f| match f {
+                Ok((local, name)) => FlowRecord {
+                    local: Some(*local),
+                    target: self.target,
+                    answer: Ok(name.clone()),
+                },
+                Err((local, e)) => FlowRecord {
+                    local: *local,
+                    target: self.target,
+                    answer: Err(e.to_string()),
+                },
+            })
+            .collect()
+    }
 }
 
 /// One short flow: from where, to where, and the name of the backend that answered (or why
@@ -133,26 +159,6 @@ pub struct FlowRecord {
     pub local: Option<SocketAddr>,
     pub target: SocketAddr,
     pub answer: std::result::Result<String, String>,
-}
-
-impl FlowRecord {
-    fn of(target: SocketAddr, flows: Vec<FlowResult>) -> Vec<FlowRecord> {
-        flows
-            .into_iter()
-            .map(|f| match f {
-                Ok((local, name)) => FlowRecord {
-                    local: Some(local),
-                    target,
-                    answer: Ok(name),
-                },
-                Err((local, e)) => FlowRecord {
-                    local,
-                    target,
-                    answer: Err(e.to_string()),
-                },
-            })
-            .collect()
-    }
 }
 
 /// [`tcp_request`] that also tells the connection's source address.
@@ -263,23 +269,6 @@ pub struct FlowTally {
 }
 
 impl FlowTally {
-    /// The tally of `flows`, out of `count` asked for (the rest were not sent in time).
-    fn of(flows: Vec<FlowResult>, count: usize) -> FlowTally {
-        let mut tally = FlowTally {
-            not_sent: count.saturating_sub(flows.len()),
-            ..FlowTally::default()
-        };
-        for f in flows {
-            match f {
-                Ok((_, name)) => *tally.per_backend.entry(name).or_default() += 1,
-                Err((_, e)) => {
-                    *tally.failures.entry(format!("{:?}", e.kind())).or_default() += 1;
-                }
-            }
-        }
-        tally
-    }
-
     pub fn answered(&self) -> usize {
         self.per_backend.values().sum()
     }

@@ -70,20 +70,11 @@ impl Encap {
 /// announcing; `all_health`: every agent health-checks the backends. `None` when the test may
 /// not run (unprivileged, not CI).
 pub(crate) fn start(
-    test: &str,
     encap: Encap,
     backends: &[(&str, u32)],
     all_health: bool,
 ) -> Option<(MutexGuard<'static, ()>, BgpLab)> {
-    let test = format!("{}::{test}", encap.name());
-    if !anycast_tests::privileged(&test) {
-        return None;
-    }
-    let serial = SERIAL
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    let t = Instant::now();
-    let bgp = BgpLab::start(Options {
+    BgpLab::start_serial(Options {
         reference: reference::Options {
             encapsulation: encap.name().to_owned(),
             weights: [1, 1, 1],
@@ -92,12 +83,6 @@ pub(crate) fn start(
         all_health,
         ..Options::default()
     })
-    .unwrap_or_else(|e| panic!("{test}: starting the BGP lab: {e}"));
-    println!(
-        "{test}: lab up, ECMP over both edges, in {:.1} s",
-        t.elapsed().as_secs_f64()
-    );
-    Some((serial, bgp))
 }
 
 // ---------------------------------------------------------------------------------------------

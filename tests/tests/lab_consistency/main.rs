@@ -63,12 +63,12 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::MutexGuard;
 use std::time::{Duration, Instant};
 
 use anycast_tests::lab::conns::Phase;
 use anycast_tests::lab::{
-    self, ConnReport, ConnsOptions, ConnsReport, LongLived, VipSpec, reference,
+    self, ConnReport, ConnsOptions, ConnsReport, LongLived, Transport, VipSpec, reference,
 };
 use anycast_tests::lab_bgp::{self, BgpLab, Options};
 
@@ -109,8 +109,6 @@ const NEW_AGENT_LIMIT: Duration = Duration::from_secs(90);
 const THREE: [(&str, u32); 3] = [("edge1", 1), ("backend1", 1), ("backend2", 1)];
 const WITHOUT_BACKEND2: [(&str, u32); 2] = [("edge1", 1), ("backend1", 1)];
 
-static SERIAL: Mutex<()> = Mutex::new(());
-
 // ---------------------------------------------------------------------------------------------
 
 /// Each scenario as a test, once per encapsulation (modules `gue` and `ipip`).
@@ -143,9 +141,33 @@ fn both_edges_away_and_back(c: &mut Ctx<'_>) {
     c.away_and_back(reference::EDGE2, Duration::from_secs(2));
 }
 
+/// Scenario `(letter, encapsulation) what, then edge1 and edge2 away 2 s each`: `change`, then
+/// [`both_edges_away_and_back`]. None may break; each edge received the other's connections for
+/// the first time after the table change, and for each flow whose slot moved, the new owner
+/// (which had no socket for it) passed it on to the previous owner.
+fn then_route_changes(
+    bgp: &mut BgpLab,
+    encap: Encap,
+    (letter, what): (&str, &str),
+    change: impl FnOnce(&mut Ctx<'_>),
+) -> Outcome {
+    run_scenario(
+        bgp,
+        &format!(
+            "({letter}, {}) {what}, then edge1 and edge2 away 2 s each",
+            encap.name()
+        ),
+        Fate::NoneBroken,
+        encap.second_chance_proof(),
+        |c| {
+            change(c);
+            both_edges_away_and_back(c);
+        },
+    )
+}
+
 fn long_lived_connections_survive_edges_withdrawing_and_announcing(encap: Encap) {
-    let test = "long_lived_connections_survive_edges_withdrawing_and_announcing";
-    let Some((_serial, mut bgp)) = start(test, encap, &THREE, false) else {
+    let Some((_serial, mut bgp)) = start(encap, &THREE, false) else {
         return;
     };
     run_scenario(
@@ -178,8 +200,7 @@ fn long_lived_connections_survive_edges_withdrawing_and_announcing(encap: Encap)
 }
 
 fn long_lived_connections_survive_adding_a_backend(encap: Encap) {
-    let test = "long_lived_connections_survive_adding_a_backend";
-    let Some((_serial, mut bgp)) = start(test, encap, &WITHOUT_BACKEND2, false) else {
+    let Some((_serial, mut bgp)) = start(encap, &WITHOUT_BACKEND2, false) else {
         return;
     };
     run_scenario(
@@ -201,8 +222,7 @@ fn long_lived_connections_survive_adding_a_backend(encap: Encap) {
 }
 
 fn long_lived_connections_survive_draining_a_backend(encap: Encap) {
-    let test = "long_lived_connections_survive_draining_a_backend";
-    let Some((_serial, mut bgp)) = start(test, encap, &THREE, false) else {
+    let Some((_serial, mut bgp)) = start(encap, &THREE, false) else {
         return;
     };
     let o = run_scenario(
@@ -230,8 +250,7 @@ fn long_lived_connections_survive_draining_a_backend(encap: Encap) {
 }
 
 fn removing_a_backend_ends_only_its_own_connections(encap: Encap) {
-    let test = "removing_a_backend_ends_only_its_own_connections";
-    let Some((_serial, mut bgp)) = start(test, encap, &THREE, false) else {
+    let Some((_serial, mut bgp)) = start(encap, &THREE, false) else {
         return;
     };
     let mut after_removal = Vec::new();
@@ -262,46 +281,21 @@ fn removing_a_backend_ends_only_its_own_connections(encap: Encap) {
 }
 
 fn long_lived_connections_survive_a_backend_change_with_route_changes(encap: Encap) {
-    let test = "long_lived_connections_survive_a_backend_change_with_route_changes";
-    let Some((_serial, mut bgp)) = start(test, encap, &WITHOUT_BACKEND2, false) else {
+    let Some((_serial, mut bgp)) = start(encap, &WITHOUT_BACKEND2, false) else {
         return;
     };
-    run_scenario(
-        &mut bgp,
-        &format!(
-            "(e, {}) backend2 added, then edge1 and edge2 away 2 s each",
-            encap.name()
-        ),
-        Fate::NoneBroken,
-        // Each edge received the other's connections for the first time after the table change;
-        // for each flow whose slot moved, the new owner (which had no socket for it) passed it on
-        // to the previous owner.
-        encap.second_chance_proof(),
-        |c| {
-            c.set_backends(&THREE);
-            both_edges_away_and_back(c);
-        },
-    );
+    then_route_changes(&mut bgp, encap, ("e", "backend2 added"), |c| {
+        c.set_backends(&THREE);
+    });
 }
 
 fn long_lived_connections_survive_a_drain_with_route_changes(encap: Encap) {
-    let test = "long_lived_connections_survive_a_drain_with_route_changes";
-    let Some((_serial, mut bgp)) = start(test, encap, &THREE, false) else {
+    let Some((_serial, mut bgp)) = start(encap, &THREE, false) else {
         return;
     };
-    let o = run_scenario(
-        &mut bgp,
-        &format!(
-            "(e', {}) backend2 drained, then edge1 and edge2 away 2 s each",
-            encap.name()
-        ),
-        Fate::NoneBroken,
-        encap.second_chance_proof(),
-        |c| {
-            c.drain_backend2();
-            both_edges_away_and_back(c);
-        },
-    );
+    let o = then_route_changes(&mut bgp, encap, ("e'", "backend2 drained"), |c| {
+        c.drain_backend2();
+    });
     // The drained backend's connections reached the new owners and were passed back.
     assert!(
         o.conns().any(|c| c.backend == "backend2"),
@@ -311,28 +305,16 @@ fn long_lived_connections_survive_a_drain_with_route_changes(encap: Encap) {
 }
 
 fn long_lived_connections_survive_a_weight_change_with_route_changes(encap: Encap) {
-    let test = "long_lived_connections_survive_a_weight_change_with_route_changes";
-    let Some((_serial, mut bgp)) = start(test, encap, &THREE, false) else {
+    let Some((_serial, mut bgp)) = start(encap, &THREE, false) else {
         return;
     };
-    run_scenario(
-        &mut bgp,
-        &format!(
-            "(f, {}) backend1 weight 3, then edge1 and edge2 away 2 s each",
-            encap.name()
-        ),
-        Fate::NoneBroken,
-        encap.second_chance_proof(),
-        |c| {
-            c.override_everywhere("backend1", &["set-weight", "3"]);
-            both_edges_away_and_back(c);
-        },
-    );
+    then_route_changes(&mut bgp, encap, ("f", "backend1 weight 3"), |c| {
+        c.override_everywhere("backend1", &["set-weight", "3"]);
+    });
 }
 
 fn long_lived_connections_survive_a_health_flap_with_route_changes(encap: Encap) {
-    let test = "long_lived_connections_survive_a_health_flap_with_route_changes";
-    let Some((_serial, mut bgp)) = start(test, encap, &THREE, true) else {
+    let Some((_serial, mut bgp)) = start(encap, &THREE, true) else {
         return;
     };
     let o = run_scenario(
@@ -361,12 +343,7 @@ fn long_lived_connections_survive_a_health_flap_with_route_changes(encap: Encap)
 /// their agents' status and through `anycast lookup --config`; a different config does not.
 #[test]
 fn edges_with_the_same_config_report_identical_table_fingerprints() {
-    let Some((_serial, mut bgp)) = start(
-        "edges_with_the_same_config_report_identical_table_fingerprints",
-        Encap::Gue,
-        &THREE,
-        false,
-    ) else {
+    let Some((_serial, mut bgp)) = start(Encap::Gue, &THREE, false) else {
         return;
     };
     let e1 = fingerprints(&bgp, reference::EDGE1);

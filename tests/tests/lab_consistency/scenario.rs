@@ -90,20 +90,19 @@ impl Outcome {
         let resets: u64 = self.reports.iter().map(ConnsReport::resets).sum();
         let stalls: u64 = self.reports.iter().map(ConnsReport::stalls).sum();
         let lost: u64 = self.reports.iter().map(ConnsReport::lost).sum();
-        let gap = self
+        let gap_ms = self
             .reports
             .iter()
             .map(ConnsReport::max_gap)
             .max()
-            .unwrap_or_default();
+            .unwrap_or_default()
+            .as_millis();
+        let (scenario, bytes) = (&self.scenario, lab::conns::human_bytes(bytes));
+        let broken = self.broken().len();
         let mut s = String::new();
         let _ = writeln!(
             s,
-            "=== {}: {conns}/{requested} connections, {} both ways, broken {}, resets {resets}, stalls {stalls}, lost {lost} B, longest echo gap {} ms, {:.1} s",
-            self.scenario,
-            lab::conns::human_bytes(bytes),
-            self.broken().len(),
-            gap.as_millis(),
+            "=== {scenario}: {conns}/{requested} connections, {bytes} both ways, broken {broken}, resets {resets}, stalls {stalls}, lost {lost} B, longest echo gap {gap_ms} ms, {:.1} s",
             self.elapsed.as_secs_f64()
         );
         for r in &self.reports {
@@ -139,11 +138,7 @@ impl Outcome {
         // The BENCHMARKS.md row.
         let _ = writeln!(
             s,
-            "| {} | {conns} | {} | {} | {resets} | {stalls} | {lost} | {} ms | {} | {} | {} | {} | {} / {} | {} | {} | {} |",
-            self.scenario,
-            lab::conns::human_bytes(bytes),
-            self.broken().len(),
-            gap.as_millis(),
+            "| {scenario} | {conns} | {bytes} | {broken} | {resets} | {stalls} | {lost} | {gap_ms} ms | {} | {} | {} | {} | {} / {} | {} | {} | {} |",
             self.times(Change::Withdraw),
             self.times(Change::Announce),
             self.times(Change::NewAgent),
@@ -256,11 +251,13 @@ pub(crate) fn run_scenario(
 /// 30 new connections to the IPv4 VIP, by the backend that answered.
 pub(crate) fn new_flows(bgp: &BgpLab) -> lab::FlowTally {
     bgp.lab
-        .tcp_flows(
+        .flows(
             reference::CLIENT,
+            Transport::Tcp,
             reference::vip_v4_tcp(),
             30,
             Duration::from_secs(30),
         )
         .expect("client")
+        .tally()
 }

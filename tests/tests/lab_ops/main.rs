@@ -15,7 +15,8 @@ use anycast::config::VipId;
 use anycast::proto::{BackendStatus, Health, Status, VipStatus};
 use anycast_tests::lab::conns::{ConnsOptions, ConnsReport, LongLived, Phase};
 use anycast_tests::lab::{
-    ChildSignals, FlowTally, Lab, find_binary, reference, tcp_request_bound, without_colours,
+    ChildSignals, FlowTally, Lab, Transport, find_binary, reference, tcp_request_bound,
+    without_colours,
 };
 
 mod ops;
@@ -27,12 +28,9 @@ const BUDGET: Duration = Duration::from_secs(60);
 
 #[test]
 fn a_killed_backend_is_detected_and_new_flows_avoid_it_while_others_continue() {
-    if !anycast_tests::privileged(
-        "a_killed_backend_is_detected_and_new_flows_avoid_it_while_others_continue",
-    ) {
+    let Some(ops) = Ops::start() else {
         return;
-    }
-    let ops = Ops::start();
+    };
     let conns = ops.long_lived(60, Duration::from_secs(6));
     ops.wait_streaming(&conns, 60);
 
@@ -93,10 +91,7 @@ fn a_killed_backend_is_detected_and_new_flows_avoid_it_while_others_continue() {
         .sum();
     assert_eq!(failed, 0, "new flows failed: {tally:?}");
     assert!(!tally.contains_key("backend2"), "{tally:?}");
-    let tally = ops
-        .lab
-        .tcp_flows(reference::CLIENT, reference::vip_v4_tcp(), FLOWS, BUDGET)
-        .expect("client");
+    let tally = ops.client_flows(Transport::Tcp, FLOWS);
     println!("new flows (ephemeral ports) after the failure:\n{tally}");
     assert!(!tally.per_backend.contains_key("backend2"), "{tally}");
 
@@ -112,12 +107,9 @@ fn a_killed_backend_is_detected_and_new_flows_avoid_it_while_others_continue() {
 
 #[test]
 fn a_broken_config_is_rejected_drain_works_through_the_cli_and_metrics_count_the_traffic() {
-    if !anycast_tests::privileged(
-        "a_broken_config_is_rejected_drain_works_through_the_cli_and_metrics_count_the_traffic",
-    ) {
+    let Some(ops) = Ops::start() else {
         return;
-    }
-    let ops = Ops::start();
+    };
     let good = std::fs::read_to_string(&ops.config).unwrap();
     let before = ops.status().expect("status");
     let conns = ops.long_lived(50, Duration::from_secs(8));
@@ -137,10 +129,7 @@ fn a_broken_config_is_rejected_drain_works_through_the_cli_and_metrics_count_the
     let msg = last_reload_message(&st);
     assert!(msg.contains("weight") && msg.contains("70000"), "{msg}");
     assert_eq!(Ops::fingerprints(&st), Ops::fingerprints(&before));
-    let tally = ops
-        .lab
-        .tcp_flows(reference::CLIENT, reference::vip_v4_tcp(), FLOWS, BUDGET)
-        .expect("client");
+    let tally = ops.client_flows(Transport::Tcp, FLOWS);
     assert_eq!(tally.failed(), 0, "after the broken config:\n{tally}");
     assert_eq!(tally.per_backend.len(), 3, "{tally}");
     let pushed = Instant::now();
@@ -166,10 +155,7 @@ fn a_broken_config_is_rejected_drain_works_through_the_cli_and_metrics_count_the
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    let tally = ops
-        .lab
-        .tcp_flows(reference::CLIENT, reference::vip_v4_tcp(), FLOWS, BUDGET)
-        .expect("client");
+    let tally = ops.client_flows(Transport::Tcp, FLOWS);
     println!("new flows while backend1 is drained:\n{tally}");
     assert_eq!(tally.failed(), 0, "{tally}");
     assert!(!tally.per_backend.contains_key("backend1"), "{tally}");
@@ -189,10 +175,7 @@ fn a_broken_config_is_rejected_drain_works_through_the_cli_and_metrics_count_the
     let p0 = metric(&m0, "anycast_vip_packets_total", &label);
     let out0 = metric(&m0, "anycast_packets_total", "outcome=\"encap\"")
         + metric(&m0, "anycast_packets_total", "outcome=\"local\"");
-    let tally = ops
-        .lab
-        .udp_flows(reference::CLIENT, reference::vip_v4_udp(), FLOWS, BUDGET)
-        .expect("client");
+    let tally = ops.client_flows(Transport::Udp, FLOWS);
     assert_eq!(tally.failed(), 0, "{tally}");
     let m1 = ops.metrics();
     let p1 = metric(&m1, "anycast_vip_packets_total", &label);
@@ -223,13 +206,10 @@ fn a_broken_config_is_rejected_drain_works_through_the_cli_and_metrics_count_the
 
 #[test]
 fn the_agent_sigkilled_restarted_and_upgraded_under_long_lived_connections_breaks_none() {
-    if !anycast_tests::privileged(
-        "the_agent_sigkilled_restarted_and_upgraded_under_long_lived_connections_breaks_none",
-    ) {
-        return;
-    }
     const CONNS: usize = 100;
-    let mut ops = Ops::start();
+    let Some(mut ops) = Ops::start() else {
+        return;
+    };
     let before = ops.status().expect("status");
     let conns = ops.long_lived(CONNS, Duration::from_secs(9));
     ops.wait_streaming(&conns, CONNS);
@@ -239,10 +219,7 @@ fn the_agent_sigkilled_restarted_and_upgraded_under_long_lived_connections_break
     std::thread::sleep(Duration::from_millis(300));
     assert!(ops.xdp_attached(), "the XDP program went with the agent");
     assert!(ops.status().is_none(), "the killed agent still answers");
-    let udp = ops
-        .lab
-        .udp_flows(reference::CLIENT, reference::vip_v4_udp(), 20, BUDGET)
-        .expect("client");
+    let udp = ops.client_flows(Transport::Udp, 20);
     assert_eq!(udp.failed(), 0, "no agent, dataplane must forward:\n{udp}");
     let (restart, after) = ops.restart_agent(before.program.id);
     println!(
@@ -322,10 +299,7 @@ fn the_agent_sigkilled_restarted_and_upgraded_under_long_lived_connections_break
         r.max_gap()
     );
     assert_clean(&r, "SIGKILL, restart, upgrade");
-    let tally: FlowTally = ops
-        .lab
-        .tcp_flows(reference::CLIENT, reference::vip_v4_tcp(), FLOWS, BUDGET)
-        .expect("client");
+    let tally: FlowTally = ops.client_flows(Transport::Tcp, FLOWS);
     assert_eq!(tally.failed(), 0, "{tally}");
 
     // `anycast detach` removes the dataplane (refused while the agent runs).
@@ -350,12 +324,9 @@ fn the_agent_sigkilled_restarted_and_upgraded_under_long_lived_connections_break
 
 #[test]
 fn overrides_and_health_verdicts_survive_an_agent_restart_without_a_table_write() {
-    if !anycast_tests::privileged(
-        "overrides_and_health_verdicts_survive_an_agent_restart_without_a_table_write",
-    ) {
+    let Some(mut ops) = Ops::start() else {
         return;
-    }
-    let mut ops = Ops::start();
+    };
     let vip = format!("{}:80/tcp", reference::VIP_V4);
     let ok = |out: std::process::Output, what: &str| {
         assert!(
@@ -426,10 +397,7 @@ fn overrides_and_health_verdicts_survive_an_agent_restart_without_a_table_write(
         backend(vip_v4_tcp(&after), reference::EDGE1_V4).weight_override,
         Some(1)
     );
-    let tally = ops
-        .lab
-        .tcp_flows(reference::CLIENT, reference::vip_v4_tcp(), FLOWS, BUDGET)
-        .expect("client");
+    let tally = ops.client_flows(Transport::Tcp, FLOWS);
     println!("new flows after the restart (backend1 drained, backend2 unhealthy):\n{tally}");
     assert_eq!(tally.failed(), 0, "{tally}");
     assert_eq!(
@@ -447,10 +415,7 @@ fn overrides_and_health_verdicts_survive_an_agent_restart_without_a_table_write(
     let b1 = backend(vip_v4_tcp(&st), reference::BACKEND1_V4);
     assert!(!b1.drained && b1.slots > 0, "{b1:?}");
     assert_ne!(vip_v4_tcp(&st).fingerprint, vip_v4_tcp(&after).fingerprint);
-    let tally = ops
-        .lab
-        .tcp_flows(reference::CLIENT, reference::vip_v4_tcp(), FLOWS, BUDGET)
-        .expect("client");
+    let tally = ops.client_flows(Transport::Tcp, FLOWS);
     println!("new flows after the undrain:\n{tally}");
     assert_eq!(tally.failed(), 0, "{tally}");
     assert!(tally.per_backend.contains_key("backend1"), "{tally}");

@@ -20,8 +20,12 @@ pub(crate) struct Ops {
 }
 
 impl Ops {
-    /// The reference dataplane, VIPs routed to edge1, whose agent runs with health checks.
-    pub(crate) fn start() -> Ops {
+    /// The reference dataplane, VIPs routed to edge1, whose agent runs with health checks;
+    /// `None` where the running test is skipped ([`anycast_tests::privileged`]).
+    pub(crate) fn start() -> Option<Ops> {
+        if !anycast_tests::privileged(&anycast_tests::test_name()) {
+            return None;
+        }
         let lab = reference::start().unwrap_or_else(|e| panic!("starting the reference lab: {e}"));
         reference::route_vips_to(&lab, EDGE).expect("routing the VIPs to edge1");
         let mut ops = Ops {
@@ -76,7 +80,20 @@ impl Ops {
                         .all(|v| v.backends.iter().all(|b| b.health == Health::Healthy))
             },
         );
-        ops
+        Some(ops)
+    }
+
+    /// `count` short flows from the client to the IPv4 VIP (within [`BUDGET`]), by the backend
+    /// that answered.
+    pub(crate) fn client_flows(&self, transport: Transport, count: usize) -> FlowTally {
+        let vip = match transport {
+            Transport::Tcp => reference::vip_v4_tcp(),
+            Transport::Udp => reference::vip_v4_udp(),
+        };
+        self.lab
+            .flows(reference::CLIENT, transport, vip, count, BUDGET)
+            .expect("client")
+            .tally()
     }
 
     pub(crate) fn edge_pid(&self) -> nix::unistd::Pid {
@@ -155,16 +172,15 @@ impl Ops {
     pub(crate) fn restart_agent(&mut self, old_program: Option<u32>) -> (Duration, Status) {
         self.restarts += 1;
         let start = Instant::now();
-        let bin = self.bin.to_string_lossy().into_owned();
-        let config = self.config.to_string_lossy().into_owned();
+        let mut agent = self.lab.command(EDGE);
+        agent
+            .arg(&self.bin)
+            .args(["agent", "--config"])
+            .arg(&self.config)
+            .env("RUST_LOG", "info");
+        ChildSignals::BlockedAndIgnored.apply(&mut agent);
         self.lab
-            .spawn_with(
-                EDGE,
-                &format!("agent-{EDGE}-{}", self.restarts),
-                &[&bin, "agent", "--config", &config],
-                &[("RUST_LOG", "info")],
-                ChildSignals::BlockedAndIgnored,
-            )
+            .spawn_command(&format!("agent-{EDGE}-{}", self.restarts), agent)
             .expect("starting the agent again");
         let (_, s) = self.wait_for(Duration::from_secs(20), "the new agent", |s| {
             s.program.id.is_some() && s.program.id != old_program
@@ -233,7 +249,7 @@ impl Ops {
 
     pub(crate) fn long_lived(&self, conns: usize, duration: Duration) -> LongLived {
         LongLived::start_in(
-            &format!("/run/netns/{}", self.lab.ns(reference::CLIENT)),
+            &self.lab.ns(reference::CLIENT),
             reference::vip_v4_tcp(),
             ConnsOptions {
                 conns,
@@ -327,13 +343,8 @@ pub(crate) fn log_time(line: &str) -> Option<f64> {
 }
 
 pub(crate) fn pids_in(lab: &Lab, ns: &str, binary: &str) -> Vec<i32> {
-    let out = Command::new("ip")
-        .args(["netns", "pids", &lab.ns(ns)])
-        .output()
-        .expect("ip netns pids");
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .filter_map(|p| p.parse::<i32>().ok())
+    anycast_tests::netns::pids(&lab.ns(ns))
+        .into_iter()
         .filter(|p| {
             std::fs::read(format!("/proc/{p}/cmdline"))
                 .is_ok_and(|c| String::from_utf8_lossy(&c).contains(binary))

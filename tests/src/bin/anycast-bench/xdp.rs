@@ -41,6 +41,11 @@ const LOOP: u32 = 100_000;
 /// The fixture namespace's edge (acf0, 198.18.0.1 / fd00:18::1) with one VIP per path: IPv4 and
 /// IPv6 VIPs on IPv4 and IPv6 remote backends, and a VIP whose backend is this host.
 pub fn config() -> Config {
+    config_with("ring_size", 65537)
+}
+
+/// [`config`] with one `[agent]` field set to `value`.
+pub fn config_with(field: &str, value: u32) -> Config {
     let vip =
         |address: &str, backend: &str| VipBuilder::new(address, 80, "tcp").backend(backend, 1);
     net::edge_config()
@@ -48,6 +53,7 @@ pub fn config() -> Config {
         .agent("max_backends", 16)
         .agent("conntrack_size", 262_144)
         .agent("decap_allow", vec!["198.18.5.0/24", "fd00:5::/64"])
+        .agent(field, value)
         .vips([
             vip("203.0.113.10", "198.19.1.10"),
             vip("2001:db8::10", "fd00:1::10"),

@@ -159,6 +159,61 @@ impl ConnsReport {
         }
         m
     }
+
+    /// One line of where a run is (what `anycast-lab-conns --progress` prints).
+    pub fn progress(&self) -> String {
+        format!(
+            "{:>6.1}s {:<10} established {:>4}/{} live {:>4} sent {:>10} received {:>10} resets {} stalls {}",
+            self.elapsed.as_secs_f64(),
+            self.phase,
+            self.established(),
+            self.requested,
+            self.live(),
+            human_bytes(self.sent()),
+            human_bytes(self.received()),
+            self.resets(),
+            self.stalls()
+        )
+    }
+
+    /// A table with a line per connection (what `anycast-lab-conns --per-conn` prints).
+    pub fn per_conn(&self) -> PerConn<'_> {
+        PerConn(self)
+    }
+}
+
+/// [`ConnsReport::per_conn`].
+pub struct PerConn<'a>(&'a ConnsReport);
+
+impl fmt::Display for PerConn<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let row = |f: &mut fmt::Formatter<'_>, cells: [&dyn fmt::Display; 8]| {
+            let [id, local, backend, sent, received, resets, stalls, gap] = cells;
+            writeln!(
+                f,
+                "{id:>5} {local:<42} {backend:<10} {sent:>10} {received:>10} {resets:>6} {stalls:>6} {gap:>7}"
+            )
+        };
+        let header = [
+            "id", "local", "backend", "sent", "received", "resets", "stalls", "gap_ms",
+        ];
+        row(f, header.each_ref().map(|h| h as &dyn fmt::Display))?;
+        for c in &self.0.conns {
+            let gap_ms = c.max_gap.as_millis();
+            let cells: [&dyn fmt::Display; 8] = [
+                &c.id,
+                &c.local_label(),
+                &c.backend_label(),
+                &c.sent,
+                &c.received,
+                &c.resets,
+                &c.stalls,
+                &gap_ms,
+            ];
+            row(f, cells)?;
+        }
+        Ok(())
+    }
 }
 
 /// `1.5 MiB`-style sizes for tables.
