@@ -87,8 +87,8 @@ pub fn copy_words<const N: usize>(ctx: &XdpContext, from: usize, to: usize) -> O
     Some(())
 }
 
-/// `N` bytes of packet memory behind one bounds check: a header written field by field costs
-/// one check, not one per field.
+/// `N` bytes of packet memory behind one bounds check: a header written word by word costs one
+/// check, not one per word, and a write past its end does not compile.
 pub struct Window<const N: usize>(*mut u8);
 
 /// The `N` bytes at `off`, for writing.
@@ -98,20 +98,6 @@ pub fn window<const N: usize>(ctx: &XdpContext, off: usize) -> Option<Window<N>>
 }
 
 impl<const N: usize> Window<N> {
-    /// Writes `bytes` at `OFF` bytes into the window. A write past its end does not compile.
-    /// Byte by byte, unrolled: no slices, so no bounds-check panics on the packet path.
-    #[inline(always)]
-    pub fn put<const OFF: usize, const M: usize>(&mut self, bytes: &[u8; M]) {
-        const { assert!(OFF + M <= N, "write past the end of the window") };
-        let mut i = 0;
-        while i < M {
-            // SAFETY: OFF + i < OFF + M <= N, and the window's N bytes were checked against
-            // data_end by ptr_at.
-            unsafe { *self.0.add(OFF + i) = bytes[i] };
-            i += 1;
-        }
-    }
-
     /// Writes a 32-bit word (bytes in memory order, as [`word_at`] reads them) at `OFF`: one
     /// store instead of four. Same alignment argument as `word_at`.
     #[inline(always)]
