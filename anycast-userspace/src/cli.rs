@@ -187,7 +187,16 @@ pub fn render_status(v: &Status) -> String {
     let ifaces: Vec<String> = p
         .interfaces
         .iter()
-        .map(|i| format!("{} ({})", i.name, i.mode))
+        .map(|i| match i.forwarding {
+            Some(f) => format!(
+                "{} ({}, forwarding ipv4 {} ipv6 {})",
+                i.name,
+                i.mode,
+                if f.ipv4 { "on" } else { "OFF" },
+                if f.ipv6 { "on" } else { "OFF" }
+            ),
+            None => format!("{} ({})", i.name, i.mode),
+        })
         .collect();
     let _ = writeln!(
         s,

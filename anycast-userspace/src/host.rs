@@ -45,6 +45,16 @@ pub fn write_sysctl(key: &str, value: &str) -> Result<(), HostError> {
     std::fs::write(&path, value).map_err(|source| HostError::Sysctl { path, source })
 }
 
+/// IP forwarding on `iface` (`net.ipv4.conf.IFACE.forwarding`, `net.ipv6.conf.IFACE.forwarding`),
+/// or `None` when the interface has no such sysctls (not in this namespace).
+pub fn forwarding(iface: &str) -> Option<crate::proto::Forwarding> {
+    let on = |key: String| read_sysctl(&key).map(|v| v != "0");
+    Some(crate::proto::Forwarding {
+        ipv4: on(format!("net/ipv4/conf/{iface}/forwarding"))?,
+        ipv6: on(format!("net/ipv6/conf/{iface}/forwarding"))?,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

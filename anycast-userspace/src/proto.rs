@@ -36,6 +36,16 @@ pub struct AttachedInterface {
     pub name: String,
     /// `native`, `generic`.
     pub mode: String,
+    /// IP forwarding on the interface as the status was taken (`None`: unknown). The kernel's FIB
+    /// helper refuses lookups on an interface that does not forward.
+    #[serde(default)]
+    pub forwarding: Option<Forwarding>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Forwarding {
+    pub ipv4: bool,
+    pub ipv6: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -16,6 +16,7 @@
 //! through channels and are applied one at a time.
 
 mod detach;
+mod preflight;
 mod tasks;
 
 pub use detach::{DetachReport, detach, previous_state};
@@ -83,6 +84,21 @@ pub enum AgentError {
     },
     #[error("an agent (pid {pid}) still runs with these pins; stop it (SIGTERM) before detaching")]
     AgentRunning { pid: u32 },
+    #[error(
+        "another agent{} runs with agent.pin_path {}: two agents on one dataplane would overwrite each other's tables; stop it first, or give this one its own pin_path",
+        pid.map_or(String::new(), |p| format!(" (pid {p})")),
+        pin_path.display()
+    )]
+    AlreadyRunning { pin_path: PathBuf, pid: Option<u32> },
+    #[error(
+        "{family} forwarding is off ({sysctl} = 0) on an interface the agent attaches to, and VIPs have remote {family} backends: the kernel refuses to route encapsulated packets there, so they would all be dropped; `sysctl -w {sysctl}=1`, or set agent.enable_forwarding = true"
+    )]
+    ForwardingOff {
+        sysctl: String,
+        family: &'static str,
+    },
+    #[error(transparent)]
+    Io(#[from] crate::error::IoError),
 }
 
 impl From<DataplaneError> for AgentError {
@@ -140,17 +156,6 @@ fn attach(
 }
 
 pub use crate::error::error_chain;
-
-fn check_forwarding() {
-    for key in ["net/ipv4/ip_forward", "net/ipv6/conf/all/forwarding"] {
-        if host::read_sysctl(key).as_deref() == Some("0") {
-            warn!(
-                sysctl = key,
-                "IP forwarding is off: encapsulated packets handed to the kernel (unresolved neighbour) will not be forwarded"
-            );
-        }
-    }
-}
 
 /// Signals the agent acts on (tokio installs their handlers), and SIGCHLD, which a managed BIRD's
 /// exit must raise for tokio to reap it.
@@ -214,6 +219,7 @@ pub async fn run(opts: AgentOptions) -> Result<(), AgentError> {
     }
     let local = detect_local(&config)?;
     config.check_local(&local)?;
+    preflight::check_forwarding(&config, &local)?;
     let mode = opts.xdp_mode.unwrap_or(config.agent.xdp_mode);
 
     match pins::ensure_bpffs(&config.agent.pin_path)? {
@@ -232,6 +238,9 @@ pub async fn run(opts: AgentOptions) -> Result<(), AgentError> {
             }
         }
     }
+    // Held until the agent exits: a second agent on these pins is refused before it loads
+    // anything.
+    let _pin_lock = preflight::lock_pins(&config.agent.pin_path)?;
     let layout = PinLayout::new(&config.agent.pin_path);
     let geometry = Geometry::of(&config);
     let plan = pins::plan(
@@ -408,6 +417,7 @@ async fn attach_and_serve(
         attached.push(AttachedInterface {
             name: iface.clone(),
             mode: used,
+            forwarding: host::forwarding(iface),
         });
     }
     for stale in layout.pinned_links() {
@@ -448,7 +458,6 @@ async fn attach_and_serve(
         id,
         interfaces: attached,
     });
-    check_forwarding();
     if let Some(bgp) = &config.bgp {
         let addresses = config.vips.iter().map(|v| v.address).collect();
         ctl.set_announcer(crate::announce::start(bgp.clone(), &addresses)?);

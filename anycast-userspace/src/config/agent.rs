@@ -29,6 +29,7 @@ pub struct RawAgent {
     pub conntrack_size: Option<i64>,
     pub conntrack_udp_timeout_s: Option<i64>,
     pub conntrack_insert_limit: Option<i64>,
+    pub enable_forwarding: Option<bool>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -58,6 +59,9 @@ pub struct AgentConfig {
     pub conntrack_udp_timeout_s: u32,
     /// New tracking entries allowed per CPU per second (0 = unlimited).
     pub conntrack_insert_limit: u32,
+    /// Turn IP forwarding on, on the attached interfaces, when remote backends need it (instead
+    /// of refusing to start).
+    pub enable_forwarding: bool,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -112,6 +116,7 @@ pub(super) fn validate_agent(raw: RawAgent) -> Result<AgentConfig, ConfigError> 
         conntrack_size,
         conntrack_udp_timeout_s,
         conntrack_insert_limit,
+        enable_forwarding,
     } = raw;
     let conntrack_size: u32 = int_in(
         "agent.conntrack_size",
@@ -293,6 +298,7 @@ pub(super) fn validate_agent(raw: RawAgent) -> Result<AgentConfig, ConfigError> 
         conntrack_size,
         conntrack_udp_timeout_s,
         conntrack_insert_limit,
+        enable_forwarding: enable_forwarding.unwrap_or(false),
     })
 }
 

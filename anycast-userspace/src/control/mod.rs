@@ -654,6 +654,7 @@ mod tests {
             interfaces: vec![AttachedInterface {
                 name: "eth0".into(),
                 mode: "native".into(),
+                forwarding: None,
             }],
         });
         let v = vip("203.0.113.10:80/tcp");

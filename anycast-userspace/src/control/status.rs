@@ -99,7 +99,13 @@ impl<S: Sink> Controller<S> {
             last_reload: self.last_reload.clone(),
             reloads_ok: self.reloads_ok,
             reloads_error: self.reloads_error,
-            program: self.program.clone(),
+            program: {
+                let mut p = self.program.clone();
+                for i in &mut p.interfaces {
+                    i.forwarding = crate::host::forwarding(&i.name);
+                }
+                p
+            },
             hash_seed: self.base.agent.hash_seed,
             ring_size: self.base.agent.ring_size,
             overrides: self.overrides.list(),

@@ -202,6 +202,98 @@ fn a_broken_config_is_rejected_drain_works_through_the_cli_and_metrics_count_the
         assert!(m1.contains(name), "{name} missing from the metrics");
     }
     assert!(metric(&m1, "anycast_config_reloads_total", "result=\"error\"") >= 1);
+    // The next-hop cache carried the encapsulated traffic: the FIB helper is the exception.
+    let fib = metric(&m1, "anycast_packets_total", "outcome=\"fib_lookup\"")
+        - metric(&m0, "anycast_packets_total", "outcome=\"fib_lookup\"");
+    let encap = metric(&m1, "anycast_packets_total", "outcome=\"encap\"")
+        - metric(&m0, "anycast_packets_total", "outcome=\"encap\"");
+    println!("OPS next-hop cache: {encap} packets encapsulated, {fib} routed by the FIB helper");
+    assert!(
+        encap > 0,
+        "no encapsulated traffic to check the next-hop cache with"
+    );
+    assert!(
+        fib * 10 <= encap,
+        "the FIB routed {fib} of {encap} encapsulated packets"
+    );
+
+    // (e) Misconfigured starts are refused before they touch the dataplane, naming the problem.
+    // A second agent on the same pins names the running one.
+    let config = ops.config.to_string_lossy().into_owned();
+    let out = ops
+        .lab
+        .exec(
+            EDGE,
+            &[&ops.bin.to_string_lossy(), "agent", "--config", &config],
+        )
+        .expect("second agent");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "a second agent on the same pins started: {err}"
+    );
+    let pid = ops.edge_pid().to_string();
+    assert!(
+        err.contains("another agent") && err.contains(&format!("pid {pid}")),
+        "the refusal must name the running agent (pid {pid}): {err}"
+    );
+    // IP forwarding off on the steering interface, remote backends configured: refused, the
+    // sysctl named (its own pin path, so the pin lock is not what refuses it).
+    let st = ops.status().expect("status");
+    let iface = st.program.interfaces[0].name.clone();
+    let key = format!("net.ipv4.conf.{iface}.forwarding");
+    let other = std::env::temp_dir().join(format!("anycast-fwd-{}.toml", std::process::id()));
+    let own_paths: String = good
+        .lines()
+        .map(|l| match l.strip_suffix('"') {
+            Some(v) if l.starts_with("pin_path = ") || l.starts_with("state_file = ") => {
+                format!("{v}-fwd\"\n")
+            }
+            _ => format!("{l}\n"),
+        })
+        .collect();
+    assert!(own_paths.contains("-fwd\""), "{own_paths}");
+    std::fs::write(&other, own_paths).expect("writing the second config");
+    let other_s = other.to_string_lossy().into_owned();
+    let proc = format!("/proc/sys/{}", key.replace('.', "/"));
+    let sysctl = |v: &str| {
+        let out = ops
+            .lab
+            .exec(EDGE, &["sh", "-c", &format!("echo {v} > {proc}")])
+            .expect("sysctl");
+        assert!(out.status.success(), "setting {key}={v}: {out:?}");
+    };
+    sysctl("0");
+    let out = ops
+        .lab
+        .exec(
+            EDGE,
+            &[&ops.bin.to_string_lossy(), "agent", "--config", &other_s],
+        )
+        .expect("agent with forwarding off");
+    sysctl("1");
+    let _ = std::fs::remove_file(&other);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "an agent started with forwarding off: {err}"
+    );
+    assert!(
+        err.contains(&key) && err.contains("enable_forwarding"),
+        "{err}"
+    );
+    let st = ops.status().expect("status");
+    let edge_if = st
+        .program
+        .interfaces
+        .iter()
+        .find(|i| i.name == iface)
+        .expect("interface in status");
+    assert_eq!(
+        edge_if.forwarding.map(|f| f.ipv4),
+        Some(true),
+        "{edge_if:?}"
+    );
 }
 
 #[test]
