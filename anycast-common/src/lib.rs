@@ -23,6 +23,8 @@ pub const PROTO_TCP: u8 = 6;
 pub const PROTO_UDP: u8 = 17;
 pub const PROTO_IPIP: u8 = 4;
 pub const PROTO_IPV6: u8 = 41;
+pub const PROTO_ICMP: u8 = 1;
+pub const PROTO_ICMPV6: u8 = 58;
 
 /// Encapsulation used towards remote backends, stored in [`DataplaneConfig::encap`].
 pub const ENCAP_IPIP: u8 = 0;
@@ -72,7 +74,9 @@ pub mod map_names {
     pub const CONNS: &str = "CONNS";
     pub const CONN_GUARD: &str = "CONN_GUARD";
     pub const LOG_RATE: &str = "LOG_RATE";
+    pub const PTB_GUARD: &str = "PTB_GUARD";
     pub const NEXTHOPS: &str = "NEXTHOPS";
+    pub const NEXTHOP_LEASE: &str = "NEXTHOP_LEASE";
     /// aya-log's ring buffer of log records (defined by `aya-log-ebpf`, read by `aya-log`).
     pub const AYA_LOGS: &str = "AYA_LOGS";
 }
@@ -195,6 +199,11 @@ impl NextHop {
         unsafe { [p.read(), p.add(1).read(), p.add(2).read()] }
     }
 }
+
+/// How long the next-hop cache may be used after the agent last renewed its lease
+/// (`NEXTHOP_LEASE`, `CLOCK_MONOTONIC_COARSE` ns): a dataplane whose agent died follows the
+/// kernel's FIB again after at most this long. The agent renews it three times as often.
+pub const NEXTHOP_LEASE_NS: u64 = 3_000_000_000;
 
 /// `DataplaneConfig::flags`.
 pub const CFG_F_HAS_SRC_V4: u8 = 1;
@@ -436,7 +445,14 @@ pub mod counter {
     /// (`NEXTHOPS`) had no usable entry for its backend: not resolved yet, neighbour unresolved,
     /// or the packet larger than the cached MTU (a subset of the encapsulation attempts).
     pub const FIB_LOOKUP: u32 = 27;
-    pub const COUNT: u32 = 28;
+    /// An ICMP error (destination unreachable, time exceeded; ICMPv6 packet too big) about a
+    /// VIP flow, sent to the flow's backend like the flow's own packets (a subset of `encap` and
+    /// `local`).
+    pub const ICMP_STEERED: u32 = 28;
+    /// Outcome: a VIP packet too big for the route to its backend once encapsulated, answered
+    /// to the client with ICMP "fragmentation needed" / ICMPv6 "packet too big" (`XDP_TX`).
+    pub const ICMP_TOO_BIG: u32 = 29;
+    pub const COUNT: u32 = 30;
 
     /// Names for display and metrics, indexed by counter.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -468,6 +484,8 @@ pub mod counter {
         "second_chance_table",
         "second_chance_last_hop",
         "fib_lookup",
+        "icmp_steered",
+        "icmp_too_big",
     ];
 }
 

@@ -6,19 +6,21 @@
 //!
 //! Next hop: the agent's cached entry for the backend (`NEXTHOPS`, resolved from the kernel's
 //! routes, neighbours and links, and kept current from netlink events), else `bpf_fib_lookup`
-//! (counted `fib_lookup`): a FIB lookup costs about 100 ns (IPv4) to 250 ns (IPv6) a packet.
+//! (counted `fib_lookup`): a FIB lookup costs about 250 ns (IPv4) to 630 ns (IPv6) a packet on
+//! the test machine (BENCHMARKS.md).
 //!
 //! MTU policy: the outer packet is `inner + 20/40 (+12 for GUE)` bytes. A packet larger than the
 //! cached MTU goes to `bpf_fib_lookup`, which checks it against the route's MTU; a packet that
-//! does not fit is dropped and counted `oversize` (it
+//! does not fit is answered by the top level with "packet too big" (`crate::pmtu`), or dropped
+//! and counted `oversize` (it
 //! cannot be fragmented: the outer header carries DF, and most inner packets do too). Operators
 //! give the fabric between edges and backends that much headroom, or clamp the MSS on the
 //! backends; see docs/dataplane.md.
 
 use anycast_common::{
     Backend, CFG_F_HAS_SRC_V4, CFG_F_HAS_SRC_V6, DataplaneConfig, ENCAP_GUE, FAMILY_V4, FAMILY_V6,
-    GUE_HINT_MAGIC, GUE_HINT_WORDS_V4, GUE_HINT_WORDS_V6, PROTO_IPIP, PROTO_IPV6, PROTO_TCP,
-    PROTO_UDP, SECOND_CHANCE_TTL, TUNNEL_TTL, counter,
+    GUE_HINT_MAGIC, GUE_HINT_WORDS_V4, GUE_HINT_WORDS_V6, PROTO_ICMP, PROTO_IPIP, PROTO_IPV6,
+    PROTO_TCP, PROTO_UDP, SECOND_CHANCE_TTL, TUNNEL_TTL, counter,
     hash::{flow_label, gue_source_port},
 };
 use aya_ebpf::{
@@ -28,7 +30,9 @@ use aya_ebpf::{
         bpf_fib_lookup__bindgen_ty_3, bpf_fib_lookup__bindgen_ty_4, bpf_fib_lookup__bindgen_ty_5,
         xdp_action,
     },
-    helpers::generated::{bpf_fib_lookup as fib_lookup, bpf_redirect, bpf_xdp_adjust_head},
+    helpers::generated::{
+        bpf_fib_lookup as fib_lookup, bpf_ktime_get_coarse_ns, bpf_redirect, bpf_xdp_adjust_head,
+    },
     programs::XdpContext,
 };
 
@@ -51,9 +55,19 @@ const GUE_LEN: usize = 4;
 /// packet has no transport checksum (IPv4 UDP with checksum 0).
 #[inline(always)]
 fn inner_sum(ctx: &XdpContext, ip: &Ip) -> Option<u64> {
+    // An ICMPv4 message (a steered error, `crate::icmp`) has no pseudo-header: a valid one sums
+    // to 0xffff like the IPv4 header before it, so the whole packet drops out.
+    if ip.proto == PROTO_ICMP {
+        return Some(0);
+    }
     let l4 = ip.l4_off();
     let l4_len = ip.ip_len - ip.l3_len as u32;
-    let check_off = if ip.proto == PROTO_TCP { 16 } else { 6 };
+    let check_off = match ip.proto {
+        PROTO_TCP => 16,
+        PROTO_UDP => 6,
+        // ICMPv6: a pseudo-header like TCP's and UDP's.
+        _ => 2,
+    };
     let check = u16_be_at(ctx, l4 + check_off)?;
     if ip.proto == PROTO_UDP && check == 0 && ip.family == FAMILY_V4 {
         return None;
@@ -110,6 +124,29 @@ pub struct Scratch {
 pub const FAIL_NONE: u32 = 0;
 pub const FAIL_FIB: u32 = 1;
 pub const FAIL_OVERSIZE: u32 = 2;
+
+/// The MTU to announce to the client of a packet the FIB found too big for the route to its
+/// backend (the route MTU less the tunnel headers), if that is why the encapsulation failed.
+#[inline(always)]
+pub fn too_big_mtu() -> Option<u32> {
+    let sc = scratch()?;
+    if sc.fail != FAIL_OVERSIZE {
+        return None;
+    }
+    // SAFETY: on BPF_FIB_LKUP_RET_FRAG_NEEDED the kernel stores the route MTU in `mtu_result`
+    // (net/core/filter.c); every variant of the union is a u16.
+    let route_mtu = u32::from(unsafe { sc.fib.__bindgen_anon_1.mtu_result });
+    let overhead = sc.fail_args[1].wrapping_sub(sc.fail_args[0]);
+    Some(route_mtu.saturating_sub(overhead))
+}
+
+/// Forgets the failure in this CPU's scratch (it was answered, not dropped: no log line).
+#[inline(always)]
+pub fn clear_failure() {
+    if let Some(sc) = scratch() {
+        sc.fail = FAIL_NONE;
+    }
+}
 
 /// Writes the log line a failed encapsulation left in this CPU's scratch, if any. Called by the
 /// top level, whose frame is the shallowest.
@@ -232,7 +269,8 @@ pub fn encapsulate(ctx: &XdpContext, ip: &Ip, cfg: &DataplaneConfig) -> Verdict 
         Some(nh)
             if nh.ifindex != 0
                 && nh.generation == backend.generation
-                && outer_len <= u32::from(nh.mtu) =>
+                && outer_len <= u32::from(nh.mtu)
+                && lease_held() =>
         {
             // Into the scratch, so that one transmit path serves both sources (and no map
             // pointer stays live across the head adjustment).
@@ -399,6 +437,22 @@ pub fn encapsulate(ctx: &XdpContext, ip: &Ip, cfg: &DataplaneConfig) -> Verdict 
     // SAFETY: plain helper call; returns XDP_REDIRECT on success, XDP_ABORTED otherwise.
     let action = unsafe { bpf_redirect(fib.ifindex, 0) } as u32;
     Verdict::new(action, counter::ENCAP)
+}
+
+/// Does the agent still keep the next-hop cache current (its lease in `NEXTHOP_LEASE`)? Without
+/// an agent, routes and neighbours may change unseen: the FIB is asked again once the lease
+/// runs out. One coarse clock read (no hardware clock access), only for a packet the cache would
+/// route.
+#[inline(always)]
+fn lease_held() -> bool {
+    match maps::NEXTHOP_LEASE.get(0) {
+        Some(until) => {
+            // SAFETY: helper without arguments.
+            let now = unsafe { bpf_ktime_get_coarse_ns() };
+            now < *until
+        }
+        None => false,
+    }
 }
 
 /// [`fib_route`]'s answers other than a drop verdict.

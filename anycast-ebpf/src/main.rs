@@ -9,14 +9,16 @@ mod chance;
 mod csum;
 mod decap;
 mod encap;
+mod icmp;
 mod log;
 mod maps;
 mod packet;
 mod parse;
+mod pmtu;
 mod select;
 mod track;
 
-use anycast_common::counter;
+use anycast_common::{PROTO_ICMP, PROTO_ICMPV6, counter};
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 
 /// What happened to a packet: the XDP action (low byte) and the one outcome counter it adds to
@@ -85,11 +87,27 @@ fn steer(ctx: &XdpContext) -> Verdict {
     };
     let v = if decap::is_tunnel(ctx, &ip, cfg) {
         decap::decapsulate(ctx, &ip, cfg)
+    } else if ip.proto == PROTO_ICMP || ip.proto == PROTO_ICMPV6 {
+        icmp::steer_error(ctx, &ip, cfg)
     } else {
         select::steer_vip(ctx, &ip, cfg)
     };
     let v = match v.action() {
-        PENDING => encap::encapsulate(ctx, &ip, cfg),
+        PENDING => {
+            let v = encap::encapsulate(ctx, &ip, cfg);
+            // Too big for the route once encapsulated: the client is told to send smaller.
+            if v.counter() == counter::OVERSIZE
+                && let Some(mtu) = encap::too_big_mtu()
+            {
+                let answer = pmtu::answer(ctx, &ip, mtu);
+                if answer.counter() == counter::ICMP_TOO_BIG {
+                    encap::clear_failure();
+                    return answer;
+                }
+            }
+            v
+        }
+        // A second chance (decapsulated here): its client is not ours to answer.
         PENDING_REPARSE => match parse::parse(ctx) {
             Ok(inner) => encap::encapsulate(ctx, &inner, cfg),
             Err(_) => return Verdict::drop(counter::INTERNAL_ERROR),

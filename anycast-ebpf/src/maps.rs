@@ -31,6 +31,11 @@ pub static BACKENDS: Array<Backend> = Array::with_max_entries(DEFAULT_MAX_BACKEN
 #[map]
 pub static NEXTHOPS: Array<NextHop> = Array::with_max_entries(DEFAULT_MAX_BACKENDS, 0);
 
+/// Until when (`bpf_ktime_get_coarse_ns`) `NEXTHOPS` may be used: the agent renews it while it
+/// keeps the cache current (`NEXTHOP_LEASE_NS`); 0, or past: every packet asks the FIB.
+#[map]
+pub static NEXTHOP_LEASE: Array<u64> = Array::with_max_entries(1, 0);
+
 #[map]
 pub static CONFIG: Array<DataplaneConfig> = Array::with_max_entries(1, 0);
 
@@ -67,6 +72,10 @@ pub static SCRATCH: PerCpuArray<crate::encap::Scratch> = PerCpuArray::with_max_e
 
 #[map]
 pub static CONN_GUARD: PerCpuArray<ConnGuard> = PerCpuArray::with_max_entries(1, 0);
+
+/// Rate limit of the "packet too big" answers (`crate::pmtu`): per CPU, a one-second window.
+#[map]
+pub static PTB_GUARD: PerCpuArray<ConnGuard> = PerCpuArray::with_max_entries(1, 0);
 
 /// Rate limit of the log lines (`crate::log`): per CPU, one entry per event class. The log
 /// records themselves go to aya-log's `AYA_LOGS` ring buffer, defined by `aya-log-ebpf`.

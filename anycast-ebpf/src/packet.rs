@@ -107,6 +107,18 @@ impl<const N: usize> Window<N> {
         unsafe { self.0.add(OFF).cast::<u32>().write(w) };
     }
 
+    /// The `i`-th 32-bit word of the window (bytes in memory order), `None` past its end: one
+    /// bounds check against the window, which the verifier already knows, instead of one against
+    /// the packet's end per word.
+    #[inline(always)]
+    pub fn word(&self, i: usize) -> Option<u32> {
+        if i >= N / 4 {
+            return None;
+        }
+        // SAFETY: i * 4 + 4 <= N bytes, checked against data_end by ptr_at; see word_at.
+        Some(unsafe { self.0.add(i * 4).cast::<u32>().read() })
+    }
+
     /// Writes a 16-bit half word (bytes in memory order) at `OFF`.
     #[inline(always)]
     pub fn put_half<const OFF: usize>(&mut self, h: u16) {

@@ -35,6 +35,11 @@ const REFRESH_NS: u64 = NS_PER_S;
 /// finds nothing, and only then needs to tell it apart: no instruction on the other paths.
 pub const PREV_INSERT_LIMITED: u32 = NO_BACKEND - 1;
 
+/// In [`pick`]'s `ports_flags`: look the flow up (connection tracking, then the table) without
+/// creating or removing an entry, whatever the TCP flags: for packets about a flow rather than of
+/// it (ICMP errors, `crate::icmp`), which must not let anyone who can send one fill the table.
+pub const LOOKUP_ONLY: u64 = 1 << 40;
+
 /// Result of [`pick`]: the backend id in the low 32 bits, the flow hash in the high 32.
 /// `NO_BACKEND` as the id: the VIP has no backend for this flow.
 #[inline(always)]
@@ -60,18 +65,20 @@ pub fn pick(
     prev: &mut u32,
 ) -> u64 {
     let ports = ports_flags as u32;
-    let tcp_flags = (ports_flags >> 32) as u32;
+    let tcp_flags = u32::from((ports_flags >> 32) as u8);
     *prev = NO_BACKEND;
     let hash = flow_hash(cfg, ip, ports);
     let with_hash = u64::from(hash) << 32;
 
-    let tcp_mid_flow = ip.proto == PROTO_TCP && mid_flow(tcp_flags as u8);
+    let lookup_only = ports_flags & LOOKUP_ONLY != 0;
+    let tcp_mid_flow = ip.proto == PROTO_TCP && (lookup_only || mid_flow(tcp_flags as u8));
     let (track, insert) = if ip.proto == PROTO_TCP {
         let flags = tcp_flags as u8;
         (tcp_mid_flow, tcp_mid_flow && flags & TCP_RST == 0)
     } else {
         (ip.proto == PROTO_UDP, ip.proto == PROTO_UDP)
     };
+    let insert = insert && !lookup_only;
 
     let key = ConnKey {
         src_be: addr_bytes(ip.src),

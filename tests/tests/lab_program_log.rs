@@ -42,6 +42,9 @@ impl Phase<'_> {
         self.lab
             .ip(EDGE, &["route", "add", "blackhole", &route])
             .expect("adding the blackhole route");
+        // A running agent takes the backend out of its next-hop cache within milliseconds of
+        // the route change (the program then asks the FIB, which refuses); wait that out.
+        std::thread::sleep(Duration::from_millis(100));
         let vip: SocketAddr = reference::vip_v4_udp();
         let sent = self
             .lab
@@ -108,13 +111,17 @@ fn the_agent_prints_program_lines_and_a_restarted_agent_those_written_while_none
     println!("running agent printed: {line}");
 
     // (2) SIGKILL: the program keeps forwarding, and keeps logging into the pinned ring buffer
-    // with nobody reading. A second later (a new rate window), anomalies towards backend2.
+    // with nobody reading. Once the dead agent's lease on the next-hop cache has run out (the
+    // program asks the kernel's FIB again, and sees the blackhole), and in a new rate window,
+    // anomalies towards backend2.
     nix::sys::signal::kill(
         lab.agent_pid(EDGE).expect("the agent's pid"),
         nix::sys::signal::Signal::SIGKILL,
     )
     .expect("killing the agent");
-    std::thread::sleep(Duration::from_millis(1100));
+    std::thread::sleep(
+        Duration::from_nanos(anycast_common::NEXTHOP_LEASE_NS) + Duration::from_millis(500),
+    );
     Phase { lab: &lab }.fib_fail_towards(reference::BACKEND2_V4);
     std::thread::sleep(Duration::from_millis(300));
 

@@ -35,6 +35,7 @@ fn lab_with(encapsulation: &str) -> Lab {
     let topology = reference::topology_with(&reference::Options {
         encapsulation: encapsulation.to_owned(),
         weights: WEIGHTS,
+        ..Default::default()
     });
     let mut lab = Lab::build(&topology)
         .unwrap_or_else(|e| panic!("building the reference topology ({encapsulation}): {e}"));

@@ -50,3 +50,132 @@ fn tcp_and_udp_flows_to_ipv4_and_ipv6_vips_are_spread_over_their_backends_and_pi
         }
     }
 }
+
+/// An ICMP error a router on the path sends to a VIP about a VIP flow's answer reaches the
+/// backend that owns the flow (as `anycast lookup` names it), whose kernel acts on it: a
+/// "fragmentation needed" / "packet too big" lowers its path MTU towards the client; the other
+/// backends learn nothing.
+#[test]
+fn icmp_errors_about_vip_flows_reach_the_flows_backend_whose_kernel_lowers_its_path_mtu() {
+    use socket2::{Domain, Protocol, Socket, Type};
+    use std::net::{IpAddr, SocketAddr};
+    if !anycast_tests::privileged(&anycast_tests::test_name()) {
+        return;
+    }
+    let lab = reference::start().unwrap_or_else(|e| panic!("starting the reference lab: {e}"));
+    reference::route_vips_to(&lab, reference::EDGE1).expect("routing the VIPs");
+    let hosts = [
+        (
+            reference::BACKEND1,
+            reference::BACKEND1_V4,
+            reference::BACKEND1_V6,
+        ),
+        (
+            reference::BACKEND2,
+            reference::BACKEND2_V4,
+            reference::BACKEND2_V6,
+        ),
+        (reference::EDGE1, reference::EDGE1_V4, reference::EDGE1_V6),
+    ];
+    let agent = lab.agent_client(reference::EDGE1);
+    for (vip, client, mtu) in [
+        (reference::VIP_V4, reference::CLIENT_V4, 1300u16),
+        (reference::VIP_V6, reference::CLIENT_V6, 1400u16),
+    ] {
+        let v4 = !vip.contains(':');
+        let client_port = 45000u16;
+        let flow = if v4 {
+            format!("udp {client}:{client_port} {vip}:{}", reference::UDP_PORT)
+        } else {
+            format!(
+                "udp [{client}]:{client_port} [{vip}]:{}",
+                reference::UDP_PORT
+            )
+        };
+        let decision = agent.lookup(&flow).expect("lookup");
+        let owner = match decision.outcome {
+            anycast::plan::model::Outcome::Encap { backend, .. }
+            | anycast::plan::model::Outcome::Local { backend, .. } => backend,
+            o => panic!("{flow}: not steered: {o:?}"),
+        };
+        let owner_ns = hosts
+            .iter()
+            .find(|(_, a4, a6)| owner.to_string() == *a4 || owner.to_string() == *a6)
+            .map(|(ns, _, _)| *ns)
+            .unwrap_or_else(|| panic!("{flow}: owner {owner} is no lab host"));
+        // The backend's answer as the router saw it: VIP:7 -> client:45000, IP header + 8 bytes.
+        let (vip_ip, client_ip): (IpAddr, IpAddr) = (vip.parse().unwrap(), client.parse().unwrap());
+        let quote = match (vip_ip, client_ip) {
+            (IpAddr::V4(s), IpAddr::V4(d)) => {
+                anycast_tests::packet::V4::new(s, d).udp(reference::UDP_PORT, client_port, &[0; 64])
+                    [..28]
+                    .to_vec()
+            }
+            (IpAddr::V6(s), IpAddr::V6(d)) => {
+                anycast_tests::packet::V6::new(s, d).udp(reference::UDP_PORT, client_port, &[0; 64])
+                    [..48]
+                    .to_vec()
+            }
+            _ => unreachable!(),
+        };
+        let mtu_be = mtu.to_be_bytes();
+        // Type, code, checksum (the kernel fills ICMPv6's; ICMPv4's is ours), MTU.
+        let mut icmp = if v4 {
+            vec![3, 4, 0, 0, 0, 0, mtu_be[0], mtu_be[1]]
+        } else {
+            vec![2, 0, 0, 0, 0, 0, mtu_be[0], mtu_be[1]]
+        };
+        icmp.extend_from_slice(&quote);
+        if v4 {
+            let mut sum = 0u32;
+            for c in icmp.chunks(2) {
+                sum += u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]));
+            }
+            while sum > 0xffff {
+                sum = (sum & 0xffff) + (sum >> 16);
+            }
+            icmp[2..4].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+        }
+        // The router sends it: on the path back from the backends to the client.
+        lab.in_netns(reference::ROUTER, || {
+            let (domain, proto) = if v4 {
+                (Domain::IPV4, Protocol::ICMPV4)
+            } else {
+                (Domain::IPV6, Protocol::ICMPV6)
+            };
+            let s = Socket::new(domain, Type::RAW, Some(proto)).expect("raw socket");
+            s.send_to(&icmp, &SocketAddr::new(vip_ip, 0).into())
+                .expect("sending the ICMP error");
+        })
+        .expect("router namespace");
+        let learnt = |ns: &str| {
+            let out = lab
+                .ip(ns, &["route", "get", client, "from", vip])
+                .unwrap_or_default();
+            out.contains(&format!("mtu {mtu}"))
+        };
+        let t0 = std::time::Instant::now();
+        while !learnt(owner_ns) {
+            assert!(
+                t0.elapsed() < Duration::from_secs(5),
+                "{flow}: the owner {owner_ns} did not lower its path MTU to {client}: {}",
+                lab.ip(owner_ns, &["route", "get", client, "from", vip])
+                    .unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        println!("{flow}: owner {owner_ns} lowered its path MTU to {mtu}");
+        for (ns, _, _) in hosts.iter().filter(|(ns, _, _)| *ns != owner_ns) {
+            assert!(
+                !learnt(ns),
+                "{flow}: {ns} is not the owner but learnt the MTU"
+            );
+        }
+    }
+    let stats = agent.stats().expect("stats");
+    assert_eq!(
+        stats.counter("icmp_steered"),
+        Some(2),
+        "the edge steered both errors"
+    );
+}

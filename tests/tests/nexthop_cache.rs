@@ -251,6 +251,12 @@ fn an_entry_is_used_only_for_its_generation_and_within_its_mtu() {
             assert_eq!(run(dp), (XDP_TX, marked.macs, 0), "exactly the MTU: cached");
             dp.set_nexthop(id, NextHop::default());
             assert_eq!(run(dp), (XDP_TX, fib_macs, 1), "an empty entry: the FIB");
+            // The agent's lease ran out (its agent died): the FIB, whatever the entry says.
+            dp.set_nexthop(id, marked);
+            assert_eq!(run(dp), (XDP_TX, marked.macs, 0), "leased");
+            dp.set_nexthop_lease(anycast::nexthop::lease_until(0));
+            assert_eq!(run(dp), (XDP_TX, fib_macs, 1), "the lease ran out: the FIB");
+            dp.set_nexthop_lease(anycast::nexthop::lease_until(60_000_000_000));
             // An entry naming another interface redirects there.
             let lo = ifindex("lo");
             dp.set_nexthop(

@@ -13,9 +13,9 @@ use crate::nexthop::{self, Target, Targets};
 use crate::plan::maglev::key_addr;
 
 /// The next-hop cache's task (see [`crate::nexthop`]), fed the remote backends after every
-/// change. It owns the `NEXTHOPS` map, which the agent takes out of the loaded object: nothing
-/// else writes it, and it is not pinned (a restarted agent resolves again within milliseconds,
-/// and the program uses the FIB meanwhile).
+/// change. It owns the `NEXTHOPS` map, which the agent takes out of the loaded object (after
+/// pinning it) because nothing else writes it. A restarted agent adopts the pinned map and
+/// resolves every entry again in its first pass, within milliseconds.
 pub(super) struct NextHops {
     targets: watch::Sender<Arc<Targets>>,
     task: AbortHandle,
@@ -23,12 +23,18 @@ pub(super) struct NextHops {
 
 impl NextHops {
     pub(super) fn start(ctl: &mut Controller<Dataplane>) -> Result<Self, String> {
-        let map = ctl
-            .sink_mut()
-            .ebpf_mut()
-            .take_map(map_names::NEXTHOPS)
-            .ok_or("map NEXTHOPS is not in the eBPF object")?;
-        let map = aya::maps::Array::<_, NextHop>::try_from(map).map_err(|e| e.to_string())?;
+        let mut take = |name: &str| {
+            ctl.sink_mut()
+                .ebpf_mut()
+                .take_map(name)
+                .ok_or_else(|| format!("map {name} is not in the eBPF object"))
+        };
+        let (entries, lease) = (take(map_names::NEXTHOPS)?, take(map_names::NEXTHOP_LEASE)?);
+        let map = nexthop::NextHopMaps {
+            entries: aya::maps::Array::<_, NextHop>::try_from(entries)
+                .map_err(|e| e.to_string())?,
+            lease: aya::maps::Array::<_, u64>::try_from(lease).map_err(|e| e.to_string())?,
+        };
         let (targets, rx) = watch::channel(Arc::new(targets_of(ctl.sink().publisher())));
         let task = tokio::spawn(async move {
             if let Err(e) = nexthop::run(rx, map).await {

@@ -181,6 +181,7 @@ pub fn object_layouts(
         (map_names::VIP_STATS, geometry.max_vips),
         (map_names::BACKENDS, geometry.max_backends),
         (map_names::BACKEND_STATS, geometry.max_backends),
+        (map_names::NEXTHOPS, geometry.max_backends),
         (map_names::CONNS, geometry.conntrack_size),
     ];
     Ok(obj

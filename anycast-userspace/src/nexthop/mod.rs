@@ -7,10 +7,11 @@
 //! after every publish; [`run`] resolves them, writes what changed, and resolves again within a
 //! few milliseconds of any route, neighbour or link event, and every [`REFRESH`] in any case.
 //! The program falls back to the FIB (counted `fib_lookup`) for a backend whose entry is missing,
-//! resolved for another generation of its id, or too small for the packet, so a stale or absent
-//! entry costs speed, never correctness of the route taken... up to the event delay: between a
-//! change in the kernel and the rewrite (measured in the next-hop lab, well under 100 ms),
-//! packets follow the previous next hop.
+//! resolved for another generation of its id, or too small for the packet, and for every
+//! backend once the agent's lease on the cache (`NEXTHOP_LEASE`, renewed every [`LEASE_RENEW`])
+//! has run out: an absent entry costs speed, not the route. Between a change in the kernel and
+//! the rewrite (measured in the next-hop lab: 5-10 ms), packets follow the previous next hop;
+//! after the agent dies, for at most `NEXTHOP_LEASE_NS` (3 s).
 //!
 //! What is resolved is what `ip route get <backend> from <tunnel source>` answers (the output
 //! route, ECMP path chosen by the kernel's hash of those addresses, as the FIB helper chooses
@@ -99,20 +100,58 @@ impl Route {
     }
 }
 
-/// Where the entries go: the `NEXTHOPS` map, or a test's memory.
-pub trait NextHopWriter {
-    fn write(&mut self, id: u32, entry: &NextHop) -> Result<(), String>;
+/// How often the agent renews the program's lease on the cache (`NEXTHOP_LEASE`), which runs
+/// for [`anycast_common::NEXTHOP_LEASE_NS`]: a dataplane whose agent died, and so no longer sees
+/// route or neighbour changes, falls back to the kernel's FIB within that time.
+pub const LEASE_RENEW: Duration = Duration::from_secs(1);
+
+/// The lease value that holds for `for_ns` from now: `CLOCK_MONOTONIC_COARSE`, the clock of
+/// the program's `bpf_ktime_get_coarse_ns`.
+pub fn lease_until(for_ns: u64) -> u64 {
+    let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC_COARSE)
+        .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
+        .unwrap_or(0);
+    now.saturating_add(for_ns)
 }
 
-impl<T: std::borrow::BorrowMut<aya::maps::MapData>> NextHopWriter for aya::maps::Array<T, NextHop> {
+/// Where the entries go: the `NEXTHOPS` and `NEXTHOP_LEASE` maps, or a test's memory.
+pub trait NextHopWriter {
+    fn write(&mut self, id: u32, entry: &NextHop) -> Result<(), String>;
+    /// Lets the program use the entries until `until` ([`lease_until`]).
+    fn lease(&mut self, until: u64) -> Result<(), String>;
+}
+
+/// The two maps of the cache.
+pub struct NextHopMaps<T> {
+    pub entries: aya::maps::Array<T, NextHop>,
+    pub lease: aya::maps::Array<T, u64>,
+}
+
+impl<T: std::borrow::BorrowMut<aya::maps::MapData>> NextHopWriter for NextHopMaps<T> {
     fn write(&mut self, id: u32, entry: &NextHop) -> Result<(), String> {
-        self.set(id, *entry, 0).map_err(|e| e.to_string())
+        self.entries.set(id, *entry, 0).map_err(|e| e.to_string())
+    }
+
+    fn lease(&mut self, until: u64) -> Result<(), String> {
+        self.lease.set(0, until, 0).map_err(|e| e.to_string())
     }
 }
 
-impl NextHopWriter for BTreeMap<u32, NextHop> {
+/// The cache's maps in memory (tests).
+#[derive(Debug, Default)]
+pub struct MemoryNextHops {
+    pub entries: BTreeMap<u32, NextHop>,
+    pub lease: u64,
+}
+
+impl NextHopWriter for MemoryNextHops {
     fn write(&mut self, id: u32, entry: &NextHop) -> Result<(), String> {
-        self.insert(id, *entry);
+        self.entries.insert(id, *entry);
+        Ok(())
+    }
+
+    fn lease(&mut self, until: u64) -> Result<(), String> {
+        self.lease = until;
         Ok(())
     }
 }
@@ -206,6 +245,8 @@ pub async fn run(
     let (resolver, mut events) = Resolver::with_events()?;
     let mut cache = Cache::default();
     let mut due = Some(tokio::time::Instant::now());
+    let mut renew = tokio::time::interval(LEASE_RENEW);
+    let mut resolved_once = false;
     loop {
         let wait = async {
             match due {
@@ -224,12 +265,26 @@ pub async fn run(
                 let at = tokio::time::Instant::now() + SETTLE;
                 due = Some(due.map_or(at, |d| d.min(at)));
             }
+            _ = renew.tick() => {
+                // Only once the entries are this agent's own (an adopted map may hold another
+                // agent's).
+                if resolved_once && let Err(e) = writer.lease(lease_until(anycast_common::NEXTHOP_LEASE_NS)) {
+                    warn!(error = %e, "renewing the next-hop cache's lease");
+                }
+            }
             () = wait => {
                 let t = targets.borrow_and_update().clone();
                 let resolved = resolver.resolve_all(&t).await;
                 match cache.apply(&mut writer, &t, &resolved) {
-                    Ok(a) if a.written > 0 => debug!(written = a.written, resolved = a.resolved, unresolved = a.unresolved, "next-hop cache updated"),
-                    Ok(_) => {}
+                    Ok(a) => {
+                        if a.written > 0 {
+                            debug!(written = a.written, resolved = a.resolved, unresolved = a.unresolved, "next-hop cache updated");
+                        }
+                        if !resolved_once {
+                            resolved_once = true;
+                            let _ = writer.lease(lease_until(anycast_common::NEXTHOP_LEASE_NS));
+                        }
+                    }
                     Err(e) => warn!(error = %e, "writing the next-hop cache"),
                 }
                 due = Some(tokio::time::Instant::now() + REFRESH);
@@ -272,7 +327,7 @@ mod tests {
 
     #[test]
     fn only_changes_are_written_and_removed_targets_are_cleared() {
-        let mut map = BTreeMap::new();
+        let mut map = MemoryNextHops::default();
         let mut cache = Cache::default();
         let mut t = Targets {
             backends: vec![target(1, 1), target(2, 1)],
@@ -289,19 +344,19 @@ mod tests {
         ];
         let a = cache.apply(&mut map, &t, &r).unwrap();
         assert_eq!((a.written, a.resolved, a.unresolved), (2, 1, 1));
-        assert_eq!(map[&1], NextHop::default());
-        assert_eq!(map[&2].macs[5], 5);
+        assert_eq!(map.entries[&1], NextHop::default());
+        assert_eq!(map.entries[&2].macs[5], 5);
         // Backend 2 leaves: its entry is cleared.
         t.backends.truncate(1);
         let r = vec![(target(1, 1), route(1))];
         assert_eq!(cache.apply(&mut map, &t, &r).unwrap().written, 2);
-        assert_eq!(map[&2], NextHop::default());
-        assert_eq!(map[&1].ifindex, 7);
+        assert_eq!(map.entries[&2], NextHop::default());
+        assert_eq!(map.entries[&1].ifindex, 7);
     }
 
     #[test]
     fn a_new_generation_of_an_id_is_rewritten() {
-        let mut map = BTreeMap::new();
+        let mut map = MemoryNextHops::default();
         let mut cache = Cache::default();
         let t = Targets {
             backends: vec![target(1, 1)],
@@ -321,6 +376,6 @@ mod tests {
                 .written,
             1
         );
-        assert_eq!(map[&1].generation, 2);
+        assert_eq!(map.entries[&1].generation, 2);
     }
 }

@@ -9,6 +9,8 @@
 //! switches the connection to stream mode instead (used by `anycast-lab-conns`, see
 //! `anycast_tests::lab::conns`): the server answers `NAME\n` and then echoes every byte it
 //! receives until the client closes, so data flows both ways for as long as the client likes.
+//! A request whose first line is `UPLOAD N` (the path MTU lab) makes the server read N bytes
+//! more (those sent after the line included) and answer `NAME N\n`, the count it received.
 //! UDP: answers each datagram with `NAME <payload>`. It binds each ADDR (the VIPs on `lo`) rather than the wildcard, so UDP
 //! replies leave from the VIP the client sent to.
 
@@ -74,6 +76,13 @@ fn answer(mut stream: TcpStream, name: &str) -> std::io::Result<()> {
             break;
         }
     }
+    if let Some(n) = upload_size(&buf[..len]) {
+        let line_end = buf[..len]
+            .iter()
+            .position(|&b| b == b'\n')
+            .map_or(len, |i| i + 1);
+        return upload(stream, name, n, len - line_end);
+    }
     if buf[..len].starts_with(b"STREAM\r\n") || buf[..len].starts_with(b"STREAM\n") {
         // Bytes after the request belong to the stream (a client may send them at once).
         let early = buf[end.unwrap_or(len)..len].to_vec();
@@ -85,6 +94,34 @@ fn answer(mut stream: TcpStream, name: &str) -> std::io::Result<()> {
         "HTTP/1.0 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     )?;
+    stream.flush()
+}
+
+/// `N` of a first line `UPLOAD N`.
+fn upload_size(buf: &[u8]) -> Option<u64> {
+    let line = buf.split(|&b| b == b'\n').next()?;
+    std::str::from_utf8(line)
+        .ok()?
+        .trim()
+        .strip_prefix("UPLOAD ")?
+        .parse()
+        .ok()
+}
+
+/// Upload mode: reads until `n` bytes after the request line have arrived (`early` of them
+/// already did), then answers with the name and the count.
+fn upload(mut stream: TcpStream, name: &str, n: u64, early: usize) -> std::io::Result<()> {
+    stream.set_read_timeout(Some(Duration::from_secs(60)))?;
+    let mut got = early as u64;
+    let mut buf = vec![0u8; 64 * 1024];
+    while got < n {
+        let r = stream.read(&mut buf)?;
+        if r == 0 {
+            break;
+        }
+        got += r as u64;
+    }
+    stream.write_all(format!("{name} {got}\n").as_bytes())?;
     stream.flush()
 }
 

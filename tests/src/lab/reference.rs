@@ -142,6 +142,8 @@ pub struct Options {
     pub encapsulation: String,
     /// Weights of backend1, backend2 and edge1 (the order of [`BACKEND_NAMES`]).
     pub weights: [u32; 3],
+    /// MTU of the links between the router and the edges and backends.
+    pub fabric_mtu: u32,
 }
 
 impl Default for Options {
@@ -149,6 +151,7 @@ impl Default for Options {
         Options {
             encapsulation: "ipip".to_owned(),
             weights: [1, 1, 1],
+            fabric_mtu: FABRIC_MTU,
         }
     }
 }
@@ -301,7 +304,7 @@ pub fn topology_with(opts: &Options) -> Topology {
             mtu: if s.ns == CLIENT {
                 CLIENT_MTU
             } else {
-                FABRIC_MTU
+                opts.fabric_mtu
             },
             tx_checksum_off: true,
         })

@@ -78,6 +78,7 @@ pub(crate) fn start(
         reference: reference::Options {
             encapsulation: encap.name().to_owned(),
             weights: [1, 1, 1],
+            ..Default::default()
         },
         vips: Some(vips(backends)),
         all_health,

@@ -78,6 +78,7 @@ fn run(a: &Args) -> lab::Result<bool> {
     let variant = reference::Options {
         encapsulation: a.encapsulation.clone(),
         weights: WEIGHTS,
+        ..Default::default()
     };
     println!("== building the lab in network namespaces; BGP decides where the VIP is routed");
     println!(
