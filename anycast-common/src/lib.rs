@@ -75,6 +75,7 @@ pub mod map_names {
     pub const CONN_GUARD: &str = "CONN_GUARD";
     pub const LOG_RATE: &str = "LOG_RATE";
     pub const PTB_GUARD: &str = "PTB_GUARD";
+    pub const FRAGS: &str = "FRAGS";
     pub const NEXTHOPS: &str = "NEXTHOPS";
     pub const NEXTHOP_LEASE: &str = "NEXTHOP_LEASE";
     /// aya-log's ring buffer of log records (defined by `aya-log-ebpf`, read by `aya-log`).
@@ -285,6 +286,37 @@ pub struct ConnValue {
 }
 const _: () = assert!(size_of::<ConnValue>() == 16);
 
+/// Key of the `FRAGS` LRU map: a fragmented datagram (RFC 791 / RFC 8200: source, destination,
+/// protocol and identification name it).
+#[repr(C, align(4))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FragKey {
+    pub src_be: [u8; 16],
+    pub dst_be: [u8; 16],
+    /// The IP identification: IPv4's 16 bits (high half zero) or the IPv6 fragment header's 32.
+    pub id: u32,
+    pub proto: u8,
+    pub family: u8,
+    pub _pad: [u8; 2],
+}
+const _: () = assert!(size_of::<FragKey>() == 40);
+
+/// Value of `FRAGS`: where the datagram's first fragment went, for the later ones to follow.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FragValue {
+    pub backend_id: u32,
+    pub generation: u16,
+    pub _pad: u16,
+    /// The flow's hash (GUE source port, IPv6 flow label), as the first fragment's ports gave it.
+    pub hash: u32,
+    pub vip_id: u32,
+}
+const _: () = assert!(size_of::<FragValue>() == 16);
+
+/// Datagrams whose later fragments `FRAGS` can follow at once (an LRU: the oldest go first).
+pub const FRAGS_SIZE: u32 = 16_384;
+
 /// Per-CPU state of the insertion limit (`CONN_GUARD`, one entry).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -452,7 +484,10 @@ pub mod counter {
     /// Outcome: a VIP packet too big for the route to its backend once encapsulated, answered
     /// to the client with ICMP "fragmentation needed" / ICMPv6 "packet too big" (`XDP_TX`).
     pub const ICMP_TOO_BIG: u32 = 29;
-    pub const COUNT: u32 = 30;
+    /// A fragment of a datagram to a VIP sent where the datagram's flow goes: the first
+    /// fragment by its ports, later ones by `FRAGS` (a subset of `encap` and `local`).
+    pub const FRAGMENT_STEERED: u32 = 30;
+    pub const COUNT: u32 = 31;
 
     /// Names for display and metrics, indexed by counter.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -486,6 +521,7 @@ pub mod counter {
         "fib_lookup",
         "icmp_steered",
         "icmp_too_big",
+        "fragment_steered",
     ];
 }
 
@@ -505,4 +541,6 @@ mod pod {
     unsafe impl aya::Pod for ConnGuard {}
     unsafe impl aya::Pod for LogRate {}
     unsafe impl aya::Pod for NextHop {}
+    unsafe impl aya::Pod for FragKey {}
+    unsafe impl aya::Pod for FragValue {}
 }

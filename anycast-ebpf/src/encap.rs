@@ -60,6 +60,11 @@ fn inner_sum(ctx: &XdpContext, ip: &Ip) -> Option<u64> {
     if ip.proto == PROTO_ICMP {
         return Some(0);
     }
+    // A fragment's transport checksum covers the whole datagram, not this fragment: no identity
+    // to use, so no outer checksum (0; for an IPv6 outer header as RFC 6935 allows tunnels).
+    if ip.l3_len == IPV6_LEN + 8 || (ip.family == FAMILY_V4 && is_v4_fragment(ctx, ip)) {
+        return None;
+    }
     let l4 = ip.l4_off();
     let l4_len = ip.ip_len - ip.l3_len as u32;
     let check_off = match ip.proto {
@@ -86,6 +91,12 @@ fn inner_sum(ctx: &XdpContext, ip: &Ip) -> Option<u64> {
         let h1 = word_at(ctx, ip.l2_len + 4)?;
         Some(add32(add32(u64::from(!fold(proto_len)), h0), h1))
     }
+}
+
+/// Is the IPv4 packet a fragment (more fragments, or a non-zero offset)?
+#[inline(always)]
+fn is_v4_fragment(ctx: &XdpContext, ip: &Ip) -> bool {
+    u16_be_at(ctx, ip.l2_len + 6).is_some_and(|f| f & 0x3fff != 0)
 }
 
 /// Where to send a packet: the tunnel's far end, and optionally a hint naming the flow's
@@ -353,14 +364,8 @@ pub fn encapsulate(ctx: &XdpContext, ip: &Ip, cfg: &DataplaneConfig) -> Verdict 
             fl as u8,
         ]));
         hdr.put_word::<{ ETH_LEN + 4 }>(word([plen[0], plen[1], outer_proto, ttl]));
-        hdr.put_word::<{ ETH_LEN + 8 }>(src_w[0]);
-        hdr.put_word::<{ ETH_LEN + 12 }>(src_w[1]);
-        hdr.put_word::<{ ETH_LEN + 16 }>(src_w[2]);
-        hdr.put_word::<{ ETH_LEN + 20 }>(src_w[3]);
-        hdr.put_word::<{ ETH_LEN + 24 }>(dst_w[0]);
-        hdr.put_word::<{ ETH_LEN + 28 }>(dst_w[1]);
-        hdr.put_word::<{ ETH_LEN + 32 }>(dst_w[2]);
-        hdr.put_word::<{ ETH_LEN + 36 }>(dst_w[3]);
+        hdr.put_addr::<{ ETH_LEN + 8 }>(&src_w);
+        hdr.put_addr::<{ ETH_LEN + 24 }>(&dst_w);
     }
     if gue {
         let udp_len = (ip.ip_len as usize + UDP_LEN + GUE_LEN + hint_len) as u16;

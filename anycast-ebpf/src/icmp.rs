@@ -8,8 +8,9 @@
 //! ports). Steered here:
 //! - ICMPv4 destination unreachable (3, "fragmentation needed" among them) and time exceeded
 //!   (11); ICMPv6 destination unreachable (1), packet too big (2) and time exceeded (3);
-//! - addressed to the address the quoted packet came from, and quoting a TCP or UDP packet of
-//!   the same family from a VIP (address, port, protocol), without IPv6 extension headers.
+//! - addressed to the address the quoted packet came from, and quoting a TCP or UDP packet (or
+//!   the first fragment of one, whose ports follow an IPv6 fragment header) of the same family
+//!   from a VIP (address, port, protocol), without other IPv6 extension headers.
 //!
 //! The flow is the quoted packet reversed (client -> VIP): the same hash, the same tracked entry
 //! (looked up, never created: an error is about a flow, not part of it), the same table slot, so
@@ -18,20 +19,21 @@
 //! traffic, a quote cut short) passes to this host's stack untouched.
 
 use anycast_common::{
-    BACKEND_F_LOCAL, DataplaneConfig, FAMILY_V4, NO_BACKEND, PROTO_ICMP, PROTO_TCP, PROTO_UDP,
-    counter,
+    DataplaneConfig, FAMILY_V4, NO_BACKEND, PROTO_ICMP, PROTO_TCP, PROTO_UDP, counter,
 };
 use aya_ebpf::programs::XdpContext;
 
 use crate::{
-    Verdict, encap, log, maps,
-    packet::{u8_at, word_at},
+    Verdict, log, maps,
+    packet::{u8_at, u16_be_at, word_at},
     parse::{IPV4_LEN, IPV6_LEN, Ip},
-    select::vip_of,
+    select::{to_flow_backend, vip_of},
     track,
 };
 
 const ICMP_HEADER: usize = 8;
+const PROTO_FRAGMENT: u8 = 44;
+const FRAG_HDR_LEN: usize = 8;
 
 /// Is `(family, type)` an error that quotes the packet it is about?
 #[inline(always)]
@@ -60,6 +62,7 @@ pub fn steer_error(ctx: &XdpContext, ip: &Ip, cfg: &DataplaneConfig) -> Verdict 
     }
     let q = l4 + ICMP_HEADER;
     // The quoted header: its protocol, addresses and where its transport header starts.
+    // Reversed: the flow runs from the quoted destination (the client) to its source.
     let mut flow = Ip {
         l2_len: ip.l2_len,
         family: ip.family,
@@ -70,7 +73,7 @@ pub fn steer_error(ctx: &XdpContext, ip: &Ip, cfg: &DataplaneConfig) -> Verdict 
         src: [0; 4],
         dst: [0; 4],
     };
-    let quoted_l4 = if v4 {
+    let (proto, quoted_l4) = if v4 {
         let Some(vihl) = u8_at(ctx, q) else {
             return Verdict::pass(counter::PASS);
         };
@@ -78,23 +81,31 @@ pub fn steer_error(ctx: &XdpContext, ip: &Ip, cfg: &DataplaneConfig) -> Verdict 
         if vihl >> 4 != 4 || ihl < IPV4_LEN {
             return Verdict::pass(counter::PASS);
         }
-        let (Some(proto), Some(src), Some(dst)) = (
-            u8_at(ctx, q + 9),
-            word_at(ctx, q + 12),
-            word_at(ctx, q + 16),
-        ) else {
+        // One read at a time: a tuple of them lets LLVM reorder the loads past their bounds
+        // checks in a way the verifier cannot follow.
+        let Some(frag) = u16_be_at(ctx, q + 6) else {
             return Verdict::pass(counter::PASS);
         };
-        // Reversed: the flow runs from the quoted destination (the client) to its source.
-        flow.proto = proto;
-        flow.src[0] = dst;
-        flow.dst[0] = src;
-        q + ihl
+        let Some(proto) = u8_at(ctx, q + 9) else {
+            return Verdict::pass(counter::PASS);
+        };
+        let Some(qs) = word_at(ctx, q + 12) else {
+            return Verdict::pass(counter::PASS);
+        };
+        let Some(qd) = word_at(ctx, q + 16) else {
+            return Verdict::pass(counter::PASS);
+        };
+        // A quoted later fragment has no ports (a first one, MF set, has them).
+        if frag & 0x1fff != 0 {
+            return Verdict::pass(counter::PASS);
+        }
+        flow.src[0] = qd;
+        flow.dst[0] = qs;
+        (proto, q + ihl)
     } else {
         let Some(next) = u8_at(ctx, q + 6) else {
             return Verdict::pass(counter::PASS);
         };
-        flow.proto = next;
         let mut i = 0;
         while i < 4 {
             let (Some(s), Some(d)) = (word_at(ctx, q + 8 + i * 4), word_at(ctx, q + 24 + i * 4))
@@ -105,8 +116,24 @@ pub fn steer_error(ctx: &XdpContext, ip: &Ip, cfg: &DataplaneConfig) -> Verdict 
             flow.src[i] = d;
             i += 1;
         }
-        q + IPV6_LEN
+        // A quoted first fragment (a too-big answer is usually one: the fragment that did not
+        // fit) has its ports after the fragment header; a later one has none.
+        if next != PROTO_FRAGMENT {
+            (next, q + IPV6_LEN)
+        } else {
+            let Some(inner_next) = u8_at(ctx, q + IPV6_LEN) else {
+                return Verdict::pass(counter::PASS);
+            };
+            let Some(off) = u16_be_at(ctx, q + IPV6_LEN + 2) else {
+                return Verdict::pass(counter::PASS);
+            };
+            if off >> 3 != 0 {
+                return Verdict::pass(counter::PASS);
+            }
+            (inner_next, q + IPV6_LEN + FRAG_HDR_LEN)
+        }
     };
+    flow.proto = proto;
     if flow.proto != PROTO_TCP && flow.proto != PROTO_UDP {
         return Verdict::pass(counter::PASS);
     }
@@ -135,18 +162,9 @@ pub fn steer_error(ctx: &XdpContext, ip: &Ip, cfg: &DataplaneConfig) -> Verdict 
     if backend_id == NO_BACKEND {
         return Verdict::drop(counter::NO_BACKEND);
     }
-    let Some(backend) = maps::BACKENDS.get(backend_id) else {
+    if maps::BACKENDS.get(backend_id).is_none() {
         log::table_inconsistent(vip.vip_id, vip.table, backend_id);
         return Verdict::drop(counter::INTERNAL_ERROR);
-    };
-    maps::count(counter::ICMP_STEERED);
-    if backend.flags & BACKEND_F_LOCAL != 0 {
-        maps::count_traffic(&maps::BACKEND_STATS, backend_id, frame_len);
-        return Verdict::pass(counter::LOCAL);
     }
-    let Some(sc) = encap::scratch() else {
-        return Verdict::drop(counter::INTERNAL_ERROR);
-    };
-    sc.request(backend, None, hash, backend_id, counter::ENCAP, frame_len);
-    Verdict::encapsulate(false)
+    to_flow_backend(backend_id, hash, frame_len, counter::ICMP_STEERED)
 }

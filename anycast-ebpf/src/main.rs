@@ -9,6 +9,7 @@ mod chance;
 mod csum;
 mod decap;
 mod encap;
+mod frag;
 mod icmp;
 mod log;
 mod maps;
@@ -78,19 +79,55 @@ pub fn anycast_steer(ctx: XdpContext) -> u32 {
 fn steer(ctx: &XdpContext) -> Verdict {
     // Fail open: a frame we cannot parse as IP is not ours to judge; the stack drops it if it is
     // garbage. Nothing is rewritten before parsing succeeds.
-    let ip = match parse::parse(ctx) {
-        Ok(ip) => ip,
+    let (ip, v) = match parse::parse(ctx) {
+        Ok(ip) => {
+            let Some(cfg) = maps::CONFIG.get(0) else {
+                return Verdict::pass(counter::INTERNAL_ERROR);
+            };
+            let v = if decap::is_tunnel(ctx, &ip, cfg) {
+                decap::decapsulate(ctx, &ip, cfg)
+            } else if ip.proto == PROTO_ICMP || ip.proto == PROTO_ICMPV6 {
+                icmp::steer_error(ctx, &ip, cfg)
+            } else {
+                select::steer_vip(ctx, &ip, cfg)
+            };
+            (ip, v)
+        }
+        // A fragment may belong to a VIP's datagram (rare: off the path of every other packet).
+        Err(counter::FRAGMENT) => {
+            let Some(cfg) = maps::CONFIG.get(0) else {
+                return Verdict::pass(counter::INTERNAL_ERROR);
+            };
+            let mut ip = parse::Ip::EMPTY;
+            let Some((id, first)) = frag::parse(ctx, &mut ip) else {
+                return Verdict::pass(counter::FRAGMENT);
+            };
+            // The first fragment holds at least the first 8 bytes of the transport header
+            // (RFC 791, RFC 8200); a later one has no ports.
+            let ports = if first {
+                match packet::word_at(ctx, ip.l4_off()) {
+                    Some(p) => p,
+                    None => return Verdict::pass(counter::FRAGMENT),
+                }
+            } else {
+                0
+            };
+            let frame_len = (ctx.data_end() - ctx.data()) as u64;
+            let v = frag::steer(
+                &ip,
+                cfg,
+                ports,
+                u64::from(first) << 32 | u64::from(id),
+                frame_len,
+            );
+            (ip, v)
+        }
         Err(c) => return Verdict::pass(c),
     };
+    // The same entry again (an inlined array lookup: cheaper than keeping the pointer in this
+    // frame, which the deepest call chain's 512-byte stack shares).
     let Some(cfg) = maps::CONFIG.get(0) else {
         return Verdict::pass(counter::INTERNAL_ERROR);
-    };
-    let v = if decap::is_tunnel(ctx, &ip, cfg) {
-        decap::decapsulate(ctx, &ip, cfg)
-    } else if ip.proto == PROTO_ICMP || ip.proto == PROTO_ICMPV6 {
-        icmp::steer_error(ctx, &ip, cfg)
-    } else {
-        select::steer_vip(ctx, &ip, cfg)
     };
     let v = match v.action() {
         PENDING => {

@@ -4,8 +4,9 @@
 
 use anycast_common::{
     AddrKey, Backend, ConnGuard, ConnKey, ConnValue, DEFAULT_CONNTRACK_SIZE, DEFAULT_MAX_BACKENDS,
-    DEFAULT_MAX_VIPS, DEFAULT_RING_SIZE, DataplaneConfig, LogRate, MAX_DECAP_PREFIXES,
-    MAX_LOCAL_ADDRS, NextHop, TABLES_PER_VIP, TrafficStats, VipKey, VipValue, counter, event,
+    DEFAULT_MAX_VIPS, DEFAULT_RING_SIZE, DataplaneConfig, FRAGS_SIZE, FragKey, FragValue, LogRate,
+    MAX_DECAP_PREFIXES, MAX_LOCAL_ADDRS, NextHop, TABLES_PER_VIP, TrafficStats, VipKey, VipValue,
+    counter, event,
 };
 use aya_ebpf::{
     bindings::BPF_F_NO_COMMON_LRU,
@@ -66,6 +67,10 @@ pub static BACKEND_STATS: PerCpuArray<TrafficStats> =
 #[map]
 pub static CONNS: LruHashMap<ConnKey, ConnValue> =
     LruHashMap::with_max_entries(DEFAULT_CONNTRACK_SIZE, BPF_F_NO_COMMON_LRU);
+
+/// Fragmented datagrams to VIPs: where each one's first fragment went (`crate::frag`).
+#[map]
+pub static FRAGS: LruHashMap<FragKey, FragValue> = LruHashMap::with_max_entries(FRAGS_SIZE, 0);
 
 #[map]
 pub static SCRATCH: PerCpuArray<crate::encap::Scratch> = PerCpuArray::with_max_entries(1, 0);

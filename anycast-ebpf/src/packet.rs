@@ -119,6 +119,18 @@ impl<const N: usize> Window<N> {
         Some(unsafe { self.0.add(i * 4).cast::<u32>().read() })
     }
 
+    /// Writes the four words of an IPv6 address at `OFF`.
+    #[inline(always)]
+    pub fn put_addr<const OFF: usize>(&mut self, a: &[u32; 4]) {
+        const { assert!(OFF + 16 <= N, "write past the end of the window") };
+        let mut i = 0;
+        while i < 4 {
+            // SAFETY: OFF + 16 <= N bytes checked against data_end by ptr_at; see word_at.
+            unsafe { self.0.add(OFF + i * 4).cast::<u32>().write(a[i]) };
+            i += 1;
+        }
+    }
+
     /// Writes a 16-bit half word (bytes in memory order) at `OFF`.
     #[inline(always)]
     pub fn put_half<const OFF: usize>(&mut self, h: u16) {

@@ -49,6 +49,17 @@ pub struct Ip {
 }
 
 impl Ip {
+    pub const EMPTY: Self = Self {
+        l2_len: 0,
+        family: 0,
+        l3_len: 0,
+        ip_len: 0,
+        proto: 0,
+        tos: 0,
+        src: [0; 4],
+        dst: [0; 4],
+    };
+
     #[inline(always)]
     pub fn l4_off(&self) -> usize {
         self.l2_len + self.l3_len

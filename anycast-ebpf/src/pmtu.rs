@@ -144,14 +144,8 @@ pub fn answer(ctx: &XdpContext, ip: &Ip, mtu: u32) -> Verdict {
         h.put_half::<12>(u16::from_le_bytes(0x86ddu16.to_be_bytes()));
         h.put_word::<ETH_LEN>(word([0x60, 0, 0, 0]));
         h.put_word::<{ ETH_LEN + 4 }>(word([p[0], p[1], PROTO_ICMPV6, 64]));
-        h.put_word::<{ ETH_LEN + 8 }>(src[0]);
-        h.put_word::<{ ETH_LEN + 12 }>(src[1]);
-        h.put_word::<{ ETH_LEN + 16 }>(src[2]);
-        h.put_word::<{ ETH_LEN + 20 }>(src[3]);
-        h.put_word::<{ ETH_LEN + 24 }>(dst[0]);
-        h.put_word::<{ ETH_LEN + 28 }>(dst[1]);
-        h.put_word::<{ ETH_LEN + 32 }>(dst[2]);
-        h.put_word::<{ ETH_LEN + 36 }>(dst[3]);
+        h.put_addr::<{ ETH_LEN + 8 }>(&src);
+        h.put_addr::<{ ETH_LEN + 24 }>(&dst);
         let m = mtu.to_be_bytes();
         // Pseudo-header (addresses, upper-layer length, next header), ICMPv6 header, quote.
         let sum = add_addr(add_addr(0, &src), &dst)

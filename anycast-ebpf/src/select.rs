@@ -118,3 +118,22 @@ pub fn steer_vip(ctx: &XdpContext, ip: &Ip, cfg: &DataplaneConfig) -> Verdict {
     sc.request(backend, hint, hash, backend_id, counter::ENCAP, frame_len);
     Verdict::encapsulate(false)
 }
+
+/// Sends a packet about or of a flow (an ICMP error, a fragment) where the flow's packets go:
+/// backend `backend_id` with the flow's `hash`, counted `detail` on top of `local` or `encap`.
+#[inline(always)]
+pub fn to_flow_backend(backend_id: u32, hash: u32, frame_len: u64, detail: u32) -> Verdict {
+    let Some(backend) = maps::BACKENDS.get(backend_id) else {
+        return Verdict::drop(counter::INTERNAL_ERROR);
+    };
+    maps::count(detail);
+    if backend.flags & BACKEND_F_LOCAL != 0 {
+        maps::count_traffic(&maps::BACKEND_STATS, backend_id, frame_len);
+        return Verdict::pass(counter::LOCAL);
+    }
+    let Some(sc) = encap::scratch() else {
+        return Verdict::drop(counter::INTERNAL_ERROR);
+    };
+    sc.request(backend, None, hash, backend_id, counter::ENCAP, frame_len);
+    Verdict::encapsulate(false)
+}

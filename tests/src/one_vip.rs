@@ -110,3 +110,27 @@ pub fn tcp_frame(sport: u16, flags: u8) -> Vec<u8> {
 pub fn delta(before: &[u64], after: &[u64], counter: u32) -> u64 {
     after[counter as usize] - before[counter as usize]
 }
+
+/// Where the program sent `frame`: a backend id by the outer destination of the encapsulated
+/// frame (whose inner packet must be `frame`'s as it came), or [`LOCAL`] for an untouched pass.
+/// Panics on any other outcome.
+pub fn landed(dp: &Dataplane, frame: &[u8]) -> u32 {
+    let r = dp.run(frame, None).expect("test_run");
+    match r.action {
+        crate::fixture::XDP_PASS if r.output == frame => LOCAL,
+        crate::fixture::XDP_REDIRECT => {
+            let dst = packet::outer_dst_v4(&r.output);
+            assert_eq!(
+                &r.output[34..],
+                &frame[14..],
+                "the inner packet is the frame's as it came"
+            );
+            [A, B]
+                .into_iter()
+                .find(|&id| backend_addr(id) == dst)
+                .unwrap_or_else(|| panic!("sent to {dst}"))
+        }
+        crate::fixture::XDP_DROP => panic!("dropped"),
+        a => panic!("unexpected action {a}"),
+    }
+}

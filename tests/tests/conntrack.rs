@@ -5,9 +5,7 @@
 use std::time::Duration;
 
 use anycast_common::{Backend, ENCAP_IPIP, PROTO_TCP, PROTO_UDP, counter as c};
-use anycast_tests::fixture::{
-    Dataplane, XDP_DROP, XDP_PASS, XDP_REDIRECT, pin_to_cpu, with_program,
-};
+use anycast_tests::fixture::{Dataplane, XDP_DROP, pin_to_cpu, with_program};
 use anycast_tests::one_vip::{tcp_frame as tcp, *};
 use anycast_tests::packet::{self as p, V4};
 
@@ -26,24 +24,6 @@ fn with_conntrack(
 
 fn udp(sport: u16) -> Vec<u8> {
     p::frame(None, &V4::new(CLIENT, VIP).udp(sport, 53, b"q"))
-}
-
-/// Where the program sent a frame: a backend id, by the outer destination of an encapsulated
-/// frame, or LOCAL for an untouched pass.
-fn landed(dp: &Dataplane, frame: &[u8]) -> u32 {
-    let r = dp.run(frame, None).expect("test_run");
-    match r.action {
-        XDP_PASS if r.output == frame => LOCAL,
-        XDP_REDIRECT => {
-            let dst = p::outer_dst_v4(&r.output);
-            [A, B]
-                .into_iter()
-                .find(|&id| backend_addr(id) == dst)
-                .unwrap_or_else(|| panic!("sent to {dst}"))
-        }
-        XDP_DROP => panic!("dropped"),
-        a => panic!("unexpected action {a}"),
-    }
 }
 
 #[test]

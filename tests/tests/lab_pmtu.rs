@@ -18,14 +18,12 @@ const UPLOAD: usize = 4 << 20;
 const MTU: u32 = 1500;
 
 fn lab(encapsulation: &str) -> Lab {
-    let topology = reference::topology_with(&reference::Options {
+    let lab = reference::start_with(&reference::Options {
         encapsulation: encapsulation.to_owned(),
         fabric_mtu: MTU,
         ..Default::default()
-    });
-    let mut lab = Lab::build(&topology).unwrap_or_else(|e| panic!("building the lab: {e}"));
-    lab.start_dataplane()
-        .unwrap_or_else(|e| panic!("starting the dataplane: {e}"));
+    })
+    .unwrap_or_else(|e| panic!("starting the lab: {e}"));
     reference::route_vips_to(&lab, reference::EDGE1).expect("routing the VIPs to edge1");
     lab
 }

@@ -32,16 +32,12 @@ const FLOW_BUDGET: Duration = Duration::from_secs(60);
 const CLI_SAMPLES: usize = 3;
 
 fn lab_with(encapsulation: &str) -> Lab {
-    let topology = reference::topology_with(&reference::Options {
+    reference::start_with(&reference::Options {
         encapsulation: encapsulation.to_owned(),
         weights: WEIGHTS,
         ..Default::default()
-    });
-    let mut lab = Lab::build(&topology)
-        .unwrap_or_else(|e| panic!("building the reference topology ({encapsulation}): {e}"));
-    lab.start_dataplane()
-        .unwrap_or_else(|e| panic!("starting pass programs, agents and servers: {e}"));
-    lab
+    })
+    .unwrap_or_else(|e| panic!("starting the reference topology ({encapsulation}): {e}"))
 }
 
 /// What `anycast lookup --config <edge config> --local-address <edge addresses>` answers, for

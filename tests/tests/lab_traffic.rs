@@ -26,6 +26,16 @@ fn assert_spread(tally: &FlowTally, what: &str) {
     );
 }
 
+/// The reference lab with the VIPs routed to edge1; `None` where the test is skipped.
+fn edge1_lab() -> Option<anycast_tests::lab::Lab> {
+    if !anycast_tests::privileged(&anycast_tests::test_name()) {
+        return None;
+    }
+    let lab = reference::start().unwrap_or_else(|e| panic!("starting the reference lab: {e}"));
+    reference::route_vips_to(&lab, reference::EDGE1).expect("routing the VIPs");
+    Some(lab)
+}
+
 /// One lab for all: starting agents is the slow part of a lab test (the verifier). The detailed
 /// checks (predicted backends, weights, GUE, route moves) are in `lab_steering.rs`.
 #[test]
@@ -59,11 +69,9 @@ fn tcp_and_udp_flows_to_ipv4_and_ipv6_vips_are_spread_over_their_backends_and_pi
 fn icmp_errors_about_vip_flows_reach_the_flows_backend_whose_kernel_lowers_its_path_mtu() {
     use socket2::{Domain, Protocol, Socket, Type};
     use std::net::{IpAddr, SocketAddr};
-    if !anycast_tests::privileged(&anycast_tests::test_name()) {
+    let Some(lab) = edge1_lab() else {
         return;
-    }
-    let lab = reference::start().unwrap_or_else(|e| panic!("starting the reference lab: {e}"));
-    reference::route_vips_to(&lab, reference::EDGE1).expect("routing the VIPs");
+    };
     let hosts = [
         (
             reference::BACKEND1,
@@ -177,5 +185,83 @@ fn icmp_errors_about_vip_flows_reach_the_flows_backend_whose_kernel_lowers_its_p
         stats.counter("icmp_steered"),
         Some(2),
         "the edge steered both errors"
+    );
+}
+
+/// 3000-byte UDP datagrams, which the client's kernel sends in fragments (its link carries 1500
+/// bytes), from many source ports: each is answered by the backend `anycast lookup` names for its
+/// flow (the first fragment picks it, the later ones follow; the backend's kernel reassembles).
+#[test]
+fn fragmented_udp_datagrams_are_answered_by_their_flows_backend() {
+    use std::net::{IpAddr, SocketAddr, UdpSocket};
+    let Some(lab) = edge1_lab() else {
+        return;
+    };
+    let agent = lab.agent_client(reference::EDGE1);
+    let before = agent
+        .stats()
+        .expect("stats")
+        .counter("fragment_steered")
+        .unwrap_or(0);
+    let mut answered = 0;
+    for (client, vip) in [
+        (reference::CLIENT_V4, reference::VIP_V4),
+        (reference::CLIENT_V6, reference::VIP_V6),
+    ] {
+        let (client, vip): (IpAddr, IpAddr) = (client.parse().unwrap(), vip.parse().unwrap());
+        let target = SocketAddr::new(vip, reference::UDP_PORT);
+        for port in 47000u16..47020 {
+            let src = SocketAddr::new(client, port);
+            let want = match agent
+                .lookup(&format!("udp {src} {target}"))
+                .expect("lookup")
+                .outcome
+            {
+                anycast::plan::model::Outcome::Encap { backend, .. }
+                | anycast::plan::model::Outcome::Local { backend, .. } => {
+                    reference::backend_name(backend).expect("a lab backend")
+                }
+                o => panic!("udp {src}: not steered: {o:?}"),
+            };
+            let got = lab
+                .in_netns(reference::CLIENT, || -> std::io::Result<String> {
+                    let s = UdpSocket::bind(src)?;
+                    s.set_read_timeout(Some(Duration::from_millis(1500)))?;
+                    let datagram = vec![0x61u8; 3000];
+                    let mut buf = vec![0u8; 65536];
+                    // A reply too big for the client's link is answered by the router with
+                    // "packet too big" (IPv6 routers do not fragment); the backend's next reply
+                    // fits: retry.
+                    for _ in 0..3 {
+                        s.send_to(&datagram, target)?;
+                        if let Ok((n, _)) = s.recv_from(&mut buf) {
+                            let text = String::from_utf8_lossy(&buf[..n]);
+                            return Ok(text.split(' ').next().unwrap_or_default().to_owned());
+                        }
+                    }
+                    Ok(String::new())
+                })
+                .expect("client namespace")
+                .expect("udp");
+            assert_eq!(
+                got, want,
+                "udp {src} -> {target}: answered by {got:?}, lookup says {want}"
+            );
+            answered += 1;
+        }
+    }
+    let steered = agent
+        .stats()
+        .expect("stats")
+        .counter("fragment_steered")
+        .unwrap_or(0)
+        - before;
+    println!(
+        "{answered} fragmented datagrams answered by their flows' backends; {steered} fragments steered"
+    );
+    // Each datagram is at least three fragments; edge1's own flows are steered too.
+    assert!(
+        steered >= 3 * answered as u64,
+        "{steered} fragments steered for {answered} datagrams"
     );
 }

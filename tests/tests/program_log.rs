@@ -115,6 +115,11 @@ fn to_vip(vip: u32, sport: u16, payload: usize) -> Vec<u8> {
     )
 }
 
+/// `frame` (untagged) with VLAN tag 100.
+fn tagged(frame: Vec<u8>) -> Vec<u8> {
+    p::frame(Some(100), &frame[14..])
+}
+
 /// A TCP segment from the client to this host's own address (not a VIP).
 fn to_local() -> Vec<u8> {
     p::frame(None, &V4::new(CLIENT_V4, net::EDGE_V4).tcp(1, 22, b"x"))
@@ -331,9 +336,14 @@ fn each_logged_anomaly_yields_one_line_with_its_details_and_traffic_none() {
             fib_fail(net::v6(net::BLACKHOLE_V6, 0x10).into()),
         ),
         // 1281 bytes of IPv4 (20 + 20 + 1241) fit the route's MTU of 1300 only before the 20
-        // bytes of the outer header.
+        // bytes of the outer header. Tagged: an untagged client gets "packet too big" instead
+        // (no line: nothing is lost); a tagged frame is dropped, and that is logged.
         (
-            step("too large", to_vip(V_SMALL_MTU, 40000, 1241), OVERSIZE),
+            step(
+                "too large",
+                tagged(to_vip(V_SMALL_MTU, 40000, 1241)),
+                OVERSIZE,
+            ),
             line(
                 log::Level::Warn,
                 event::OVERSIZE,

@@ -379,6 +379,13 @@ pub fn start() -> Result<Lab> {
     Ok(lab)
 }
 
+/// [`start`] with a variation of the topology ([`topology_with`]).
+pub fn start_with(opts: &Options) -> Result<Lab> {
+    let mut lab = Lab::build(&topology_with(opts))?;
+    lab.start_dataplane()?;
+    Ok(lab)
+}
+
 /// Points the router's VIP routes at `edge` ([`EDGE1`] or [`EDGE2`]): what a BGP
 /// announcement from that edge would do.
 pub fn route_vips_to(lab: &Lab, edge: &str) -> Result<()> {
