@@ -14,8 +14,10 @@ use anycast_tests::lab::{Lab, find_binary, reference, without_colours};
 
 const EDGE: &str = reference::EDGE1;
 /// UDP datagrams per phase, each from its own socket (its own flow); a backend of weight 1 of 6
-/// gets none of them with probability (5/6)^60 < 2e-5.
-const DATAGRAMS: usize = 60;
+/// gets none of them with probability (5/6)^400, nil. Enough too that, once a dead agent's
+/// lease on the next-hop cache has run out, every CPU has read it again (once per 64 cached
+/// packets) and the FIB routes the rest.
+const DATAGRAMS: usize = 400;
 
 fn fib_fail_line(backend: &str) -> String {
     format!("no route to the backend, packet dropped: rc=1 backend={backend} ")
