@@ -72,6 +72,7 @@ pub mod map_names {
     pub const VIP_STATS: &str = "VIP_STATS";
     pub const BACKEND_STATS: &str = "BACKEND_STATS";
     pub const CONNS: &str = "CONNS";
+    pub const CONNS_NEW: &str = "CONNS_NEW";
     pub const CONN_GUARD: &str = "CONN_GUARD";
     pub const LOG_RATE: &str = "LOG_RATE";
     pub const PTB_GUARD: &str = "PTB_GUARD";
@@ -96,6 +97,20 @@ pub const MAX_DECAP_PREFIXES: u32 = 1024;
 pub const MAX_LOCAL_ADDRS: u32 = 256;
 /// Default connection-tracking capacity (entries, shared by all CPUs; about 100 bytes each).
 pub const DEFAULT_CONNTRACK_SIZE: u32 = 262_144;
+/// `CONNS_NEW` (the new-flow tier) holds this fraction of `conntrack_size`, and at least
+/// [`MIN_CONNTRACK_NEW_SIZE`] entries.
+pub const CONNTRACK_NEW_DIVISOR: u32 = 4;
+pub const MIN_CONNTRACK_NEW_SIZE: u32 = 1024;
+
+/// Capacity of `CONNS_NEW` for a `CONNS` of `conntrack_size` entries.
+pub const fn conntrack_new_size(conntrack_size: u32) -> u32 {
+    let n = conntrack_size / CONNTRACK_NEW_DIVISOR;
+    if n < MIN_CONNTRACK_NEW_SIZE {
+        MIN_CONNTRACK_NEW_SIZE
+    } else {
+        n
+    }
+}
 
 /// Address-carrying types are `align(4)`: the BPF backend turns byte-array reads into single
 /// 32-bit loads only when it knows the alignment (it cannot assume unaligned loads are legal).
@@ -455,9 +470,11 @@ pub mod counter {
     pub const CONN_HIT: u32 = 18;
     /// VIP packet of a flow not (or no longer validly) tracked: backend from the table.
     pub const CONN_MISS: u32 = 19;
-    /// Connection-tracking entry created.
+    /// A flow promoted into `CONNS`, the established tier: its second tracked packet found
+    /// the entry its first created in `CONNS_NEW`.
     pub const CONN_INSERT: u32 = 20;
-    /// Entry not created because the per-CPU insertion limit was reached.
+    /// Promotion refused because the per-CPU insertion limit was reached (the flow keeps its
+    /// entry in `CONNS_NEW`).
     pub const CONN_INSERT_LIMITED: u32 = 21;
     /// Tracked entry ignored: its backend left, or the UDP flow idled out.
     pub const CONN_STALE: u32 = 22;
@@ -487,7 +504,10 @@ pub mod counter {
     /// A fragment of a datagram to a VIP sent where the datagram's flow goes: the first
     /// fragment by its ports, later ones by `FRAGS` (a subset of `encap` and `local`).
     pub const FRAGMENT_STEERED: u32 = 30;
-    pub const COUNT: u32 = 31;
+    /// A flow's first tracked packet: entry created in `CONNS_NEW`, the new-flow (probation)
+    /// tier, which a flood of one-packet tuples churns without touching `CONNS`.
+    pub const CONN_NEW: u32 = 31;
+    pub const COUNT: u32 = 32;
 
     /// Names for display and metrics, indexed by counter.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -522,6 +542,7 @@ pub mod counter {
         "icmp_steered",
         "icmp_too_big",
         "fragment_steered",
+        "conn_new",
     ];
 }
 

@@ -192,7 +192,7 @@ pub fn conn_insert_limited() {
         {
             let limit = maps::CONFIG.get(0).map_or(0, |c| c.conn_insert_limit);
         }
-        "connection-tracking insert limit reached, new flows follow the table untracked: limit_per_s={} cpu={} suppressed={}",
+        "connection-tracking promotion limit reached, new flows stay in the new-flow tier: limit_per_s={} cpu={} suppressed={}",
         limit,
     );
 }

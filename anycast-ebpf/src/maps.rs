@@ -68,6 +68,16 @@ pub static BACKEND_STATS: PerCpuArray<TrafficStats> =
 pub static CONNS: LruHashMap<ConnKey, ConnValue> =
     LruHashMap::with_max_entries(DEFAULT_CONNTRACK_SIZE, BPF_F_NO_COMMON_LRU);
 
+/// The new-flow (probation) tier in front of `CONNS`: a flow's first tracked packet creates its
+/// entry here, its second moves it into `CONNS` (`crate::track`). A flood of one-packet tuples
+/// evicts only other young flows, never an established one. Sized by the agent
+/// (`anycast_common::conntrack_new_size`); same per-CPU LRU lists as `CONNS`.
+#[map]
+pub static CONNS_NEW: LruHashMap<ConnKey, ConnValue> = LruHashMap::with_max_entries(
+    anycast_common::conntrack_new_size(DEFAULT_CONNTRACK_SIZE),
+    BPF_F_NO_COMMON_LRU,
+);
+
 /// Fragmented datagrams to VIPs: where each one's first fragment went (`crate::frag`).
 #[map]
 pub static FRAGS: LruHashMap<FragKey, FragValue> = LruHashMap::with_max_entries(FRAGS_SIZE, 0);

@@ -1,14 +1,22 @@
 //! Connection tracking: a flow keeps the backend it started with while tables change.
 //!
-//! What creates an entry:
-//! - TCP: any packet of the flow except a bare SYN and except RST. A bare SYN removes an entry
-//!   left on its tuple by an earlier connection (reused ports). The first such packet is
-//!   normally the client's ACK completing the handshake, so a SYN flood from spoofed sources
-//!   (which never completes one) creates no state and cannot evict real connections. The
-//!   handshake itself follows the table, which every edge computes identically.
-//! - UDP: the first packet; an entry idle longer than `conn_udp_timeout_s` is picked afresh.
-//! - At most `conn_insert_limit` new entries per CPU per second (0 = unlimited): past it, flows
-//!   still follow the table, so an ACK or UDP flood can churn at most that many entries a second.
+//! Two tiers, both LRU maps with the same key and value: `CONNS_NEW` (new flows, on probation)
+//! and `CONNS` (established). A lookup tries `CONNS`, then `CONNS_NEW`.
+//! - A flow's first tracked packet creates its entry in `CONNS_NEW` (`conn_new`); its second
+//!   moves it into `CONNS` (`conn_insert`). A flood of random tuples, one packet each (spoofed
+//!   ACKs, UDP), therefore only churns `CONNS_NEW`: established flows keep their entries and
+//!   their backends through the flood and any table change during it. A young flow keeps its
+//!   backend through a table change too, as long as the flood has not pushed it out of
+//!   `CONNS_NEW` before its second packet.
+//! - TCP: any packet of the flow except a bare SYN and except RST is tracked. A bare SYN removes
+//!   the entries left on its tuple by an earlier connection (reused ports). The first such packet
+//!   is normally the client's ACK completing the handshake, so a SYN flood from spoofed sources
+//!   (which never completes one) creates no state at all. The handshake itself follows the
+//!   table, which every edge computes identically.
+//! - UDP: every packet; an entry idle longer than `conn_udp_timeout_s` is picked afresh.
+//! - At most `conn_insert_limit` promotions into `CONNS` per CPU per second (0 = unlimited): a
+//!   flood that repeats each tuple can churn the established tier at most that fast; past it,
+//!   flows keep their `CONNS_NEW` entry.
 //!
 //! An entry is followed only while its backend id still carries the same generation, so an
 //! entry that outlived its backend (id freed, or reused for another backend) is ignored.
@@ -18,7 +26,7 @@ use anycast_common::{
     NO_BACKEND, NO_TABLE, PROTO_TCP, PROTO_UDP, VipValue, counter,
     hash::{flow_hash_v4, flow_hash_v6, ring_slot},
 };
-use aya_ebpf::helpers::generated::bpf_ktime_get_ns;
+use aya_ebpf::{helpers::generated::bpf_ktime_get_ns, maps::LruHashMap};
 
 use crate::{maps, packet::addr_bytes, parse::Ip};
 
@@ -48,15 +56,19 @@ pub const fn split(r: u64) -> (u32, u32) {
 }
 
 /// Chooses the backend of a VIP packet: the tracked one if the flow is known, else the live
-/// table's. A BPF subprogram of its own so its key and value do not sit in the caller's frame
-/// while the encapsulation runs.
+/// table's.
 ///
-/// It takes no context: LLVM would otherwise pass it packet pointers in a form the verifier
+/// The tracked answer ([`lookup`]) and the table's ([`from_table`]) are BPF subprograms of their
+/// own, called one after the other: their keys, values and spills never sit in the same frame,
+/// nor in the caller's while the encapsulation runs (steer -> steer_vip -> one of them is the
+/// deepest chain, within the 512-byte BPF stack).
+///
+/// They take no context: LLVM would otherwise pass them packet pointers in a form the verifier
 /// refuses. The caller passes the first transport word (ports) in the low half of
 /// `ports_flags` and the TCP flags byte above it. `prev` receives the previous owner of the flow
 /// when a second chance may be needed (see `chance`), [`PREV_INSERT_LIMITED`] when the flow was
-/// not tracked because of the insertion limit, else `NO_BACKEND`.
-#[inline(never)]
+/// not promoted because of the insertion limit, else `NO_BACKEND`.
+#[inline(always)]
 pub fn pick(
     ip: &Ip,
     cfg: &DataplaneConfig,
@@ -64,74 +76,112 @@ pub fn pick(
     ports_flags: u64,
     prev: &mut u32,
 ) -> u64 {
-    let ports = ports_flags as u32;
-    let tcp_flags = u32::from((ports_flags >> 32) as u8);
     *prev = NO_BACKEND;
-    let hash = flow_hash(cfg, ip, ports);
-    let with_hash = u64::from(hash) << 32;
+    let hash = flow_hash(cfg, ip, ports_flags as u32);
+    let mut id = lookup(ip, cfg, ports_flags, prev);
+    if id == NO_BACKEND {
+        // Five arguments at most for a BPF call: the previous owner comes back in the high half.
+        let (backend, previous) = split(from_table(ip, cfg, vip, ports_flags, hash));
+        id = backend;
+        *prev = previous;
+    }
+    (u64::from(hash) << 32) | u64::from(id)
+}
 
+/// How a packet with these `ports_flags` (see [`pick`]) is tracked: (looked up, may create or
+/// promote an entry, a mid-flow TCP packet).
+#[inline(always)]
+fn mode(ip: &Ip, ports_flags: u64) -> (bool, bool, bool) {
     let lookup_only = ports_flags & LOOKUP_ONLY != 0;
-    let tcp_mid_flow = ip.proto == PROTO_TCP && (lookup_only || mid_flow(tcp_flags as u8));
-    let (track, insert) = if ip.proto == PROTO_TCP {
-        let flags = tcp_flags as u8;
-        (tcp_mid_flow, tcp_mid_flow && flags & TCP_RST == 0)
+    let flags = (ports_flags >> 32) as u8;
+    if ip.proto == PROTO_TCP {
+        let mid = lookup_only || mid_flow(flags);
+        (mid, mid && flags & TCP_RST == 0 && !lookup_only, mid)
     } else {
-        (ip.proto == PROTO_UDP, ip.proto == PROTO_UDP)
-    };
-    let insert = insert && !lookup_only;
+        let udp = ip.proto == PROTO_UDP;
+        (udp, udp && !lookup_only, false)
+    }
+}
 
-    let key = ConnKey {
+#[inline(always)]
+fn conn_key(ip: &Ip, ports_flags: u64) -> ConnKey {
+    ConnKey {
         src_be: addr_bytes(ip.src),
         dst_be: addr_bytes(ip.dst),
-        ports_be: ports.to_le_bytes(),
+        ports_be: (ports_flags as u32).to_le_bytes(),
         proto: ip.proto,
         family: ip.family,
         _pad: [0; 2],
-    };
-    let udp = ip.proto == PROTO_UDP;
-    let mut now = 0u64;
+    }
+}
+
+/// The tracked backend of the flow, `NO_BACKEND` if it has none to follow; promotes a young
+/// flow on its second packet. A bare SYN removes what its tuple left.
+#[inline(never)]
+fn lookup(ip: &Ip, cfg: &DataplaneConfig, ports_flags: u64, prev: &mut u32) -> u32 {
+    let (track, insert, tcp_mid_flow) = mode(ip, ports_flags);
+    let key = conn_key(ip, ports_flags);
     if ip.proto == PROTO_TCP && !tcp_mid_flow {
         // A bare SYN starts a new connection on this tuple: an entry left by an earlier
         // connection with the same ports (ports are reused) must not steer its ACKs to the old
         // backend.
         let _ = maps::CONNS.remove(key);
+        let _ = maps::CONNS_NEW.remove(key);
     }
-    if track {
-        if let Some(entry) = maps::CONNS.get_ptr_mut(key) {
-            // SAFETY: LRU map value pointer, valid for this program run.
-            let e = unsafe { *entry };
-            let valid = match maps::BACKENDS.get(e.backend_id) {
-                Some(b) => b.family != 0 && b.generation == e.generation,
-                None => false,
-            };
-            let mut fresh = true;
-            if udp {
-                // SAFETY: helper without arguments.
-                now = unsafe { bpf_ktime_get_ns() };
-                let age = now.wrapping_sub(e.last_seen_ns);
-                fresh = age < u64::from(cfg.conn_udp_timeout_s) * NS_PER_S;
-                if valid && fresh && age > REFRESH_NS {
-                    // SAFETY: as above; a racing writer on another CPU stores the same kind
-                    // of value, and either timestamp is good enough.
-                    unsafe { (*entry).last_seen_ns = now };
-                }
-            }
-            if valid && fresh {
-                maps::count(counter::CONN_HIT);
-                return with_hash | u64::from(e.backend_id);
-            }
-            maps::count(counter::CONN_STALE);
-        }
+    if !track {
+        return NO_BACKEND;
+    }
+    let udp = ip.proto == PROTO_UDP;
+    let mut now = 0u64;
+    let established = tracked(&maps::CONNS, &key, cfg, udp, &mut now);
+    if let Ok(e) = established {
+        maps::count(counter::CONN_HIT);
+        return e.backend_id;
+    }
+    let young = tracked(&maps::CONNS_NEW, &key, cfg, udp, &mut now);
+    // Once per packet, whichever tier held the ignored entry.
+    if established == Err(Ignored::Stale) || young == Err(Ignored::Stale) {
+        maps::count(counter::CONN_STALE);
+    }
+    let Ok(e) = young else {
         maps::count(counter::CONN_MISS);
+        return NO_BACKEND;
+    };
+    maps::count(counter::CONN_HIT);
+    // The flow's second tracked packet: it has shown it is more than one spoofed packet, so it
+    // moves to the established tier. The young entry is left to age out of CONNS_NEW rather
+    // than deleted: one helper call less, and harmless (CONNS is looked up first). It is
+    // inserted from where it lies (a map value is a valid value argument), not copied.
+    if insert {
+        if allow_insert(cfg, &mut now) {
+            if maps::CONNS.insert(&key, e, 0).is_ok() {
+                maps::count(counter::CONN_INSERT);
+            }
+        } else {
+            maps::count(counter::CONN_INSERT_LIMITED);
+            // The caller logs it: a log subprogram called from here would push the deepest
+            // call chain past the 512-byte stack.
+            *prev = PREV_INSERT_LIMITED;
+        }
     }
+    e.backend_id
+}
 
+/// The live table's backend for a flow [`lookup`] did not answer (`NO_BACKEND`: the VIP has no
+/// table) in the low half, and in the high half the previous table's owner when a second chance
+/// may be needed (else `NO_BACKEND`); creates the flow's entry in `CONNS_NEW`.
+#[inline(never)]
+fn from_table(ip: &Ip, cfg: &DataplaneConfig, vip: &VipValue, ports_flags: u64, hash: u32) -> u64 {
+    const NONE: u64 = (NO_BACKEND as u64) << 32;
     if vip.table == NO_TABLE || cfg.ring_size == 0 {
-        return u64::from(NO_BACKEND);
+        return NONE | u64::from(NO_BACKEND);
     }
     let slot = ring_slot(hash, cfg.ring_size);
     let Some(backend_id) = ring_at(cfg, vip.table, slot) else {
-        return u64::from(NO_BACKEND);
+        return NONE | u64::from(NO_BACKEND);
     };
+    let mut prev = NO_BACKEND;
+    let (_, insert, tcp_mid_flow) = mode(ip, ports_flags);
     // A mid-flow TCP packet we hold no state for, on a VIP whose table changed: if the previous
     // table gave this slot to another backend, that one may hold the connection.
     if tcp_mid_flow
@@ -139,40 +189,84 @@ pub fn pick(
         && let Some(p) = ring_at(cfg, vip.prev_table, slot)
         && p != backend_id
     {
-        *prev = p;
+        prev = p;
     }
-    if insert {
-        let (generation, flags) = match maps::BACKENDS.get(backend_id) {
-            Some(b) => (b.generation, b.flags),
-            None => return with_hash | u64::from(backend_id),
+    let answer = (u64::from(prev) << 32) | u64::from(backend_id);
+    if !insert {
+        return answer;
+    }
+    let Some(b) = maps::BACKENDS.get(backend_id) else {
+        return answer;
+    };
+    // Not tracked only while a hint really carries the flow: a GUE hint, which must ride on
+    // every packet until the flow ends (an entry would silence it), or this host as the new
+    // owner, which checks its own sockets on every packet. Under IPIP nothing carries it: the
+    // flow is tracked to the new owner, which computes the previous owner itself
+    // (`decap::table_chance`).
+    let hinted = prev != NO_BACKEND && (cfg.encap == ENCAP_GUE || b.flags & BACKEND_F_LOCAL != 0);
+    if !hinted {
+        let value = ConnValue {
+            backend_id,
+            generation: b.generation,
+            _pad: 0,
+            // SAFETY: helper without arguments.
+            last_seen_ns: unsafe { bpf_ktime_get_ns() },
         };
-        // Not tracked only while a hint really carries the flow: a GUE hint, which must ride on
-        // every packet until the flow ends (an entry would silence it), or this host as the new
-        // owner, which checks its own sockets on every packet. Under IPIP nothing carries it:
-        // the flow is tracked to the new owner, which computes the previous owner itself
-        // (`decap::table_chance`).
-        let hinted =
-            *prev != NO_BACKEND && (cfg.encap == ENCAP_GUE || flags & BACKEND_F_LOCAL != 0);
-        if !hinted {
-            if allow_insert(cfg, &mut now) {
-                let value = ConnValue {
-                    backend_id,
-                    generation,
-                    _pad: 0,
-                    last_seen_ns: now,
-                };
-                if maps::CONNS.insert(key, value, 0).is_ok() {
-                    maps::count(counter::CONN_INSERT);
-                }
-            } else {
-                maps::count(counter::CONN_INSERT_LIMITED);
-                // The caller logs it: a log subprogram called from here would push the deepest
-                // call chain (steer -> steer_vip -> pick) past the 512-byte BPF stack.
-                *prev = PREV_INSERT_LIMITED;
-            }
+        if maps::CONNS_NEW.insert(conn_key(ip, ports_flags), value, 0).is_ok() {
+            maps::count(counter::CONN_NEW);
         }
     }
-    with_hash | u64::from(backend_id)
+    answer
+}
+
+/// The entry of `key` in one tier, if it is to be followed: its backend id still carries the
+/// recorded generation and, for UDP, it has not idled out (refreshing its timestamp at most
+/// once per [`REFRESH_NS`]).
+#[inline(always)]
+fn tracked(
+    map: &LruHashMap<ConnKey, ConnValue>,
+    key: &ConnKey,
+    cfg: &DataplaneConfig,
+    udp: bool,
+    now: &mut u64,
+) -> Result<&'static ConnValue, Ignored> {
+    let Some(entry) = map.get_ptr_mut(key) else {
+        return Err(Ignored::Absent);
+    };
+    // SAFETY: LRU map value pointer, valid for this program run.
+    let (backend_id, generation, last_seen_ns) =
+        unsafe { ((*entry).backend_id, (*entry).generation, (*entry).last_seen_ns) };
+    let valid = match maps::BACKENDS.get(backend_id) {
+        Some(b) => b.family != 0 && b.generation == generation,
+        None => false,
+    };
+    let mut fresh = true;
+    if udp {
+        if *now == 0 {
+            // SAFETY: helper without arguments.
+            *now = unsafe { bpf_ktime_get_ns() };
+        }
+        let age = now.wrapping_sub(last_seen_ns);
+        fresh = age < u64::from(cfg.conn_udp_timeout_s) * NS_PER_S;
+        if valid && fresh && age > REFRESH_NS {
+            // SAFETY: as above; a racing writer on another CPU stores the same kind of value,
+            // and either timestamp is good enough.
+            unsafe { (*entry).last_seen_ns = *now };
+        }
+    }
+    if valid && fresh {
+        // SAFETY: as above; no mutable access follows.
+        return Ok(unsafe { &*entry });
+    }
+    Err(Ignored::Stale)
+}
+
+/// Why [`tracked`] gave no entry.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Ignored {
+    Absent,
+    /// Present, but its backend left or (UDP) it idled out: counted `conn_stale`.
+    Stale,
 }
 
 /// Is a TCP packet with these flags part of a flow already under way: anything but a bare SYN

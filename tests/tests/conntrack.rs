@@ -1,6 +1,6 @@
 //! Connection tracking in the kernel program, through BPF_PROG_TEST_RUN: a tracked flow keeps
 //! its backend when the table changes; bare SYNs and RSTs create no state; an entry whose backend
-//! left is ignored; UDP entries age out; the per-CPU insertion limit holds.
+//! left is ignored; UDP entries age out; the per-CPU limit on promotions into the established tier holds.
 
 use std::time::Duration;
 
@@ -35,13 +35,21 @@ fn tracked_tcp_flow_keeps_its_backend_when_the_table_changes() {
         // The handshake's SYN follows the table and leaves no state (SYN-flood resistance).
         assert_eq!(landed(dp, &tcp(40000, TCP_SYN)), A);
         assert_eq!(dp.conn_count(), 0, "a bare SYN must not create an entry");
-        // The first ACK creates the entry.
+        // The first ACK creates the entry, in the new-flow tier.
         let before = dp.stats();
         assert_eq!(landed(dp, &tcp(40000, TCP_ACK)), A);
         let after = dp.stats();
         assert_eq!(delta(&before, &after, c::CONN_MISS), 1);
+        assert_eq!(delta(&before, &after, c::CONN_NEW), 1);
+        assert_eq!(delta(&before, &after, c::CONN_INSERT), 0);
+        assert_eq!((dp.conn_count(), dp.established_count()), (1, 0));
+        // The second moves it to the established tier.
+        let before = dp.stats();
+        assert_eq!(landed(dp, &tcp(40000, TCP_ACK)), A);
+        let after = dp.stats();
+        assert_eq!(delta(&before, &after, c::CONN_HIT), 1);
         assert_eq!(delta(&before, &after, c::CONN_INSERT), 1);
-        assert_eq!(dp.conn_count(), 1);
+        assert_eq!((dp.conn_count(), dp.established_count()), (1, 1));
 
         // The table moves every slot to B: the established flow stays on A, a new flow and a
         // new handshake go to B.
@@ -143,26 +151,33 @@ fn udp_entries_age_out_after_the_configured_idle_time() {
 }
 
 #[test]
-fn insertion_limit_caps_new_entries_per_cpu_per_second() {
-    let test = "insertion_limit_caps_new_entries_per_cpu_per_second";
+fn insertion_limit_caps_promotions_per_cpu_per_second() {
+    let test = "insertion_limit_caps_promotions_per_cpu_per_second";
     with_conntrack(test, 30, 5, |dp| {
         publish(dp, PROTO_UDP, 0, LOCAL);
-        let before = dp.stats();
         // test_run executes on the calling CPU; pin the thread so all runs share one CPU's
         // budget, and send them well within one second.
         pin_to_cpu(0);
+        let before = dp.stats();
+        for port in 0..10 {
+            assert_eq!(landed(dp, &udp(6000 + port)), LOCAL);
+        }
+        let after = dp.stats();
+        // First packets only enter the new-flow tier, which the limit does not cap.
+        assert_eq!(delta(&before, &after, c::CONN_NEW), 10);
+        assert_eq!(delta(&before, &after, c::CONN_INSERT_LIMITED), 0);
         for port in 0..10 {
             assert_eq!(
                 landed(dp, &udp(6000 + port)),
                 LOCAL,
-                "flows still follow the table"
+                "flows still follow their entry"
             );
         }
-        let after = dp.stats();
-        let inserted = delta(&before, &after, c::CONN_INSERT);
-        let limited = delta(&before, &after, c::CONN_INSERT_LIMITED);
-        // The window opens at the first insertion and the ten runs take microseconds.
-        assert_eq!((inserted, limited), (5, 5), "inserted / limited");
-        assert_eq!(dp.conn_count(), 5);
+        let last = dp.stats();
+        let inserted = delta(&after, &last, c::CONN_INSERT);
+        let limited = delta(&after, &last, c::CONN_INSERT_LIMITED);
+        // The window opens at the first promotion and the runs take microseconds.
+        assert_eq!((inserted, limited), (5, 5), "promoted / limited");
+        assert_eq!((dp.conn_count(), dp.established_count()), (10, 5));
     });
 }

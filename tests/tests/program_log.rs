@@ -373,10 +373,14 @@ fn each_logged_anomaly_yields_one_line_with_its_details_and_traffic_none() {
             assert_eq!(b.run(&s), [want], "{}", s.what);
         }
 
-        // One new entry per CPU per second: the first flow is tracked, the second is not (and
-        // still encapsulated).
+        // One promotion into the established tier per CPU per second: the first flow's second
+        // packet is promoted, the second flow's is not (and still encapsulated).
         b.dp.set_config(&config(1));
         b.dp.clear_conns();
+        for port in [50000, 50001] {
+            let new = step("new flow", to_vip(V_OK, port, 8), (XDP_TX, counter::CONN_NEW));
+            assert_eq!(b.run(&new), [], "{}", new.what);
+        }
         let first = step("first flow", to_vip(V_OK, 50000, 8), (XDP_TX, counter::CONN_INSERT));
         assert_eq!(b.run(&first), [], "{}", first.what);
         let limited_outcome = (XDP_TX, counter::CONN_INSERT_LIMITED);
@@ -385,11 +389,12 @@ fn each_logged_anomaly_yields_one_line_with_its_details_and_traffic_none() {
             log::Level::Warn,
             event::CONN_INSERT_LIMITED,
             format!(
-                "connection-tracking insert limit reached, new flows follow the table untracked: limit_per_s=1 cpu={CPU} suppressed=0"
+                "connection-tracking promotion limit reached, new flows stay in the new-flow tier: limit_per_s=1 cpu={CPU} suppressed=0"
             ),
         );
         assert_eq!(b.run(&second), [limited], "conn_insert_limited");
-        assert_eq!(b.dp.conn_count(), 1, "the limited flow is not tracked");
+        assert_eq!(b.dp.established_count(), 1, "the limited flow is not promoted");
+        assert_eq!(b.dp.conn_count(), 2, "the limited flow keeps its new-flow entry");
     });
 }
 

@@ -161,6 +161,11 @@ impl Geometry {
     pub fn ring_entries(&self) -> u32 {
         self.max_vips * TABLES_PER_VIP * self.ring_size
     }
+
+    /// Entries of `CONNS_NEW`, the new-flow tier in front of `CONNS`.
+    pub fn conntrack_new_size(&self) -> u32 {
+        anycast_common::conntrack_new_size(self.conntrack_size)
+    }
 }
 
 /// The loaded object (program loaded into the kernel, not attached) and the map bookkeeping.
@@ -212,6 +217,7 @@ impl Dataplane {
             .map_max_entries(map_names::BACKEND_STATS, geometry.max_backends)
             .map_max_entries(map_names::NEXTHOPS, geometry.max_backends)
             .map_max_entries(map_names::CONNS, geometry.conntrack_size)
+            .map_max_entries(map_names::CONNS_NEW, geometry.conntrack_new_size())
             .load(object)
             .map_err(DataplaneError::Load)?;
         let mut dp = Self {

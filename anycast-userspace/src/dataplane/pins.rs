@@ -183,6 +183,7 @@ pub fn object_layouts(
         (map_names::BACKEND_STATS, geometry.max_backends),
         (map_names::NEXTHOPS, geometry.max_backends),
         (map_names::CONNS, geometry.conntrack_size),
+        (map_names::CONNS_NEW, geometry.conntrack_new_size()),
     ];
     Ok(obj
         .maps
@@ -343,7 +344,10 @@ fn plan_from(
     for name in expected.keys() {
         let in_core = core.contains(&name.as_str());
         match matches(name) {
-            Some(Ok(())) if name == map_names::CONNS && !state_reusable => {
+            Some(Ok(()))
+                if (name == map_names::CONNS || name == map_names::CONNS_NEW)
+                    && !state_reusable =>
+            {
                 plan.replaced.push((
                     name.clone(),
                     "the tables and backends it refers to are replaced".into(),
