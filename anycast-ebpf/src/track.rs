@@ -212,7 +212,10 @@ fn from_table(ip: &Ip, cfg: &DataplaneConfig, vip: &VipValue, ports_flags: u64, 
             // SAFETY: helper without arguments.
             last_seen_ns: unsafe { bpf_ktime_get_ns() },
         };
-        if maps::CONNS_NEW.insert(conn_key(ip, ports_flags), value, 0).is_ok() {
+        if maps::CONNS_NEW
+            .insert(conn_key(ip, ports_flags), value, 0)
+            .is_ok()
+        {
             maps::count(counter::CONN_NEW);
         }
     }
@@ -234,8 +237,13 @@ fn tracked(
         return Err(Ignored::Absent);
     };
     // SAFETY: LRU map value pointer, valid for this program run.
-    let (backend_id, generation, last_seen_ns) =
-        unsafe { ((*entry).backend_id, (*entry).generation, (*entry).last_seen_ns) };
+    let (backend_id, generation, last_seen_ns) = unsafe {
+        (
+            (*entry).backend_id,
+            (*entry).generation,
+            (*entry).last_seen_ns,
+        )
+    };
     let valid = match maps::BACKENDS.get(backend_id) {
         Some(b) => b.family != 0 && b.generation == generation,
         None => false,
