@@ -8,7 +8,8 @@ use anycast_tests::fixture::Dataplane;
 /// The maps whose size follows each capacity.
 const PER_VIP: [&str; 3] = [m::RINGS, m::VIPS, m::VIP_STATS];
 const PER_BACKEND: [&str; 3] = [m::BACKENDS, m::BACKEND_STATS, m::NEXTHOPS];
-const PER_FLOW: [&str; 1] = [m::CONNS];
+/// Per unit of `conntrack_size`: `CONNS`, and the new-flow tier sized as a quarter of it.
+const PER_FLOW: [&str; 2] = [m::CONNS, m::CONNS_NEW];
 
 fn memory(field: &str, value: u32, maps: &[&str]) -> u64 {
     let config = super::xdp::config_with(field, value);
@@ -39,6 +40,8 @@ pub fn run() {
     }
     println!(
         "\n(per-CPU maps count once per possible CPU: {} here)\n",
-        std::thread::available_parallelism().map_or(0, usize::from)
+        // Possible CPUs, as the kernel sizes per-CPU maps (not this thread's affinity: the
+        // XDP section pins the bench to one CPU).
+        aya::util::nr_cpus().map_or(0, |n| n)
     );
 }

@@ -12,9 +12,13 @@
 //!   That figure includes the kernel's per-call timing overhead (clock reads and per-run setup
 //!   inside the timed region); the tool measures it on the pass path (loop of repeat=1 minus
 //!   repeat=N) and subtracts it from the loop rows.
-//! - "new flow" sends every run a TCP ACK of another flow (source address and port), so each
-//!   one misses connection tracking and inserts; the others repeat one flow, tracked after its
-//!   first packet.
+//! - "new flow" sends every run a TCP ACK (or UDP datagram) of another flow (source address and
+//!   port), with connection tracking emptied before each sample, so each one misses and inserts
+//!   into `CONNS_NEW`. "flood" does the same once `CONNS_NEW` is full (FLOOD_PREFILL other flows
+//!   sent first, untimed): every insert evicts, the steady state of a random-tuple flood.
+//!   "second packet" sends each of the new flows' second packet (their first sent untimed): a
+//!   hit in `CONNS_NEW` and the promotion into `CONNS`. The others repeat one flow, tracked
+//!   after its first packet. The bench thread stays on one CPU, whose LRU share those rows fill.
 //! - Every path is checked to take the intended action, and for the cached rows not to call the
 //!   FIB (the `fib_lookup` counter), before it is timed.
 //! - Figures: min and median of `RUNS` rounds.
@@ -30,13 +34,16 @@ use std::time::Duration;
 use anycast::config::{Config, Encapsulation, VipBuilder};
 use anycast_common::{NextHop, counter};
 use anycast_tests::fixture::{
-    Dataplane, XDP_PASS, XDP_TX, action_name, fixture_netns, ifindex, net,
+    Dataplane, XDP_PASS, XDP_TX, action_name, fixture_netns, ifindex, net, pin_to_cpu,
 };
 use anycast_tests::packet::{self as p, V4, V6};
 
 const RUNS: usize = 7;
 const REPEAT: u32 = 1_000_000;
 const LOOP: u32 = 100_000;
+/// Flows sent before the flood row: more than one CPU's share of `CONNS_NEW` (a quarter of
+/// `conntrack_size`, split between the CPUs), so that every timed insert evicts.
+const FLOOD_PREFILL: u32 = 300_000;
 
 /// The fixture namespace's edge (acf0, 198.18.0.1 / fd00:18::1) with one VIP per path: IPv4 and
 /// IPv6 VIPs on IPv4 and IPv6 remote backends, and a VIP whose backend is this host.
@@ -51,7 +58,10 @@ pub fn config_with(field: &str, value: u32) -> Config {
     net::edge_config()
         .agent("hash_seed", 1)
         .agent("max_backends", 16)
-        .agent("conntrack_size", 262_144)
+        // Large enough that one CPU's share of CONNS_NEW (a quarter, split between the CPUs)
+        // holds all LOOP flows of the "new flow" and "second packet" rows: they measure the
+        // insert and the promotion, not an eviction (the "flood" row measures that).
+        .agent("conntrack_size", 1_048_576)
         .agent("decap_allow", vec!["198.18.5.0/24", "fd00:5::/64"])
         .agent(field, value)
         .vips([
@@ -60,6 +70,7 @@ pub fn config_with(field: &str, value: u32) -> Config {
             vip("2001:db8::11", "198.19.1.11"),
             vip("203.0.113.11", "fd00:1::11"),
             vip("203.0.113.12", "198.18.0.1"),
+            VipBuilder::new("203.0.113.13", 53, "udp").backend("198.19.1.10", 1),
         ])
         .build()
 }
@@ -81,6 +92,10 @@ struct Path {
     method: Method,
     /// Encapsulates: timed with the cache and with the FIB.
     routed: bool,
+    /// `None`: connection tracking keeps what earlier runs left (the path's one flow is tracked
+    /// after its first packet). `Some(frames)`: before each sample, tracking is emptied and
+    /// these frames are sent, untimed.
+    conns: Option<Vec<Vec<u8>>>,
 }
 
 const BODY: [u8; 64] = [0x5a; 64];
@@ -107,16 +122,21 @@ fn tcp6(dst: &str) -> Vec<u8> {
     )
 }
 
-/// `LOOP` ACKs of distinct flows to `dst` (source 198.18.128.0/17 x ports).
-fn new_flows4(dst: &str) -> Vec<Vec<u8>> {
+/// `n` TCP ACKs (port 80) or UDP datagrams (port 53) of distinct flows to `dst` (source
+/// 198.18.`base`.0 and up, x 256 ports): what a random-tuple flood sends.
+fn new_flows4(dst: &str, udp: bool, base: u8, n: u32) -> Vec<Vec<u8>> {
     let dst: Ipv4Addr = dst.parse().expect("v4");
-    (0..LOOP)
+    (0..n)
         .map(|i| {
-            let src = Ipv4Addr::new(198, 18, 128 | (i >> 16) as u8, (i >> 8) as u8);
-            p::frame(
-                None,
-                &V4::new(src, dst).tcp(1024 + (i & 0xff) as u16, 80, &BODY),
-            )
+            let src = Ipv4Addr::new(198, 18, base | (i >> 16) as u8, (i >> 8) as u8);
+            let ip = V4::new(src, dst);
+            let sport = 1024 + (i & 0xff) as u16;
+            let packet = if udp {
+                ip.udp(sport, 53, &BODY)
+            } else {
+                ip.tcp(sport, 80, &BODY)
+            };
+            p::frame(None, &packet)
         })
         .collect()
 }
@@ -142,6 +162,7 @@ fn paths() -> Vec<Path> {
         action,
         method,
         routed,
+        conns: None,
     };
     let mut v = vec![
         path(
@@ -186,14 +207,34 @@ fn paths() -> Vec<Path> {
             ));
         }
     }
-    v.push(path(
-        "IPIP 4in4, new flow (ACK: insert)",
-        Ipip,
-        new_flows4("203.0.113.10"),
-        XDP_TX,
-        Loop,
-        true,
-    ));
+    let flows = |dst, udp| new_flows4(dst, udp, 128, LOOP);
+    for (name, frames, prefill) in [
+        (
+            "IPIP 4in4, new flow (ACK: miss, CONNS_NEW insert)",
+            flows("203.0.113.10", false),
+            vec![],
+        ),
+        (
+            "IPIP 4in4, new flow (UDP: miss, CONNS_NEW insert)",
+            flows("203.0.113.13", true),
+            vec![],
+        ),
+        (
+            "IPIP 4in4, flood (ACK, CONNS_NEW full: the insert evicts)",
+            flows("203.0.113.10", false),
+            new_flows4("203.0.113.10", false, 64, FLOOD_PREFILL),
+        ),
+        (
+            "IPIP 4in4, flow's second packet (ACK: promotion)",
+            flows("203.0.113.10", false),
+            flows("203.0.113.10", false),
+        ),
+    ] {
+        v.push(Path {
+            conns: Some(prefill),
+            ..path(name, Ipip, frames, XDP_TX, Loop, true)
+        });
+    }
     v.push(path(
         "decap IPIP (4in4)",
         Ipip,
@@ -214,7 +255,13 @@ fn paths() -> Vec<Path> {
 }
 
 /// One timed sample of `path`: ns per packet as the kernel measured it.
-fn sample(dp: &Dataplane, path: &Path, ingress: Option<u32>) -> f64 {
+fn sample(dp: &mut Dataplane, path: &Path, ingress: Option<u32>) -> f64 {
+    if let Some(prefill) = &path.conns {
+        dp.clear_conns();
+        for f in prefill {
+            dp.run(f, ingress).expect("test_run");
+        }
+    }
     match path.method {
         Method::Repeat => {
             let r = dp
@@ -306,6 +353,9 @@ pub fn run(baseline: Option<&[u8]>) {
     let ns = fixture_netns();
     let paths = paths();
     let rows = ns.enter(|| {
+        // Test runs execute on the calling CPU, and each CPU has its own share of the LRU
+        // maps: one CPU for every row, so the prefill fills the share the timed runs use.
+        pin_to_cpu(0);
         let ingress = Some(ifindex(net::DEV));
         let mut rows = Vec::new();
         for path in &paths {
@@ -316,10 +366,10 @@ pub fn run(baseline: Option<&[u8]>) {
             let mut samples = [Vec::new(), Vec::new(), Vec::new()];
             for _ in 0..RUNS {
                 set_cache(&mut dp, &cached, false);
-                samples[0].push(sample(&dp, path, ingress));
+                samples[0].push(sample(&mut dp, path, ingress));
                 if path.routed {
                     set_cache(&mut dp, &cached, true);
-                    samples[1].push(sample(&dp, path, ingress));
+                    samples[1].push(sample(&mut dp, path, ingress));
                 }
                 if let Some((b, c)) = &mut base {
                     set_cache(b, c, path.routed);

@@ -37,11 +37,13 @@ pub fn predict(agents: &[Client; 2], local: SocketAddr, target: SocketAddr) -> P
     }
 }
 
-/// The edges' connection-tracking maps (`CONNS`, pinned by their agents), opened read-only: an
-/// edge's XDP program records a TCP flow there when the first packet after the SYN passes it,
-/// with `bpf_ktime_get_ns` (CLOCK_MONOTONIC) as the time.
+/// The edges' connection-tracking maps (both tiers, `CONNS_NEW` and `CONNS`, pinned by their
+/// agents), opened read-only: an edge's XDP program records a TCP flow in `CONNS_NEW` when the
+/// first packet after the SYN passes it, with `bpf_ktime_get_ns` (CLOCK_MONOTONIC) as the time,
+/// and copies the entry into `CONNS` on the next.
 pub struct Tracker {
-    maps: Vec<BpfHashMap<MapData, ConnKey, ConnValue>>,
+    /// Per edge, its tiers.
+    maps: Vec<Vec<BpfHashMap<MapData, ConnKey, ConnValue>>>,
 }
 
 impl Tracker {
@@ -50,15 +52,19 @@ impl Tracker {
         for edge in EDGES {
             let config = anycast::config::Config::load(&bgp.lab.agent_config_path(edge))
                 .map_err(|e| format!("{edge}'s agent config: {e}"))?;
-            let path = anycast::dataplane::pins::PinLayout::new(&config.agent.pin_path)
-                .map(map_names::CONNS);
-            let map = MapData::from_pin(&path)
-                .and_then(Map::from_map_data)
-                .map_err(|e| format!("opening {}: {e}", path.display()))?;
-            maps.push(
-                BpfHashMap::try_from(map)
-                    .map_err(|e| format!("{}: not the CONNS map: {e}", path.display()))?,
-            );
+            let layout = anycast::dataplane::pins::PinLayout::new(&config.agent.pin_path);
+            let mut tiers = Vec::new();
+            for name in [map_names::CONNS_NEW, map_names::CONNS] {
+                let path = layout.map(name);
+                let map = MapData::from_pin(&path)
+                    .and_then(Map::from_map_data)
+                    .map_err(|e| format!("opening {}: {e}", path.display()))?;
+                tiers.push(
+                    BpfHashMap::try_from(map)
+                        .map_err(|e| format!("{}: not a {name} map: {e}", path.display()))?,
+                );
+            }
+            maps.push(tiers);
         }
         Ok(Tracker { maps })
     }
@@ -79,7 +85,11 @@ impl Tracker {
         let seen: Vec<bool> = self
             .maps
             .iter()
-            .map(|m| m.get(&key, 0).is_ok_and(|v| v.last_seen_ns >= since_ns))
+            .map(|tiers| {
+                tiers
+                    .iter()
+                    .any(|m| m.get(&key, 0).is_ok_and(|v| v.last_seen_ns >= since_ns))
+            })
             .collect();
         match seen[..] {
             [true, true] => Via::Both,
