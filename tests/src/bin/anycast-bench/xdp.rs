@@ -53,6 +53,17 @@ pub fn config() -> Config {
 
 /// [`config`] with one `[agent]` field set to `value`.
 pub fn config_with(field: &str, value: u32) -> Config {
+    config_moved(field, value, SECOND_CHANCE_BACKEND)
+}
+
+/// The VIP of the second-chance row: its backend is this host, and was a remote one in the
+/// previous table ([`config_moved`]).
+const SECOND_CHANCE_VIP: &str = "203.0.113.14";
+const SECOND_CHANCE_BACKEND: &str = "198.18.0.1";
+const SECOND_CHANCE_PREVIOUS: &str = "198.19.1.10";
+
+/// [`config_with`], with [`SECOND_CHANCE_VIP`]'s backend at `second_chance_backend`.
+fn config_moved(field: &str, value: u32, second_chance_backend: &str) -> Config {
     let vip =
         |address: &str, backend: &str| VipBuilder::new(address, 80, "tcp").backend(backend, 1);
     net::edge_config()
@@ -71,6 +82,7 @@ pub fn config_with(field: &str, value: u32) -> Config {
             vip("203.0.113.11", "fd00:1::11"),
             vip("203.0.113.12", "198.18.0.1"),
             VipBuilder::new("203.0.113.13", 53, "udp").backend("198.19.1.10", 1),
+            vip(SECOND_CHANCE_VIP, second_chance_backend),
         ])
         .build()
 }
@@ -96,6 +108,9 @@ struct Path {
     /// after its first packet). `Some(frames)`: before each sample, tracking is emptied and
     /// these frames are sent, untimed.
     conns: Option<Vec<Vec<u8>>>,
+    /// Published before the bench's config, so that the VIPs it changes keep this one's tables
+    /// as their previous ones (second chance).
+    before: Option<Config>,
 }
 
 const BODY: [u8; 64] = [0x5a; 64];
@@ -163,6 +178,7 @@ fn paths() -> Vec<Path> {
         method,
         routed,
         conns: None,
+        before: None,
     };
     let mut v = vec![
         path(
@@ -235,6 +251,23 @@ fn paths() -> Vec<Path> {
             ..path(name, Ipip, frames, XDP_TX, Loop, true)
         });
     }
+    // A tunnelled ACK of a flow this host (the VIP's new owner) holds no socket for: sent on to
+    // the previous table's owner, which IPIP cannot name, so the host computes it.
+    let moved = V4::new(client4(), SECOND_CHANCE_VIP.parse().expect("v4")).tcp(40000, 80, &BODY);
+    v.push(Path {
+        before: Some(config_moved("ring_size", 65537, SECOND_CHANCE_PREVIOUS)),
+        ..path(
+            "decap IPIP + second chance (4in4, previous owner from the tables)",
+            Ipip,
+            vec![p::frame(
+                None,
+                &p::ipip_v4(tunnel_src, net::EDGE_V4, &moved),
+            )],
+            XDP_TX,
+            Loop,
+            true,
+        )
+    });
     v.push(path(
         "decap IPIP (4in4)",
         Ipip,
@@ -307,6 +340,11 @@ fn prepare(
     ingress: Option<u32>,
 ) -> (Dataplane, Vec<(u32, NextHop)>) {
     let mut dp = Dataplane::from_config_object(config, object);
+    if let Some(before) = &path.before {
+        let mut before = before.clone();
+        before.agent.encapsulation = config.agent.encapsulation;
+        dp.apply(&before, local);
+    }
     dp.apply(config, local);
     let resolved = dp.cache_nexthops();
     let cached: Vec<(u32, NextHop)> = resolved
