@@ -74,13 +74,14 @@ pub fn steer_vip(ctx: &XdpContext, ip: &Ip, cfg: &DataplaneConfig) -> Verdict {
         0
     };
     let mut prev = NO_BACKEND;
-    let (backend_id, hash) = track::split(track::pick(
+    let picked = track::pick(
         ip,
         cfg,
         &vip,
-        u64::from(ports) | u64::from(tcp_flags) << 32,
+        u64::from(ports) | u64::from(tcp_flags) << 32 | track::LAZY_HASH,
         &mut prev,
-    ));
+    );
+    let (backend_id, _) = track::split(picked);
     if backend_id == NO_BACKEND {
         return Verdict::drop(counter::NO_BACKEND);
     }
@@ -109,12 +110,14 @@ pub fn steer_vip(ctx: &XdpContext, ip: &Ip, cfg: &DataplaneConfig) -> Verdict {
             && h.flags & BACKEND_F_LOCAL == 0
             && !chance::has_socket(ctx, ip, ports)
         {
+            let hash = track::tunnel_hash(picked, cfg, ip, ports, h);
             sc.request(h, None, hash, prev, counter::SECOND_CHANCE, frame_len);
             return Verdict::encapsulate(false);
         }
         maps::count_traffic(&maps::BACKEND_STATS, backend_id, frame_len);
         return Verdict::pass(counter::LOCAL);
     }
+    let hash = track::tunnel_hash(picked, cfg, ip, ports, backend);
     sc.request(backend, hint, hash, backend_id, counter::ENCAP, frame_len);
     Verdict::encapsulate(false)
 }

@@ -48,11 +48,45 @@ pub const PREV_INSERT_LIMITED: u32 = NO_BACKEND - 1;
 /// it (ICMP errors, `crate::icmp`), which must not let anyone who can send one fill the table.
 pub const LOOKUP_ONLY: u64 = 1 << 40;
 
-/// Result of [`pick`]: the backend id in the low 32 bits, the flow hash in the high 32.
-/// `NO_BACKEND` as the id: the VIP has no backend for this flow.
+/// In [`pick`]'s `ports_flags`: the caller computes the flow hash itself if it needs it
+/// ([`tunnel_hash`]), so a tracked hit skips it. Only the encapsulation uses the hash (GUE source
+/// port, IPv6 flow label), and an IPIP tunnel over IPv4 uses neither.
+pub const LAZY_HASH: u64 = 1 << 41;
+
+/// In [`pick`]'s result (low word, above every backend id: `agent.max_backends` is at most
+/// 2^20): the hash half was not computed ([`LAZY_HASH`] and a tracked hit).
+const HASH_PENDING: u32 = 1 << 31;
+
+/// Result of [`pick`]: the backend id in the low 32 bits, the flow hash in the high 32 (0 when
+/// [`LAZY_HASH`] let a tracked hit skip it: see [`tunnel_hash`]). `NO_BACKEND` as the id: the
+/// VIP has no backend for this flow.
 #[inline(always)]
 pub const fn split(r: u64) -> (u32, u32) {
-    (r as u32, (r >> 32) as u32)
+    let id = r as u32;
+    let id = if id == NO_BACKEND {
+        id
+    } else {
+        id & !HASH_PENDING
+    };
+    (id, (r >> 32) as u32)
+}
+
+/// The flow hash for a tunnel to `dst`, from [`pick`]'s result `r`: computed now if `pick` left
+/// it pending and the tunnel uses it (GUE, or an IPv6 outer header), else 0 when unused.
+#[inline(always)]
+pub fn tunnel_hash(
+    r: u64,
+    cfg: &DataplaneConfig,
+    ip: &Ip,
+    ports: u32,
+    dst: &anycast_common::Backend,
+) -> u32 {
+    let pending = r as u32 != NO_BACKEND && r as u32 & HASH_PENDING != 0;
+    if pending && (cfg.encap == ENCAP_GUE || dst.family != FAMILY_V4) {
+        flow_hash(cfg, ip, ports)
+    } else {
+        (r >> 32) as u32
+    }
 }
 
 /// Chooses the backend of a VIP packet: the tracked one if the flow is known, else the live
@@ -77,8 +111,19 @@ pub fn pick(
     prev: &mut u32,
 ) -> u64 {
     *prev = NO_BACKEND;
+    let lazy = ports_flags & LAZY_HASH != 0;
+    if lazy {
+        let id = lookup(ip, cfg, ports_flags, prev);
+        if id != NO_BACKEND {
+            return u64::from(id | HASH_PENDING);
+        }
+    }
     let hash = flow_hash(cfg, ip, ports_flags as u32);
-    let mut id = lookup(ip, cfg, ports_flags, prev);
+    let mut id = if lazy {
+        NO_BACKEND
+    } else {
+        lookup(ip, cfg, ports_flags, prev)
+    };
     if id == NO_BACKEND {
         // Five arguments at most for a BPF call: the previous owner comes back in the high half.
         let (backend, previous) = split(from_table(ip, cfg, vip, ports_flags, hash));

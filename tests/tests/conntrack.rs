@@ -181,3 +181,28 @@ fn insertion_limit_caps_promotions_per_cpu_per_second() {
         assert_eq!((dp.conn_count(), dp.established_count()), (10, 5));
     });
 }
+
+#[test]
+fn a_tracked_hit_encapsulates_byte_for_byte_as_the_first_packet() {
+    // A tracked hit skips the flow hash unless the tunnel uses it (GUE source port, IPv6 flow
+    // label): under GUE it is computed then, and must be the table path's.
+    let test = "a_tracked_hit_encapsulates_byte_for_byte_as_the_first_packet";
+    with_program(test, SIZES, |dp| {
+        for encap in [ENCAP_IPIP, anycast_common::ENCAP_GUE] {
+            setup(dp, &config(encap, 30, 0));
+            dp.clear_conns();
+            publish(dp, PROTO_TCP, 0, A);
+            let frame = tcp(43000, TCP_ACK);
+            let outputs: Vec<Vec<u8>> = (0..3)
+                .map(|_| dp.run(&frame, None).expect("test_run").output)
+                .collect();
+            assert_eq!(
+                dp.established_count(),
+                1,
+                "miss, young hit, established hit"
+            );
+            assert_eq!(outputs[1], outputs[0], "encap {encap}: young hit");
+            assert_eq!(outputs[2], outputs[0], "encap {encap}: established hit");
+        }
+    });
+}
