@@ -32,7 +32,11 @@ struct Flow {
 
 impl Flow {
     fn nth(i: u32) -> Self {
-        let proto = if i.is_multiple_of(2) { PROTO_TCP } else { PROTO_UDP };
+        let proto = if i.is_multiple_of(2) {
+            PROTO_TCP
+        } else {
+            PROTO_UDP
+        };
         // 198.18.0.0/15 less the fixture's own addresses: 198.19.x.y.
         let client = Ipv4Addr::new(198, 19, (i >> 8) as u8, i as u8);
         Self {
@@ -132,7 +136,11 @@ fn a_random_tuple_flood_leaves_established_flows_tracked_and_on_their_backend() 
         for cpu in 0..cpus {
             pin_to_cpu(cpu);
             for i in 0..(2 * FLOOD as usize) / cpus {
-                let proto = if i.is_multiple_of(2) { PROTO_TCP } else { PROTO_UDP };
+                let proto = if i.is_multiple_of(2) {
+                    PROTO_TCP
+                } else {
+                    PROTO_UDP
+                };
                 let r = dp
                     .run(&flood_frame(&mut rng, proto), None)
                     .expect("test_run");
