@@ -199,7 +199,7 @@ fn lookup(ip: &Ip, cfg: &DataplaneConfig, ports_flags: u64, prev: &mut u32) -> u
     // inserted from where it lies (a map value is a valid value argument), not copied.
     if insert {
         if allow_insert(cfg, &mut now) {
-            if maps::CONNS.insert(&key, e, 0).is_ok() {
+            if maps::CONNS.insert(key, e, 0).is_ok() {
                 maps::count(counter::CONN_INSERT);
             }
         } else {

@@ -2,8 +2,9 @@
 //! the next-hop cache and with the FIB), map memory, Maglev table builds, table writes and the
 //! control plane's latency. Run with `cargo xtask bench` (release mode, root). Prints Markdown.
 //!
-//! `anycast-bench SECTION` runs one section: `xdp [--baseline OBJECT]` (with `memory`),
-//! `maglev`, `control`; no argument runs them all.
+//! `anycast-bench SECTION` runs one section: `xdp [--baseline OBJECT]` (with `live` and
+//! `memory`), `live` (packets/s in live-frames mode), `maglev`, `control`; no argument runs them
+//! all.
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::Instant;
@@ -12,6 +13,7 @@ use anycast::config::Config;
 use anycast::plan::maglev::{self, MaglevBackend};
 
 mod control_plane;
+mod live;
 mod memory;
 mod xdp;
 
@@ -46,12 +48,17 @@ fn main() {
                 None => None,
             };
             xdp::run(baseline.as_deref());
+            live::run();
             memory::run();
         }
+        Some("live") => live::run(),
         Some("control") => control_plane::run(),
-        Some(other) => panic!("anycast-bench: unknown section {other} (xdp, maglev, control)"),
+        Some(other) => {
+            panic!("anycast-bench: unknown section {other} (xdp, live, maglev, control)")
+        }
         None => {
             xdp::run(None);
+            live::run();
             memory::run();
             maglev_build();
             table_io(&xdp::config());

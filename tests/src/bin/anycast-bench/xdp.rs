@@ -95,19 +95,19 @@ enum Method {
     Loop,
 }
 
-struct Path {
-    name: String,
-    encap: Encapsulation,
+pub(super) struct Path {
+    pub(super) name: String,
+    pub(super) encap: Encapsulation,
     /// Cycled through, one per run.
-    frames: Vec<Vec<u8>>,
-    action: u32,
+    pub(super) frames: Vec<Vec<u8>>,
+    pub(super) action: u32,
     method: Method,
     /// Encapsulates: timed with the cache and with the FIB.
-    routed: bool,
+    pub(super) routed: bool,
     /// `None`: connection tracking keeps what earlier runs left (the path's one flow is tracked
     /// after its first packet). `Some(frames)`: before each sample, tracking is emptied and
     /// these frames are sent, untimed.
-    conns: Option<Vec<Vec<u8>>>,
+    pub(super) conns: Option<Vec<Vec<u8>>>,
     /// Published before the bench's config, so that the VIPs it changes keep this one's tables
     /// as their previous ones (second chance).
     before: Option<Config>,
@@ -156,7 +156,7 @@ fn new_flows4(dst: &str, udp: bool, base: u8, n: u32) -> Vec<Vec<u8>> {
         .collect()
 }
 
-fn paths() -> Vec<Path> {
+pub(super) fn paths() -> Vec<Path> {
     let inner = V4::new(client4(), "203.0.113.10".parse().expect("v4")).tcp(40000, 80, &BODY);
     let tunnel_src = Ipv4Addr::new(198, 18, 5, 1);
     let decap_ipip = p::frame(None, &p::ipip_v4(tunnel_src, net::EDGE_V4, &inner));
@@ -314,7 +314,7 @@ fn sample(dp: &mut Dataplane, path: &Path, ingress: Option<u32>) -> f64 {
 }
 
 /// (min, median).
-fn stats(mut v: Vec<f64>) -> (f64, f64) {
+pub(super) fn stats(mut v: Vec<f64>) -> (f64, f64) {
     v.sort_by(f64::total_cmp);
     (v[0], v[v.len() / 2])
 }
@@ -332,7 +332,7 @@ struct Row {
 
 /// Loads `object`, publishes `config`, fills the next-hop cache, and checks `path`'s action
 /// with the cache off and (for encapsulating paths) on.
-fn prepare(
+pub(super) fn prepare(
     object: &[u8],
     config: &Config,
     local: &BTreeSet<IpAddr>,
@@ -379,7 +379,7 @@ fn prepare(
     (dp, cached)
 }
 
-fn set_cache(dp: &mut Dataplane, cached: &[(u32, NextHop)], on: bool) {
+pub(super) fn set_cache(dp: &mut Dataplane, cached: &[(u32, NextHop)], on: bool) {
     for (id, nh) in cached {
         dp.set_nexthop(*id, if on { *nh } else { NextHop::default() });
     }
