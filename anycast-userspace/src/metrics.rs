@@ -346,7 +346,7 @@ mod tests {
                 let word = &q[start..i];
                 // Inside a string literal (a label value) a word is not a metric.
                 let quotes = q[..start].matches('"').count();
-                if word.starts_with("anycast_") && quotes % 2 == 0 {
+                if word.starts_with("anycast_") && quotes.is_multiple_of(2) {
                     out.push(word.to_owned());
                 }
             } else {
