@@ -107,7 +107,7 @@ fn a_killed_agent_restarts_without_route_churn_and_a_real_withdrawal_still_withd
             )
         });
         std::thread::sleep(Duration::from_millis(500));
-        let restart = (|| {
+        let restart = {
             bgp.kill_edge(EDGE1).expect("killing edge1's agent");
             let killed = Instant::now();
             // Longer than the BFD detection time (3 s) and a keepalive interval (3 s): the
@@ -124,7 +124,7 @@ fn a_killed_agent_restarts_without_route_churn_and_a_real_withdrawal_still_withd
             let started = Instant::now();
             all_announced(&bgp, EDGE1, Duration::from_secs(10));
             (down_for, started.elapsed())
-        })();
+        };
         std::thread::sleep(Duration::from_millis(1500));
         stop.store(true, Ordering::Relaxed);
         let samples = watch.join().expect("watcher").expect("watching the route");
