@@ -260,7 +260,7 @@ mod tests {
 
     fn managed(dir: &Path) -> ManagedBird {
         let text = format!(
-            "local_as = 65001\nrouter_id = \"198.18.2.2\"\nneighbors = [{{ address = \"198.18.2.1\", as = 65000 }}]\nrun_dir = {:?}\nbird_binary = \"/bin/sleep\"",
+            "local_as = 65001\nrouter_id = \"198.18.2.2\"\nneighbors = [{{ address = \"198.18.2.1\", as = 65000 }}]\nrun_dir = {:?}\nbird_binary = \"/bin/sh\"",
             dir.display().to_string()
         );
         let raw: crate::config::bgp::RawBgp = toml::from_str(&text).unwrap();
@@ -304,18 +304,20 @@ mod tests {
         // not answering on the socket: replaced.
         let conf = dir.join("bird.conf");
         let sock = dir.join("bird.ctl");
+        // `sh -c 'read x' -c CONF -s SOCK`: a shell that waits on its stdin, with this run
+        // directory's flags on its command line.
         let mut child = std::process::Command::new("/bin/sh")
-            .args(["-c", "exec /bin/sleep 30 \"$@\"", "sh"])
+            .args(["-c", "read x"])
             .arg("-c")
             .arg(&conf)
             .arg("-s")
             .arg(&sock)
+            .stdin(std::process::Stdio::piped())
             .spawn()
             .unwrap();
         std::fs::write(pid_file(&m), format!("{}\n", child.id())).unwrap();
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
         let found = loop {
-            // Until the shell has exec'd sleep with its arguments.
             let f = find_running(&m);
             if !matches!(f, Found::Nothing(_)) || std::time::Instant::now() > deadline {
                 break f;
