@@ -76,25 +76,110 @@ pub async fn serve(listener: UnixListener, calls: mpsc::Sender<Call>) {
     }
 }
 
+/// The longest request line the agent reads; a longer one is answered with an error and skipped.
+pub const MAX_LINE: usize = 64 * 1024;
+
 /// Parses one request line (errors are answered, not fatal to the connection).
 pub fn parse_request(line: &str) -> Result<Request, Response> {
-    serde_json::from_str(line).map_err(|e| Response::Error {
+    Request::from_json(line).map_err(|e| bad_request(&e))
+}
+
+fn bad_request(problem: &str) -> Response {
+    Response::Error {
         error: format!(
-            "bad request: {e} (expected one JSON object per line, e.g. {{\"request\":\"status\"}})"
+            "bad request: {problem} (expected one JSON object per line, e.g. {{\"request\":\"status\"}})"
         ),
-    })
+    }
+}
+
+/// One line read from a connection, at most [`MAX_LINE`] bytes of it kept.
+#[derive(Debug, PartialEq, Eq)]
+enum Line {
+    /// A whole line (without its newline), or the last bytes before end of stream.
+    Whole(Vec<u8>),
+    /// Longer than [`MAX_LINE`]: read through to its newline and dropped.
+    TooLong,
+    Eof,
+}
+
+/// Reads up to the next newline, keeping at most `max` bytes: a client cannot make the agent
+/// hold more than that, and the connection stays in step (the next line starts after the newline).
+async fn read_line<R: tokio::io::AsyncBufRead + Unpin>(
+    r: &mut R,
+    max: usize,
+) -> std::io::Result<Line> {
+    let mut buf = Vec::new();
+    let mut too_long = false;
+    let mut any = false;
+    loop {
+        let chunk = r.fill_buf().await?;
+        if chunk.is_empty() {
+            return Ok(match (any, too_long) {
+                (false, _) => Line::Eof,
+                (true, true) => Line::TooLong,
+                (true, false) => Line::Whole(buf),
+            });
+        }
+        any = true;
+        let (take, done) = match chunk.iter().position(|&b| b == b'\n') {
+            Some(i) => (i, true),
+            None => (chunk.len(), false),
+        };
+        if !too_long {
+            if buf.len() + take > max {
+                too_long = true;
+                buf = Vec::new();
+            } else {
+                buf.extend_from_slice(&chunk[..take]);
+            }
+        }
+        r.consume(if done { take + 1 } else { take });
+        if done {
+            return Ok(if too_long {
+                Line::TooLong
+            } else {
+                Line::Whole(buf)
+            });
+        }
+    }
+}
+
+/// The answer to one line as read, without asking the agent: `Err` is a request for it.
+fn screen(line: &Line) -> Option<Result<Request, Response>> {
+    match line {
+        Line::Eof => None,
+        Line::TooLong => Some(Err(bad_request(&format!(
+            "the line is longer than {MAX_LINE} bytes"
+        )))),
+        Line::Whole(bytes) => match std::str::from_utf8(bytes) {
+            Err(e) => Some(Err(bad_request(&format!(
+                "the line is not UTF-8 (invalid byte 0x{:02x} at offset {})",
+                bytes[e.valid_up_to()],
+                e.valid_up_to()
+            )))),
+            Ok(text) => Some(parse_request(text)),
+        },
+    }
 }
 
 async fn connection(stream: UnixStream, calls: mpsc::Sender<Call>) {
     let (read, mut write) = stream.into_split();
-    let mut lines = tokio::io::BufReader::new(read).lines();
-    while let Ok(Some(line)) = lines.next_line().await {
-        if line.trim().is_empty() {
+    let mut read = tokio::io::BufReader::new(read);
+    loop {
+        let line = match read_line(&mut read, MAX_LINE).await {
+            Ok(line) => line,
+            Err(e) => {
+                debug!(error = %e, "control connection read failed");
+                return;
+            }
+        };
+        if matches!(&line, Line::Whole(b) if b.iter().all(u8::is_ascii_whitespace)) {
             continue;
         }
-        let response = match parse_request(&line) {
-            Err(r) => r,
-            Ok(req) => {
+        let response = match screen(&line) {
+            None => return,
+            Some(Err(r)) => r,
+            Some(Ok(req)) => {
                 debug!(?req, "control request");
                 let (tx, rx) = oneshot::channel();
                 if calls.send(Call::Api(req, tx)).await.is_err() {
@@ -216,6 +301,104 @@ impl Client {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn lines_are_cut_at_the_limit_and_the_stream_stays_in_step() {
+        let input = [
+            b"short\n".to_vec(),
+            vec![b'x'; MAX_LINE + 1],
+            b"\nafter\nlast".to_vec(),
+        ]
+        .concat();
+        // A small buffer, so lines span many reads.
+        let mut r = tokio::io::BufReader::with_capacity(7, &input[..]);
+        assert_eq!(
+            read_line(&mut r, MAX_LINE).await.unwrap(),
+            Line::Whole(b"short".to_vec())
+        );
+        assert_eq!(read_line(&mut r, MAX_LINE).await.unwrap(), Line::TooLong);
+        assert_eq!(
+            read_line(&mut r, MAX_LINE).await.unwrap(),
+            Line::Whole(b"after".to_vec())
+        );
+        assert_eq!(
+            read_line(&mut r, MAX_LINE).await.unwrap(),
+            Line::Whole(b"last".to_vec())
+        );
+        assert_eq!(read_line(&mut r, MAX_LINE).await.unwrap(), Line::Eof);
+        let exact = [vec![b'y'; MAX_LINE], b"\n".to_vec()].concat();
+        let mut r = tokio::io::BufReader::new(&exact[..]);
+        assert!(
+            matches!(read_line(&mut r, MAX_LINE).await.unwrap(), Line::Whole(b) if b.len() == MAX_LINE)
+        );
+    }
+
+    #[tokio::test]
+    async fn bad_bytes_get_an_answer_and_the_connection_stays_usable() {
+        let dir = std::env::temp_dir().join(format!("anycast-api-bytes-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let path = dir.join("anycast.sock");
+        let listener = bind(&path).unwrap();
+        let (tx, mut rx) = mpsc::channel(4);
+        let server = tokio::spawn(serve(listener, tx));
+        let actor = tokio::spawn(async move {
+            while let Some(call) = rx.recv().await {
+                if let Call::Api(req, reply) = call {
+                    let _ = reply.send(Response::Ok {
+                        result: serde_json::json!({ "got": format!("{req:?}") }),
+                    });
+                }
+            }
+        });
+        let p = path.clone();
+        let answers = tokio::task::spawn_blocking(move || {
+            let mut s = std::os::unix::net::UnixStream::connect(&p).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            let mut r = BufReader::new(s.try_clone().unwrap());
+            let mut ask = |bytes: &[u8]| {
+                s.write_all(bytes).unwrap();
+                let mut line = String::new();
+                r.read_line(&mut line).unwrap();
+                line
+            };
+            vec![
+                ask(b"{\"request\":\"st\xffatus\"}\n"),
+                ask(b"{\"request\":\"status\"}\n"),
+                ask(&[vec![b' '; MAX_LINE + 10], b"\n".to_vec()].concat()),
+                ask(b"{\"request\":\"status\",\"x\":1}\n"),
+                ask(b"\n\n{\"request\":\"stats\"}\n"),
+            ]
+        })
+        .await
+        .unwrap();
+        assert!(
+            answers[0].starts_with(
+                "{\"error\":\"bad request: the line is not UTF-8 (invalid byte 0xff at offset 14)"
+            ),
+            "{}",
+            answers[0]
+        );
+        assert_eq!(answers[1], "{\"result\":{\"got\":\"Status\"}}\n");
+        assert!(
+            answers[2].starts_with(&format!(
+                "{{\"error\":\"bad request: the line is longer than {MAX_LINE} bytes"
+            )),
+            "{}",
+            answers[2]
+        );
+        assert!(
+            answers[3].starts_with(
+                "{\"error\":\"bad request: unknown field `x`: the status request takes no fields"
+            ),
+            "{}",
+            answers[3]
+        );
+        assert_eq!(answers[4], "{\"result\":{\"got\":\"Stats\"}}\n");
+        server.abort();
+        actor.abort();
+        let _ = server.await;
+        std::fs::remove_dir_all(dir).unwrap();
+    }
 
     #[tokio::test]
     async fn round_trip_over_a_socket_with_root_only_permissions() {

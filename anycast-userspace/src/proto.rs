@@ -91,6 +91,53 @@ pub enum Request {
     },
 }
 
+/// The tag key of a [`Request`].
+const REQUEST_TAG: &str = "request";
+
+impl Request {
+    /// Parses one request line. Unknown fields are refused with their name, on every variant:
+    /// `deny_unknown_fields` covers the struct variants, but serde's internally tagged enums
+    /// ignore extra keys on a unit variant (the tag is read from a buffered map and the rest is
+    /// skipped), so a unit variant's object is checked here to hold the tag alone.
+    pub fn from_json(line: &str) -> Result<Request, String> {
+        let value: serde_json::Value = serde_json::from_str(line).map_err(|e| e.to_string())?;
+        let serde_json::Value::Object(map) = &value else {
+            return Err(format!(
+                "a request is a JSON object with a \"{REQUEST_TAG}\" key, not {}",
+                json_kind(&value)
+            ));
+        };
+        let req: Request = serde_json::from_value(value.clone()).map_err(|e| e.to_string())?;
+        let tag = map
+            .get(REQUEST_TAG)
+            .cloned()
+            .expect("a parsed request has its tag");
+        let extra = map.keys().find(|k| k.as_str() != REQUEST_TAG);
+        if let Some(extra) = extra {
+            // A variant that takes a made-up key takes any key: it is a unit variant.
+            let probe = serde_json::json!({ REQUEST_TAG: tag, "\u{0}probe": 0 });
+            if serde_json::from_value::<Request>(probe).is_ok() {
+                return Err(format!(
+                    "unknown field `{extra}`: the {} request takes no fields",
+                    tag.as_str().unwrap_or("?")
+                ));
+            }
+        }
+        Ok(req)
+    }
+}
+
+fn json_kind(v: &serde_json::Value) -> &'static str {
+    match v {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "an array",
+        serde_json::Value::Object(_) => "an object",
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum Response {
@@ -164,6 +211,10 @@ pub struct VipStatus {
     pub fingerprint: Option<String>,
     pub health_check: Option<String>,
     pub backends: Vec<BackendStatus>,
+    /// Publications that changed this VIP's table (backends, weights, slots, the VIP appearing
+    /// or going) since the agent started: `anycast_vip_table_changes_total`.
+    #[serde(default)]
+    pub table_changes: u64,
     /// BGP state of the VIP's prefix, with `[bgp]`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub announcement: Option<PrefixState>,
@@ -270,5 +321,67 @@ impl VipState {
 impl std::fmt::Display for VipState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One line per request variant, each valid as written.
+    const EVERY_REQUEST: &[&str] = &[
+        r#"{"request":"status"}"#,
+        r#"{"request":"stats"}"#,
+        r#"{"request":"lookup","flow":"tcp 198.51.100.7:40000 203.0.113.10:80"}"#,
+        r#"{"request":"drain_edge"}"#,
+        r#"{"request":"undrain_edge"}"#,
+        r#"{"request":"drain","backend":"198.18.10.2","vip":"203.0.113.10:80/tcp"}"#,
+        r#"{"request":"undrain","backend":"198.18.10.2","vip":null}"#,
+        r#"{"request":"set_weight","backend":"198.18.10.2","weight":3}"#,
+        r#"{"request":"set_weight","backend":"198.18.10.2","clear":true}"#,
+    ];
+
+    #[test]
+    fn every_request_refuses_an_unknown_field_by_name() {
+        for line in EVERY_REQUEST {
+            Request::from_json(line).unwrap_or_else(|e| panic!("{line}: {e}"));
+            let mut v: serde_json::Value = serde_json::from_str(line).unwrap();
+            v["bogus_key"] = serde_json::json!({"x": 1});
+            let e = Request::from_json(&v.to_string()).unwrap_err();
+            assert!(e.contains("unknown field `bogus_key`"), "{line}: {e}");
+        }
+    }
+
+    #[test]
+    fn unit_requests_take_the_tag_alone() {
+        let e = Request::from_json(r#"{"request":"status","x":1}"#).unwrap_err();
+        assert_eq!(e, "unknown field `x`: the status request takes no fields");
+        let e = Request::from_json(r#"{"request":"drain_edge","vip":null}"#).unwrap_err();
+        assert!(e.starts_with("unknown field `vip`"), "{e}");
+        assert_eq!(
+            Request::from_json(r#"{"request":"stats"}"#).unwrap(),
+            Request::Stats
+        );
+    }
+
+    #[test]
+    fn shapes_that_are_not_a_request_are_named() {
+        let e = Request::from_json(r#"{"status":{"x":1}}"#).unwrap_err();
+        assert!(e.contains("missing field `request`"), "{e}");
+        let e = Request::from_json(r#"["status"]"#).unwrap_err();
+        assert!(e.contains("not an array"), "{e}");
+        let e = Request::from_json(r#"{"request":"reboot"}"#).unwrap_err();
+        assert!(e.contains("unknown variant `reboot`"), "{e}");
+        let e = Request::from_json(r#"{"request":"lookup"}"#).unwrap_err();
+        assert!(e.contains("missing field `flow`"), "{e}");
+    }
+
+    #[test]
+    fn what_the_client_sends_parses_back() {
+        for line in EVERY_REQUEST {
+            let r = Request::from_json(line).unwrap();
+            let again = Request::from_json(&serde_json::to_string(&r).unwrap()).unwrap();
+            assert_eq!(r, again);
+        }
     }
 }

@@ -3,10 +3,21 @@
 //!
 //! Everything returns plain `Vec<u8>` so a fixture can cut, pad or corrupt bytes at any layer.
 //! Builders panic on impossible values (a test's own mistake), they never return errors.
+//!
+//! This module: Ethernet, IPv4/IPv6 headers, TCP/UDP packets. [`inspect`]: reading fields back
+//! out of built packets; [`encap`]: tunnel packets and the expected encapsulated frames;
+//! [`test_run`]: the BPF_PROG_TEST_RUN context and failure dumps. All re-exported here.
+
+mod encap;
+mod inspect;
+mod test_run;
+
+pub use encap::*;
+pub use inspect::*;
+pub use test_run::*;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use anycast_common::hash;
 use etherparse::{
     EtherType, Ethernet2Header, IpDscp, IpEcn, IpFragOffset, IpNumber, Ipv4Header, Ipv4Options,
     Ipv6FlowLabel, Ipv6Header, SingleVlanHeader, TcpHeader, UdpHeader, VlanId, VlanPcp,
@@ -181,13 +192,13 @@ impl V6 {
 }
 
 /// An IP header of either family, so that the transport builders are written once.
-enum Ip {
+pub(crate) enum Ip {
     V4(Ipv4Header),
     V6(Ipv6Header),
 }
 
 impl Ip {
-    fn to_bytes(&self) -> Vec<u8> {
+    pub(crate) fn to_bytes(&self) -> Vec<u8> {
         match self {
             Ip::V4(h) => h.to_bytes().to_vec(),
             Ip::V6(h) => h.to_bytes().to_vec(),
@@ -195,7 +206,7 @@ impl Ip {
     }
 
     /// A UDP header with the checksum over this IP header's pseudo-header.
-    fn udp(&self, sport: u16, dport: u16, payload: &[u8]) -> UdpHeader {
+    pub(crate) fn udp(&self, sport: u16, dport: u16, payload: &[u8]) -> UdpHeader {
         match self {
             Ip::V4(h) => UdpHeader::with_ipv4_checksum(sport, dport, h, payload),
             Ip::V6(h) => UdpHeader::with_ipv6_checksum(sport, dport, h, payload),
@@ -314,273 +325,4 @@ pub fn pad_to(mut frame: Vec<u8>, len: usize) -> Vec<u8> {
         frame.resize(len, 0);
     }
     frame
-}
-
-/// TOS byte of an IPv4 packet, or traffic class of an IPv6 packet.
-pub fn tos_of(ip: &[u8]) -> u8 {
-    match ip[0] >> 4 {
-        4 => ip[1],
-        6 => (ip[0] << 4) | (ip[1] >> 4),
-        v => panic!("not an IP packet (version {v})"),
-    }
-}
-
-/// The flow hash the contract prescribes for an IP packet carrying TCP/UDP (computed from the
-/// packet's bytes with `anycast_common::hash`, the shared definition).
-pub fn flow_hash(seed: u32, ip: &[u8]) -> u32 {
-    match ip[0] >> 4 {
-        4 => {
-            let ihl = usize::from(ip[0] & 0x0f) * 4;
-            let l4 = &ip[ihl..];
-            let ports = u32::from_le_bytes([l4[0], l4[1], l4[2], l4[3]]);
-            let src = hash::addr_word_v4(ip[12..16].try_into().expect("4 bytes"));
-            let dst = hash::addr_word_v4(ip[16..20].try_into().expect("4 bytes"));
-            hash::flow_hash_v4(seed, src, dst, ports, ip[9])
-        }
-        6 => {
-            let l4 = &ip[40..];
-            let ports = u32::from_le_bytes([l4[0], l4[1], l4[2], l4[3]]);
-            let src = hash::addr_words_v6(ip[8..24].try_into().expect("16 bytes"));
-            let dst = hash::addr_words_v6(ip[24..40].try_into().expect("16 bytes"));
-            hash::flow_hash_v6(seed, &src, &dst, ports, ip[6])
-        }
-        v => panic!("not an IP packet (version {v})"),
-    }
-}
-
-/// Length of the IP packet at the start of `ip` according to its own header (total length /
-/// 40 + payload length), i.e. without any Ethernet trailer after it.
-pub fn ip_len(ip: &[u8]) -> usize {
-    match ip[0] >> 4 {
-        4 => usize::from(u16::from_be_bytes([ip[2], ip[3]])),
-        6 => 40 + usize::from(u16::from_be_bytes([ip[4], ip[5]])),
-        v => panic!("not an IP packet (version {v})"),
-    }
-}
-
-/// True for an IPv4 packet carrying UDP whose checksum field is 0.
-pub fn is_v4_udp_without_checksum(ip: &[u8]) -> bool {
-    if ip[0] >> 4 != 4 || ip[9] != 17 {
-        return false;
-    }
-    let ihl = usize::from(ip[0] & 0x0f) * 4;
-    ip[ihl + 6] == 0 && ip[ihl + 7] == 0
-}
-
-/// Destination of an outer header.
-#[derive(Clone, Copy, Debug)]
-pub enum Outer {
-    V4 {
-        src: Ipv4Addr,
-        dst: Ipv4Addr,
-    },
-    /// `flow_label` is what the program must write: `hash::flow_label(flow hash)`.
-    V6 {
-        src: Ipv6Addr,
-        dst: Ipv6Addr,
-        flow_label: u32,
-    },
-}
-
-/// GUE parameters of an encapsulation.
-#[derive(Clone, Copy, Debug)]
-pub struct Gue {
-    pub src_port: u16,
-    pub dst_port: u16,
-}
-
-fn inner_proto(inner: &[u8]) -> u8 {
-    match inner[0] >> 4 {
-        4 => 4,
-        6 => 41,
-        v => panic!("not an IP packet (version {v})"),
-    }
-}
-
-fn outer_header(
-    outer: Outer,
-    tos: u8,
-    proto: u8,
-    payload: &[u8],
-    gue: Option<Gue>,
-    udp_zero: bool,
-) -> Vec<u8> {
-    let len = u16::try_from(payload.len() + gue.map_or(0, |_| 8)).expect("fits");
-    let next = IpNumber(if gue.is_some() { 17 } else { proto });
-    let ip = match outer {
-        Outer::V4 { src, dst } => {
-            let mut ip = Ipv4Header::new(len, OUTER_TTL, next, src.octets(), dst.octets())
-                .expect("outer IPv4");
-            ip.dscp = IpDscp::try_new(tos >> 2).expect("dscp");
-            ip.ecn = IpEcn::try_new(tos & 3).expect("ecn");
-            ip.identification = 0;
-            ip.dont_fragment = true;
-            ip.header_checksum = ip.calc_header_checksum();
-            Ip::V4(ip)
-        }
-        Outer::V6 {
-            src,
-            dst,
-            flow_label,
-        } => Ip::V6(Ipv6Header {
-            traffic_class: tos,
-            flow_label: Ipv6FlowLabel::try_new(flow_label).expect("flow label"),
-            payload_length: len,
-            next_header: next,
-            hop_limit: OUTER_TTL,
-            source: src.octets(),
-            destination: dst.octets(),
-        }),
-    };
-    let mut out = ip.to_bytes();
-    if let Some(g) = gue {
-        let mut u = ip.udp(g.src_port, g.dst_port, payload);
-        if udp_zero {
-            u.checksum = 0;
-        }
-        out.extend_from_slice(&u.to_bytes());
-    }
-    out
-}
-
-/// The frame the program must emit for `input_frame` (with an optional VLAN tag, which is
-/// removed) encapsulated towards `outer`, with Ethernet addresses `dst_mac`/`src_mac`:
-/// Ethernet + outer IP [+ UDP + GUE] + the inner IP packet as received + any Ethernet trailer.
-pub fn encapsulated(
-    input_frame: &[u8],
-    outer: Outer,
-    gue: Option<Gue>,
-    dst_mac: [u8; 6],
-    src_mac: [u8; 6],
-) -> Vec<u8> {
-    let l3 = l3_offset(input_frame);
-    let rest = &input_frame[l3..];
-    let n = ip_len(rest);
-    let (inner, trailer) = rest.split_at(n);
-    let proto = inner_proto(inner);
-    let tos = tos_of(inner);
-    let payload = match gue {
-        // draft-ietf-intarea-gue section 3.1: variant 0, C=0, Hlen=0, Proto/ctype = inner protocol.
-        Some(_) => cat(&[&[0x00, proto, 0x00, 0x00], inner]),
-        None => inner.to_vec(),
-    };
-    let udp_zero = gue.is_some() && is_v4_udp_without_checksum(inner);
-    let hdr = outer_header(outer, tos, proto, &payload, gue, udp_zero);
-    let ethertype = match outer {
-        Outer::V4 { .. } => ETH_P_IP,
-        Outer::V6 { .. } => ETH_P_IPV6,
-    };
-    eth(
-        dst_mac,
-        src_mac,
-        None,
-        ethertype,
-        &cat(&[&hdr, &payload, trailer]),
-    )
-}
-
-/// Outer destination address of an encapsulated frame (no VLAN tag); `None` for a frame that is
-/// not IP or too short.
-pub fn outer_dst(frame: &[u8]) -> Option<IpAddr> {
-    match u16::from_be_bytes([*frame.get(12)?, *frame.get(13)?]) {
-        ETH_P_IP => Some(IpAddr::from(<[u8; 4]>::try_from(frame.get(30..34)?).ok()?)),
-        ETH_P_IPV6 => Some(IpAddr::from(<[u8; 16]>::try_from(frame.get(38..54)?).ok()?)),
-        _ => None,
-    }
-}
-
-/// [`outer_dst`] of a frame that must have an outer IPv4 header.
-pub fn outer_dst_v4(frame: &[u8]) -> Ipv4Addr {
-    match outer_dst(frame) {
-        Some(IpAddr::V4(a)) => a,
-        other => panic!("expected an outer IPv4 header, outer destination {other:?}"),
-    }
-}
-
-/// Offset of the IP header in a frame with at most one VLAN tag.
-pub fn l3_offset(frame: &[u8]) -> usize {
-    if u16::from_be_bytes([frame[12], frame[13]]) == ETH_P_8021Q {
-        18
-    } else {
-        14
-    }
-}
-
-/// IPv4 tunnel packet (IPIP / 6in4) carrying `inner`.
-pub fn ipip_v4(src: Ipv4Addr, dst: Ipv4Addr, inner: &[u8]) -> Vec<u8> {
-    V4::new(src, dst).raw(inner_proto(inner), inner)
-}
-
-/// IPv6 tunnel packet (4in6 / 6in6) carrying `inner`.
-pub fn ipip_v6(src: Ipv6Addr, dst: Ipv6Addr, inner: &[u8]) -> Vec<u8> {
-    V6::new(src, dst).raw(inner_proto(inner), inner)
-}
-
-/// GUE header variant 0 with `hlen` words of option bytes (zeros), protocol of `inner`.
-pub fn gue_v0(inner: &[u8], hlen_words: u8) -> Vec<u8> {
-    let mut g = vec![hlen_words & 0x1f, inner_proto(inner), 0, 0];
-    g.extend(std::iter::repeat_n(0u8, usize::from(hlen_words) * 4));
-    g.extend_from_slice(inner);
-    g
-}
-
-/// The XDP context `struct xdp_md` for BPF_PROG_TEST_RUN with an ingress device: the kernel
-/// requires `data = 0`, `data_end = len(data_in)`, `data_meta = 0`, `egress_ifindex = 0`
-/// (net/bpf/test_run.c, bpf_prog_test_run_xdp / xdp_convert_md_to_buff).
-pub fn xdp_md(data_len: usize, ingress_ifindex: u32, rx_queue_index: u32) -> [u8; 24] {
-    let words = [
-        0u32,
-        u32::try_from(data_len).expect("fits"),
-        0,
-        ingress_ifindex,
-        rx_queue_index,
-        0,
-    ];
-    let mut out = [0u8; 24];
-    for (i, w) in words.iter().enumerate() {
-        out[i * 4..i * 4 + 4].copy_from_slice(&w.to_ne_bytes());
-    }
-    out
-}
-
-/// A hex dump of `a` against `b`, 16 bytes per line, with `!!` marking lines that differ and a
-/// header naming the first differing offset (for fixture failure messages).
-pub fn hex_diff(expected: &[u8], actual: &[u8]) -> String {
-    use std::fmt::Write as _;
-    let mut s = String::new();
-    let first = expected
-        .iter()
-        .zip(actual)
-        .position(|(a, b)| a != b)
-        .or_else(|| (expected.len() != actual.len()).then(|| expected.len().min(actual.len())));
-    let _ = writeln!(
-        s,
-        "    expected {} bytes, actual {} bytes, first difference at offset {}",
-        expected.len(),
-        actual.len(),
-        first.map_or("none".to_string(), |o| o.to_string())
-    );
-    let lines = expected.len().max(actual.len()).div_ceil(16);
-    for i in 0..lines {
-        let r = i * 16..(i + 1) * 16;
-        let e = expected
-            .get(r.start..r.end.min(expected.len()))
-            .unwrap_or(&[]);
-        let a = actual.get(r.start..r.end.min(actual.len())).unwrap_or(&[]);
-        let mark = if e == a { "  " } else { "!!" };
-        let hex = |b: &[u8]| {
-            b.iter()
-                .map(|x| format!("{x:02x}"))
-                .collect::<Vec<_>>()
-                .join(" ")
-        };
-        let _ = writeln!(
-            s,
-            "  {mark} {:04x}  exp {:<47}  act {}",
-            r.start,
-            hex(e),
-            hex(a)
-        );
-    }
-    s
 }
