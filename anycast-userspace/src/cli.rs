@@ -156,6 +156,7 @@ pub enum Command {
         api: ApiArgs,
     },
     /// The fleet document in etcd and the edges' reports (`[fleet]`, docs/fleet.md).
+    #[command(after_help = examples::FLEET)]
     Fleet(fleet::FleetArgs),
     /// Validate a config and print a summary.
     #[command(after_help = examples::CHECK)]
