@@ -1,5 +1,7 @@
 //! Command-line interface definitions (the commands themselves run from `main.rs`).
 
+pub mod fleet;
+
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -96,6 +98,13 @@ pub enum Command {
         /// ADDR:PORT/PROTO (or ADDR:PORT, ADDR when unambiguous); default: every VIP.
         #[arg(long)]
         vip: Option<String>,
+        /// Drain on every edge: a new fleet document with BACKEND in its `drain` list (needs
+        /// --config for the [fleet] section; every VIP).
+        #[arg(long, conflicts_with = "vip")]
+        fleet: bool,
+        /// The agent's config, for --fleet.
+        #[arg(long, short, default_value = fleet::DEFAULT_CONFIG)]
+        config: PathBuf,
         #[command(flatten)]
         api: ApiArgs,
     },
@@ -105,6 +114,11 @@ pub enum Command {
         backend: String,
         #[arg(long)]
         vip: Option<String>,
+        /// Lift a fleet-wide drain (see `drain --fleet`).
+        #[arg(long, conflicts_with = "vip")]
+        fleet: bool,
+        #[arg(long, short, default_value = fleet::DEFAULT_CONFIG)]
+        config: PathBuf,
         #[command(flatten)]
         api: ApiArgs,
     },
@@ -141,6 +155,9 @@ pub enum Command {
         #[command(flatten)]
         api: ApiArgs,
     },
+    /// The fleet document in etcd and the edges' reports (`[fleet]`, docs/fleet.md).
+    #[command(after_help = examples::FLEET)]
+    Fleet(fleet::FleetArgs),
     /// Validate a config and print a summary.
     #[command(after_help = examples::CHECK)]
     Check {
@@ -544,7 +561,9 @@ mod tests {
 
     #[test]
     fn control_commands() {
-        let Command::Drain { backend, vip, api } = parse(&[
+        let Command::Drain {
+            backend, vip, api, ..
+        } = parse(&[
             "drain",
             "198.18.10.2",
             "--vip",

@@ -50,12 +50,15 @@ EXAMPLES:
   anycast drain 198.18.10.2
       No new flows to the backend for any VIP it serves (tracked flows stay).
   anycast drain 198.18.10.2 --vip 203.0.113.10:80/tcp
-      Only for one VIP.";
+      Only for one VIP.
+  anycast drain 198.18.10.2 --fleet --config /etc/anycast/anycast.toml
+      On every edge: a new fleet document with the backend in its `drain` list ([fleet]).";
 
 pub const UNDRAIN: &str = "\
 EXAMPLES:
   anycast undrain 198.18.10.2
-  anycast undrain 198.18.10.2 --vip 203.0.113.10:80/tcp --json";
+  anycast undrain 198.18.10.2 --vip 203.0.113.10:80/tcp --json
+  anycast undrain 198.18.10.2 --fleet";
 
 pub const SET_WEIGHT: &str = "\
 EXAMPLES:
@@ -73,6 +76,20 @@ EXAMPLES:
 pub const UNDRAIN_EDGE: &str = "\
 EXAMPLES:
   anycast undrain-edge";
+
+pub const FLEET: &str = "\
+EXAMPLES:
+  anycast fleet diff fleet.toml
+      Per VIP: backends added, removed, reweighted, and the share of slots that would move.
+  anycast fleet apply fleet.toml
+      Validate (as every edge will) and write a new revision; refused with a conflict if
+      another writer applied since the document was read.
+  anycast fleet status
+      Every live edge: its revision and table fingerprints; flags laggards and differing tables.
+  anycast fleet history --config /etc/anycast/anycast.toml
+  anycast fleet show 42 --json
+  anycast fleet rollback 42
+      Write the document of revision 42 again, as a new revision.";
 
 pub const CHECK: &str = "\
 EXAMPLES:
