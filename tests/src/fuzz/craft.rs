@@ -14,12 +14,20 @@ use super::generate::{
 use super::world::World;
 use crate::packet::{self as p, V4, V6};
 
-/// A frame and the name of the category it was drawn from.
-pub fn packet(rng: &mut Rng, w: &World, g: &Generator) -> (String, Vec<u8>) {
+/// A frame, the category it was drawn from and its variants (tag, mutation).
+pub fn packet(
+    rng: &mut Rng,
+    w: &World,
+    g: &Generator,
+) -> (&'static str, Vec<&'static str>, Vec<u8>) {
     let (cat_name, f) = match rng.below(100) {
         0..=34 => {
             let c = g.flow(rng);
-            let name = if c.proto == PROTO_TCP { "flow_tcp" } else { "flow_udp" };
+            let name = if c.proto == PROTO_TCP {
+                "flow_tcp"
+            } else {
+                "flow_udp"
+            };
             (name, frame(&flow_packet(rng, &c)))
         }
         35..=41 => ("vip_edge", frame(&edge(rng, g))),
@@ -36,7 +44,8 @@ pub fn packet(rng: &mut Rng, w: &World, g: &Generator) -> (String, Vec<u8>) {
         _ => ("", f),
     };
     let (m, f) = mutate(rng, f);
-    (format!("{cat_name}{tag}{m}"), f)
+    let variants = [tag, m].into_iter().filter(|v| !v.is_empty()).collect();
+    (cat_name, variants, f)
 }
 
 /// Inserts tags (TPIDs in order) after the MAC addresses.
@@ -61,7 +70,11 @@ fn mutate(rng: &mut Rng, mut f: Vec<u8>) -> (&'static str, Vec<u8>) {
         }
         3 | 4 => {
             let n = 1 + rng.below(48) as usize;
-            let fill = if rng.below(2) == 0 { 0 } else { rng.next() as u8 };
+            let fill = if rng.below(2) == 0 {
+                0
+            } else {
+                rng.next() as u8
+            };
             f.extend(std::iter::repeat_n(fill, n));
             ("+padded", f)
         }
@@ -78,7 +91,8 @@ fn mutate(rng: &mut Rng, mut f: Vec<u8>) -> (&'static str, Vec<u8>) {
             let v4 = f[l3] >> 4 == 4;
             let off = l3 + if v4 { 2 } else { 4 };
             let len = u16::from_be_bytes([f[off], f[off + 1]]);
-            f[off..off + 2].copy_from_slice(&len.wrapping_add(1 + rng.below(8) as u16).to_be_bytes());
+            f[off..off + 2]
+                .copy_from_slice(&len.wrapping_add(1 + rng.below(8) as u16).to_be_bytes());
             ("+long_len", f)
         }
         8 if is_ip => {
@@ -146,7 +160,11 @@ fn icmp(rng: &mut Rng, g: &Generator) -> Vec<u8> {
     }
     let keep = match rng.below(4) {
         0 => rng.below(quoted.len() as u64 + 1) as usize,
-        _ => quoted.len().min(if v4 { 28 + rng.below(40) as usize } else { 48 + rng.below(40) as usize }),
+        _ => quoted.len().min(if v4 {
+            28 + rng.below(40) as usize
+        } else {
+            48 + rng.below(40) as usize
+        }),
     };
     quoted.truncate(keep);
     let ty = if v4 {
@@ -161,7 +179,11 @@ fn icmp(rng: &mut Rng, g: &Generator) -> Vec<u8> {
     } else {
         IpAddr::V6(Ipv6Addr::new(0xfd00, 9, 0, 0, 0, 0, 0, 1))
     };
-    let dst = if rng.below(8) == 0 { other_dst(rng, v4) } else { c.dst };
+    let dst = if rng.below(8) == 0 {
+        other_dst(rng, v4)
+    } else {
+        c.dst
+    };
     // Mostly the family's own ICMP; now and then the other one.
     let proto = match (v4, rng.below(10)) {
         (true, 0) => 58,
@@ -219,7 +241,11 @@ fn tunnel(rng: &mut Rng, w: &World, g: &Generator, depth: u32) -> Vec<u8> {
     let iproto = if inner[0] >> 4 == 4 { 4 } else { 41 };
     let kind = rng.below(10);
     if kind < 3 {
-        let proto = if rng.below(10) == 0 { 45 - iproto } else { iproto };
+        let proto = if rng.below(10) == 0 {
+            45 - iproto
+        } else {
+            iproto
+        };
         return ip_raw(src, dst, proto, ttl, &inner);
     }
     let gue = match kind {

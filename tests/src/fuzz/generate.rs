@@ -75,7 +75,12 @@ fn random_flow(rng: &mut Rng, w: &World) -> ClientFlow {
 pub fn client(rng: &mut Rng, v4: bool) -> IpAddr {
     let r = rng.next();
     if v4 {
-        IpAddr::V4(Ipv4Addr::new(198, 18, 128 | (r as u8 & 0x7f), (r >> 8) as u8))
+        IpAddr::V4(Ipv4Addr::new(
+            198,
+            18,
+            128 | (r as u8 & 0x7f),
+            (r >> 8) as u8,
+        ))
     } else {
         IpAddr::V6(Ipv6Addr::new(
             0xfd00,
@@ -97,7 +102,16 @@ pub fn other_dst(rng: &mut Rng, v4: bool) -> IpAddr {
         (true, 1) => VIP4C.into(),
         (true, _) => IpAddr::V4(Ipv4Addr::new(203, 0, 113, rng.below(256) as u8)),
         (false, 0) => VIP6B.into(),
-        (false, _) => IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, rng.below(32) as u16)),
+        (false, _) => IpAddr::V6(Ipv6Addr::new(
+            0x2001,
+            0xdb8,
+            0,
+            0,
+            0,
+            0,
+            0,
+            rng.below(32) as u16,
+        )),
     }
 }
 

@@ -111,8 +111,12 @@ pub struct Options {
 pub struct Report {
     pub packets: u64,
     pub elapsed: Duration,
-    /// Frames per category (as drawn) and per expected outcome.
+    /// Frames per category (as drawn), per variant (VLAN tags, mutations) and per expected
+    /// outcome.
     pub categories: BTreeMap<String, u64>,
+    pub variants: BTreeMap<String, u64>,
+    /// Detail counters the model expected (and the program's agreed with), summed.
+    pub detail_counts: BTreeMap<String, u64>,
     pub outcomes: BTreeMap<String, u64>,
     pub disagreements: u64,
     /// The first few disagreements, described.
@@ -144,8 +148,16 @@ impl Report {
         for (k, v) in &self.categories {
             let _ = writeln!(s, "  {k:<32} {v}");
         }
-        let _ = writeln!(s, "by outcome:");
+        let _ = writeln!(s, "variants (on top of a category):");
+        for (k, v) in &self.variants {
+            let _ = writeln!(s, "  {k:<32} {v}");
+        }
+        let _ = writeln!(s, "by outcome (expected, and met):");
         for (k, v) in &self.outcomes {
+            let _ = writeln!(s, "  {k:<32} {v}");
+        }
+        let _ = writeln!(s, "detail counters (expected, and met):");
+        for (k, v) in &self.detail_counts {
             let _ = writeln!(s, "  {k:<32} {v}");
         }
         for d in &self.details {
@@ -182,13 +194,21 @@ pub fn run(dp: &mut Dataplane, o: &Options) -> Report {
             st = track::State::default();
             w.write(dp);
         }
-        let (category, f) = craft::packet(&mut rng, &w, &g);
+        let (base, variants, f) = craft::packet(&mut rng, &w, &g);
+        for v in &variants {
+            *report.variants.entry((*v).to_string()).or_default() += 1;
+        }
+        let category = format!("{base}{}", variants.concat());
         let e = model::steer(&w, &mut st, &f);
         expected[e.counter as usize] += 1;
         for &d in &e.details {
             expected[d as usize] += 1;
+            *report
+                .detail_counts
+                .entry(counter::NAMES[d as usize].to_string())
+                .or_default() += 1;
         }
-        *report.categories.entry(category.clone()).or_default() += 1;
+        *report.categories.entry(base.to_string()).or_default() += 1;
         *report
             .outcomes
             .entry(format!(
@@ -226,10 +246,7 @@ pub fn run(dp: &mut Dataplane, o: &Options) -> Report {
             ));
         }
         let forwarded_by_kernel = [counter::DECAP, counter::ENCAP, counter::SECOND_CHANCE];
-        if got.action == XDP_PASS
-            && !forwarded_by_kernel.contains(&e.counter)
-            && got.output != f
-        {
+        if got.action == XDP_PASS && !forwarded_by_kernel.contains(&e.counter) && got.output != f {
             problems.push("passed, but not untouched".into());
         }
         if !problems.is_empty() {

@@ -212,5 +212,13 @@ fn fragment(w: &World, st: &mut State, f: &[u8], frag: &Frag) -> Expect {
             None => return pass(),
         }
     };
-    deliver_as(w, f, ip, backend, None, hash, Some(counter::FRAGMENT_STEERED))
+    deliver_as(
+        w,
+        f,
+        ip,
+        backend,
+        None,
+        hash,
+        Some(counter::FRAGMENT_STEERED),
+    )
 }
