@@ -73,7 +73,7 @@ fn mutate(rng: &mut Rng, mut f: Vec<u8>) -> (&'static str, Vec<u8>) {
             let fill = if rng.below(2) == 0 {
                 0
             } else {
-                rng.next() as u8
+                rng.next_u64() as u8
             };
             f.extend(std::iter::repeat_n(fill, n));
             ("+padded", f)
@@ -353,6 +353,6 @@ fn non_ip(rng: &mut Rng) -> Vec<u8> {
         return p::arp_request(Ipv4Addr::new(198, 18, 0, 2), Ipv4Addr::new(198, 18, 0, 1));
     }
     let et = [0x88cc, 0x8847, 0x0000, 0xffff, 0x86dc][rng.below(5) as usize];
-    let body: Vec<u8> = (0..rng.below(80)).map(|_| rng.next() as u8).collect();
+    let body: Vec<u8> = (0..rng.below(80)).map(|_| rng.next_u64() as u8).collect();
     p::eth(p::EDGE_MAC, p::ROUTER_MAC, None, et, &body)
 }

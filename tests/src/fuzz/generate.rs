@@ -33,7 +33,7 @@ const VIP_PORTS: [u16; 8] = [80, 443, 53, 8443, 4500, 0, 22, 65535];
 impl Generator {
     pub fn new(rng: &mut Rng, w: &World) -> Self {
         let pool = (0..512).map(|_| random_flow(rng, w)).collect();
-        let ids = (0..8).map(|_| rng.next() as u32).collect();
+        let ids = (0..8).map(|_| rng.next_u64() as u32).collect();
         Self { pool, ids }
     }
 
@@ -73,7 +73,7 @@ fn random_flow(rng: &mut Rng, w: &World) -> ClientFlow {
 }
 
 pub fn client(rng: &mut Rng, v4: bool) -> IpAddr {
-    let r = rng.next();
+    let r = rng.next_u64();
     if v4 {
         IpAddr::V4(Ipv4Addr::new(
             198,
