@@ -1,5 +1,7 @@
 //! Command-line interface definitions (the commands themselves run from `main.rs`).
 
+pub mod fleet;
+
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -11,6 +13,10 @@ use serde::Serialize;
 use crate::config::{DEFAULT_API_SOCKET, XdpModeSetting};
 use crate::plan::model::Decision;
 use crate::proto::{Status, VipState};
+
+pub mod examples;
+#[cfg(test)]
+mod unit_file;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -40,6 +46,7 @@ pub enum Command {
     /// Load the XDP program, write its maps from the config, attach, and run until SIGINT/SIGTERM.
     /// Program, links and maps are pinned under agent.pin_path and stay when the agent exits; a
     /// new agent adopts them (hitless restart and upgrade).
+    #[command(after_help = examples::AGENT)]
     Agent {
         #[arg(long, short)]
         config: PathBuf,
@@ -53,15 +60,18 @@ pub enum Command {
     /// Remove the dataplane of the config's agent.pin_path: detach the program from every
     /// interface (its pinned links), remove the program and map pins and the state file.
     /// Refused while the agent runs.
+    #[command(after_help = examples::DETACH)]
     Detach {
         #[arg(long, short)]
         config: PathBuf,
     },
     /// Show which backend a flow lands on: from a config file (--config), or from the running
     /// agent's live tables (overrides and health included) through its control socket.
+    #[command(after_help = examples::LOOKUP)]
     Lookup(LookupArgs),
     /// Print the counters of the running agent: through its control socket, or from its pinned
     /// maps with --pin-path / --state-file (also used when the socket does not answer).
+    #[command(after_help = examples::STATS)]
     Stats {
         /// Read the pinned maps under DIR instead of asking the agent.
         #[arg(long, value_name = "DIR")]
@@ -74,6 +84,7 @@ pub enum Command {
     },
     /// The running agent's VIPs, backends (weights, health, slots), table fingerprints, program,
     /// attachments and last reload.
+    #[command(after_help = examples::STATUS)]
     Status {
         #[command(flatten)]
         api: ApiArgs,
@@ -81,23 +92,38 @@ pub enum Command {
     /// Stop sending new flows to BACKEND (weight 0), for one VIP or every VIP it serves. A
     /// runtime override: kept across reloads and agent restarts (state file) until `undrain`
     /// or until the config drops the backend.
+    #[command(after_help = examples::DRAIN)]
     Drain {
         backend: String,
         /// ADDR:PORT/PROTO (or ADDR:PORT, ADDR when unambiguous); default: every VIP.
         #[arg(long)]
         vip: Option<String>,
+        /// Drain on every edge: a new fleet document with BACKEND in its `drain` list (needs
+        /// --config for the [fleet] section; every VIP).
+        #[arg(long, conflicts_with = "vip")]
+        fleet: bool,
+        /// The agent's config, for --fleet.
+        #[arg(long, short, default_value = fleet::DEFAULT_CONFIG)]
+        config: PathBuf,
         #[command(flatten)]
         api: ApiArgs,
     },
     /// Clear a drain (without --vip: every drain of BACKEND).
+    #[command(after_help = examples::UNDRAIN)]
     Undrain {
         backend: String,
         #[arg(long)]
         vip: Option<String>,
+        /// Lift a fleet-wide drain (see `drain --fleet`).
+        #[arg(long, conflicts_with = "vip")]
+        fleet: bool,
+        #[arg(long, short, default_value = fleet::DEFAULT_CONFIG)]
+        config: PathBuf,
         #[command(flatten)]
         api: ApiArgs,
     },
     /// Override BACKEND's weight (0..=65535) at runtime, or --clear the override.
+    #[command(after_help = examples::SET_WEIGHT)]
     SetWeight {
         backend: String,
         #[arg(required_unless_present = "clear")]
@@ -112,6 +138,7 @@ pub enum Command {
     /// Withdraw every VIP of this edge from BGP (`[bgp]`), wait until BIRD has withdrawn them
     /// and the VIP traffic has stopped (or --timeout), and report. Lasts until `undrain-edge`,
     /// across agent restarts.
+    #[command(after_help = examples::DRAIN_EDGE)]
     DrainEdge {
         /// Give up waiting after this many seconds (the VIPs stay withdrawn).
         #[arg(long, default_value_t = 30)]
@@ -123,11 +150,16 @@ pub enum Command {
         api: ApiArgs,
     },
     /// Announce the VIPs again (where the health policy allows) after `drain-edge`.
+    #[command(after_help = examples::UNDRAIN_EDGE)]
     UndrainEdge {
         #[command(flatten)]
         api: ApiArgs,
     },
+    /// The fleet document in etcd and the edges' reports (`[fleet]`, docs/fleet.md).
+    #[command(after_help = examples::FLEET)]
+    Fleet(fleet::FleetArgs),
     /// Validate a config and print a summary.
+    #[command(after_help = examples::CHECK)]
     Check {
         #[arg(long, short)]
         config: PathBuf,
@@ -157,6 +189,7 @@ pub struct LookupArgs {
     /// agent.local_addresses replace detection, so the answer is that of another host.
     #[arg(long = "local-address", value_name = "ADDR")]
     pub local_addresses: Vec<IpAddr>,
+    /// Print the decision as JSON.
     #[arg(long)]
     pub json: bool,
     /// PROTO SRC:PORT DST:PORT, e.g. `tcp 198.51.100.7:40000 203.0.113.10:80` (one argument or three).
@@ -528,7 +561,9 @@ mod tests {
 
     #[test]
     fn control_commands() {
-        let Command::Drain { backend, vip, api } = parse(&[
+        let Command::Drain {
+            backend, vip, api, ..
+        } = parse(&[
             "drain",
             "198.18.10.2",
             "--vip",

@@ -13,6 +13,7 @@ pub mod config;
 pub mod control;
 pub mod dataplane;
 pub mod error;
+pub mod fleet;
 pub mod health;
 pub mod host;
 pub mod metrics;

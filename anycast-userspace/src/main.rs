@@ -171,8 +171,25 @@ fn run(command: Command) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Drain { backend, vip, api } => change(&api, &Request::Drain { vip, backend }),
-        Command::Undrain { backend, vip, api } => change(&api, &Request::Undrain { vip, backend }),
+        Command::Drain {
+            backend,
+            fleet: true,
+            config,
+            ..
+        } => anycast::cli::fleet::drain(&config, &backend, true),
+        Command::Undrain {
+            backend,
+            fleet: true,
+            config,
+            ..
+        } => anycast::cli::fleet::drain(&config, &backend, false),
+        Command::Drain {
+            backend, vip, api, ..
+        } => change(&api, &Request::Drain { vip, backend }),
+        Command::Undrain {
+            backend, vip, api, ..
+        } => change(&api, &Request::Undrain { vip, backend }),
+        Command::Fleet(args) => anycast::cli::fleet::run(&args),
         Command::SetWeight {
             backend,
             weight,

@@ -151,6 +151,14 @@ pub fn render(status: &Status, stats: Option<&Stats>) -> String {
     }
     let mut f = Family::counter(
         &mut out,
+        "anycast_vip_table_changes_total",
+        "Publications that changed the VIP's table (backends, weights, slots) since the agent started.",
+    );
+    for v in &status.vips {
+        f.sample(&[("vip", &v.vip.to_string())], v.table_changes);
+    }
+    let mut f = Family::counter(
+        &mut out,
         "anycast_config_reloads_total",
         "Config reloads by result.",
     );
@@ -257,6 +265,8 @@ mod tests {
             "anycast_backend_weight{vip=\"203.0.113.10:80/tcp\",backend=\"198.18.10.2\"} 3",
             "anycast_backend_weight{vip=\"203.0.113.10:80/tcp\",backend=\"198.18.10.3\"} 0",
             "anycast_vip_table_fingerprint_info{vip=\"203.0.113.10:80/tcp\",fingerprint=\"",
+            // The health verdict above changed the table once.
+            "anycast_vip_table_changes_total{vip=\"203.0.113.10:80/tcp\"} 1",
             "anycast_config_reloads_total{result=\"ok\"} 0",
             "anycast_config_reloads_total{result=\"error\"} 0",
             &format!(
@@ -268,6 +278,138 @@ mod tests {
         }
         server.abort();
         actor.abort();
+    }
+
+    /// The metric families `render` can produce (BGP and counters included), from its output.
+    fn exported_families() -> BTreeSet<String> {
+        let c = ConfigBuilder::reference()
+            .without_agent("tunnel_source_v6")
+            .without_agent("decap_allow")
+            .build();
+        let (ctl, _) =
+            Controller::start(MemorySink::new(&c), "/x.toml".into(), c, BTreeSet::new()).unwrap();
+        let mut status = ctl.status();
+        status.bgp = Some(crate::proto::AnnounceStatus::default());
+        let stats = Stats {
+            counters: anycast_common::counter::NAMES
+                .iter()
+                .map(|n| ((*n).to_owned(), 0))
+                .collect(),
+            vips: vec![],
+            backends: vec![],
+        };
+        render(&status, Some(&stats))
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .map(|l| l.split(' ').next().unwrap().to_owned())
+            .collect()
+    }
+
+    /// Every PromQL string of the dashboard (panel targets and template variables).
+    fn dashboard_queries() -> Vec<String> {
+        fn walk(v: &serde_json::Value, out: &mut Vec<String>) {
+            match v {
+                serde_json::Value::Object(m) => {
+                    for (k, v) in m {
+                        match (k.as_str(), v) {
+                            ("expr" | "definition", serde_json::Value::String(q)) => {
+                                out.push(q.clone());
+                            }
+                            _ => walk(v, out),
+                        }
+                    }
+                }
+                serde_json::Value::Array(a) => a.iter().for_each(|v| walk(v, out)),
+                _ => {}
+            }
+        }
+        let text = include_str!("../../deploy/grafana/anycast.json");
+        let dash: serde_json::Value = serde_json::from_str(text).expect("the dashboard is JSON");
+        let mut out = Vec::new();
+        walk(&dash, &mut out);
+        out
+    }
+
+    /// Identifiers in a PromQL expression that name one of the agent's metrics (they all start
+    /// with `anycast_`; functions, labels and keywords do not).
+    fn metric_names(q: &str) -> Vec<String> {
+        let b = q.as_bytes();
+        let ident = |c: u8| c.is_ascii_alphanumeric() || c == b'_' || c == b':';
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < b.len() {
+            if ident(b[i]) && (i == 0 || !ident(b[i - 1])) {
+                let start = i;
+                while i < b.len() && ident(b[i]) {
+                    i += 1;
+                }
+                let word = &q[start..i];
+                // Inside a string literal (a label value) a word is not a metric.
+                let quotes = q[..start].matches('"').count();
+                if word.starts_with("anycast_") && quotes.is_multiple_of(2) {
+                    out.push(word.to_owned());
+                }
+            } else {
+                i += 1;
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn every_metric_the_dashboard_queries_is_exported() {
+        let exported = exported_families();
+        let queries = dashboard_queries();
+        assert!(queries.len() >= 10, "{queries:?}");
+        let mut queried = BTreeSet::new();
+        for q in &queries {
+            let names = metric_names(q);
+            assert!(!names.is_empty(), "a query with no anycast metric: {q}");
+            for n in names {
+                assert!(
+                    exported.contains(&n),
+                    "the dashboard queries {n}, which the agent does not export (exported: {exported:?}): {q}"
+                );
+                queried.insert(n);
+            }
+        }
+        for wanted in [
+            "anycast_vip_packets_total",
+            "anycast_backend_packets_total",
+            "anycast_packets_total",
+            "anycast_vip_announced",
+            "anycast_vip_table_changes_total",
+        ] {
+            assert!(queried.contains(wanted), "no panel shows {wanted}");
+        }
+    }
+
+    #[test]
+    fn outcomes_the_dashboard_selects_are_counter_names() {
+        for q in dashboard_queries() {
+            const SEL: &str = "outcome=~\"";
+            for (_, rest) in q.match_indices(SEL).map(|(i, _)| q.split_at(i + SEL.len())) {
+                let list = &rest[..rest.find('"').unwrap()];
+                for alt in list.split('|') {
+                    let literal = alt.trim_end_matches(".*");
+                    assert!(
+                        anycast_common::counter::NAMES
+                            .iter()
+                            .any(|n| n.starts_with(literal)
+                                && (alt.ends_with(".*") || *n == literal)),
+                        "outcome {alt:?} is no counter: {q}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn promql_metric_names_are_found_and_label_values_skipped() {
+        assert_eq!(
+            metric_names(r#"sum by (vip) (rate(anycast_vip_packets_total{vip=~"anycast_x"}[5m]))"#),
+            ["anycast_vip_packets_total"]
+        );
     }
 
     #[test]

@@ -211,6 +211,10 @@ pub struct VipStatus {
     pub fingerprint: Option<String>,
     pub health_check: Option<String>,
     pub backends: Vec<BackendStatus>,
+    /// Publications that changed this VIP's table (backends, weights, slots, the VIP appearing
+    /// or going) since the agent started: `anycast_vip_table_changes_total`.
+    #[serde(default)]
+    pub table_changes: u64,
     /// BGP state of the VIP's prefix, with `[bgp]`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub announcement: Option<PrefixState>,

@@ -20,6 +20,9 @@ const APT_PACKAGES: &[&str] = &[
     "bird2",
     "etcd-server",
     "etcd-client",
+    // The `etcd-client` crate's build script compiles etcd's protobuf definitions with protoc.
+    "protobuf-compiler",
+    "libprotobuf-dev",
     "iperf3",
     "python3-scapy",
     "netcat-openbsd",

@@ -43,6 +43,7 @@ use crate::dataplane::pins::{self, AdoptPlan, Attached, PinError, PinLayout};
 use crate::dataplane::program_log::ProgramLog;
 use crate::dataplane::stats::StateFile;
 use crate::dataplane::{Dataplane, DataplaneError, Geometry};
+use crate::fleet::edge::Edge;
 use crate::health::{self, HealthEvent};
 use crate::host::{self, HostError};
 use crate::proto::{AttachedInterface, ProgramInfo};
@@ -214,6 +215,9 @@ pub async fn run(opts: AgentOptions) -> Result<(), AgentError> {
     // killing it between two pinning steps.
     let signals = Signals::new()?;
     let config = Config::load(&opts.config)?;
+    // With [fleet]: the last applied fleet document, if cached, so that a restart while etcd
+    // is down runs the fleet's tables rather than the file's defaults.
+    let (config, fleet_cached) = crate::fleet::edge::initial_config(&opts.config, config);
     for w in config.warnings() {
         warn!("{w}");
     }
@@ -331,6 +335,7 @@ pub async fn run(opts: AgentOptions) -> Result<(), AgentError> {
         &plan,
         previous.as_ref(),
         signals,
+        fleet_cached,
     )
     .await;
     // The program, its links and the maps stay pinned: the dataplane keeps forwarding.
@@ -365,8 +370,11 @@ fn migrate_conns(ctl: &mut Controller<Dataplane>, m: &pins::ConnsMigration) {
     }
 }
 
-fn reload(ctl: &mut Controller<Dataplane>, trigger: &str) {
-    let new = Config::load(ctl.config_path());
+fn reload(ctl: &mut Controller<Dataplane>, trigger: &str, fleet: Option<&Edge>) {
+    let new = match fleet {
+        Some(f) => f.load(ctl.config_path()),
+        None => Config::load(ctl.config_path()),
+    };
     let local = match host::local_addresses() {
         Ok(detected) => new.as_ref().unwrap_or(ctl.config()).local_set(detected),
         Err(e) => {
@@ -376,8 +384,15 @@ fn reload(ctl: &mut Controller<Dataplane>, trigger: &str) {
     };
     // Errors are logged (field named) and recorded for `anycast status` by the controller.
     let _ = ctl.reload(trigger, new, local);
+    if let Some(f) = fleet {
+        f.refresh(ctl);
+    }
 }
 
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the start-up state handed over from `run`, each used once"
+)]
 async fn attach_and_serve(
     ctl: &mut Controller<Dataplane>,
     config: &Config,
@@ -386,6 +401,7 @@ async fn attach_and_serve(
     plan: &AdoptPlan,
     previous: Option<&StateFile>,
     mut signals: Signals,
+    fleet_cached: Option<crate::fleet::cache::Cached>,
 ) -> Result<(), AgentError> {
     let state_path = config.agent.state_file.as_path();
     layout.create_dirs()?;
@@ -524,8 +540,19 @@ async fn attach_and_serve(
     let (file_tx, mut file_rx) = mpsc::unbounded_channel();
     let _watcher = watch_config(ctl.config_path(), file_tx);
 
+    let mut fleet = config.fleet.clone().map(|f| Edge::start(f, fleet_cached));
+    if let Some(f) = &fleet {
+        f.refresh(ctl);
+    }
+
     let mut file_changed: Option<tokio::time::Instant> = None;
     let which = loop {
+        let fleet_event = async {
+            match fleet.as_mut() {
+                Some(f) => f.next().await,
+                None => std::future::pending().await,
+            }
+        };
         let debounce = async {
             match file_changed {
                 Some(at) => tokio::time::sleep_until(at).await,
@@ -537,7 +564,7 @@ async fn attach_and_serve(
             _ = signals.int.recv() => break "SIGINT",
             _ = signals.hup.recv() => {
                 file_changed = None;
-                reload(ctl, "SIGHUP");
+                reload(ctl, "SIGHUP", fleet.as_ref());
                 checks.reconcile(ctl, &health_tx);
             }
             Some(()) = file_rx.recv() => {
@@ -545,7 +572,7 @@ async fn attach_and_serve(
             }
             () = debounce => {
                 file_changed = None;
-                reload(ctl, "file change");
+                reload(ctl, "file change", fleet.as_ref());
                 checks.reconcile(ctl, &health_tx);
             }
             Some(ev) = health_rx.recv() => {
@@ -558,17 +585,34 @@ async fn attach_and_serve(
                         Err(_) => break,
                     }
                 }
-                ctl.set_health_verdicts(
-                    batch.iter().map(|ev| (ev.vip, ev.backend, ev.healthy, ev.detail.as_str())),
-                );
+                let verdicts =
+                    batch.iter().map(|ev| (ev.vip, ev.backend, ev.healthy, ev.detail.as_str()));
+                // In a fleet this edge's own verdicts are its vote; the tables follow the
+                // fleet's verdict (crate::fleet::report).
+                match fleet.as_mut() {
+                    Some(f) => f.local_health(verdicts, ctl),
+                    None => ctl.set_health_verdicts(verdicts),
+                }
                 for ev in &batch {
                     ctl.set_health_settled(ev.vip, ev.backend, ev.settled);
                 }
                 tokio::task::yield_now().await;
             }
+            Some(ev) = fleet_event => {
+                if let Some(f) = fleet.as_mut() {
+                    f.handle(ev, ctl, |c| host::local_addresses().ok().map(|d| c.local_set(d)));
+                }
+                checks.reconcile(ctl, &health_tx);
+            }
             Some(call) = calls.recv() => match call {
                 Call::Api(req, reply) => { let _ = reply.send(ctl.handle(req)); }
-                Call::Metrics(reply) => { let _ = reply.send(ctl.metrics()); }
+                Call::Metrics(reply) => {
+                    let mut m = ctl.metrics();
+                    if let Some(f) = &fleet {
+                        m.push_str(&f.metrics());
+                    }
+                    let _ = reply.send(m);
+                }
             },
         }
         if let Some(n) = &nexthops {
@@ -584,6 +628,7 @@ async fn attach_and_serve(
     }
     drop(checks);
     drop(nexthops);
+    drop(fleet);
     info!(
         signal = which,
         pin_path = %layout.root().display(),

@@ -17,11 +17,16 @@
 
 mod agent;
 pub mod bgp;
+mod fleet;
 mod reference;
 mod vip;
 
 use agent::validate_agent;
 pub use agent::{AgentConfig, RawAgent, XdpModeSetting};
+use fleet::validate_fleet;
+pub use fleet::{
+    DEFAULT_FLEET_CACHE_DIR, DEFAULT_FLEET_PREFIX, FleetAuth, FleetConfig, FleetTls, RawFleet,
+};
 pub use reference::{ConfigBuilder, VipBuilder};
 use vip::validate_health;
 pub use vip::{
@@ -144,6 +149,8 @@ pub struct RawConfig {
     pub vip: Vec<RawVip>,
     /// BGP announcement of the VIPs (the `announce` module).
     pub bgp: Option<bgp::RawBgp>,
+    /// Shared state in etcd (the `fleet` module).
+    pub fleet: Option<RawFleet>,
 }
 
 /// A validated configuration.
@@ -153,6 +160,8 @@ pub struct Config {
     pub vips: Vec<VipConfig>,
     /// `None`: the agent announces nothing (routes to the VIPs are someone else's business).
     pub bgp: Option<bgp::BgpConfig>,
+    /// `None`: the file is the only source of the VIPs.
+    pub fleet: Option<FleetConfig>,
 }
 
 fn int_in<T: TryFrom<i64>>(field: &str, v: i64, lo: i64, hi: i64) -> Result<T, ConfigError> {
@@ -224,8 +233,14 @@ impl Config {
     }
 
     pub fn from_raw(raw: RawConfig) -> Result<Self, ConfigError> {
-        let RawConfig { agent, vip, bgp } = raw;
+        let RawConfig {
+            agent,
+            vip,
+            bgp,
+            fleet,
+        } = raw;
         let agent = validate_agent(agent)?;
+        let fleet = fleet.map(validate_fleet).transpose()?;
         let bgp = bgp
             .map(|b| bgp::validate(b, agent.tunnel_source))
             .transpose()?;
@@ -312,7 +327,12 @@ impl Config {
             "agent.max_backends",
             agent.max_backends,
         )?;
-        Ok(Self { agent, vips, bgp })
+        Ok(Self {
+            agent,
+            vips,
+            bgp,
+            fleet,
+        })
     }
 
     /// Checks what depends on this host: every remote backend (one whose address is not in

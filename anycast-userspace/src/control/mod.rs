@@ -93,6 +93,8 @@ pub struct Controller<S: Sink> {
     announce: Option<crate::announce::Handle>,
     /// An edge drain restored from the state file, for the announcer when it is set.
     edge_drained: bool,
+    /// Publications that changed each VIP's table since start (metrics).
+    table_changes: BTreeMap<VipId, u64>,
 }
 
 /// Maglev tables by VIP, with the input each was built from (ring size, seed, backends and
@@ -180,6 +182,7 @@ impl<S: Sink> Controller<S> {
             state_file: None,
             announce: None,
             edge_drained: false,
+            table_changes: BTreeMap::new(),
         };
         let restored = saved.map(|s| c.restore(s)).unwrap_or_default();
         let (effective, desired) = c.desired()?;
@@ -344,6 +347,7 @@ impl<S: Sink> Controller<S> {
         let tables = tables_of(&effective, &desired);
         let changes = diff(&self.effective, &self.tables, &effective, &tables);
         for c in &changes {
+            *self.table_changes.entry(c.vip).or_default() += 1;
             let list = |v: &[IpAddr]| {
                 v.iter()
                     .map(ToString::to_string)
@@ -819,7 +823,19 @@ mod tests {
         assert_eq!((d.table(v10).cloned(), d.table(v11).cloned()), tables);
         let again = d.status();
         assert_eq!(again.overrides, status.overrides);
-        assert_eq!(again.vips, status.vips);
+        // The same VIPs, less the table-change counters: a new agent counts from zero.
+        let since_start = |vips: &[crate::proto::VipStatus]| {
+            vips.iter()
+                .cloned()
+                .map(|mut v| {
+                    v.table_changes = 0;
+                    v
+                })
+                .collect::<Vec<_>>()
+        };
+        assert!(status.vips.iter().any(|v| v.table_changes > 0));
+        assert!(again.vips.iter().all(|v| v.table_changes == 0));
+        assert_eq!(since_start(&again.vips), since_start(&status.vips));
         assert_eq!(d.health(v10, ip("198.18.10.3")), Some(false));
         // The health checks start from the restored verdicts; undrain works as before.
         req(&mut d, r#"{"request":"undrain","backend":"198.18.10.2"}"#).unwrap();

@@ -90,6 +90,7 @@ impl<S: Sink> Controller<S> {
                         )
                     }),
                     backends,
+                    table_changes: self.table_changes.get(&id).copied().unwrap_or(0),
                 }
             })
             .collect();
