@@ -39,6 +39,8 @@ pub mod lab_bgp;
 pub mod lab_fleet;
 
 pub mod fixture;
+/// The differential fuzzer: the program against a host model (`cargo xtask fuzz`).
+pub mod fuzz;
 pub mod mount;
 pub mod netns;
 pub mod one_vip;
