@@ -51,6 +51,8 @@ pub struct Options {
     /// The VIPs of every agent (edges and backends), if not the reference ones
     /// ([`reference::vips_with`]).
     pub vips: Option<Vec<VipSpec>>,
+    /// TOML appended to the config of the agent in a namespace (by short name), e.g. `[fleet]`.
+    pub extra_config: BTreeMap<String, String>,
 }
 
 /// The agent spec of `ns` (an edge or a backend) for `opts`, with `vips` if given.
@@ -62,6 +64,9 @@ fn agent_spec(opts: &Options, ns: &str, vips: Option<&Vec<VipSpec>>) -> Result<A
         .ok_or_else(|| LabError::Setup(format!("no agent spec for {ns}")))?;
     if let Some(v) = vips.or(opts.vips.as_ref()) {
         spec.vips = v.clone();
+    }
+    if let Some(extra) = opts.extra_config.get(ns) {
+        spec.extra_config.clone_from(extra);
     }
     if opts.all_health || (ns == EDGE1 && opts.edge1_health) {
         spec.health = Some(LabHealth {
