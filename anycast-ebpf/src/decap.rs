@@ -16,14 +16,16 @@ use anycast_common::{
     PROTO_UDP, SECOND_CHANCE_TTL_MIN, counter, hash::ring_slot,
 };
 use aya_ebpf::{
-    helpers::generated::bpf_xdp_adjust_head, maps::lpm_trie::Key, programs::XdpContext,
+    helpers::generated::{bpf_xdp_adjust_head, bpf_xdp_adjust_tail},
+    maps::lpm_trie::Key,
+    programs::XdpContext,
 };
 
 use crate::{
     Verdict, chance, encap, log, maps,
     packet::{addr_bytes, bytes_at, u8_at, u16_be_at, word_at, write_at},
     parse,
-    parse::{ETH_LEN, ETH_P_IP, ETH_P_IPV6, Ip, UDP_LEN, VLAN_LEN},
+    parse::{ETH_LEN, ETH_P_IP, ETH_P_IPV6, Ip, TCP_LEN, UDP_LEN, VLAN_LEN},
     select, track,
 };
 
@@ -33,8 +35,12 @@ use crate::{
 pub fn is_tunnel(ctx: &XdpContext, ip: &Ip, cfg: &DataplaneConfig) -> bool {
     let tunnel = match ip.proto {
         PROTO_IPIP | PROTO_IPV6 => true,
+        // The UDP header must lie inside the IP packet: bytes after it (Ethernet padding) are no
+        // port.
         PROTO_UDP => {
-            u16_be_at(ctx, ip.l4_off() + 2).is_some_and(|p| p == u16::from_be(cfg.gue_port_be))
+            ip.l3_len + UDP_LEN <= ip.ip_len as usize
+                && u16_be_at(ctx, ip.l4_off() + 2)
+                    .is_some_and(|p| p == u16::from_be(cfg.gue_port_be))
         }
         _ => false,
     };
@@ -68,6 +74,12 @@ pub fn decapsulate(ctx: &XdpContext, ip: &Ip, cfg: &DataplaneConfig) -> Verdict 
     if !source_allowed(ip) {
         log::decap_refused(ip);
         return Verdict::drop(counter::DECAP_REFUSED);
+    }
+    // Bytes after the outer IP packet (Ethernet padding) are not part of it: trimmed first, so
+    // that nothing below reads them as GUE header, hint or inner packet, and the inner packet
+    // reaches the stack (or the next tunnel) without them.
+    if !trim(ctx, (ip.l2_len + ip.ip_len as usize) as u32) {
+        return Verdict::drop(counter::INTERNAL_ERROR);
     }
     let Some(sc) = encap::scratch() else {
         return Verdict::drop(counter::INTERNAL_ERROR);
@@ -160,6 +172,17 @@ pub fn decapsulate(ctx: &XdpContext, ip: &Ip, cfg: &DataplaneConfig) -> Verdict 
     table_chance(ctx, cfg, sc)
 }
 
+/// Cuts the frame after its first `end` bytes, if it is longer; false if that failed.
+// A subprogram of its own: inlined, its values would take stack slots in `decapsulate`'s frame,
+// which the deepest call chain's 512 bytes cannot spare.
+#[inline(never)]
+fn trim(ctx: &XdpContext, end: u32) -> bool {
+    let frame_len = (ctx.data_end() - ctx.data()) as u32;
+    // SAFETY: ctx is the program's context; shrinking to the end of the IP packet keeps at
+    // least the Ethernet header (the caller parsed one).
+    frame_len <= end || unsafe { bpf_xdp_adjust_tail(ctx.ctx, end as i32 - frame_len as i32) } == 0
+}
+
 /// Reads a previous-owner hint from GUE private data at `off` (see anycast_common::GUE_HINT_MAGIC).
 #[inline(always)]
 fn read_hint(ctx: &XdpContext, off: usize, words: u8, hint: &mut Backend) {
@@ -192,7 +215,8 @@ fn read_hint(ctx: &XdpContext, off: usize, words: u8, hint: &mut Backend) {
 /// chance: a mid-flow one ([`track::mid_flow`]; a new connection belongs to this host).
 #[inline(always)]
 fn mid_flow_tcp(ctx: &XdpContext, inner: &Ip) -> Option<u32> {
-    if inner.proto != PROTO_TCP {
+    // The fixed TCP header must lie inside the inner packet, as on the VIP path.
+    if inner.proto != PROTO_TCP || inner.l3_len + TCP_LEN > inner.ip_len as usize {
         return None;
     }
     let l4 = inner.l4_off();

@@ -62,7 +62,9 @@ fn inner_sum(ctx: &XdpContext, ip: &Ip) -> Option<u64> {
     }
     // A fragment's transport checksum covers the whole datagram, not this fragment: no identity
     // to use, so no outer checksum (0; for an IPv6 outer header as RFC 6935 allows tunnels).
-    if ip.l3_len == IPV6_LEN + 8 || (ip.family == FAMILY_V4 && is_v4_fragment(ctx, ip)) {
+    // (An IPv4 header with options can be 48 bytes long too: the family decides.)
+    let v6_fragment = ip.family == FAMILY_V6 && ip.l3_len == IPV6_LEN + 8;
+    if v6_fragment || (ip.family == FAMILY_V4 && is_v4_fragment(ctx, ip)) {
         return None;
     }
     let l4 = ip.l4_off();

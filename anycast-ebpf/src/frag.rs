@@ -63,7 +63,9 @@ pub fn parse(ctx: &XdpContext, ip: &mut Ip) -> Option<(u32, bool)> {
         let b0 = u8_at(ctx, l2)?;
         let b1 = u8_at(ctx, l2 + 1)?;
         let plen = u16_be_at(ctx, l2 + 4)?;
-        if b0 >> 4 != 6 || u8_at(ctx, l2 + 6)? != PROTO_FRAGMENT {
+        // The fragment header must lie inside the packet (not in Ethernet padding after it).
+        if b0 >> 4 != 6 || u8_at(ctx, l2 + 6)? != PROTO_FRAGMENT || usize::from(plen) < FRAG_HDR_LEN
+        {
             return None;
         }
         let f = l2 + IPV6_LEN;

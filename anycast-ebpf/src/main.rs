@@ -104,6 +104,10 @@ fn steer(ctx: &XdpContext) -> Verdict {
             };
             // The first fragment holds at least the first 8 bytes of the transport header
             // (RFC 791, RFC 8200); a later one has no ports.
+            // The ports must lie inside the fragment, not in what follows it (Ethernet padding).
+            if first && ip.l3_len + 4 > ip.ip_len as usize {
+                return Verdict::pass(counter::FRAGMENT);
+            }
             let ports = if first {
                 match packet::word_at(ctx, ip.l4_off()) {
                     Some(p) => p,

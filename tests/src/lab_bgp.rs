@@ -58,6 +58,8 @@ pub struct Options {
     /// BFD between the router and the edges, `(interval_ms, multiplier)`, both sides (default
     /// [`DEFAULT_BFD`]).
     pub bfd: Option<(u32, u32)>,
+    /// TOML appended to the config of the agent in a namespace (by short name), e.g. `[fleet]`.
+    pub extra_config: BTreeMap<String, String>,
 }
 
 /// BFD in the lab unless [`Options::bfd`] says otherwise: 200 ms x 5, 1 s to detect.
@@ -72,6 +74,9 @@ fn agent_spec(opts: &Options, ns: &str, vips: Option<&Vec<VipSpec>>) -> Result<A
         .ok_or_else(|| LabError::Setup(format!("no agent spec for {ns}")))?;
     if let Some(v) = vips.or(opts.vips.as_ref()) {
         spec.vips = v.clone();
+    }
+    if let Some(extra) = opts.extra_config.get(ns) {
+        spec.extra_config.clone_from(extra);
     }
     if opts.all_health || (ns == EDGE1 && opts.edge1_health) {
         spec.health = Some(LabHealth {

@@ -41,6 +41,22 @@ enum Command {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// setup, then the differential fuzzer (`anycast-fuzz` in the tests crate) in release mode:
+    /// random and mutated frames through the XDP program (BPF_PROG_TEST_RUN) and through the
+    /// host model, compared on action, backend, output bytes and counters. Needs root. Exits
+    /// non-zero on a disagreement, printing the seed, the packet index and both outputs.
+    Fuzz {
+        /// Frames to run.
+        #[arg(long, default_value_t = 100_000)]
+        packets: u64,
+        /// Seed of the frames and of the world's changes (same seed, same run).
+        #[arg(long, default_value_t = 20_261_204)]
+        seed: u64,
+        /// Frames per chunk: the world changes (weights, encapsulation) and tracking starts
+        /// empty at every chunk.
+        #[arg(long, default_value_t = 10_000)]
+        chunk: u64,
+    },
     /// setup, `cargo build --release`, then the lab demo (`anycast-demo`): the reference topology
     /// in network namespaces with BGP (the router's BIRD does ECMP and BFD, both edges' agents
     /// announce the VIP), long-lived and short TCP connections to the VIP in a live view while
@@ -70,6 +86,11 @@ fn main() -> anyhow::Result<()> {
         Command::Test { args } => test(&args),
         Command::Lint => lint(),
         Command::Bench { args } => bench(&args),
+        Command::Fuzz {
+            packets,
+            seed,
+            chunk,
+        } => fuzz(packets, seed, chunk),
         Command::Demo { args } => demo(&args),
         Command::Run { args } => run_agent(&args),
         Command::CleanLab { prefix } => lab::clean(prefix.as_deref()),
@@ -213,6 +234,36 @@ fn bench(args: &[String]) -> anyhow::Result<()> {
         ])
         .args(args)
         .current_dir(&root))
+}
+
+fn fuzz(packets: u64, seed: u64, chunk: u64) -> anyhow::Result<()> {
+    setup::setup()?;
+    if !is_root() {
+        bail!(
+            "the fuzzer loads the XDP program and creates a network namespace: run it as root (sudo -E cargo xtask fuzz)"
+        );
+    }
+    if chunk == 0 {
+        bail!("--chunk must be at least 1");
+    }
+    let (packets, seed, chunk) = (packets.to_string(), seed.to_string(), chunk.to_string());
+    run(cargo()
+        .args([
+            "run",
+            "--release",
+            "-p",
+            "anycast-tests",
+            "--bin",
+            "anycast-fuzz",
+            "--",
+            "--packets",
+            &packets,
+            "--seed",
+            &seed,
+            "--chunk",
+            &chunk,
+        ])
+        .current_dir(workspace_root()))
 }
 
 fn demo(args: &[String]) -> anyhow::Result<()> {
