@@ -14,6 +14,7 @@ use crate::config::{DEFAULT_API_SOCKET, XdpModeSetting};
 use crate::plan::model::Decision;
 use crate::proto::{Status, VipState};
 
+pub mod conns;
 pub mod examples;
 #[cfg(test)]
 mod unit_file;
@@ -69,6 +70,11 @@ pub enum Command {
     /// agent's live tables (overrides and health included) through its control socket.
     #[command(after_help = examples::LOOKUP)]
     Lookup(LookupArgs),
+    /// List the dataplane's tracked connections (both tiers: CONNS_NEW, new flows on probation,
+    /// and CONNS, established) from its pinned maps, with counts per backend: client, VIP,
+    /// backend, tier, time since the entry's timestamp. Works while no agent runs.
+    #[command(after_help = examples::CONNS)]
+    Conns(conns::ConnsArgs),
     /// Print the counters of the running agent: through its control socket, or from its pinned
     /// maps with --pin-path / --state-file (also used when the socket does not answer).
     #[command(after_help = examples::STATS)]
@@ -192,6 +198,9 @@ pub struct LookupArgs {
     /// Print the decision as JSON.
     #[arg(long)]
     pub json: bool,
+    /// When asking the agent: where its pinned maps are, to say whether the flow is tracked.
+    #[command(flatten)]
+    pub pins: conns::PinArgs,
     /// PROTO SRC:PORT DST:PORT, e.g. `tcp 198.51.100.7:40000 203.0.113.10:80` (one argument or three).
     #[arg(required = true, num_args = 1.., value_name = "FLOW")]
     pub flow: Vec<String>,

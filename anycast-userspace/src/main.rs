@@ -77,6 +77,19 @@ fn run(command: Command) -> anyhow::Result<()> {
                 .map_err(|e| anyhow!(agent::error_chain(&e)))
         }
         Command::Lookup(args) => lookup(&args),
+        Command::Conns(args) => {
+            let pin_path = args.pins.pin_path();
+            let maps = anycast::dataplane::conns::PinnedConns::open(&pin_path)
+                .map_err(|e| anyhow!(agent::error_chain(&e)))
+                .context("reading the connection-tracking maps (is this the agent's pin_path?)")?;
+            let report = maps.report(&args.filter(), args.limit);
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", anycast::cli::conns::render(&report, args.limit));
+            }
+            Ok(())
+        }
         Command::Stats {
             pin_path,
             state_file,
@@ -278,7 +291,38 @@ fn lookup(args: &LookupArgs) -> anyhow::Result<()> {
         let d = api::Client::new(&args.socket)
             .lookup(&args.flow_text())
             .map_err(|e| anyhow!(agent::error_chain(&e)))?;
-        println!("{}", render_lookup(&d, args.json));
+        // Whether the flow is tracked, from the pinned maps (the program's own answer for a
+        // packet of the flow): a tracked entry wins over the table.
+        let flow: Flow = args.flow_text().parse()?;
+        let pin_path = args.pins.pin_path();
+        let tracked = anycast::dataplane::conns::PinnedConns::open(&pin_path)
+            .map(|m| m.lookup(&flow))
+            .map_err(|e| agent::error_chain(&e));
+        if args.json {
+            let mut v = serde_json::to_value(&d)?;
+            v["tracked"] = match &tracked {
+                Ok(t) => serde_json::to_value(t)?,
+                Err(e) => serde_json::json!({ "error": e }),
+            };
+            println!("{v}");
+        } else {
+            println!("{}", render_lookup(&d, false));
+            match tracked {
+                Ok(Some(c)) => println!(
+                    "tracked: {} (a packet of this flow follows the tracked backend{})",
+                    anycast::cli::conns::render_conn(&c),
+                    if c.backend.is_none() {
+                        " unless stale: this entry is, so the table decides"
+                    } else {
+                        ", not the table"
+                    }
+                ),
+                Ok(None) => println!(
+                    "tracked: no (neither CONNS nor CONNS_NEW holds it: the table above decides)"
+                ),
+                Err(e) => println!("tracked: unknown ({e})"),
+            }
+        }
         return Ok(());
     };
     let config = Config::load(config_path)?;

@@ -28,7 +28,18 @@ EXAMPLES:
   anycast lookup --config /etc/anycast/anycast.toml tcp 198.51.100.7:40000 203.0.113.10:80
       Compute from a config file, as this host would (no agent needed).
   anycast lookup --config edge2.toml --local-address 198.18.10.3 tcp 198.51.100.7:40000 203.0.113.10:80
-      As another host would: its addresses replace this host's.";
+      As another host would: its addresses replace this host's.
+Asking the agent, lookup also says whether the flow is tracked (CONNS or CONNS_NEW, which
+backend), from the pinned maps (--pin-path, --state-file).";
+
+pub const CONNS: &str = "\
+EXAMPLES:
+  anycast conns
+      Counts per tier and backend, and the 50 most recent connections.
+  anycast conns --vip 203.0.113.10:80/tcp --backend 198.18.10.2 --limit 10
+  anycast conns --client 198.51.100.0/24 --json
+  anycast conns --pin-path /sys/fs/bpf/anycast
+      Read these pins (default: the state file's agent.pin_path).";
 
 pub const STATS: &str = "\
 EXAMPLES:

@@ -39,6 +39,7 @@
 //! "reload only what changed".
 
 pub mod batch;
+pub mod conns;
 pub mod migrate;
 pub mod pins;
 pub mod program_log;

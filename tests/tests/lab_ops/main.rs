@@ -19,6 +19,7 @@ use anycast_tests::lab::{
     without_colours,
 };
 
+mod conns;
 mod ops;
 use ops::*;
 
