@@ -11,9 +11,10 @@
 //!
 //! The router learns each VIP prefix from every edge that announces it and installs one
 //! multipath route; it hashes on the L4 ports (`fib_multipath_hash_policy = 1`), so one client's
-//! connections spread over the edges. Every BIRD started here (the router's through
-//! [`Lab::spawn`], the edges' as children of their agents with a parent-death signal) dies with
-//! the lab; configs, sockets and logs live in the lab's run directory.
+//! connections spread over the edges. Every BIRD started here dies with the lab: the router's
+//! through [`Lab::spawn`], the edges' (started by their agents, which they outlive when killed:
+//! [`BgpLab::kill_edge`]) with the lab's namespaces, whose processes the lab kills; configs,
+//! sockets, pid files and logs live in the lab's run directory.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -27,7 +28,10 @@ use crate::lab::{
     AgentSpec, Lab, LabError, LabHealth, Result, ServerSpec, Sysctl, Topology, VipSpec, find_binary,
 };
 
+mod restart;
 mod serial;
+
+pub use restart::{RouteSample, same_routes, watch_route};
 
 pub const ROUTER_AS: u32 = 65000;
 /// Both edges: identical attributes (AS path, origin, no MED) are what ECMP needs.
@@ -51,7 +55,15 @@ pub struct Options {
     /// The VIPs of every agent (edges and backends), if not the reference ones
     /// ([`reference::vips_with`]).
     pub vips: Option<Vec<VipSpec>>,
+    /// BFD between the router and the edges, `(interval_ms, multiplier)`, both sides (default
+    /// [`DEFAULT_BFD`]).
+    pub bfd: Option<(u32, u32)>,
+    /// TOML appended to the config of the agent in a namespace (by short name), e.g. `[fleet]`.
+    pub extra_config: BTreeMap<String, String>,
 }
+
+/// BFD in the lab unless [`Options::bfd`] says otherwise: 200 ms x 5, 1 s to detect.
+pub const DEFAULT_BFD: (u32, u32) = (200, 5);
 
 /// The agent spec of `ns` (an edge or a backend) for `opts`, with `vips` if given.
 fn agent_spec(opts: &Options, ns: &str, vips: Option<&Vec<VipSpec>>) -> Result<AgentSpec> {
@@ -62,6 +74,9 @@ fn agent_spec(opts: &Options, ns: &str, vips: Option<&Vec<VipSpec>>) -> Result<A
         .ok_or_else(|| LabError::Setup(format!("no agent spec for {ns}")))?;
     if let Some(v) = vips.or(opts.vips.as_ref()) {
         spec.vips = v.clone();
+    }
+    if let Some(extra) = opts.extra_config.get(ns) {
+        spec.extra_config.clone_from(extra);
     }
     if opts.all_health || (ns == EDGE1 && opts.edge1_health) {
         spec.health = Some(LabHealth {
@@ -145,14 +160,15 @@ fn health_servers(generation: &str) -> Vec<ServerSpec> {
 
 /// The router's BIRD config: one eBGP session per edge and family, BFD on each, ECMP into the
 /// kernel. Imports everything the edges send (they send only VIP prefixes), exports nothing.
-pub fn router_bird_config() -> String {
-    let mut s = String::from(
+pub fn router_bird_config(bfd: (u32, u32)) -> String {
+    let (i, k) = bfd;
+    let mut s = format!(
         "router id 198.18.1.1;\n\
          log stderr all;\n\
-         protocol device { scan time 10; }\n\
-         protocol kernel k4 { ipv4 { import none; export all; }; merge paths on; }\n\
-         protocol kernel k6 { ipv6 { import none; export all; }; merge paths on; }\n\
-         protocol bfd { interface \"*\" { min rx interval 200 ms; min tx interval 200 ms; multiplier 5; }; }\n",
+         protocol device {{ scan time 10; }}\n\
+         protocol kernel k4 {{ ipv4 {{ import none; export all; }}; merge paths on; }}\n\
+         protocol kernel k6 {{ ipv6 {{ import none; export all; }}; merge paths on; }}\n\
+         protocol bfd {{ interface \"*\" {{ min rx interval {i} ms; min tx interval {i} ms; multiplier {k}; }}; }}\n",
     );
     for edge in EDGES {
         let (v4, v6, _, _) = edge_link(edge);
@@ -207,7 +223,7 @@ impl BgpLab {
         };
         b.lab.start_dataplane()?;
         let conf = b.lab.dir().join("bird-router.conf");
-        std::fs::write(&conf, router_bird_config())
+        std::fs::write(&conf, router_bird_config(b.opts.bfd.unwrap_or(DEFAULT_BFD)))
             .map_err(|e| LabError::Setup(format!("writing {}: {e}", conf.display())))?;
         let sock = b.router_socket();
         let (conf, sock_s) = (
@@ -245,10 +261,11 @@ impl BgpLab {
         let mut text = self.lab.agent_config(&spec)?;
         if EDGES.contains(&ns) {
             let (v4, _, r4, r6) = edge_link(ns);
+            let (bfd_i, bfd_k) = self.opts.bfd.unwrap_or(DEFAULT_BFD);
             text.push_str(&format!(
                 "\n[bgp]\nlocal_as = {EDGE_AS}\nrouter_id = \"{v4}\"\n\
                  neighbors = [{{ address = \"{r4}\", as = {ROUTER_AS} }}, {{ address = \"{r6}\", as = {ROUTER_AS} }}]\n\
-                 bfd_interval_ms = 200\nbfd_multiplier = 5\nhold_time = 9\nkeepalive_time = 3\n\
+                 bfd_interval_ms = {bfd_i}\nbfd_multiplier = {bfd_k}\nhold_time = 9\nkeepalive_time = 3\n\
                  run_dir = {:?}\n",
                 self.edge_bird_dir(ns).display().to_string()
             ));

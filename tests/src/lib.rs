@@ -35,6 +35,9 @@ pub mod lab;
 /// The reference lab with BGP: BIRD in the router (ECMP, BFD), agents announcing the VIPs.
 pub mod lab_bgp;
 
+/// A real etcd for fleet labs (`[fleet]`, docs/fleet.md).
+pub mod lab_fleet;
+
 pub mod fixture;
 /// The differential fuzzer: the program against a host model (`cargo xtask fuzz`).
 pub mod fuzz;

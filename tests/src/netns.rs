@@ -87,6 +87,14 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
+        // A process left inside (a daemon that outlived the one that started it, such as a BIRD
+        // whose agent was killed) would keep the namespace alive, nameless, after `ip netns del`.
+        for pid in pids(&self.name) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
         delete(&self.name);
     }
 }

@@ -47,6 +47,7 @@ fn write_config(lab: &Lab, name: &str, pin_path: &Path) -> PathBuf {
         hash_seed: 42,
         vips: vec![],
         health: None,
+        extra_config: String::new(),
     };
     let text: String = lab
         .agent_config(&spec)

@@ -217,62 +217,6 @@ impl BirdClient {
     }
 }
 
-pub(super) fn spawn_bird(
-    m: &ManagedBird,
-    addresses: &BTreeSet<IpAddr>,
-) -> Result<tokio::process::Child, BirdError> {
-    use std::os::unix::fs::DirBuilderExt as _;
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(&m.run_dir)
-        .map_err(io_at("creating", &m.run_dir))?;
-    let conf = m.run_dir.join("bird.conf");
-    let sock = m.run_dir.join("bird.ctl");
-    write_bird_config(m, addresses, &BTreeSet::new())?;
-    // A socket left by a BIRD that was killed: BIRD refuses to start over a live one only.
-    let _ = std::fs::remove_file(&sock);
-    let mut cmd = tokio::process::Command::new(&m.bird_binary);
-    cmd.arg("-f")
-        .arg("-c")
-        .arg(&conf)
-        .arg("-s")
-        .arg(&sock)
-        .stdin(std::process::Stdio::null())
-        .kill_on_drop(true);
-    let parent = std::process::id();
-    // SAFETY: only async-signal-safe calls (prctl, getppid, setpgid, _exit) between fork and exec.
-    unsafe {
-        cmd.pre_exec(move || {
-            // BIRD must not outlive the agent (its announcements would). The death signal is
-            // tied to the thread that forks; the agent's runtime is single-threaded (main.rs),
-            // so that thread is the process's main thread.
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            if libc::getppid() as u32 != parent {
-                libc::_exit(1);
-            }
-            // Its own process group: a Ctrl-C at the agent's terminal reaches the agent only,
-            // which withdraws first and then stops BIRD.
-            libc::setpgid(0, 0);
-            Ok(())
-        });
-    }
-    let child = cmd
-        .spawn()
-        .map_err(io_at("starting BIRD", &m.bird_binary))?;
-    info!(
-        pid = child.id().unwrap_or(0),
-        config = %conf.display(),
-        socket = %sock.display(),
-        neighbors = m.neighbors.len(),
-        bfd = m.bfd,
-        "BIRD started (managed; dies with the agent)"
-    );
-    Ok(child)
-}
-
 /// Writes a managed BIRD's config (temporary file + rename: BIRD never reads half a file).
 pub(super) fn write_bird_config(
     m: &ManagedBird,

@@ -7,9 +7,9 @@
 //!
 //! Two modes ([`BgpMode`]):
 //! - **managed**: the agent writes BIRD's config from `[bgp]` ([`bird_config`]) and runs
-//!   `bird -f` as its child with `PR_SET_PDEATHSIG` = SIGKILL, so BIRD cannot outlive the agent: if
-//!   the agent dies, BIRD dies, its BGP sessions close and the peers withdraw at once (or after
-//!   the BFD detection time when the host itself is gone).
+//!   `bird -f`. BIRD outlives an agent that dies (crash, SIGKILL, upgrade): its sessions and
+//!   routes stay, as the pinned dataplane keeps forwarding, and the next agent re-adopts it
+//!   (`process`). An orderly stop (SIGTERM) withdraws every prefix and then stops BIRD.
 //! - **external**: the operator runs BIRD and declares the static protocols with the names above
 //!   (disabled); the agent only enables and disables them over `bgp.bird_socket`.
 //!
@@ -26,11 +26,13 @@
 
 mod bird;
 mod policy;
+mod process;
 
 use crate::error::IoError;
 pub use bird::{BirdClient, BirdError, PROTOCOL_PREFIX, bgp_sessions, bird_config, protocol_name};
-use bird::{prefix_of, spawn_bird, write_bird_config};
+use bird::{prefix_of, write_bird_config};
 pub use policy::{Desired, SETTLE_LIMIT, Want, desired, gate};
+use process::{BirdProcess, announced_in, start_or_adopt};
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -241,7 +243,7 @@ pub fn start(cfg: BgpConfig, addresses: &BTreeSet<IpAddr>) -> Result<Handle, Bir
         prefixes: addresses.iter().map(|a| (*a, prefix_state(*a))).collect(),
     }));
     let (bird, managed) = match &cfg.mode {
-        BgpMode::Managed(m) => (Some(spawn_bird(m, addresses)?), Some(m.clone())),
+        BgpMode::Managed(m) => (Some(start_or_adopt(m, addresses)?), Some(m.clone())),
         BgpMode::External { .. } => (None, None),
     };
     let (tx, rx) = watch::channel(Desired::default());
@@ -366,8 +368,10 @@ async fn run(
     mut t: Task,
     mut rx: watch::Receiver<Desired>,
     mut reconfig: mpsc::UnboundedReceiver<Reconfig>,
-    mut bird: Option<tokio::process::Child>,
+    bird: Option<(BirdProcess, bool)>,
 ) {
+    let adopted = bird.as_ref().is_some_and(|(_, a)| *a);
+    let mut bird = bird.map(|(p, _)| p);
     let socket = t.socket.clone();
     let shared = t.shared.clone();
     let mut client: Option<BirdClient> = None;
@@ -375,7 +379,8 @@ async fn run(
     let mut applied: BTreeMap<IpAddr, bool> = BTreeMap::new();
     let mut last_error = String::new();
     // A managed BIRD's config was rewritten and BIRD has not loaded it yet.
-    let mut pending_configure = false;
+    // An adopted BIRD runs the previous agent's config: it loads this agent's once connected.
+    let mut pending_configure = adopted;
     // A live change received while waiting, applied at the top of the loop (before the policy,
     // so a new prefix's protocol exists before it is enabled).
     let mut queued: Vec<Reconfig> = Vec::new();
@@ -392,8 +397,8 @@ async fn run(
             t.reconfigure(r, &mut client, &mut applied, &mut pending_configure)
                 .await;
         }
-        if let Some(child) = &mut bird
-            && let Ok(Some(st)) = child.try_wait()
+        if let Some(process) = &mut bird
+            && let Some(st) = process.exited()
         {
             error!(status = %st, "managed BIRD exited; every prefix is withdrawn until the agent restarts");
             shared.lock().expect("announce state").bird = format!("exited ({st})");
@@ -418,11 +423,26 @@ async fn run(
         let want = rx.borrow_and_update().clone();
         if client.is_none() {
             match BirdClient::connect(&socket).await {
-                Ok(c) => {
+                Ok(mut c) => {
                     info!(socket = %socket.display(), "connected to BIRD");
+                    // What BIRD announces now (a BIRD that outlived the previous agent, or one
+                    // that came back): the gate keeps what qualifies, rather than withdrawing
+                    // and announcing it anew.
+                    applied = match c.command("show protocols").await {
+                        Ok(reply) => announced_in(&reply, &t.addresses),
+                        Err(e) => {
+                            warn!(error = %crate::error::error_chain(&e), "asking BIRD what it announces; reconnecting");
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                            continue;
+                        }
+                    };
+                    for (addr, on) in &applied {
+                        if *on {
+                            t.set_announced(*addr, true, "BIRD announces it (kept from before)");
+                        }
+                    }
                     shared.lock().expect("announce state").bird = "connected".into();
                     client = Some(c);
-                    applied.clear();
                     sessions_up = None;
                     last_error.clear();
                 }
@@ -565,19 +585,8 @@ async fn run(
             }
         }
     }
-    if let Some(mut child) = bird {
-        if let Some(pid) = child.id() {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid as i32),
-                nix::sys::signal::Signal::SIGTERM,
-            );
-        }
-        if tokio::time::timeout(Duration::from_secs(1), child.wait())
-            .await
-            .is_err()
-        {
-            let _ = child.kill().await;
-        }
+    if let Some(process) = bird {
+        process.stop().await;
         info!("managed BIRD stopped");
     }
     shared.lock().expect("announce state").bird = "stopped".into();

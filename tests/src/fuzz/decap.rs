@@ -85,10 +85,10 @@ pub fn decapsulate(w: &World, f: &[u8], ip: &Ip) -> Expect {
         return delivered;
     };
     let hash = flow.hash(w.cfg.hash_seed);
-    let (to, table) = match hint {
-        Some(h) => (h, false),
+    let (to, id) = match hint {
+        Some(h) => (h, None),
         None => match table_chance(w, &flow, hash) {
-            Some(a) => (a, true),
+            Some((id, a)) => (a, Some(id)),
             None => return delivered,
         },
     };
@@ -96,10 +96,11 @@ pub fn decapsulate(w: &World, f: &[u8], ip: &Ip) -> Expect {
         dst: to,
         hint: None,
         hash,
+        id,
         outcome: counter::SECOND_CHANCE,
     };
     let e = emit::encapsulate(w, &out, &inner, &t);
-    if table {
+    if id.is_some() {
         e.with(counter::SECOND_CHANCE_TABLE)
     } else {
         e
@@ -141,12 +142,12 @@ fn mid_flow_tcp(f: &[u8], inner: &Ip) -> Option<Flow> {
 
 /// The remote owner this host's tables give a flow whose VIP's table changed: the previous
 /// table's owner of its slot if another, remote backend; else the live table's, if remote.
-fn table_chance(w: &World, flow: &Flow, hash: u32) -> Option<IpAddr> {
+fn table_chance(w: &World, flow: &Flow, hash: u32) -> Option<(u32, IpAddr)> {
     let vip = w.vip_of(flow.dst, flow.dport(), flow.proto)?;
     let (table, prev) = (vip.table.as_ref()?, vip.prev.as_ref()?);
     let slot = ring_slot(hash, w.cfg.ring_size) as usize;
     let (cur, old) = (table[slot], prev[slot]);
-    let remote = |id| w.backend(id).filter(|b| !b.local).map(|b| b.addr);
+    let remote = |id| w.backend(id).filter(|b| !b.local).map(|b| (id, b.addr));
     if old != cur
         && let Some(a) = remote(old)
     {

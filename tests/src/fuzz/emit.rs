@@ -12,7 +12,7 @@ use anycast_common::{
 
 use super::Expect;
 use super::parse::{Ip, be16};
-use super::world::{Route, World, route_of};
+use super::world::{CACHE_MAC, Route, World, route_of};
 use crate::fixture::{XDP_DROP, XDP_PASS, XDP_TX, net};
 
 /// Where an encapsulation goes.
@@ -21,6 +21,9 @@ pub struct Tunnel {
     /// The flow's previous owner (carried by GUE only).
     pub hint: Option<IpAddr>,
     pub hash: u32,
+    /// The backend id whose cached next hop may serve it (`None`: known by its address alone,
+    /// as a GUE hint's previous owner is).
+    pub id: Option<u32>,
     /// The outcome counter once sent: `encap` or `second_chance` (which leaves with TTL 255).
     pub outcome: u32,
 }
@@ -116,9 +119,15 @@ pub fn encapsulate(w: &World, f: &[u8], ip: &Ip, t: &Tunnel) -> Expect {
     } else {
         TUNNEL_TTL
     };
-    // The next-hop cache is empty: every encapsulation asks the FIB.
-    let mut details = vec![counter::FIB_LOOKUP];
     let route = route_of(t.dst);
+    // The next-hop cache serves a resolved backend when the phase fills it; everything else
+    // asks the FIB.
+    let cached = w.cache && route == Route::Resolved && t.id.is_some();
+    let mut details = if cached {
+        vec![]
+    } else {
+        vec![counter::FIB_LOOKUP]
+    };
     if route == Route::Fail {
         let mut e = Expect::drop(counter::FIB_FAIL);
         e.details = details;
@@ -146,6 +155,10 @@ pub fn encapsulate(w: &World, f: &[u8], ip: &Ip, t: &Tunnel) -> Expect {
     let next = if gue { PROTO_UDP } else { inner_proto };
     let mut out = Vec::with_capacity(f.len() + tunnel_len);
     match route {
+        Route::Resolved if cached => {
+            out.extend_from_slice(&CACHE_MAC);
+            out.extend_from_slice(&net::DEV_MAC);
+        }
         Route::Resolved => {
             out.extend_from_slice(&net::GW_MAC);
             out.extend_from_slice(&net::DEV_MAC);

@@ -64,6 +64,7 @@ fn deliver_to(w: &World, f: &[u8], ip: &Ip, backend: u32, hint: Option<u32>, has
                 dst: h.addr,
                 hint: None,
                 hash,
+                id: Some(h.id),
                 outcome: counter::SECOND_CHANCE,
             };
             return emit::encapsulate(w, f, ip, &t);
@@ -76,6 +77,7 @@ fn deliver_to(w: &World, f: &[u8], ip: &Ip, backend: u32, hint: Option<u32>, has
         dst: b.addr,
         hint: hint.map(|h| h.addr),
         hash,
+        id: Some(b.id),
         outcome: counter::ENCAP,
     };
     emit::encapsulate(w, f, ip, &t)

@@ -2,14 +2,16 @@
 //! an unresolved one, this host), Maglev tables from the agent's plan code, this host's tunnel
 //! addresses and the decap allowlist. The model reads it; [`World::write`] puts it into the
 //! program's maps with the fixture's raw setters. A new phase ([`World::next_phase`]) draws new
-//! weights and the encapsulation, so every VIP's previous table is the last phase's.
+//! weights, the encapsulation and whether the next-hop cache is filled, so every VIP's previous
+//! table is the last phase's.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use anycast::plan::maglev::{self, MaglevBackend};
 use anycast_common::{
-    AddrKey, BACKEND_F_LOCAL, CFG_F_HAS_SRC_V4, CFG_F_HAS_SRC_V6, DataplaneConfig, ENCAP_GUE,
-    ENCAP_IPIP, GUE_DEFAULT_PORT, NO_TABLE, PROTO_TCP, PROTO_UDP, VipKey, VipValue,
+    AddrKey, BACKEND_F_LOCAL, CFG_F_HAS_SRC_V4, CFG_F_HAS_SRC_V6, CFG_F_NO_PORT0_VIPS,
+    DataplaneConfig, ENCAP_GUE, ENCAP_IPIP, GUE_DEFAULT_PORT, NO_TABLE, NextHop, PROTO_TCP,
+    PROTO_UDP, VipKey, VipValue,
 };
 
 use super::Rng;
@@ -83,7 +85,15 @@ pub struct World {
     pub allow_v4: (Ipv4Addr, u32),
     pub allow_v6: (Ipv6Addr, u32),
     pub phase: u32,
+    /// Whether this phase's next-hop cache (`NEXTHOPS`) holds the resolved backends.
+    pub cache: bool,
+    /// Whether this phase goes without its port-0 VIPs (and says so: `CFG_F_NO_PORT0_VIPS`).
+    pub no_port0: bool,
 }
+
+/// The destination MAC of the cached next hops: not the FIB's gateway, so that the output shows
+/// which one routed a frame.
+pub const CACHE_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xc0];
 
 pub const VIP4: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
 pub const VIP4B: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 11);
@@ -157,6 +167,8 @@ impl World {
             allow_v4: (ALLOW_V4, 24),
             allow_v6: (ALLOW_V6, 64),
             phase: 0,
+            cache: false,
+            no_port0: false,
         }
     }
 
@@ -168,6 +180,8 @@ impl World {
     /// encapsulation; the live tables become the previous ones.
     pub fn next_phase(&mut self, rng: &mut Rng) {
         self.phase += 1;
+        self.cache = rng.below(2) == 0;
+        self.no_port0 = rng.below(4) == 0;
         self.cfg.encap = if rng.below(2) == 0 {
             ENCAP_IPIP
         } else {
@@ -210,17 +224,39 @@ impl World {
         }
     }
 
-    /// Writes the world into the program's maps (tables first, then the VIPs naming them).
-    pub fn write(&self, dp: &mut Dataplane) {
+    /// Writes the world into the program's maps (tables first, then the VIPs naming them). The
+    /// no-port-0 promise is kept as the agent keeps it: cleared before a port-0 VIP is written,
+    /// set after the last one is removed.
+    pub fn write(&mut self, dp: &mut Dataplane) {
+        self.cfg.flags &= !CFG_F_NO_PORT0_VIPS;
         dp.set_config(&self.cfg);
+        let ifindex = crate::fixture::ifindex(net::DEV);
         for b in &self.backends {
             dp.set_backend_addr(b.id, b.addr, if b.local { BACKEND_F_LOCAL } else { 0 }, 1);
+            let nh = if self.cache && !b.local && route_of(b.addr) == Route::Resolved {
+                let mut macs = [0u8; 12];
+                macs[..6].copy_from_slice(&CACHE_MAC);
+                macs[6..].copy_from_slice(&net::DEV_MAC);
+                NextHop {
+                    ifindex,
+                    mtu: 1500,
+                    generation: 1,
+                    macs,
+                }
+            } else {
+                NextHop::default()
+            };
+            dp.set_nexthop(b.id, nh);
         }
         for vip in &self.vips {
             if let Some(t) = &vip.table {
                 dp.set_table(vip.table_index, t);
             }
             let key = vip_key(vip.addr, vip.port, vip.proto);
+            if self.no_port0 && vip.port == 0 {
+                dp.remove_vip(key);
+                continue;
+            }
             dp.set_vip(
                 key,
                 VipValue {
@@ -231,6 +267,10 @@ impl World {
                 },
             );
         }
+        if self.no_port0 {
+            self.cfg.flags |= CFG_F_NO_PORT0_VIPS;
+            dp.set_config(&self.cfg);
+        }
     }
 
     /// The parts that never change: tunnel addresses and the allowlist.
@@ -240,14 +280,16 @@ impl World {
         }
         dp.allow_v4(self.allow_v4.0, self.allow_v4.1);
         dp.allow_v6(self.allow_v6.0, self.allow_v6.1);
+        // The cache never expires: whether a phase uses it is its entries' business.
+        dp.set_nexthop_lease(u64::MAX);
     }
 
     /// The VIP of (destination, port, protocol): the exact port first, then port 0.
     pub fn vip_of(&self, dst: IpAddr, port: u16, proto: u8) -> Option<&VipDef> {
         let find = |p| {
-            self.vips
-                .iter()
-                .find(|v| v.addr == dst && v.port == p && v.proto == proto)
+            self.vips.iter().find(|v| {
+                v.addr == dst && v.port == p && v.proto == proto && !(self.no_port0 && v.port == 0)
+            })
         };
         find(port).or_else(|| find(0))
     }

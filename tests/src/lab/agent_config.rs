@@ -83,6 +83,11 @@ impl Lab {
             }
             c = c.vip(v);
         }
-        Ok(c.toml())
+        let mut text = c.toml();
+        if !spec.extra_config.is_empty() {
+            text.push('\n');
+            text.push_str(&spec.extra_config);
+        }
+        Ok(text)
     }
 }

@@ -261,6 +261,7 @@ fn agent(s: &Spoke, vips: Vec<VipSpec>, encapsulation: &str) -> AgentSpec {
         hash_seed: HASH_SEED,
         vips,
         health: None,
+        extra_config: String::new(),
     }
 }
 

@@ -76,6 +76,8 @@ pub struct AgentSpec {
     pub vips: Vec<VipSpec>,
     /// Every VIP health-checks its backends ([`LabHealth`]).
     pub health: Option<LabHealth>,
+    /// TOML appended to the generated config (a section such as `[fleet]`).
+    pub extra_config: String,
 }
 
 /// Health checks of a lab agent's VIPs: TCP to `port` of each backend's address, every
