@@ -21,7 +21,7 @@ use tracing::{error, info, warn};
 
 use super::cache::{self, Cached};
 use super::doc::{self, DocError};
-use super::report::{EdgeReport, HealthView, Refused, fleet_health};
+use super::report::{EdgeReport, HealthReport, HealthView, Refused, fleet_down};
 use super::store::{Revision, Store, StoreError};
 use crate::config::{Config, ConfigError, FleetConfig, VipId};
 use crate::control::{Controller, Sink};
@@ -39,8 +39,8 @@ pub enum Event {
     Outage(String),
     /// The document, read or watched.
     Document(Revision),
-    /// The live edges' reports, after any change.
-    Edges(Vec<EdgeReport>),
+    /// The live edges' health votes, after any change.
+    Votes(Vec<HealthReport>),
 }
 
 /// The fleet state the agent shows in its metrics and logs.
@@ -58,11 +58,18 @@ pub struct FleetState {
 pub struct Edge {
     config: FleetConfig,
     events: mpsc::UnboundedReceiver<Event>,
-    report_tx: watch::Sender<EdgeReport>,
+    report_tx: watch::Sender<Published>,
     task: AbortHandle,
     pub state: FleetState,
     local_health: BTreeMap<(VipId, IpAddr), bool>,
-    others: Vec<EdgeReport>,
+    others: Vec<HealthReport>,
+}
+
+/// What this edge keeps in etcd: its report and its health vote.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Published {
+    pub report: EdgeReport,
+    pub vote: HealthReport,
 }
 
 /// The config to start with: the cached document merged into the file, if there is a cache
@@ -98,7 +105,14 @@ impl Edge {
             applied_revision: applied.as_ref().map_or(0, |c| c.revision),
             ..Default::default()
         };
-        let (report_tx, report_rx) = watch::channel(first);
+        let vote = HealthReport {
+            edge: config.edge.clone(),
+            down: Vec::new(),
+        };
+        let (report_tx, report_rx) = watch::channel(Published {
+            report: first,
+            vote,
+        });
         let cfg = config.clone();
         let task = tokio::spawn(run(cfg, tx, report_rx)).abort_handle();
         Self {
@@ -161,7 +175,7 @@ impl Edge {
                 self.state.last_error = Some(e);
             }
             Event::Document(rev) => self.apply(rev, ctl, local),
-            Event::Edges(all) => {
+            Event::Votes(all) => {
                 self.state.edges = all.len();
                 self.others = all
                     .into_iter()
@@ -242,14 +256,15 @@ impl Edge {
     fn sync_health<S: Sink>(&mut self, ctl: &mut Controller<S>) {
         let checks = ctl.checks();
         self.local_health.retain(|k, _| checks.contains_key(k));
-        let mut reports = self.others.clone();
-        reports.push(self.report_with(ctl));
-        let verdicts = fleet_health(&reports);
-        let changes: Vec<(VipId, IpAddr, bool)> = verdicts
-            .into_iter()
-            .filter(|(k, _)| checks.contains_key(k))
-            .filter(|((vip, b), v)| ctl.health(*vip, *b) != Some(*v))
-            .map(|((vip, b), v)| (vip, b, v))
+        let mut votes = self.others.clone();
+        votes.push(self.vote());
+        let down = fleet_down(&votes);
+        // Only backends with a verdict of their own check: a pending one stays pending.
+        let changes: Vec<(VipId, IpAddr, bool)> = checks
+            .keys()
+            .filter(|k| self.local_health.contains_key(k) || down.contains(k))
+            .map(|&(vip, b)| (vip, b, !down.contains(&(vip, b))))
+            .filter(|&(vip, b, v)| ctl.health(vip, b) != Some(v))
             .collect();
         if !changes.is_empty() {
             ctl.set_health_verdicts(changes.iter().map(|&(vip, b, v)| {
@@ -260,6 +275,18 @@ impl Edge {
                     "fleet verdict (majority of the edges checking it)",
                 )
             }));
+        }
+    }
+
+    fn vote(&self) -> HealthReport {
+        HealthReport {
+            edge: self.config.edge.clone(),
+            down: self
+                .local_health
+                .iter()
+                .filter(|(_, healthy)| !**healthy)
+                .map(|(k, _)| *k)
+                .collect(),
         }
     }
 
@@ -289,6 +316,7 @@ impl Edge {
             health: self
                 .local_health
                 .iter()
+                .filter(|(_, healthy)| !**healthy)
                 .map(|(&(vip, backend), &healthy)| HealthView {
                     vip,
                     backend,
@@ -302,7 +330,10 @@ impl Edge {
 
     /// Hands the etcd task this edge's report, if it changed.
     pub fn refresh<S: Sink>(&self, ctl: &Controller<S>) {
-        let r = self.report_with(ctl);
+        let r = Published {
+            report: self.report_with(ctl),
+            vote: self.vote(),
+        };
         self.report_tx.send_if_modified(|cur| {
             let changed = *cur != r;
             if changed {
@@ -347,7 +378,7 @@ impl Drop for Edge {
 async fn run(
     cfg: FleetConfig,
     tx: mpsc::UnboundedSender<Event>,
-    mut report: watch::Receiver<EdgeReport>,
+    mut report: watch::Receiver<Published>,
 ) {
     loop {
         let e = session(&cfg, &tx, &mut report).await;
@@ -362,7 +393,7 @@ async fn run(
 async fn session(
     cfg: &FleetConfig,
     tx: &mpsc::UnboundedSender<Event>,
-    report: &mut watch::Receiver<EdgeReport>,
+    report: &mut watch::Receiver<Published>,
 ) -> StoreError {
     match session_inner(cfg, tx, report).await {
         Ok(never) => match never {},
@@ -375,7 +406,7 @@ enum Never {}
 async fn session_inner(
     cfg: &FleetConfig,
     tx: &mpsc::UnboundedSender<Event>,
-    report: &mut watch::Receiver<EdgeReport>,
+    report: &mut watch::Receiver<Published>,
 ) -> Result<Never, StoreError> {
     let mut store = Store::connect(cfg).await?;
     let (doc, read_at) = store.document().await?;
@@ -389,20 +420,30 @@ async fn session_inner(
         .lease_keep_alive(lease)
         .await
         .map_err(store.err("keeping the edge's lease"))?;
-    let current = report.borrow_and_update().clone();
-    store.put_report(&current, lease).await?;
-    let mut edges: BTreeMap<String, EdgeReport> = store
-        .edges()
+    let mut last = report.borrow_and_update().clone();
+    store.put_report(&last.report, lease).await?;
+    store.put_vote(&last.vote, lease).await?;
+    let mut votes: BTreeMap<String, HealthReport> = store
+        .votes()
         .await?
         .into_iter()
         .map(|r| (r.edge.clone(), r))
         .collect();
-    let _ = tx.send(Event::Edges(edges.values().cloned().collect()));
-    let (config_key, edges_prefix) = (store.config_key(), store.edges_prefix());
+    let _ = tx.send(Event::Votes(votes.values().cloned().collect()));
+    let (config_key, health_prefix) = (store.config_key(), store.health_prefix());
+    // Two watches on one stream: the document and the votes. Not the reports: nothing on an
+    // edge needs the others', and a watch of them would cost every write edges x edges events.
     let mut stream = store
         .client()
         .watch(
-            format!("{}/", cfg.prefix),
+            config_key.clone(),
+            Some(WatchOptions::new().with_start_revision(read_at + 1)),
+        )
+        .await
+        .map_err(store.err("watching the fleet document"))?;
+    stream
+        .watch(
+            health_prefix.clone(),
             Some(
                 WatchOptions::new()
                     .with_prefix()
@@ -410,7 +451,7 @@ async fn session_inner(
             ),
         )
         .await
-        .map_err(store.err("watching the fleet"))?;
+        .map_err(store.err("watching the health votes"))?;
     let mut beat = tokio::time::interval(Duration::from_secs(u64::from(cfg.lease_ttl_s)) / 3);
     loop {
         tokio::select! {
@@ -428,7 +469,13 @@ async fn session_inner(
                     return Err(StoreError::Lost("the agent stopped"));
                 }
                 let current = report.borrow_and_update().clone();
-                store.put_report(&current, lease).await?;
+                if current.report != last.report {
+                    store.put_report(&current.report, lease).await?;
+                }
+                if current.vote != last.vote {
+                    store.put_vote(&current.vote, lease).await?;
+                }
+                last = current;
             }
             m = stream.message() => {
                 let m = m.map_err(store.err("watching the fleet"))?
@@ -440,7 +487,7 @@ async fn session_inner(
                         "the watch was canceled"
                     }));
                 }
-                let mut edges_changed = false;
+                let mut votes_changed = false;
                 for ev in m.events() {
                     let Some(kv) = ev.kv() else { continue };
                     let key = String::from_utf8_lossy(kv.key());
@@ -449,19 +496,19 @@ async fn session_inner(
                             Ok(d) => { let _ = tx.send(Event::Document(d)); }
                             Err(e) => error!(error = %error_chain(&e), "fleet document unreadable"),
                         }
-                    } else if let Some(name) = key.strip_prefix(&edges_prefix) {
-                        edges_changed = true;
+                    } else if let Some(name) = key.strip_prefix(&health_prefix) {
+                        votes_changed = true;
                         match ev.event_type() {
-                            EventType::Delete => { edges.remove(name); }
-                            EventType::Put => match super::store::parse_report(kv) {
-                                Ok(r) => { edges.insert(name.to_owned(), r); }
-                                Err(e) => warn!(error = %error_chain(&e), "edge report ignored"),
+                            EventType::Delete => { votes.remove(name); }
+                            EventType::Put => match super::store::parse_json(kv) {
+                                Ok(r) => { votes.insert(name.to_owned(), r); }
+                                Err(e) => warn!(error = %error_chain(&e), "health vote ignored"),
                             },
                         }
                     }
                 }
-                if edges_changed {
-                    let _ = tx.send(Event::Edges(edges.values().cloned().collect()));
+                if votes_changed {
+                    let _ = tx.send(Event::Votes(votes.values().cloned().collect()));
                 }
             }
         }

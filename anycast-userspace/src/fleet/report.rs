@@ -11,7 +11,7 @@
 //! and the edge whose view is wrong about a dead backend loses only what it would have lost anyway.
 //! An edge's own view is still reported (`health` in its report) and shown by `fleet status`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
@@ -44,7 +44,7 @@ pub struct EdgeReport {
     pub fingerprints: BTreeMap<String, Option<String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refused: Option<Refused>,
-    /// This edge's own health checks.
+    /// What this edge's own checks see down (its vote, also at `{prefix}/health/{edge}`).
     #[serde(default)]
     pub health: Vec<HealthView>,
     /// The VIP prefixes this edge announces over BGP (empty without `[bgp]`).
@@ -55,21 +55,30 @@ pub struct EdgeReport {
     pub etcd_outages: u64,
 }
 
-/// Per (VIP label, backend): the fleet's verdict, for every backend some live edge checks.
-pub fn fleet_health(reports: &[EdgeReport]) -> BTreeMap<(VipId, IpAddr), bool> {
-    let mut votes: BTreeMap<(VipId, IpAddr), (usize, usize)> = BTreeMap::new();
-    for r in reports {
-        for h in &r.health {
-            let v = votes.entry((h.vip, h.backend)).or_default();
-            v.0 += 1;
-            if !h.healthy {
-                v.1 += 1;
-            }
+/// One edge's vote, kept under its lease at `{prefix}/health/{edge}`: the checked backends its
+/// own checks see down (healthy is the default, so the key stays small at any fleet size and
+/// changes only when a verdict does). Every live edge writes one, empty or not: the number of
+/// these keys is the number of voters. Every edge runs the same document, so every live edge
+/// checks the same backends.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthReport {
+    pub edge: String,
+    pub down: Vec<(VipId, IpAddr)>,
+}
+
+/// The (VIP, backend) pairs that are down for the fleet: seen down by a strict majority of the
+/// voters (module docs).
+pub fn fleet_down(votes: &[HealthReport]) -> BTreeSet<(VipId, IpAddr)> {
+    let mut count: BTreeMap<(VipId, IpAddr), usize> = BTreeMap::new();
+    for v in votes {
+        for k in v.down.iter().collect::<BTreeSet<_>>() {
+            *count.entry(*k).or_default() += 1;
         }
     }
-    votes
+    count
         .into_iter()
-        .map(|(k, (checked, down))| (k, down * 2 <= checked))
+        .filter(|(_, n)| n * 2 > votes.len())
+        .map(|(k, _)| k)
         .collect()
 }
 
@@ -146,14 +155,6 @@ mod tests {
         "203.0.113.10:80/tcp".parse().unwrap()
     }
 
-    fn view(backend: &str, healthy: bool) -> HealthView {
-        HealthView {
-            vip: vip(),
-            backend: backend.parse().unwrap(),
-            healthy,
-        }
-    }
-
     #[test]
     fn an_edge_with_another_table_at_the_same_revision_is_flagged_and_a_late_one_lags() {
         let reports = [
@@ -176,23 +177,37 @@ mod tests {
     }
 
     #[test]
-    fn a_backend_is_down_for_the_fleet_only_when_a_majority_of_its_checkers_see_it_down() {
-        let mut a = edge("a", 1, "x");
-        let mut b = edge("b", 1, "x");
-        let mut c = edge("c", 1, "x");
-        a.health = vec![view("198.18.10.2", false), view("198.18.10.3", false)];
-        b.health = vec![view("198.18.10.2", true), view("198.18.10.3", false)];
-        c.health = vec![view("198.18.10.2", true)];
-        let v = fleet_health(&[a.clone(), b.clone(), c]);
-        assert!(v[&(vip(), "198.18.10.2".parse().unwrap())], "1 of 3 down");
-        assert!(!v[&(vip(), "198.18.10.3".parse().unwrap())], "2 of 2 down");
-        let v = fleet_health(&[a.clone(), edge("b", 1, "x")]);
+    fn a_backend_is_down_for_the_fleet_only_when_a_majority_of_the_edges_see_it_down() {
+        let b = |s: &str| -> (VipId, IpAddr) { (vip(), s.parse().unwrap()) };
+        let vote = |edge: &str, down: &[&str]| HealthReport {
+            edge: edge.into(),
+            down: down.iter().map(|d| b(d)).collect(),
+        };
+        let three = [
+            vote("a", &["198.18.10.2", "198.18.10.3"]),
+            vote("b", &["198.18.10.3"]),
+            vote("c", &[]),
+        ];
+        let down = fleet_down(&three);
+        assert!(!down.contains(&b("198.18.10.2")), "1 of 3 down: up");
+        assert!(down.contains(&b("198.18.10.3")), "2 of 3 down: down");
         assert!(
-            !v[&(vip(), "198.18.10.2".parse().unwrap())],
-            "its only checker"
+            fleet_down(&three[..2]).contains(&b("198.18.10.3")),
+            "2 of 2"
         );
-        b.health = vec![view("198.18.10.2", true)];
-        let v = fleet_health(&[a, b]);
-        assert!(v[&(vip(), "198.18.10.2".parse().unwrap())], "a tie is up");
+        assert!(
+            !fleet_down(&three[..2]).contains(&b("198.18.10.2")),
+            "a tie is up"
+        );
+        assert!(
+            fleet_down(&three[..1]).contains(&b("198.18.10.2")),
+            "a fleet of one"
+        );
+        let twice = [
+            vote("a", &["198.18.10.2", "198.18.10.2"]),
+            vote("b", &[]),
+            vote("c", &[]),
+        ];
+        assert!(fleet_down(&twice).is_empty(), "one edge is one vote");
     }
 }

@@ -5,7 +5,10 @@
 //! - `{prefix}/history/{version:012}`: every document ever applied, written in the same
 //!   transaction as `config` (so its `mod_revision` is that revision); read by `history`,
 //!   `show REV` and `rollback REV`, and kept when etcd compacts its own history.
-//! - `{prefix}/edges/{edge}`: one edge's report (JSON, [`EdgeReport`]) under the edge's lease.
+//! - `{prefix}/edges/{edge}`: one edge's report (JSON, [`EdgeReport`]) under the edge's lease;
+//!   read by `fleet status`, watched by nobody (so a write costs no edge-to-edge fan-out).
+//! - `{prefix}/health/{edge}`: one edge's health vote (JSON, [`HealthReport`]: what its checks
+//!   see down) under the same lease; watched by every edge.
 
 use std::time::Duration;
 
@@ -14,7 +17,7 @@ use etcd_client::{
     TxnOp, TxnOpResponse,
 };
 
-use super::report::EdgeReport;
+use super::report::{EdgeReport, HealthReport};
 use crate::config::FleetConfig;
 
 /// Every call to etcd gives up after this long: an edge keeps its state and retries, and the CLI
@@ -124,6 +127,10 @@ impl Store {
 
     pub fn edges_prefix(&self) -> String {
         format!("{}/edges/", self.prefix)
+    }
+
+    pub fn health_prefix(&self) -> String {
+        format!("{}/health/", self.prefix)
     }
 
     pub fn edge_key(&self, edge: &str) -> String {
@@ -256,6 +263,26 @@ impl Store {
         Ok(r.id())
     }
 
+    /// The live edges' health votes.
+    pub async fn votes(&mut self) -> Result<Vec<HealthReport>, StoreError> {
+        let r = self
+            .client
+            .get(self.health_prefix(), Some(GetOptions::new().with_prefix()))
+            .await
+            .map_err(self.err("reading the health votes"))?;
+        r.kvs().iter().map(parse_json).collect()
+    }
+
+    pub async fn put_vote(&mut self, vote: &HealthReport, lease: i64) -> Result<(), StoreError> {
+        let key = format!("{}{}", self.health_prefix(), vote.edge);
+        let value = serde_json::to_string(vote).expect("a vote serializes");
+        self.client
+            .put(key, value, Some(PutOptions::new().with_lease(lease)))
+            .await
+            .map_err(self.err("writing the edge's health vote"))?;
+        Ok(())
+    }
+
     pub async fn put_report(&mut self, report: &EdgeReport, lease: i64) -> Result<(), StoreError> {
         let key = self.edge_key(&report.edge);
         let value = serde_json::to_string(report).expect("a report serializes");
@@ -268,6 +295,12 @@ impl Store {
 }
 
 pub fn parse_report(kv: &etcd_client::KeyValue) -> Result<EdgeReport, StoreError> {
+    parse_json(kv)
+}
+
+pub fn parse_json<T: serde::de::DeserializeOwned>(
+    kv: &etcd_client::KeyValue,
+) -> Result<T, StoreError> {
     serde_json::from_slice(kv.value()).map_err(|e| StoreError::Corrupt {
         key: String::from_utf8_lossy(kv.key()).into_owned(),
         problem: e.to_string(),

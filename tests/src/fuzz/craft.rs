@@ -228,12 +228,19 @@ fn fragment(rng: &mut Rng, g: &Generator) -> Vec<u8> {
 /// option words), GUE variant 1, or a GUE control message; the inner packet a pool flow's or,
 /// nested, another tunnel packet.
 fn tunnel(rng: &mut Rng, w: &World, g: &Generator, depth: u32) -> Vec<u8> {
-    let inner = if depth < 2 && rng.below(8) == 0 {
+    let mut inner = if depth < 2 && rng.below(8) == 0 {
         tunnel(rng, w, g, depth + 1)
     } else {
         let c = g.flow(rng);
         flow_packet(rng, &c)
     };
+    if rng.below(10) == 0 {
+        // The inner packet claims fewer bytes than the tunnel carries: the rest is no part of it.
+        let off = if inner[0] >> 4 == 4 { 2 } else { 4 };
+        let len = u16::from_be_bytes([inner[off], inner[off + 1]]);
+        let cut = 1 + rng.below(24) as u16;
+        inner[off..off + 2].copy_from_slice(&len.saturating_sub(cut).to_be_bytes());
+    }
     let outer_v4 = rng.below(2) == 0;
     let src = tunnel_src(rng, outer_v4);
     let dst = tunnel_dst(rng, outer_v4);

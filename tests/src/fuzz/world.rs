@@ -9,8 +9,9 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use anycast::plan::maglev::{self, MaglevBackend};
 use anycast_common::{
-    AddrKey, BACKEND_F_LOCAL, CFG_F_HAS_SRC_V4, CFG_F_HAS_SRC_V6, DataplaneConfig, ENCAP_GUE,
-    ENCAP_IPIP, GUE_DEFAULT_PORT, NO_TABLE, NextHop, PROTO_TCP, PROTO_UDP, VipKey, VipValue,
+    AddrKey, BACKEND_F_LOCAL, CFG_F_HAS_SRC_V4, CFG_F_HAS_SRC_V6, CFG_F_NO_PORT0_VIPS,
+    DataplaneConfig, ENCAP_GUE, ENCAP_IPIP, GUE_DEFAULT_PORT, NO_TABLE, NextHop, PROTO_TCP,
+    PROTO_UDP, VipKey, VipValue,
 };
 
 use super::Rng;
@@ -86,6 +87,8 @@ pub struct World {
     pub phase: u32,
     /// Whether this phase's next-hop cache (`NEXTHOPS`) holds the resolved backends.
     pub cache: bool,
+    /// Whether this phase goes without its port-0 VIPs (and says so: `CFG_F_NO_PORT0_VIPS`).
+    pub no_port0: bool,
 }
 
 /// The destination MAC of the cached next hops: not the FIB's gateway, so that the output shows
@@ -165,6 +168,7 @@ impl World {
             allow_v6: (ALLOW_V6, 64),
             phase: 0,
             cache: false,
+            no_port0: false,
         }
     }
 
@@ -177,6 +181,7 @@ impl World {
     pub fn next_phase(&mut self, rng: &mut Rng) {
         self.phase += 1;
         self.cache = rng.below(2) == 0;
+        self.no_port0 = rng.below(4) == 0;
         self.cfg.encap = if rng.below(2) == 0 {
             ENCAP_IPIP
         } else {
@@ -219,8 +224,11 @@ impl World {
         }
     }
 
-    /// Writes the world into the program's maps (tables first, then the VIPs naming them).
-    pub fn write(&self, dp: &mut Dataplane) {
+    /// Writes the world into the program's maps (tables first, then the VIPs naming them). The
+    /// no-port-0 promise is kept as the agent keeps it: cleared before a port-0 VIP is written,
+    /// set after the last one is removed.
+    pub fn write(&mut self, dp: &mut Dataplane) {
+        self.cfg.flags &= !CFG_F_NO_PORT0_VIPS;
         dp.set_config(&self.cfg);
         let ifindex = crate::fixture::ifindex(net::DEV);
         for b in &self.backends {
@@ -245,6 +253,10 @@ impl World {
                 dp.set_table(vip.table_index, t);
             }
             let key = vip_key(vip.addr, vip.port, vip.proto);
+            if self.no_port0 && vip.port == 0 {
+                dp.remove_vip(key);
+                continue;
+            }
             dp.set_vip(
                 key,
                 VipValue {
@@ -254,6 +266,10 @@ impl World {
                     flags: 0,
                 },
             );
+        }
+        if self.no_port0 {
+            self.cfg.flags |= CFG_F_NO_PORT0_VIPS;
+            dp.set_config(&self.cfg);
         }
     }
 
@@ -271,9 +287,9 @@ impl World {
     /// The VIP of (destination, port, protocol): the exact port first, then port 0.
     pub fn vip_of(&self, dst: IpAddr, port: u16, proto: u8) -> Option<&VipDef> {
         let find = |p| {
-            self.vips
-                .iter()
-                .find(|v| v.addr == dst && v.port == p && v.proto == proto)
+            self.vips.iter().find(|v| {
+                v.addr == dst && v.port == p && v.proto == proto && !(self.no_port0 && v.port == 0)
+            })
         };
         find(port).or_else(|| find(0))
     }

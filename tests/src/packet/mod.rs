@@ -9,10 +9,12 @@
 //! [`test_run`]: the BPF_PROG_TEST_RUN context and failure dumps. All re-exported here.
 
 mod encap;
+mod icmp;
 mod inspect;
 mod test_run;
 
 pub use encap::*;
+pub use icmp::*;
 pub use inspect::*;
 pub use test_run::*;
 

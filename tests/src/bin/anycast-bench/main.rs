@@ -3,8 +3,8 @@
 //! control plane's latency. Run with `cargo xtask bench` (release mode, root). Prints Markdown.
 //!
 //! `anycast-bench SECTION` runs one section: `xdp [--baseline OBJECT]` (with `live` and
-//! `memory`), `live` (packets/s in live-frames mode), `maglev`, `control`; no argument runs them
-//! all.
+//! `memory`), `live` (packets/s in live-frames mode), `maglev`, `control`, `fleet` (a fleet
+//! revision at 1,000 edges, no root needed); no argument runs them all.
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::Instant;
@@ -13,6 +13,7 @@ use anycast::config::Config;
 use anycast::plan::maglev::{self, MaglevBackend};
 
 mod control_plane;
+mod fleet;
 mod live;
 mod memory;
 mod xdp;
@@ -31,6 +32,10 @@ fn main() {
     // The Maglev table builds are pure computation: no privileges needed.
     if section == Some("maglev") {
         maglev_build();
+        return;
+    }
+    if section == Some("fleet") {
+        fleet::run();
         return;
     }
     if !nix::unistd::geteuid().is_root() {
@@ -54,7 +59,7 @@ fn main() {
         Some("live") => live::run(),
         Some("control") => control_plane::run(),
         Some(other) => {
-            panic!("anycast-bench: unknown section {other} (xdp, live, maglev, control)")
+            panic!("anycast-bench: unknown section {other} (xdp, live, maglev, control, fleet)")
         }
         None => {
             xdp::run(None);
@@ -63,6 +68,7 @@ fn main() {
             maglev_build();
             table_io(&xdp::config());
             control_plane::run();
+            fleet::run();
         }
     }
 }

@@ -268,6 +268,7 @@ pub(super) fn paths() -> Vec<Path> {
             true,
         )
     });
+    v.extend(internet_paths(&path));
     v.push(path(
         "decap IPIP (4in4)",
         Ipip,
@@ -285,6 +286,91 @@ pub(super) fn paths() -> Vec<Path> {
         false,
     ));
     v
+}
+
+/// The paths of ICMP errors about VIP flows and of fragments (docs/dataplane.md "ICMP errors
+/// about VIP flows", "Fragments"), each to a remote backend over IPIP and so timed with the
+/// cache and with the FIB.
+fn internet_paths(
+    path: &impl Fn(&str, Encapsulation, Vec<Vec<u8>>, u32, Method, bool) -> Path,
+) -> Vec<Path> {
+    let vip4: Ipv4Addr = "203.0.113.10".parse().expect("v4");
+    let vip6: Ipv6Addr = "2001:db8::10".parse().expect("v6");
+    let router4 = Ipv4Addr::new(198, 51, 100, 1);
+    let router6: Ipv6Addr = "2001:db8:ff::1".parse().expect("v6");
+    // The backend's answer on the tracked flow of tcp4/tcp6, as a path router quotes it
+    // (IP header, TCP header and 8 bytes of data).
+    let answer4 = V4::new(vip4, client4()).tcp(80, 40000, &BODY);
+    let answer6 = V6::new(vip6, client6()).tcp(80, 40000, &BODY);
+    let mtu = [0, 0, 0x05, 0x78];
+    let frag_needed = V4::new(router4, vip4).raw(1, &p::icmp4(3, 4, mtu, &answer4[..48]));
+    let too_big =
+        V6::new(router6, vip6).raw(58, &p::icmp6(router6, vip6, 2, 0, mtu, &answer6[..68]));
+    let flow4 = tcp4("203.0.113.10");
+    let flow6 = tcp6("2001:db8::10");
+    // Fragments of one 1000-byte UDP datagram (IP id 7) to the UDP VIP: the first carries the
+    // ports and is remembered, the later ones follow it (the FRAGS table).
+    let fragment = |offset: u16| {
+        let mut ip = V4::new(client4(), "203.0.113.13".parse().expect("v4")).fragment(true, offset);
+        ip.identification = 7;
+        let packet = if offset == 0 {
+            let udp = [
+                &40700u16.to_be_bytes()[..],
+                &53u16.to_be_bytes(),
+                &1008u16.to_be_bytes(),
+                &[0, 0],
+                &BODY,
+            ]
+            .concat();
+            ip.raw(17, &udp)
+        } else {
+            ip.raw(17, &BODY)
+        };
+        p::frame(None, &packet)
+    };
+    let tracked = |name: &str, frame: Vec<u8>, flow: &[u8]| Path {
+        // The flow's first two packets: it is in CONNS, as an established flow's ICMP finds it.
+        conns: Some(vec![flow.to_vec(), flow.to_vec()]),
+        ..path(
+            name,
+            Encapsulation::Ipip,
+            vec![frame],
+            XDP_TX,
+            Method::Loop,
+            true,
+        )
+    };
+    vec![
+        tracked(
+            "ICMPv4 frag needed about a tracked flow (IPIP 4in4)",
+            p::frame(None, &frag_needed),
+            &flow4,
+        ),
+        tracked(
+            "ICMPv6 packet too big about a tracked flow (IPIP 6in6)",
+            p::frame(None, &too_big),
+            &flow6,
+        ),
+        path(
+            "IPv4 first fragment (UDP, IPIP 4in4)",
+            Encapsulation::Ipip,
+            vec![fragment(0)],
+            XDP_TX,
+            Method::Loop,
+            true,
+        ),
+        Path {
+            conns: Some(vec![fragment(0)]),
+            ..path(
+                "IPv4 later fragment, follows its first (IPIP 4in4)",
+                Encapsulation::Ipip,
+                vec![fragment(8)],
+                XDP_TX,
+                Method::Loop,
+                true,
+            )
+        },
+    ]
 }
 
 /// One timed sample of `path`: ns per packet as the kernel measured it.
@@ -356,6 +442,11 @@ pub(super) fn prepare(
             continue;
         }
         set_cache(&mut dp, &cached, on);
+        // What a sample sends first (a later fragment's first fragment), so that the check
+        // sees what the timed runs see.
+        for f in path.conns.iter().flatten() {
+            dp.run(f, ingress).expect("test_run");
+        }
         let before = dp.stats()[counter::FIB_LOOKUP as usize];
         let check = dp.run(&path.frames[0], ingress).expect("test_run");
         assert_eq!(

@@ -9,6 +9,8 @@ pub struct Args {
     pub encapsulation: String,
     /// The edge that fails hard in the last phase.
     pub fail: &'static str,
+    /// Every agent under `[fleet]` with a real etcd; the fleet view is shown.
+    pub fleet: bool,
 }
 
 impl Args {
@@ -20,6 +22,7 @@ impl Args {
             flows: 2000,
             encapsulation: "ipip".to_owned(),
             fail: EDGE2,
+            fleet: false,
         };
         let number = |v: Option<String>, flag: &str| -> u64 {
             v.and_then(|n| n.parse().ok())
@@ -43,6 +46,7 @@ impl Args {
                         _ => usage("--fail is edge1 or edge2"),
                     }
                 }
+                "--fleet" => a.fleet = true,
                 "-h" | "--help" => usage(""),
                 other => usage(&format!("unknown argument {other}")),
             }
@@ -58,7 +62,8 @@ fn usage(problem: &str) -> ! {
     eprintln!(
         "usage: anycast-demo [--seconds S (per phase, default 6)] [--conns N (long-lived, default 60)] \
          [--flows N (short flows per phase, at most; default 2000)] [--encapsulation ipip|gue] \
-         [--fail edge1|edge2 (the edge that fails in phase 4, default edge2)]"
+         [--fail edge1|edge2 (the edge that fails in phase 4, default edge2)] \
+         [--fleet (every agent under [fleet] with a real etcd; shows `anycast fleet status`)]"
     );
     std::process::exit(2);
 }

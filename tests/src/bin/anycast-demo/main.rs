@@ -24,6 +24,7 @@
 mod args;
 mod bgp;
 mod events;
+mod fleet;
 mod flows;
 mod phases;
 mod summary;
@@ -106,8 +107,15 @@ fn run(a: &Args) -> lab::Result<bool> {
         WEIGHTS[2]
     );
     let t = Instant::now();
+    let fleet_cache =
+        std::env::temp_dir().join(format!("anycast-demo-fleet-{}", std::process::id()));
     let bgp = BgpLab::start(lab_bgp::Options {
         reference: variant,
+        extra_config: if a.fleet {
+            fleet::sections(&fleet_cache)
+        } else {
+            Default::default()
+        },
         ..lab_bgp::Options::default()
     })?;
     println!("   namespaces: {}", bgp.lab.namespaces().join(" "));
@@ -115,6 +123,11 @@ fn run(a: &Args) -> lab::Result<bool> {
         "== lab up, agents attached, both edges announce {VIP_V4}/32 and {VIP_V6}/128 over BGP ({:.1} s)",
         t.elapsed().as_secs_f64()
     );
+    let etcd = if a.fleet {
+        Some(fleet::start(&bgp)?)
+    } else {
+        None
+    };
     let tracker = tracker::Tracker::open(&bgp).map_err(lab::LabError::Setup)?;
     let known = bgp::wait_settled(&bgp)?;
     bgp::show_router(&bgp)?;
@@ -171,7 +184,13 @@ fn run(a: &Args) -> lab::Result<bool> {
         &record.flows,
         &report,
     );
+    if a.fleet {
+        println!("== fleet view after the phases");
+        fleet::show(&bgp)?;
+    }
     println!("== cleaning up");
+    drop(etcd);
+    let _ = std::fs::remove_dir_all(&fleet_cache);
     drop(bgp);
     println!("   done");
     Ok(ok)
