@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use anycast::config::bgp::BgpMode;
 use anycast_tests::lab;
 use anycast_tests::lab::reference::{self, EDGE1, EDGE1_V4, EDGE2, EDGE2_V4, VIP_V4};
-use anycast_tests::lab_bgp::BgpLab;
+use anycast_tests::lab_bgp::{BgpLab, same_routes};
 
 /// The router's BGP sessions with the edges: name -> `state since info`.
 pub type Sessions = BTreeMap<String, String>;
@@ -135,12 +135,23 @@ pub fn sessions(bgp: &BgpLab) -> lab::Result<Sessions> {
         .collect())
 }
 
+/// Whether two readings hold the same sessions in the same states since the same times (BIRD
+/// prints a time converted from its monotonic clock, so its milliseconds wobble between answers:
+/// `same_routes` takes times within 50 ms as the same; a session that went down and up again has
+/// a `since` seconds later).
+fn same_sessions(a: &Sessions, b: &Sessions) -> bool {
+    a.len() == b.len()
+        && a.iter()
+            .zip(b)
+            .all(|((na, va), (nb, vb))| na == nb && same_routes(va, vb))
+}
+
 /// Sessions of `now` that differ from `before`, leaving out those of `except` (an edge).
 pub fn session_changes(before: &Sessions, now: &Sessions, except: Option<&str>) -> Vec<String> {
     before
         .iter()
         .filter(|(name, _)| except.is_none_or(|e| !name.starts_with(e)))
-        .filter(|(name, was)| now.get(*name) != Some(*was))
+        .filter(|(name, was)| now.get(*name).is_none_or(|n| !same_routes(was, n)))
         .map(|(name, was)| {
             format!(
                 "{name} was `{was}`, now `{}`",
@@ -176,7 +187,7 @@ pub fn wait_settled(bgp: &BgpLab) -> lab::Result<Sessions> {
             && peers.iter().all(|p| bfd_up(p))
             && bgp.nexthops(VIP_V4)? == [EDGE1_V4, EDGE2_V4];
         match &last {
-            Some((was, since)) if good && *was == now => {
+            Some((was, since)) if good && same_sessions(was, &now) => {
                 if since.elapsed() >= STABLE {
                     if flaps > 0 {
                         println!(
