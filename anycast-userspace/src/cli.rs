@@ -305,6 +305,9 @@ pub fn render_status(v: &Status) -> String {
             b.min_healthy_backends
         );
     }
+    if let Some(f) = &v.fleet {
+        let _ = writeln!(s, "{}", fleet::render_view(f));
+    }
     for vip in &v.vips {
         let state = vip.state.as_str();
         let _ = writeln!(

@@ -234,6 +234,32 @@ pub struct Status {
     pub vips: Vec<VipStatus>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub bgp: Option<AnnounceStatus>,
+    /// This edge's link to its fleet, with `[fleet]` (docs/fleet.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fleet: Option<FleetView>,
+}
+
+/// This edge's view of its fleet in `anycast status`: whether etcd answers, what document it
+/// runs and what it refused. `anycast fleet status` shows every edge's report from etcd; this is
+/// what the edge itself knows, also while etcd is unreachable.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FleetView {
+    pub edge: String,
+    pub pop: String,
+    /// etcd answers and this edge's session (lease, watches) is up.
+    pub connected: bool,
+    /// Times etcd became unreachable since start.
+    pub outages: u64,
+    /// Why etcd is unreachable, while it is.
+    pub last_error: Option<String>,
+    /// The fleet revision the dataplane runs (`None`: none applied yet, the file's VIPs).
+    pub applied_revision: Option<i64>,
+    /// The last document refused (invalid), with the reason; cleared by the next one applied.
+    pub refused_revision: Option<i64>,
+    pub refused_error: Option<String>,
+    pub documents_applied: u64,
+    /// Edges with a live health vote in etcd, this one included.
+    pub live_edges: usize,
 }
 
 /// One prefix as BIRD has it, for `anycast status` and metrics.

@@ -398,6 +398,18 @@ fn a_fleet_from_etcd_keeps_every_connection_and_every_table_identical() {
         "outage reported by every agent after {} ms",
         t.elapsed().as_millis()
     );
+    // Each agent's own status says so too, and what it keeps running.
+    for ns in HOSTS {
+        let f = bgp.lab.agent_client(ns).status().expect("status").fleet;
+        let f = f.unwrap_or_else(|| panic!("{ns}: `anycast status` shows no fleet link"));
+        assert!(
+            !f.connected
+                && f.last_error.is_some()
+                && f.outages >= 1
+                && f.applied_revision.is_some(),
+            "{ns}: `anycast status` during the outage: {f:?}"
+        );
+    }
     away_and_back(&bgp, reference::EDGE1);
     assert_streaming(&[&v4, &v6], "etcd down");
     etcd.restart().unwrap();
@@ -427,6 +439,14 @@ fn a_fleet_from_etcd_keeps_every_connection_and_every_table_identical() {
         "after etcd's return: a write reached every agent in {:.1} ms",
         took.as_secs_f64() * 1e3
     );
+    for ns in HOSTS {
+        let f = bgp.lab.agent_client(ns).status().expect("status").fleet;
+        let f = f.unwrap_or_else(|| panic!("{ns}: `anycast status` shows no fleet link"));
+        assert!(
+            f.connected && f.last_error.is_none() && f.applied_revision == Some(rev),
+            "{ns}: `anycast status` after etcd's return (revision {rev}): {f:?}"
+        );
+    }
 
     // 3. backend2 unreachable from edge2's health checks only.
     let before = etcd.edges().unwrap();

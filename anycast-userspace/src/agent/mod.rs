@@ -543,6 +543,7 @@ async fn attach_and_serve(
     let mut fleet = config.fleet.clone().map(|f| Edge::start(f, fleet_cached));
     if let Some(f) = &fleet {
         f.refresh(ctl);
+        ctl.set_fleet_view(f.view());
     }
 
     let mut file_changed: Option<tokio::time::Instant> = None;
@@ -601,6 +602,7 @@ async fn attach_and_serve(
             Some(ev) = fleet_event => {
                 if let Some(f) = fleet.as_mut() {
                     f.handle(ev, ctl, |c| host::local_addresses().ok().map(|d| c.local_set(d)));
+                    ctl.set_fleet_view(f.view());
                 }
                 checks.reconcile(ctl, &health_tx);
             }

@@ -381,3 +381,66 @@ pub fn drain(config: &Path, backend: &str, drained: bool) -> anyhow::Result<()> 
         )
     })
 }
+
+/// The `fleet` line of `anycast status`: this edge's own view of its link to etcd.
+pub fn render_view(f: &crate::proto::FleetView) -> String {
+    let rev = |r: Option<i64>| r.map_or("none".to_owned(), |r| r.to_string());
+    let mut line = format!(
+        "fleet edge {} (pop {}): etcd {}, revision {} applied ({} documents), {} live edges, {} outages",
+        f.edge,
+        f.pop,
+        if f.connected {
+            "connected".to_owned()
+        } else {
+            format!(
+                "UNREACHABLE ({}; the dataplane keeps its last good state)",
+                f.last_error.as_deref().unwrap_or("not yet connected")
+            )
+        },
+        rev(f.applied_revision),
+        f.documents_applied,
+        f.live_edges,
+        f.outages
+    );
+    if let (Some(r), Some(e)) = (f.refused_revision, &f.refused_error) {
+        line.push_str(&format!("\n  REFUSED revision {r}: {e}"));
+    }
+    line
+}
+
+#[cfg(test)]
+mod view_tests {
+    use super::*;
+    use crate::proto::FleetView;
+
+    #[test]
+    fn the_status_line_names_an_outage_and_a_refused_document() {
+        let mut v = FleetView {
+            edge: "edge1".into(),
+            pop: "ams".into(),
+            connected: true,
+            applied_revision: Some(12),
+            documents_applied: 3,
+            live_edges: 3,
+            ..FleetView::default()
+        };
+        assert_eq!(
+            render_view(&v),
+            "fleet edge edge1 (pop ams): etcd connected, revision 12 applied (3 documents), 3 live edges, 0 outages"
+        );
+        v.connected = false;
+        v.outages = 1;
+        v.last_error = Some("connecting to etcd: timed out".into());
+        v.refused_revision = Some(14);
+        v.refused_error = Some("vip[0].port: 0 is not a port".into());
+        let text = render_view(&v);
+        assert!(
+            text.contains("etcd UNREACHABLE (connecting to etcd: timed out;"),
+            "{text}"
+        );
+        assert!(
+            text.ends_with("\n  REFUSED revision 14: vip[0].port: 0 is not a port"),
+            "{text}"
+        );
+    }
+}

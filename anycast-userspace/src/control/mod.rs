@@ -95,6 +95,8 @@ pub struct Controller<S: Sink> {
     edge_drained: bool,
     /// Publications that changed each VIP's table since start (metrics).
     table_changes: BTreeMap<VipId, u64>,
+    /// The fleet link as the agent last reported it ([`Self::set_fleet_view`]), with `[fleet]`.
+    fleet: Option<crate::proto::FleetView>,
 }
 
 /// Maglev tables by VIP, with the input each was built from (ring size, seed, backends and
@@ -183,6 +185,7 @@ impl<S: Sink> Controller<S> {
             announce: None,
             edge_drained: false,
             table_changes: BTreeMap::new(),
+            fleet: None,
         };
         let restored = saved.map(|s| c.restore(s)).unwrap_or_default();
         let (effective, desired) = c.desired()?;

@@ -112,7 +112,13 @@ impl<S: Sink> Controller<S> {
             overrides: self.overrides.list(),
             vips,
             bgp,
+            fleet: self.fleet.clone(),
         }
+    }
+
+    /// What `anycast status` shows of the fleet link (the agent's loop owns it).
+    pub fn set_fleet_view(&mut self, view: crate::proto::FleetView) {
+        self.fleet = Some(view);
     }
 
     /// Backends to health-check: every configured backend of every VIP with `[vip.health]`,

@@ -328,6 +328,23 @@ impl Edge {
         }
     }
 
+    /// This edge's link to the fleet, for `anycast status`.
+    pub fn view(&self) -> crate::proto::FleetView {
+        let s = &self.state;
+        crate::proto::FleetView {
+            edge: self.config.edge.clone(),
+            pop: self.config.pop.clone(),
+            connected: s.connected,
+            outages: s.outages,
+            last_error: s.last_error.clone(),
+            applied_revision: s.applied.as_ref().map(|c| c.revision),
+            refused_revision: s.refused.as_ref().map(|r| r.revision),
+            refused_error: s.refused.as_ref().map(|r| r.error.clone()),
+            documents_applied: s.documents_applied,
+            live_edges: s.edges,
+        }
+    }
+
     /// Hands the etcd task this edge's report, if it changed.
     pub fn refresh<S: Sink>(&self, ctl: &Controller<S>) {
         let r = Published {
