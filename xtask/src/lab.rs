@@ -16,13 +16,22 @@ fn is_lab_name(name: &str) -> bool {
     b.len() >= 9 && name.starts_with("ac") && b[2..8].iter().all(u8::is_ascii_digit) && b[8] == b'-'
 }
 
+/// A BPF_PROG_TEST_RUN fixture's namespace (`acfix<pid>_<n>`, tests/src/fixture/netns.rs) whose
+/// process is gone: killed before its guard could delete it (SIGKILL, a `timeout`).
+fn is_orphan_fixture(name: &str) -> bool {
+    name.strip_prefix("acfix")
+        .and_then(|rest| rest.split_once('_'))
+        .and_then(|(pid, n)| Some((pid.parse::<u32>().ok()?, n.parse::<u32>().ok()?)))
+        .is_some_and(|(pid, _)| !std::path::Path::new(&format!("/proc/{pid}")).exists())
+}
+
 pub fn clean(prefix: Option<&str>) -> anyhow::Result<()> {
     if !crate::is_root() {
         bail!("deleting network namespaces needs root: sudo -E cargo xtask clean-lab");
     }
     let matches = |name: &str| match prefix {
         Some(p) => name.starts_with(p),
-        None => is_lab_name(name),
+        None => is_lab_name(name) || is_orphan_fixture(name),
     };
     let list = output("ip", &["netns", "list"]).unwrap_or_default();
     let mut deleted = 0;

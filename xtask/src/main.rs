@@ -72,7 +72,8 @@ enum Command {
         #[arg(last = true, required = true)]
         args: Vec<String>,
     },
-    /// Delete lab network namespaces (and their processes and bpffs mounts) left by a crashed run.
+    /// Delete lab network namespaces (and their processes and bpffs mounts) left by a crashed run,
+    /// and fixture namespaces (`acfix<pid>_<n>`) whose process is gone.
     CleanLab {
         /// Namespace name prefix; default: every lab namespace (`ac` + 6 digits + `-`).
         prefix: Option<String>,
